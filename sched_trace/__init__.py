@@ -1,0 +1,34 @@
+"""sched-trace: observability for batch schedulers, per rank and micro-batch.
+
+Only re-exports; each name lives in a small module of its own.
+"""
+
+from __future__ import annotations
+
+from . import analysis
+from .api import configure, flush, register, reset_stats, shutdown, stats, unregister
+from .config import Config
+from .errors import (
+    ConfigError,
+    ExtractorError,
+    InstrumentationError,
+    PluginError,
+    SchedTraceError,
+    SchedTraceWarning,
+)
+from .events import BatchEvent, RankInfo, StageEvent
+from .hookspecs import hookimpl
+from .instrument import Handle, batch, instrument, stage, uninstrument
+from .rank import set_thread_info
+from .recorder import BackgroundExporter, EventBuffer, MemoryRecorder
+from .stages import get_level, set_level
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackgroundExporter", "BatchEvent", "Config", "ConfigError", "EventBuffer", "ExtractorError",
+    "Handle", "InstrumentationError", "MemoryRecorder", "PluginError", "RankInfo",
+    "SchedTraceError", "SchedTraceWarning", "StageEvent", "analysis", "batch", "configure",
+    "flush", "get_level", "hookimpl", "instrument", "register", "reset_stats", "set_level",
+    "set_thread_info", "shutdown", "stage", "stats", "uninstrument", "unregister",
+]

@@ -1,0 +1,122 @@
+"""configure / shutdown / register / stats: the lifecycle behind the public names."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Iterable, Optional
+
+from . import config as _config
+from . import extract, instrument as _instrument, plugins as _plugins, recorder, stages
+from .errors import ConfigError, InstrumentationError
+from .plugins import get_manager
+
+_lock = threading.RLock()
+_state: dict[str, Any] = {"configured": False, "config": None, "shut_down": False}
+
+
+def configure(
+    level: Optional[int] = None,
+    config: Any = None,
+    plugins: Iterable[object] = (),
+    autoload: bool = True,
+    profile: Optional[str] = None,
+) -> _config.Config:
+    """Set sched-trace up for this process. Idempotent: calling again only applies changes.
+
+    :param level: verbosity (0 off .. 9); default ``SCHED_TRACE_LEVEL``, the config
+        file's ``level``, else 4.
+    :param config: a path to a TOML file, a mapping, a ``Config``, or None for
+        ``SCHED_TRACE_CONFIG``.
+    :param plugins: plugin objects to register in addition to the entry points.
+    :param autoload: load plugins from the ``sched_trace`` entry-point group (also
+        off when ``SCHED_TRACE_DISABLE_PLUGIN_AUTOLOAD=1`` or ``autoload = false``).
+    :param profile: a shipped instrumentation profile to apply (``torch-pipelining``).
+    """
+    with _lock:
+        cfg = _config.resolve(config)
+        if profile is not None:
+            extra = _config.load_profile(profile, "configure(profile=...)")
+            cfg = _merge(cfg, extra)
+        chosen = level if level is not None else stages.level_from_env()
+        if chosen is None:
+            chosen = cfg.level if cfg.level is not None else stages.DEFAULT_LEVEL
+        stages.set_level(chosen)
+        manager = get_manager()
+        for name in (*_plugins.blocked_from_env(), *cfg.block):
+            manager.set_blocked(name)
+        for plugin in plugins:
+            if manager.get_name(plugin) is None:
+                manager.register(plugin)
+        if autoload and cfg.autoload and not _plugins.autoload_disabled_by_env() and not manager.entry_points_loaded:
+            manager.load_entry_points()
+        if _state["config"] != cfg or not _state["configured"]:
+            manager.configure(cfg)
+        _apply_targets(cfg)
+        _state.update(configured=True, config=cfg, shut_down=False)
+        return cfg
+
+
+def _merge(base: _config.Config, extra: _config.Config) -> _config.Config:
+    from dataclasses import replace
+
+    return replace(base, profiles=base.profiles + (extra.source,), instrument=extra.instrument + base.instrument)
+
+
+def _apply_targets(cfg: _config.Config) -> None:
+    for spec in cfg.instrument:
+        options = dict(spec.options)
+        try:
+            _instrument.instrument(spec.target, options.pop("stage", None), options.pop("level", None), **options)
+        except (InstrumentationError, ValueError) as exc:
+            raise ConfigError(str(exc), source=spec.where.split(": ")[0], key=spec.where.split(": ")[-1]) from None
+
+
+def register(plugin: object, name: Optional[str] = None) -> Optional[str]:
+    """Register a plugin object (module, class instance ...); returns its name."""
+    return get_manager().register(plugin, name)
+
+
+def unregister(plugin: object = None, name: Optional[str] = None) -> Any:
+    return get_manager().unregister(plugin, name)
+
+
+def flush(timeout: float = 5.0) -> None:
+    """Ask every plugin to export what it buffered, waiting up to ``timeout`` seconds each."""
+    get_manager().call("sched_trace_flush", timeout=timeout)
+
+
+def shutdown(timeout: float = 5.0) -> None:
+    """Flush every exporter, then stop them. Safe to call twice; runs at exit too."""
+    with _lock:
+        if _state["shut_down"]:
+            return
+        _state["shut_down"] = True
+        manager = get_manager()
+        manager.call("sched_trace_flush", timeout=timeout)
+        manager.call("sched_trace_shutdown")
+        recorder.shutdown_all(timeout)
+        manager.forget_config()
+        _state["configured"] = False
+        _state["config"] = None
+
+
+def stats() -> dict[str, Any]:
+    """Counters that make loss visible: plugin errors, drops, unreadable extractors."""
+    manager = get_manager()
+    per_plugin = {}
+    for name, result in manager.call("sched_trace_collect_stats"):
+        if result:
+            per_plugin[name] = dict(result)
+    return {
+        "level": stages.get_level(),
+        "plugin_errors": dict(manager.errors),
+        "extract_missing": dict(extract.missing),
+        "unresolved_targets": list(_instrument.unresolved),
+        "plugins": per_plugin,
+    }
+
+
+def reset_stats() -> None:
+    get_manager().errors.clear()
+    extract.missing.clear()
+    del _instrument.unresolved[:]

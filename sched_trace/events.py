@@ -1,0 +1,138 @@
+"""The events that cross the hook boundary: what ran, where, for which micro-batch.
+
+Events are built on the scheduler thread, so they are tuples (``NamedTuple``):
+immutable, slotted and cheap to create. ``RankInfo`` is made once per thread (and
+once per distinct per-call rank override) and shared by reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping, NamedTuple, Optional
+
+#: The shared empty mapping used when a stage declares no extra attributes.
+NO_ATTRS: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class RankInfo:
+    """Who recorded an event: host, process, thread and parallel ranks.
+
+    ``tp_rank``, ``pp_rank`` and ``dp_rank`` are ``None`` when unknown. ``extra``
+    holds further keys (``rank``, ``world_size``, ``ep_rank`` ...) as sorted pairs so
+    that the object stays hashable.
+    """
+
+    host_id: str
+    pid: int
+    tid: int
+    thread_label: str
+    tp_rank: Optional[int] = None
+    pp_rank: Optional[int] = None
+    dp_rank: Optional[int] = None
+    extra: tuple[tuple[str, Any], ...] = field(default=())
+
+    @property
+    def extras(self) -> dict[str, Any]:
+        return dict(self.extra)
+
+    @property
+    def track_name(self) -> str:
+        """``host:Label-PP1-DP0-TP0``, the track naming SGLang's tooling uses."""
+        return (
+            f"{self.host_id}:{self.thread_label}"
+            f"-PP{self.pp_rank or 0}-DP{self.dp_rank or 0}-TP{self.tp_rank or 0}"
+        )
+
+    def as_attributes(self) -> dict[str, Any]:
+        """Flat attribute dict (unknown ranks omitted), for span and track metadata."""
+        attrs: dict[str, Any] = {
+            "host_id": self.host_id,
+            "pid": self.pid,
+            "tid": self.tid,
+            "thread_label": self.thread_label,
+        }
+        for key in ("tp_rank", "pp_rank", "dp_rank"):
+            value = getattr(self, key)
+            if value is not None:
+                attrs[key] = value
+        attrs.update(self.extra)
+        return attrs
+
+    def replace(self, **changes: Any) -> "RankInfo":
+        fields = {
+            "host_id": self.host_id, "pid": self.pid, "tid": self.tid,
+            "thread_label": self.thread_label, "tp_rank": self.tp_rank,
+            "pp_rank": self.pp_rank, "dp_rank": self.dp_rank,
+        }
+        extra = dict(self.extra)
+        for key, value in changes.items():
+            if key in fields:
+                fields[key] = value
+            else:
+                extra[key] = value
+        return RankInfo(**fields, extra=tuple(sorted(extra.items())))
+
+
+class StageEvent(NamedTuple):
+    """One execution of a stage (``run_batch_cpu``, ``forward``, ``send`` ...).
+
+    ``end_ns`` and ``error`` are ``None`` on the start event. Timestamps are
+    nanoseconds since the Unix epoch, read from the monotonic clock plus a
+    per-process offset (see :func:`sched_trace.clock.wall_offset_ns`).
+    ``microbatch``, ``batch_size`` and extracted ``attrs`` values are ``None`` when
+    not declared or when the extractor could not read them. ``span_id`` is unique in
+    the process; ``parent_id`` is the enclosing stage or batch on the same thread
+    (0 at top level).
+    """
+
+    name: str
+    level: int
+    start_ns: int
+    end_ns: Optional[int]
+    rank: RankInfo
+    microbatch: Any
+    batch_id: Optional[int]
+    batch_size: Optional[int]
+    attrs: Mapping[str, Any]
+    error: Optional[BaseException]
+    span_id: int
+    parent_id: int
+
+    kind = "stage"
+
+    @property
+    def duration_ns(self) -> Optional[int]:
+        return None if self.end_ns is None else self.end_ns - self.start_ns
+
+
+class BatchEvent(NamedTuple):
+    """One scheduler step (``decode_step``, a pipeline schedule's ``step`` ...).
+
+    Same fields as :class:`StageEvent`; ``batch_id`` is assigned per process in
+    increasing order and is inherited by every stage that runs inside the batch on
+    the same thread.
+    """
+
+    name: str
+    level: int
+    start_ns: int
+    end_ns: Optional[int]
+    rank: RankInfo
+    microbatch: Any
+    batch_id: Optional[int]
+    batch_size: Optional[int]
+    attrs: Mapping[str, Any]
+    error: Optional[BaseException]
+    span_id: int
+    parent_id: int
+
+    kind = "batch"
+
+    @property
+    def duration_ns(self) -> Optional[int]:
+        return None if self.end_ns is None else self.end_ns - self.start_ns
+
+
+Event = "StageEvent | BatchEvent"

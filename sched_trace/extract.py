@@ -1,0 +1,187 @@
+"""Extractors: how a wrapped call's arguments become micro-batch ids, sizes and ranks.
+
+The grammar, parsed once when instrumentation is declared and never eval'd::
+
+    extractor := path | "len(" path ")"
+    path      := root ("." attribute)*
+    root      := a parameter name of the wrapped function | "self"
+
+or a callable ``(instance, args, kwargs) -> value``. At call time a value that
+cannot be read (missing attribute, ``None`` on the way) becomes ``None`` and is
+counted in ``sched_trace.stats()['extract_missing']``; it never raises into the
+scheduler.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import keyword
+import logging
+import operator
+import re
+from collections import Counter
+from typing import Any, Callable, Optional
+
+from .errors import ExtractorError
+
+log = logging.getLogger("sched_trace")
+
+Extractor = Callable[[Any, tuple, dict], Any]
+missing: Counter[str] = Counter()
+_logged: set[str] = set()
+
+_GRAMMAR = re.compile(
+    r"^\s*(?:(len)\(\s*(?P<inner>[A-Za-z_]\w*(?:\s*\.\s*[A-Za-z_]\w*)*)\s*\)"
+    r"|(?P<plain>[A-Za-z_]\w*(?:\s*\.\s*[A-Za-z_]\w*)*))\s*$"
+)
+_HELP = (
+    "an extractor is a parameter name or 'self', then attribute steps, optionally inside "
+    "len(...): e.g. 'mb_id', 'self.stage_index', 'len(batch.reqs)'; or a callable "
+    "(instance, args, kwargs) -> value"
+)
+
+
+class Parameters:
+    """Where each named parameter of a function sits in ``args``.
+
+    When wrapt reports an instance (a bound method or classmethod), ``args`` lacks
+    the first parameter, so positions shift by one.
+    """
+
+    def __init__(self, function: Optional[Callable[..., Any]]) -> None:
+        self.known = function is not None
+        self.names: list[str] = []
+        self.position: dict[str, int] = {}
+        self.defaults: dict[str, Any] = {}
+        self.var_keyword = False
+        if function is None:
+            return
+        try:
+            signature = inspect.signature(function, follow_wrapped=True)
+        except (TypeError, ValueError):
+            self.known = False
+            return
+        for index, param in enumerate(signature.parameters.values()):
+            if param.kind is param.VAR_KEYWORD:
+                self.var_keyword = True
+                continue
+            if param.kind is param.VAR_POSITIONAL:
+                continue
+            self.names.append(param.name)
+            if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+                self.position[param.name] = index
+            if param.default is not param.empty:
+                self.defaults[param.name] = param.default
+
+    def check(self, name: str, what: str, spec: str) -> None:
+        if not self.known or name in self.names or self.var_keyword:
+            return
+        close = difflib.get_close_matches(name, self.names, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ExtractorError(
+            f"{what}={spec!r}: {name!r} is not a parameter of the wrapped function "
+            f"(parameters: {', '.join(self.names) or 'none'}).{hint}"
+        )
+
+
+def parse(spec: Any, what: str, params: Parameters) -> Optional[Extractor]:
+    """Compile ``spec`` into ``(instance, args, kwargs) -> value``; raise if malformed."""
+    if spec is None:
+        return None
+    if callable(spec):
+        return _from_callable(spec, what)
+    if not isinstance(spec, str):
+        raise ExtractorError(f"{what}={spec!r} is not an extractor: {_HELP}")
+    match = _GRAMMAR.match(spec)
+    if match is None:
+        raise ExtractorError(f"{what}={spec!r} is malformed: {_HELP}")
+    path = match.group("inner") or match.group("plain")
+    steps = [step.strip() for step in path.split(".")]
+    for step in steps:
+        if keyword.iskeyword(step):
+            raise ExtractorError(f"{what}={spec!r}: {step!r} is a Python keyword, not a name")
+    root, attributes = steps[0], steps[1:]
+    if root != "self":
+        params.check(root, what, spec)
+    read_root = _root_reader(root, params)
+    getter = operator.attrgetter(".".join(attributes)) if attributes else None
+    use_len = match.group(1) is not None
+    label = f"{what}={spec!r}"
+
+    def extract(instance: Any, args: tuple, kwargs: dict) -> Any:
+        try:
+            value = read_root(instance, args, kwargs)
+            if getter is not None:
+                value = getter(value)
+            return len(value) if use_len else value
+        except Exception:
+            _count_missing(label)
+            return None
+
+    extract.spec = spec  # type: ignore[attr-defined]
+    return extract
+
+
+def _root_reader(root: str, params: Parameters) -> Callable[[Any, tuple, dict], Any]:
+    if root == "self":
+        return lambda instance, args, kwargs: instance if instance is not None else args[0]
+    position = params.position.get(root)
+    has_default = root in params.defaults
+    default = params.defaults.get(root)
+
+    def read(instance: Any, args: tuple, kwargs: dict) -> Any:
+        if position is not None:
+            index = position - 1 if instance is not None else position
+            if 0 <= index < len(args):
+                return args[index]
+        if root in kwargs:
+            return kwargs[root]
+        if has_default:
+            return default
+        raise LookupError(root)
+
+    return read
+
+
+def _from_callable(function: Callable[..., Any], what: str) -> Extractor:
+    try:
+        inspect.signature(function).bind(None, (), {})
+    except TypeError:
+        raise ExtractorError(
+            f"{what}={function!r}: a callable extractor takes (instance, args, kwargs)"
+        ) from None
+    except ValueError:  # builtins without a signature: accept
+        pass
+    label = f"{what}={getattr(function, '__qualname__', function)!r}"
+
+    def extract(instance: Any, args: tuple, kwargs: dict) -> Any:
+        try:
+            return function(instance, args, kwargs)
+        except Exception:
+            _count_missing(label)
+            return None
+
+    return extract
+
+
+def parse_mapping(specs: Any, what: str, params: Parameters) -> tuple[tuple[str, Extractor], ...]:
+    """Parse ``{key: extractor}`` (rank keys or attributes) in a stable order."""
+    if specs is None:
+        return ()
+    if not isinstance(specs, dict):
+        raise ExtractorError(f"{what} must be a mapping of name to extractor, got {specs!r}")
+    parsed = []
+    for key, spec in specs.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            raise ExtractorError(f"{what} key {key!r} must be an identifier")
+        parsed.append((key, parse(spec, f"{what}[{key!r}]", params)))
+    return tuple(parsed)
+
+
+def _count_missing(label: str) -> None:
+    missing[label] += 1
+    if label not in _logged:
+        _logged.add(label)
+        log.warning("sched-trace could not read %s at call time; recorded as missing", label)
+

@@ -1,0 +1,125 @@
+"""Every hook sched-trace calls, documented once.
+
+A plugin implements any subset of these as functions or methods with the same
+name, marked with :data:`sched_trace.hookimpl` (or merely named ``sched_trace_*``).
+Hooks are called with keyword arguments; an implementation may accept fewer
+parameters than the spec lists.
+
+Event hooks (``*_start``/``*_end``) run on the scheduler thread: an
+implementation must only record the event (append it to a buffer) and return.
+Each implementation is guarded: if it raises, the error is counted against its
+plugin (see :func:`sched_trace.stats`), logged once, and the other plugins still
+receive the event. ``hookwrapper``/``wrapper`` implementations are not supported
+for event hooks.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Mapping
+
+import pluggy
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .events import BatchEvent, StageEvent
+
+PROJECT = "sched_trace"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec(historic=True)
+def sched_trace_configure(config: "Config") -> None:
+    """Receive the active configuration.
+
+    Fires when :func:`sched_trace.configure` runs, and again (historic) for every
+    plugin registered later, so a late plugin still sees the configuration.
+
+    :param config: the validated :class:`sched_trace.config.Config`. A plugin reads
+        its own table with ``config.plugin_settings("name")``. Raising
+        :class:`sched_trace.ConfigError` here reports a bad setting to the user;
+        any other exception is counted and logged like an event hook's.
+    """
+
+
+@hookspec
+def sched_trace_batch_start(event: "BatchEvent") -> None:
+    """A batch (one scheduler step) is about to run.
+
+    Fires on the scheduler thread before a function marked ``@batch`` or
+    instrumented with ``kind="batch"`` runs, when its level is enabled.
+
+    :param event: the :class:`~sched_trace.events.BatchEvent`, with ``end_ns`` and
+        ``error`` still ``None``.
+    """
+
+
+@hookspec
+def sched_trace_batch_end(event: "BatchEvent") -> None:
+    """A batch finished, normally or by raising.
+
+    Fires on the scheduler thread after the batch function returned or raised
+    (for generators and coroutines: when they are exhausted or closed).
+
+    :param event: the :class:`~sched_trace.events.BatchEvent` with ``end_ns`` set,
+        and ``error`` set to the exception when the batch raised (the exception
+        still propagates to the caller unchanged).
+    """
+
+
+@hookspec
+def sched_trace_stage_start(event: "StageEvent") -> None:
+    """A stage is about to run.
+
+    Fires on the scheduler thread before a function marked ``@stage`` or
+    instrumented with ``instrument(..., stage=...)`` runs, when its level is
+    enabled.
+
+    :param event: the :class:`~sched_trace.events.StageEvent`, with ``end_ns`` and
+        ``error`` still ``None``.
+    """
+
+
+@hookspec
+def sched_trace_stage_end(event: "StageEvent") -> None:
+    """A stage finished, normally or by raising.
+
+    Fires on the scheduler thread after the stage function returned or raised.
+    This is the hook exporters need: the event carries start and end.
+
+    :param event: the :class:`~sched_trace.events.StageEvent` with ``end_ns`` set,
+        and ``error`` set to the exception when the stage raised.
+    """
+
+
+@hookspec
+def sched_trace_flush(timeout: float) -> None:
+    """Export everything buffered so far, waiting at most ``timeout`` seconds.
+
+    Fires from :func:`sched_trace.flush` and before ``sched_trace_shutdown``; never
+    on the scheduler's hot path.
+
+    :param timeout: seconds this plugin may block.
+    """
+
+
+@hookspec
+def sched_trace_shutdown() -> None:
+    """Stop: release threads, processes and files.
+
+    Fires once from :func:`sched_trace.shutdown` (also at interpreter exit), after
+    ``sched_trace_flush``. No event hook fires after it until ``configure`` runs
+    again.
+    """
+
+
+@hookspec
+def sched_trace_collect_stats() -> Mapping[str, Any]:
+    """Report this plugin's counters (exported, dropped, errors ...).
+
+    Fires from :func:`sched_trace.stats`; the mapping returned appears there under
+    the plugin's name. Counters must be cheap to read.
+
+    :return: a flat mapping of counter name to number.
+    """

@@ -1,0 +1,248 @@
+"""The plugin manager: entry points, register/block, and fault-isolated dispatch.
+
+pluggy validates plugins and orders implementations; calls go through cached
+per-hook call lists (rebuilt on every register/unregister) in which each
+implementation is guarded on its own, so one failing plugin neither breaks the
+scheduler nor keeps the event from the others.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import threading
+from collections import Counter
+from typing import Any, Callable, Optional
+
+import pluggy
+
+from . import hookspecs
+from .errors import ConfigError, PluginError
+from .stages import LEVEL
+
+log = logging.getLogger("sched_trace")
+
+ENTRY_POINT_GROUP = "sched_trace"
+EVENT_HOOKS = (
+    "sched_trace_batch_start",
+    "sched_trace_batch_end",
+    "sched_trace_stage_start",
+    "sched_trace_stage_end",
+)
+Call = tuple[Callable[..., Any], str]
+
+
+class _Manager(pluggy.PluginManager):
+    def parse_hookimpl_opts(self, plugin: object, name: str):  # type: ignore[override]
+        opts = super().parse_hookimpl_opts(plugin, name)
+        if opts is None and name.startswith("sched_trace_"):
+            # Unmarked functions named like hooks count as hooks, so a misspelled
+            # name fails in check_pending() instead of being silently ignored.
+            method = getattr(plugin, name, None)
+            if callable(method):
+                opts = {}
+        return opts
+
+
+class PluginManager:
+    """sched-trace's plugin manager; one per process (:func:`get_manager`)."""
+
+    def __init__(self) -> None:
+        self._pm = _Manager(hookspecs.PROJECT)
+        self._pm.add_hookspecs(hookspecs)
+        self._lock = threading.RLock()
+        self.errors: Counter[str] = Counter()
+        self._logged: set[tuple[str, str]] = set()
+        self._config: Any = None
+        self.batch_start: tuple[Call, ...] = ()
+        self.batch_end: tuple[Call, ...] = ()
+        self.stage_start: tuple[Call, ...] = ()
+        self.stage_end: tuple[Call, ...] = ()
+        self.entry_points_loaded = False
+
+    # --- registration ------------------------------------------------------
+
+    def register(self, plugin: object, name: Optional[str] = None) -> Optional[str]:
+        """Register ``plugin``; returns its name, or None when the name is blocked."""
+        with self._lock:
+            if name is not None and self._pm.is_blocked(name):
+                return None
+            try:
+                registered = self._pm.register(plugin, name)
+            except ValueError as exc:
+                raise PluginError(plugin, str(exc)) from None
+            except pluggy.PluginValidationError as exc:
+                raise PluginError(plugin, str(exc)) from None
+            if registered is None:
+                return None
+            try:
+                self._validate(plugin)
+            except Exception:
+                self._pm.unregister(plugin)
+                raise
+            self._rebuild()
+            if self._config is not None:
+                self._configure_one(plugin, registered)
+            return registered
+
+    def _validate(self, plugin: object) -> None:
+        try:
+            self._pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            names = ", ".join(sorted(self._pm.hook.__dict__))
+            raise PluginError(
+                plugin, f"{exc}. Known hooks: {names}. Check the spelling of the hook name."
+            ) from None
+        for hook_name in EVENT_HOOKS:
+            for impl in getattr(self._pm.hook, hook_name).get_hookimpls():
+                if impl.plugin is plugin and (impl.hookwrapper or impl.wrapper):
+                    raise PluginError(
+                        plugin,
+                        f"{hook_name} in plugin {impl.plugin_name!r} is a hook wrapper; "
+                        "event hooks take plain implementations only",
+                    )
+
+    def unregister(self, plugin: object = None, name: Optional[str] = None) -> Any:
+        with self._lock:
+            removed = self._pm.unregister(plugin, name)
+            self._rebuild()
+            return removed
+
+    def set_blocked(self, name: str) -> None:
+        with self._lock:
+            plugin = self._pm.get_plugin(name)
+            if plugin is not None:
+                self.unregister(plugin)
+            self._pm.set_blocked(name)
+
+    def is_blocked(self, name: str) -> bool:
+        return self._pm.is_blocked(name)
+
+    def unblock(self, name: str) -> None:
+        self._pm.unblock(name)
+
+    def get_plugin(self, name: str) -> Any:
+        return self._pm.get_plugin(name)
+
+    def get_name(self, plugin: object) -> Optional[str]:
+        return self._pm.get_name(plugin)
+
+    def list_name_plugin(self) -> list[tuple[str, Any]]:
+        return self._pm.list_name_plugin()
+
+    def load_entry_points(self) -> list[str]:
+        """Register every plugin of the ``sched_trace`` entry-point group not blocked."""
+        loaded = []
+        with self._lock:
+            self.entry_points_loaded = True
+            for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+                if self._pm.is_blocked(ep.name) or self._pm.get_plugin(ep.name) is not None:
+                    continue
+                try:
+                    plugin = ep.load()
+                except Exception as exc:
+                    self._count_error(ep.name, "load", exc)
+                    continue
+                if isinstance(plugin, type):
+                    plugin = plugin()
+                if self.register(plugin, name=ep.name) is not None:
+                    loaded.append(ep.name)
+        return loaded
+
+    def _rebuild(self) -> None:
+        hook = self._pm.hook
+        for hook_name in EVENT_HOOKS:
+            calls = tuple(
+                (_positional(impl), impl.plugin_name)
+                for impl in reversed(getattr(hook, hook_name).get_hookimpls())
+            )
+            setattr(self, hook_name[len("sched_trace_"):], calls)
+        LEVEL.listening = bool(self.batch_start or self.batch_end or self.stage_start or self.stage_end)
+        LEVEL.update()
+
+    # --- dispatch ----------------------------------------------------------
+
+    def fire(self, calls: tuple[Call, ...], event: Any) -> None:
+        """Hand ``event`` to each implementation; a raising one is counted, never raised."""
+        for function, owner in calls:
+            try:
+                function(event)
+            except Exception as exc:
+                self._count_error(owner, event.kind, exc)
+
+    def call(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
+        """Call a non-event hook, guarded per implementation; returns (plugin, result) pairs."""
+        results = []
+        for impl in reversed(getattr(self._pm.hook, hook_name).get_hookimpls()):
+            try:
+                args = [kwargs[arg] for arg in impl.argnames]
+                results.append((impl.plugin_name, impl.function(*args)))
+            except ConfigError:
+                raise
+            except Exception as exc:
+                self._count_error(impl.plugin_name, hook_name, exc)
+        return results
+
+    def configure(self, config: Any) -> None:
+        self._config = config
+        self.call("sched_trace_configure", config=config)
+
+    def _configure_one(self, plugin: object, name: str) -> None:
+        for impl in self._pm.hook.sched_trace_configure.get_hookimpls():
+            if impl.plugin is plugin:
+                try:
+                    impl.function(*[self._config for _ in impl.argnames])
+                except ConfigError:
+                    self._pm.unregister(plugin)
+                    self._rebuild()
+                    raise
+                except Exception as exc:
+                    self._count_error(name, "sched_trace_configure", exc)
+
+    def forget_config(self) -> None:
+        self._config = None
+
+    def _count_error(self, plugin_name: str, where: str, exc: BaseException) -> None:
+        self.errors[plugin_name] += 1
+        key = (plugin_name, where)
+        if key not in self._logged:
+            self._logged.add(key)
+            log.error(
+                "sched-trace plugin %r raised in %s; the scheduler carries on and further "
+                "errors are only counted (sched_trace.stats()['plugin_errors'])",
+                plugin_name, where, exc_info=exc,
+            )
+
+
+def _positional(impl: Any) -> Callable[..., Any]:
+    if impl.argnames == ("event",):
+        return impl.function
+    if not impl.argnames:
+        function = impl.function
+        return lambda event: function()
+    raise PluginError(impl.plugin, f"{impl.function!r} must take the parameter 'event'")
+
+
+_manager: Optional[PluginManager] = None
+_manager_lock = threading.Lock()
+
+
+def get_manager() -> PluginManager:
+    global _manager
+    if _manager is None:
+        with _manager_lock:
+            if _manager is None:
+                _manager = PluginManager()
+                for name in blocked_from_env():
+                    _manager.set_blocked(name)
+    return _manager
+
+
+def blocked_from_env() -> list[str]:
+    raw = os.environ.get("SCHED_TRACE_BLOCK", "")
+    return [name.strip() for name in raw.split(",") if name.strip()]
+
+
+def autoload_disabled_by_env() -> bool:
+    return os.environ.get("SCHED_TRACE_DISABLE_PLUGIN_AUTOLOAD", "").lower() in ("1", "true", "yes")

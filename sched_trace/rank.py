@@ -1,0 +1,145 @@
+"""Who is recording: per-thread rank identity, auto-detected or set explicitly.
+
+``set_thread_info`` names the calling thread's role and ranks. Without it, a thread
+is described by its name and by what the environment says: ``SCHED_TRACE_TP_RANK``
+/ ``_PP_RANK`` / ``_DP_RANK``, the launcher's ``RANK``/``LOCAL_RANK``/``WORLD_SIZE``,
+and ``torch.distributed`` once it is initialised (never imported from here).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import sys
+import threading
+from typing import Any, Optional
+
+from .events import RankInfo
+
+_local = threading.local()
+_generation = [0]  # bumped to invalidate every thread's cached RankInfo
+_overrides: dict[tuple[RankInfo, tuple], RankInfo] = {}
+
+
+def host_id() -> str:
+    return os.environ.get("SCHED_TRACE_HOST_ID") or socket.gethostname()
+
+
+def _env_int(*names: str) -> Optional[int]:
+    for name in names:
+        raw = os.environ.get(name)
+        if raw not in (None, ""):
+            try:
+                return int(raw)
+            except ValueError:
+                continue
+    return None
+
+
+def _distributed_extras() -> dict[str, Any]:
+    extras: dict[str, Any] = {}
+    rank = _env_int("RANK")
+    world = _env_int("WORLD_SIZE")
+    local = _env_int("LOCAL_RANK")
+    dist = sys.modules.get("torch.distributed")
+    try:
+        if dist is not None and dist.is_available() and dist.is_initialized():
+            rank, world = dist.get_rank(), dist.get_world_size()
+    except Exception:  # a half-initialised torch must not break tracing
+        pass
+    if rank is not None:
+        extras["rank"] = rank
+    if world is not None:
+        extras["world_size"] = world
+    if local is not None:
+        extras["local_rank"] = local
+    return extras
+
+
+def detect(label: Optional[str] = None, **ranks: Any) -> RankInfo:
+    """Build the RankInfo for the calling thread from explicit values and the environment."""
+    thread = threading.current_thread()
+    extras = _distributed_extras()
+    tp = ranks.pop("tp_rank", _env_int("SCHED_TRACE_TP_RANK"))
+    pp = ranks.pop("pp_rank", _env_int("SCHED_TRACE_PP_RANK"))
+    dp = ranks.pop("dp_rank", _env_int("SCHED_TRACE_DP_RANK"))
+    extras.update(ranks)
+    return RankInfo(
+        host_id=host_id(),
+        pid=os.getpid(),
+        tid=threading.get_native_id(),
+        thread_label=label or os.environ.get("SCHED_TRACE_THREAD_LABEL") or thread.name,
+        tp_rank=tp,
+        pp_rank=pp,
+        dp_rank=dp,
+        extra=tuple(sorted(extras.items())),
+    )
+
+
+def set_thread_info(
+    thread_label: str,
+    tp_rank: Optional[int] = None,
+    pp_rank: Optional[int] = None,
+    dp_rank: Optional[int] = None,
+    **extra: Any,
+) -> RankInfo:
+    """Name the calling thread's role and ranks; every later event on it carries them."""
+    if not isinstance(thread_label, str) or not thread_label:
+        raise ValueError(f"thread_label must be a non-empty string, got {thread_label!r}")
+    info = detect(thread_label, tp_rank=tp_rank, pp_rank=pp_rank, dp_rank=dp_rank, **extra)
+    _local.explicit = (thread_label, dict(tp_rank=tp_rank, pp_rank=pp_rank, dp_rank=dp_rank, **extra))
+    _local.info = info
+    _local.generation = _generation[0]
+    return info
+
+
+def current() -> RankInfo:
+    """The calling thread's RankInfo (cached; refreshed after ``refresh()``)."""
+    info = getattr(_local, "info", None)
+    if info is not None and _local.generation == _generation[0]:
+        return info
+    explicit = getattr(_local, "explicit", None)
+    info = detect(explicit[0], **explicit[1]) if explicit else detect()
+    _local.info = info
+    _local.generation = _generation[0]
+    return info
+
+
+def refresh() -> None:
+    """Forget cached identities (after fork, or once torch.distributed is initialised)."""
+    _generation[0] += 1
+    _overrides.clear()
+
+
+def with_overrides(base: RankInfo, overrides: tuple[tuple[str, Any], ...]) -> RankInfo:
+    """``base`` with per-call rank keys applied; cached, so the hot path allocates once."""
+    key = (base, overrides)
+    info = _overrides.get(key)
+    if info is None:
+        if len(_overrides) > 4096:  # unbounded rank values would be a leak
+            _overrides.clear()
+        info = _overrides[key] = base.replace(**dict(overrides))
+    return info
+
+
+os.register_at_fork(after_in_child=refresh)
+
+# --- W3C trace context -------------------------------------------------------
+
+_TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+
+
+def parse_traceparent(value: str) -> Optional[tuple[int, int, int]]:
+    """``(trace_id, parent_span_id, flags)`` from a W3C ``traceparent``, or None if invalid."""
+    match = _TRACEPARENT.match(value.strip().lower()) if isinstance(value, str) else None
+    if match is None or match.group(1) == "ff":
+        return None
+    trace_id, span_id = int(match.group(2), 16), int(match.group(3), 16)
+    if trace_id == 0 or span_id == 0:
+        return None
+    return trace_id, span_id, int(match.group(4), 16)
+
+
+def format_traceparent(trace_id: int, span_id: int, sampled: bool = True) -> str:
+    return f"00-{trace_id:032x}-{span_id:016x}-{1 if sampled else 0:02x}"

@@ -1,0 +1,248 @@
+"""Hand-off from the scheduler thread to exporters: bounded buffers, drops counted.
+
+Event hooks run on the scheduler thread and must return at once. A plugin
+appends each event to an :class:`EventBuffer` (O(1), never blocks); a
+:class:`BackgroundExporter` thread drains the buffer in batches and calls the
+plugin's export function off the hot path. When the buffer is full the event is
+dropped and counted, never waited for. Buffers survive ``fork`` (the child
+starts empty, with its own thread).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import weakref
+from collections import deque
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+from .events import BatchEvent, StageEvent
+
+log = logging.getLogger("sched_trace")
+
+#: Default bound on buffered events per exporter. An event with its RankInfo shared
+#: costs about 350 bytes, so 131072 events stay well inside 64 MiB.
+DEFAULT_CAPACITY = 131072
+
+
+class EventBuffer:
+    """A bounded FIFO that counts what it had to drop."""
+
+    __slots__ = ("capacity", "dropped", "_items", "__weakref__")
+
+    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
+        if not isinstance(capacity, int) or capacity < 1:
+            raise ValueError(f"buffer capacity must be a positive integer, got {capacity!r}")
+        self.capacity = capacity
+        self.dropped = 0
+        self._items: deque = deque()
+
+    def append(self, event: Any) -> bool:
+        if len(self._items) >= self.capacity:
+            self.dropped += 1
+            return False
+        self._items.append(event)
+        return True
+
+    def drain(self, limit: int) -> list:
+        items, popleft = self._items, self._items.popleft
+        batch = []
+        for _ in range(min(limit, len(items))):
+            batch.append(popleft())
+        return batch
+
+    def clear(self) -> None:
+        self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class BackgroundExporter:
+    """Drains an EventBuffer on a daemon thread and passes batches to ``export``.
+
+    ``export(batch)`` runs off the scheduler thread. If it raises, the batch is
+    counted in ``failed`` and the thread carries on. ``flush`` waits until
+    everything appended so far went through ``export``.
+    """
+
+    def __init__(
+        self,
+        export: Callable[[Sequence[Any]], None],
+        *,
+        name: str = "exporter",
+        capacity: int = DEFAULT_CAPACITY,
+        max_batch: int = 4096,
+        interval: float = 0.2,
+    ) -> None:
+        self.name = name
+        self.buffer = EventBuffer(capacity)
+        self.export_batch = export
+        self.max_batch = max_batch
+        self.interval = interval
+        self.exported = 0
+        self.failed = 0
+        self._wake = threading.Event()
+        self._idle = threading.Condition()
+        self._busy = False
+        self._stopped = False
+        self._thread: Optional[threading.Thread] = None
+        self._pid = os.getpid()
+        _live.add(self)
+
+    # The hot path: one bound-method call and a deque append.
+    def append(self, event: Any) -> None:
+        if not self.buffer.append(event):
+            return
+        if self._thread is None or self._pid != os.getpid():
+            self._start()
+
+    def _start(self) -> None:
+        if self._pid != os.getpid():  # forked: the parent's thread and events are not ours
+            self._pid = os.getpid()
+            self.buffer.clear()
+            self._wake = threading.Event()
+            self._idle = threading.Condition()
+            self._busy = False
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name=f"sched-trace-{self.name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            self._drain_all()
+            if self._stopped:
+                return
+
+    def _drain_all(self) -> None:
+        while True:
+            with self._idle:
+                batch = self.buffer.drain(self.max_batch)
+                self._busy = bool(batch)
+            if not batch:
+                with self._idle:
+                    self._idle.notify_all()
+                return
+            try:
+                self.export_batch(batch)
+                self.exported += len(batch)
+            except Exception as exc:
+                self.failed += len(batch)
+                log.warning("sched-trace %s export failed (%d events counted as failed): %s",
+                            self.name, len(batch), exc)
+            finally:
+                with self._idle:
+                    self._busy = False
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Block until the buffer is empty and exported; False on timeout."""
+        if self._thread is None or not self._thread.is_alive():
+            self._drain_all()
+            return len(self.buffer) == 0
+        self._wake.set()
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._busy and len(self.buffer) == 0, timeout)
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        self.flush(timeout)
+        self._stopped = True
+        self._wake.set()
+        if self._thread is not None and self._thread.is_alive():
+            self._thread.join(timeout)
+        self._thread = None
+        _live.discard(self)
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "buffered": len(self.buffer),
+            "exported": self.exported,
+            "dropped": self.buffer.dropped,
+            "failed": self.failed,
+        }
+
+
+_live: "weakref.WeakSet[BackgroundExporter]" = weakref.WeakSet()
+
+
+class MemoryRecorder:
+    """A plugin that keeps every event in memory: for tests, demos and notebooks.
+
+    Not for production: it grows without bound unless ``capacity`` is set, in which
+    case further events are dropped and counted.
+    """
+
+    def __init__(self, capacity: Optional[int] = None, *, starts: bool = False) -> None:
+        self.events: list[Any] = []
+        self.capacity = capacity
+        self.dropped = 0
+        self._lock = threading.Lock()
+        if starts:
+            self.sched_trace_batch_start = self._record  # type: ignore[attr-defined]
+            self.sched_trace_stage_start = self._record  # type: ignore[attr-defined]
+
+    def _record(self, event: Any) -> None:
+        if self.capacity is not None and len(self.events) >= self.capacity:
+            self.dropped += 1
+            return
+        self.events.append(event)
+
+    def sched_trace_batch_end(self, event: BatchEvent) -> None:
+        self._record(event)
+
+    def sched_trace_stage_end(self, event: StageEvent) -> None:
+        self._record(event)
+
+    def sched_trace_collect_stats(self) -> dict[str, int]:
+        return {"recorded": len(self.events), "dropped": self.dropped}
+
+    # --- queries ---------------------------------------------------------------
+
+    def stages(self, name: Optional[str] = None) -> list[StageEvent]:
+        return [e for e in self.events if e.kind == "stage" and (name is None or e.name == name)]
+
+    def batches(self, name: Optional[str] = None) -> list[BatchEvent]:
+        return [e for e in self.events if e.kind == "batch" and (name is None or e.name == name)]
+
+    def by_stage(self, name: str) -> list[Any]:
+        return [e for e in self.events if e.name == name]
+
+    def by_rank(self, **ranks: Any) -> list[Any]:
+        """Events whose rank matches every key given (``pp_rank=1``, ``thread_label=...``)."""
+        def matches(event: Any) -> bool:
+            extras = None
+            for key, value in ranks.items():
+                if hasattr(event.rank, key) and key != "extra":
+                    if getattr(event.rank, key) != value:
+                        return False
+                else:
+                    extras = extras if extras is not None else event.rank.extras
+                    if extras.get(key) != value:
+                        return False
+            return True
+        return [e for e in self.events if matches(e)]
+
+    def by_microbatch(self, microbatch: Any) -> list[Any]:
+        return [e for e in self.events if e.microbatch == microbatch]
+
+    def names(self) -> list[str]:
+        return [e.name for e in self.events]
+
+    def clear(self) -> None:
+        self.events.clear()
+        self.dropped = 0
+
+
+def shutdown_all(timeout: float = 5.0, exporters: Optional[Iterable[BackgroundExporter]] = None) -> None:
+    for exporter in list(exporters if exporters is not None else _live):
+        exporter.shutdown(timeout)
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    from . import api  # late: api imports this module
+
+    api.shutdown(timeout=5.0)
