@@ -1,0 +1,38 @@
+"""Put on PYTHONPATH by ``sched-trace run``: configure before the program's own code."""
+
+import os
+import sys
+
+
+def _bootstrap() -> None:
+    if os.environ.get("SCHED_TRACE_BOOTSTRAP") != "1":
+        return
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        import sched_trace
+        from sched_trace import config as _config
+
+        cfg = _config.resolve(None)
+        for name in filter(None, os.environ.get("SCHED_TRACE_PROFILES", "").split(",")):
+            cfg = sched_trace.api._merge(cfg, _config.load_profile(name, "SCHED_TRACE_PROFILES"))
+        sched_trace.configure(config=cfg)
+    except Exception as exc:  # a broken setup must say so, not silently trace nothing
+        sys.stderr.write(f"sched-trace: not configured: {exc}\n")
+        if os.environ.get("SCHED_TRACE_STRICT", "1") == "1":
+            raise SystemExit(2)
+    # Chain to a sitecustomize that ours shadows.
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
+    saved = sys.modules.pop("sitecustomize", None)
+    try:
+        import importlib
+
+        try:
+            importlib.import_module("sitecustomize")
+        except ImportError:
+            pass
+    finally:
+        if saved is not None and "sitecustomize" not in sys.modules:
+            sys.modules["sitecustomize"] = saved
+
+
+_bootstrap()
