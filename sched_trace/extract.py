@@ -77,7 +77,7 @@ class Parameters:
     def check(self, name: str, what: str, spec: str) -> None:
         if not self.known or name in self.names or self.var_keyword:
             return
-        close = difflib.get_close_matches(name, self.names, n=1)
+        close = difflib.get_close_matches(name, self.names, n=1, cutoff=0.5)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ExtractorError(
             f"{what}={spec!r}: {name!r} is not a parameter of the wrapped function "

@@ -24,6 +24,8 @@ from .probe import Probe, compiling
 from .stages import check_level, register_stage
 
 log = logging.getLogger("sched_trace")
+# wrapt 2 moved the common base of proxies and function wrappers to BaseObjectProxy.
+_PROXY = getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy)
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_STAGE_LEVEL = 2
@@ -223,7 +225,7 @@ class Handle:
                 return
             # Someone wrapped our proxy: unlink ours from their chain, keep theirs.
             outer = current
-            while isinstance(outer, wrapt.ObjectProxy):
+            while isinstance(outer, _PROXY):
                 inner = object.__getattribute__(outer, "__wrapped__")
                 if inner is self.proxy:
                     outer.__wrapped__ = self.original

@@ -20,12 +20,13 @@ def pytest_configure(config: Any) -> None:
 
 @pytest.fixture
 def sched_trace_recorder(request: Any) -> Iterator[Any]:
-    from sched_trace import api, instrument, recorder, stages
+    from sched_trace import api, recorder, stages
+    from sched_trace.instrument import handles
     from sched_trace.plugins import get_manager
 
     marker = request.node.get_closest_marker("sched_trace")
     level = marker.kwargs.get("level", stages.MAX_LEVEL) if marker else stages.MAX_LEVEL
-    before = {id(h) for h in instrument.handles()}
+    before = {id(h) for h in handles()}
     previous_level = stages.get_level()
     memory = recorder.MemoryRecorder()
     manager = get_manager()
@@ -34,7 +35,7 @@ def sched_trace_recorder(request: Any) -> Iterator[Any]:
     try:
         yield memory
     finally:
-        for handle in instrument.handles():
+        for handle in handles():
             if id(handle) not in before:
                 handle.uninstrument()
         manager.unregister(memory)
