@@ -129,7 +129,8 @@ class PluginManager:
         return self._pm.get_name(plugin)
 
     def list_name_plugin(self) -> list[tuple[str, Any]]:
-        return self._pm.list_name_plugin()
+        """Registered (name, plugin) pairs; blocked names are not listed."""
+        return [(name, plugin) for name, plugin in self._pm.list_name_plugin() if plugin is not None]
 
     def load_entry_points(self) -> list[str]:
         """Register every plugin of the ``sched_trace`` entry-point group not blocked."""

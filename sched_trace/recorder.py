@@ -89,26 +89,28 @@ class BackgroundExporter:
         self._busy = False
         self._stopped = False
         self._thread: Optional[threading.Thread] = None
-        self._pid = os.getpid()
         _live.add(self)
 
     # The hot path: one bound-method call and a deque append.
     def append(self, event: Any) -> None:
-        if not self.buffer.append(event):
-            return
-        if self._thread is None or self._pid != os.getpid():
+        if self.buffer.append(event) and self._thread is None:
             self._start()
 
     def _start(self) -> None:
-        if self._pid != os.getpid():  # forked: the parent's thread and events are not ours
-            self._pid = os.getpid()
-            self.buffer.clear()
-            self._wake = threading.Event()
-            self._idle = threading.Condition()
-            self._busy = False
-        self._stopped = False
-        self._thread = threading.Thread(target=self._run, name=f"sched-trace-{self.name}", daemon=True)
-        self._thread.start()
+        with self._idle:
+            if self._thread is not None:
+                return
+            self._stopped = False
+            self._thread = threading.Thread(target=self._run, name=f"sched-trace-{self.name}", daemon=True)
+            self._thread.start()
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's thread does not exist here and its events are the parent's to export.
+        self.buffer.clear()
+        self._wake = threading.Event()
+        self._idle = threading.Condition()
+        self._busy = False
+        self._thread = None
 
     def _run(self) -> None:
         while True:
@@ -166,6 +168,14 @@ class BackgroundExporter:
 
 
 _live: "weakref.WeakSet[BackgroundExporter]" = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    for exporter in list(_live):
+        exporter._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 class MemoryRecorder:
