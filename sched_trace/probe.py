@@ -15,7 +15,7 @@ from time import monotonic_ns
 from typing import Any, Callable, Optional
 
 from . import clock, extract, rank as _rank
-from .events import NO_ATTRS, BatchEvent, StageEvent
+from .events import NO_ATTRS, BatchEvent, RankInfo, StageEvent
 from .plugins import get_manager
 from .stages import LEVEL
 
@@ -28,6 +28,7 @@ class _ThreadState(threading.local):
     def __init__(self) -> None:
         self.parent = 0  # span id of the innermost running stage or batch
         self.batch_id: Optional[int] = None
+        self.rank: Optional[RankInfo] = None  # rank of that span: nested spans inherit its keys
 
 
 _tls = _ThreadState()
@@ -89,7 +90,10 @@ class Probe:
 
     def begin(self, instance: Any, args: tuple, kwargs: dict, nest: bool) -> tuple:
         tls = _tls
-        rank = _rank.current()
+        # A span without rank keys of its own (a P2P wait inside a pipeline step) is
+        # attributed to the rank of the span it runs in.
+        enclosing = tls.rank
+        rank = enclosing if enclosing is not None else _rank.current()
         if self.rank_keys:
             rank = _rank.with_overrides(
                 rank, tuple((key, read(instance, args, kwargs)) for key, read in self.rank_keys)
@@ -121,16 +125,18 @@ class Probe:
             manager.fire(calls, start)
         if nest:
             tls.parent = span_id
+            tls.rank = rank
             if self.is_batch:
                 tls.batch_id = batch_id
-        return start, parent, previous_batch
+        return start, parent, previous_batch, enclosing
 
     def finish(self, token: tuple, error: Optional[BaseException], nest: bool) -> None:
         end_ns = monotonic_ns() + clock._offset_ns
-        start, parent, previous_batch = token
+        start, parent, previous_batch, enclosing = token
         if nest:
             tls = _tls
             tls.parent = parent
+            tls.rank = enclosing
             if self.is_batch:
                 tls.batch_id = previous_batch
         manager = get_manager()
