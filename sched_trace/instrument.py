@@ -31,6 +31,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_STAGE_LEVEL = 2
 DEFAULT_BATCH_LEVEL = 1
 unresolved: list[str] = []
+# Set by `sched-trace run`'s bootstrap: sys.path is not complete before the program
+# starts, and the launcher has already checked that every target's package exists.
+DEFER_MISSING_MODULES = [False]
 
 
 def _resolve_qualname(module: str, qualname: str) -> Any:
@@ -282,8 +285,10 @@ def instrument(
         if module is not None:
             handle.apply(module)
         else:
+            # Grammar now; whether each root names a parameter once the module is imported.
+            Probe(name, level, kind, None, **{k: v for k, v in options.items() if k != "parent"})
             top = module_name.split(".")[0]
-            if importlib.util.find_spec(top) is None:
+            if not DEFER_MISSING_MODULES[0] and importlib.util.find_spec(top) is None:
                 raise InstrumentationError(
                     f"cannot instrument {target!r}: no module named {top!r} is installed "
                     f"(check the spelling, or install the package that provides it)"

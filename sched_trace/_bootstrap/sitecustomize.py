@@ -11,6 +11,9 @@ def _bootstrap() -> None:
     try:
         import sched_trace
         from sched_trace import config as _config
+        from sched_trace.instrument import DEFER_MISSING_MODULES
+
+        DEFER_MISSING_MODULES[0] = True
 
         cfg = _config.resolve(None)
         for name in filter(None, os.environ.get("SCHED_TRACE_PROFILES", "").split(",")):
@@ -18,8 +21,9 @@ def _bootstrap() -> None:
         sched_trace.configure(config=cfg)
     except Exception as exc:  # a broken setup must say so, not silently trace nothing
         sys.stderr.write(f"sched-trace: not configured: {exc}\n")
+        sys.stderr.flush()
         if os.environ.get("SCHED_TRACE_STRICT", "1") == "1":
-            raise SystemExit(2)
+            os._exit(2)  # SystemExit here would be reported as a broken site module
     # Chain to a sitecustomize that ours shadows.
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
     saved = sys.modules.pop("sitecustomize", None)

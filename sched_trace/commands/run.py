@@ -9,6 +9,8 @@ the way ``opentelemetry-instrument`` does.
 from __future__ import annotations
 
 import argparse
+import importlib.machinery
+import importlib.util
 import os
 import shutil
 import sys
@@ -41,6 +43,24 @@ def child_environment(config_path: "str | None", profiles: list[str], level: "in
     return env
 
 
+def check_target_packages(cfg: _config.Config, program: list[str]) -> None:
+    """Each target's top-level package must be importable by the program."""
+    search = [os.getcwd()] + [str(Path(arg).resolve().parent) for arg in program if arg.endswith(".py")]
+    search += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    for spec in cfg.instrument:
+        top = spec.target.split(":")[0].split(".")[0]
+        if top in sys.modules or importlib.util.find_spec(top) is not None:
+            continue
+        if any(importlib.machinery.PathFinder.find_spec(top, [path]) for path in search):
+            continue
+        source, _, key = spec.where.partition(": ")
+        raise ConfigError(
+            f"target {spec.target!r}: no module named {top!r} is importable from here "
+            "(check the spelling, the working directory, or PYTHONPATH)",
+            source=source, key=key,
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     program = list(args.program)
     if program and program[0] == "--":
@@ -50,11 +70,11 @@ def run(args: argparse.Namespace) -> int:
     config_path = args.config
     if config_path is None and Path("sched_trace.toml").is_file():
         config_path = "sched_trace.toml"
-    try:  # fail here, before the program starts, on a bad file or profile
-        if config_path:
-            _config.load(config_path)
-        for name in args.profile:
-            _config.load_profile(name, "--profile")
+    try:  # fail here, before the program starts, on a bad file, profile or target package
+        configs = [_config.load(config_path)] if config_path else []
+        configs += [_config.load_profile(name, "--profile") for name in args.profile]
+        for cfg in configs:
+            check_target_packages(cfg, program)
     except ConfigError as exc:
         raise SystemExit(f"sched-trace run: {exc}") from None
     env = child_environment(config_path, args.profile, args.level)

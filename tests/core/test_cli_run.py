@@ -1,0 +1,73 @@
+"""`sched-trace run`: configuration applied before the program's code, in children too."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+PROGRAM = textwrap.dedent("""
+    import multiprocessing, subprocess, sys
+    from tests.core.sample_scheduler import Batch, Scheduler
+    import sched_trace
+
+    class Dump:
+        def sched_trace_stage_end(self, event):
+            print("EVENT", event.name, event.microbatch, event.batch_size, flush=True)
+
+    def child():
+        sched_trace.register(Dump())
+        Scheduler().run_batch(Batch([1, 2, 3]), 2)
+
+    if __name__ == "__main__":
+        sched_trace.register(Dump())
+        Scheduler().run_batch(Batch([1]), 1)
+        process = multiprocessing.get_context("spawn").Process(target=child)
+        process.start(); process.join()
+        subprocess.run([sys.executable, "-c", "from tests.core.sample_scheduler import *; "
+                        "import sched_trace, __main__; "
+                        "sched_trace.register(type('D', (), {'sched_trace_stage_end': lambda s, event: print('EVENT', event.name, flush=True)})()); "
+                        "Scheduler().run_batch(Batch([]))"], check=True)
+""")
+
+CONFIG = textwrap.dedent("""
+    [[instrument]]
+    target = "tests.core.sample_scheduler:Scheduler.run_batch"
+    stage = "run_batch_cpu"
+    level = 4
+    microbatch = "mb_id"
+    batch_size = "len(batch.reqs)"
+""")
+
+
+def run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SCHED_TRACE_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    return subprocess.run([sys.executable, "-m", "sched_trace.cli", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_run_instruments_the_program_and_its_children(tmp_path):
+    (tmp_path / "sched_trace.toml").write_text(CONFIG)
+    (tmp_path / "serve.py").write_text(PROGRAM)
+    result = run_cli(tmp_path, "run", "--", sys.executable, "serve.py")
+    assert result.returncode == 0, result.stderr
+    events = [line for line in result.stdout.splitlines() if line.startswith("EVENT")]
+    assert events == ["EVENT run_batch_cpu 1 1", "EVENT run_batch_cpu 2 3", "EVENT run_batch_cpu"]
+
+
+def test_run_refuses_a_bad_config_before_starting_the_program(tmp_path):
+    (tmp_path / "bad.toml").write_text("[[instrument]]\ntarget = 'x:y'\nmicrobatch = 'len(a'\n")
+    (tmp_path / "never.py").write_text("open('started', 'w').close()")
+    result = run_cli(tmp_path, "run", "--config", "bad.toml", "--", sys.executable, "never.py")
+    assert result.returncode != 0
+    assert "bad.toml: [instrument[0]] microbatch='len(a' is malformed" in result.stderr
+    assert not (tmp_path / "started").exists()
+
+
+def test_run_without_a_program_explains_usage(tmp_path):
+    result = run_cli(tmp_path, "run")
+    assert result.returncode != 0 and "give the command after '--'" in result.stderr
