@@ -5,7 +5,6 @@ Only re-exports; each name lives in a small module of its own.
 
 from __future__ import annotations
 
-from . import analysis
 from .api import configure, flush, register, reset_stats, shutdown, stats, unregister
 from .config import Config
 from .errors import (
@@ -24,6 +23,15 @@ from .recorder import BackgroundExporter, EventBuffer, MemoryRecorder
 from .stages import get_level, set_level
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # Analysis pulls in more than the hot path needs: import it on first use.
+    if name == "analysis":
+        import importlib
+
+        return importlib.import_module(".analysis", __name__)
+    raise AttributeError(f"module 'sched_trace' has no attribute {name!r}")
 
 __all__ = [
     "BackgroundExporter", "BatchEvent", "Config", "ConfigError", "EventBuffer", "ExtractorError",
