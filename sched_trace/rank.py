@@ -13,6 +13,7 @@ import re
 import socket
 import sys
 import threading
+from time import monotonic_ns
 from typing import Any, Optional
 
 from .events import RankInfo
@@ -91,18 +92,35 @@ def set_thread_info(
     _local.explicit = (thread_label, dict(tp_rank=tp_rank, pp_rank=pp_rank, dp_rank=dp_rank, **extra))
     _local.info = info
     _local.generation = _generation[0]
+    _local.recheck_at = monotonic_ns() + 1_000_000_000 if _awaiting_init() else None
     return info
 
 
+def _awaiting_init() -> bool:
+    """torch.distributed is imported but not initialised yet: ranks may still change."""
+    dist = sys.modules.get("torch.distributed")
+    try:
+        return dist is not None and dist.is_available() and not dist.is_initialized()
+    except Exception:
+        return False
+
+
 def current() -> RankInfo:
-    """The calling thread's RankInfo (cached; refreshed after ``refresh()``)."""
+    """The calling thread's RankInfo (cached; refreshed after ``refresh()``).
+
+    While torch.distributed is imported but not initialised, the cache is
+    re-checked at most once a second, so ranks appear once the process group is up.
+    """
     info = getattr(_local, "info", None)
     if info is not None and _local.generation == _generation[0]:
-        return info
+        recheck = _local.recheck_at
+        if recheck is None or monotonic_ns() < recheck:
+            return info
     explicit = getattr(_local, "explicit", None)
     info = detect(explicit[0], **explicit[1]) if explicit else detect()
     _local.info = info
     _local.generation = _generation[0]
+    _local.recheck_at = monotonic_ns() + 1_000_000_000 if _awaiting_init() else None
     return info
 
 

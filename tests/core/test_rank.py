@@ -61,3 +61,20 @@ def test_traceparent_round_trip():
     assert rank.parse_traceparent(value) == (0xABC, 0x123, 1)
     assert rank.parse_traceparent("00-" + "0" * 32 + "-0000000000000123-01") is None
     assert rank.parse_traceparent("garbage") is None
+
+
+def test_ranks_appear_once_the_process_group_is_initialised(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    import torch.distributed as dist
+
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    rank.refresh()
+    assert "world_size" not in rank.current().extras
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store2", rank=0, world_size=1)
+    try:
+        rank._local.recheck_at = 0  # what a second of waiting would do
+        assert rank.current().extras["world_size"] == 1
+    finally:
+        dist.destroy_process_group()
+        rank.refresh()
