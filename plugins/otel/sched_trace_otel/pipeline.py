@@ -1,0 +1,80 @@
+"""Records in, spans out: the assembler and the sink, wherever they run.
+
+The same pipeline runs in the exporter process (default) or on the plugin's
+exporter thread (``process = false``).
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, Mapping
+
+from sched_trace import clock
+
+from .assemble import Assembler
+from .settings import OtelSettings
+from .sinks import make_sink
+
+
+def process_meta(settings: OtelSettings, pid: int, salt: int) -> dict[str, Any]:
+    """What the exporter needs to know about the scheduler process it exports for."""
+    from sched_trace.rank import host_id
+
+    host = host_id()
+    return {
+        "pid": pid,
+        "host": host.replace("/", "_"),
+        "salt": salt,
+        "resource": {
+            "service.name": settings.resolved_service_name,
+            "host.name": socket.gethostname(),
+            "host.id": host,
+            "process.pid": pid,
+            "telemetry.sdk.name": "sched-trace",
+            "telemetry.sdk.language": "python",
+            # Monotonic-to-epoch offset of the scheduler process, for aligning merged files.
+            "sched_trace.clock.wall_offset_ns": clock.wall_offset_ns(),
+        },
+    }
+
+
+class ExportPipeline:
+    def __init__(self, settings: OtelSettings, meta: Mapping[str, Any]) -> None:
+        self.settings = settings
+        self.assembler = Assembler(settings, meta["salt"])
+        self.sink = make_sink(settings, meta)
+        self.records = 0
+        self.spans = 0
+
+    def handle(self, ranks: list, records: list) -> None:
+        if ranks:
+            self.assembler.add_ranks(ranks)
+        if records:
+            self.records += len(records)
+            spans = self.assembler.feed(records)
+            if spans:
+                self.spans += len(spans)
+                self.sink.export(spans)
+
+    def flush(self, timeout: float) -> bool:
+        return self.sink.flush(timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Emit scopes left open, flush, close the sink."""
+        spans = self.assembler.finish()
+        if spans:
+            self.spans += len(spans)
+            self.sink.export(spans)
+        self.sink.flush(timeout)
+        self.sink.close()
+
+    def stats(self) -> dict[str, int]:
+        sampler = self.assembler.sampler
+        return {
+            "records": self.records,
+            "spans_built": self.spans,
+            "sampled_out_batches": sampler.batches_dropped,
+            "sampled_out_requests": sampler.requests_dropped,
+            "orphans": self.assembler.orphans,
+            **self.sink.stats(),
+        }

@@ -1,0 +1,125 @@
+"""Events to compact, picklable records, and the length-prefixed frames that carry them.
+
+Runs on the exporter thread of the scheduler process: it reads each event once,
+resolves request ids and trace contexts (so request objects never leave the
+process), and ships plain tuples. A RankInfo is sent once per exporter process
+as an index plus its attributes.
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+import traceback
+from typing import Any, BinaryIO, Iterable, Optional
+
+from .propagation import request_context
+
+# Record fields, by position (a tuple pickles several times faster than a dict).
+KIND, NAME, LEVEL, START, END, RANK, MICROBATCH, BATCH_ID, BATCH_SIZE, ATTRS, ERROR, SPAN_ID, \
+    PARENT_ID, REQUESTS, TID = range(15)
+PRIMITIVES = (str, bool, int, float)
+_HEADER = struct.Struct("<I")
+
+
+def attribute_value(value: Any) -> Any:
+    """An OTLP-safe attribute value: primitives as is, anything else as short text."""
+    if isinstance(value, PRIMITIVES):
+        return value
+    if isinstance(value, (list, tuple)) and all(isinstance(v, PRIMITIVES) for v in value[:64]):
+        return [v for v in value[:64]]
+    return str(value)[:256]
+
+
+def error_info(error: BaseException) -> tuple[str, str, str]:
+    """(exception.type, exception.message, exception.stacktrace) as OTel's exception event wants."""
+    kind = type(error)
+    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    stack = "".join(traceback.format_exception(kind, error, error.__traceback__))
+    return name, str(error), stack[-8192:]
+
+
+class RecordEncoder:
+    """Turns events into records; remembers which RankInfos the receiving side knows."""
+
+    def __init__(self, max_requests: int = 4096, resolve_requests: bool = True) -> None:
+        self.max_requests = max_requests
+        self.resolve_requests = resolve_requests
+        self.truncated_requests = 0
+        self._ranks: dict[Any, int] = {}
+
+    def forget_ranks(self) -> None:
+        """A new receiver (restarted exporter process) must be told every rank again."""
+        self._ranks.clear()
+
+    def encode(self, events: Iterable[Any]) -> tuple[list, list]:
+        """``(new_ranks, records)`` for a batch of end events."""
+        new_ranks: list[tuple[int, dict[str, Any]]] = []
+        records = []
+        ranks = self._ranks
+        for event in events:
+            rank = event.rank
+            index = ranks.get(rank)
+            if index is None:
+                index = ranks[rank] = len(ranks)
+                new_ranks.append((index, {k: attribute_value(v) for k, v in rank.as_attributes().items()}))
+            attrs = event.attrs
+            requests = None
+            extra: tuple = ()
+            if attrs:
+                extra = tuple((k, attribute_value(v)) for k, v in attrs.items() if k != "requests" and v is not None)
+                if "requests" in attrs and self.resolve_requests:
+                    requests = self._requests(attrs["requests"])
+            microbatch = event.microbatch
+            if microbatch is not None and not isinstance(microbatch, PRIMITIVES):
+                microbatch = str(microbatch)
+            records.append((
+                1 if event.kind == "batch" else 0, event.name, event.level, event.start_ns, event.end_ns,
+                index, microbatch, event.batch_id, event.batch_size, extra,
+                None if event.error is None else error_info(event.error),
+                event.span_id, event.parent_id, requests, rank.tid,
+            ))
+        return new_ranks, records
+
+    def _requests(self, value: Any) -> Optional[tuple]:
+        if value is None:
+            return None
+        if isinstance(value, (str, int)) or not hasattr(value, "__iter__"):
+            value = (value,)
+        try:
+            items = list(value)  # the scheduler may mutate its list later; read it once
+        except Exception:
+            return None
+        if len(items) > self.max_requests:
+            self.truncated_requests += len(items) - self.max_requests
+            items = items[: self.max_requests]
+        return tuple(request_context(item) for item in items)
+
+
+def write_frame(stream: BinaryIO, message: Any) -> int:
+    """Pickle ``message`` behind a 4-byte length; returns bytes written."""
+    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_HEADER.pack(len(payload)))
+    stream.write(payload)
+    stream.flush()
+    return len(payload) + _HEADER.size
+
+
+def read_frame(stream: BinaryIO) -> Any:
+    """The next message, or None at end of stream."""
+    header = _read_exact(stream, _HEADER.size)
+    if header is None:
+        return None
+    payload = _read_exact(stream, _HEADER.unpack(header)[0])
+    return None if payload is None else pickle.loads(payload)
+
+
+def _read_exact(stream: BinaryIO, size: int) -> Optional[bytes]:
+    chunks, remaining = [], size
+    while remaining:
+        chunk = stream.read(remaining)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
