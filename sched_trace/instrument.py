@@ -12,9 +12,11 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import re
 import sys
 import threading
 import warnings
+from collections.abc import MutableMapping
 from typing import Any, Callable, Optional, TypeVar
 
 import wrapt
@@ -115,21 +117,63 @@ def batch(
 # --- instrument(): patching code you do not own --------------------------------
 
 
-def split_target(target: str) -> tuple[str, list[str]]:
+_SUBSCRIPT = re.compile(r"^(?P<table>[^\[\]]+)\[\s*(?P<key>[^\[\]]*?)\s*\]$")
+_KEY = re.compile(r"^(?:'[^'\\]*'|\"[^\"\\]*\"|-?\d+|[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)$")
+
+
+def parse_target(target: str) -> tuple[str, list[str], Optional[str]]:
+    """``(module, attribute path, table key or None)`` of a target string.
+
+    ``pkg.mod:Class.method`` names an attribute; ``pkg.mod:Class.TABLE[KEY]`` names an
+    entry of a dispatch table (a dict the library calls through, like DeepSpeed's
+    ``PipelineEngine._INSTRUCTION_MAP``). KEY is a name looked up in ``pkg.mod``
+    (``schedule.ForwardPass``), a quoted string, or an integer.
+    """
     if not isinstance(target, str) or target.count(":") != 1:
         raise InstrumentationError(
             f"target {target!r} must look like 'package.module:Class.method' or "
             "'package.module:function' (module path, one colon, attribute path)"
         )
     module, path = target.split(":")
+    key = None
+    subscript = _SUBSCRIPT.match(path)
+    if subscript is not None:
+        path, key = subscript.group("table"), subscript.group("key")
+        if not _KEY.match(key):
+            raise InstrumentationError(
+                f"target {target!r}: table key {key!r} must be a name in {module!r} "
+                "(e.g. schedule.ForwardPass), a quoted string or an integer"
+            )
     parts = path.split(".")
     if not module or not all(part.isidentifier() for part in parts) or not all(
         piece.isidentifier() for piece in module.split(".")
     ):
         raise InstrumentationError(
-            f"target {target!r} is malformed: expected 'package.module:Class.method'"
+            f"target {target!r} is malformed: expected 'package.module:Class.method' "
+            "or 'package.module:Class.TABLE[KEY]'"
         )
+    return module, parts, key
+
+
+def split_target(target: str) -> tuple[str, list[str]]:
+    module, parts, _ = parse_target(target)
     return module, parts
+
+
+def _table_key(key: str, module: Any) -> Any:
+    """The object a table key names: a literal, or a name looked up in the target module."""
+    if key[0] in "'\"":
+        return key[1:-1]
+    if key.lstrip("-").isdigit():
+        return int(key)
+    value = module
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _key_label(key: str) -> str:
+    return key.strip("'\"").rsplit(".", 1)[-1]
 
 
 class Handle:
@@ -138,7 +182,8 @@ class Handle:
     def __init__(self, target: str, kind: str, name: str, level: int, options: dict) -> None:
         self.target, self.kind, self.name, self.level = target, kind, name, level
         self.options = options
-        self.module, self.path = split_target(target)
+        self.module, self.path, self.key = parse_target(target)
+        self.table_key: Any = None  # the resolved key, for a dispatch-table target
         self.state = "pending"  # pending -> active -> removed; or unresolved
         self.owner: Any = None
         self.original: Any = None
@@ -157,6 +202,8 @@ class Handle:
         return f"<sched_trace.Handle {self.target} {self.kind}={self.name!r} level={self.level} {self.state}>"
 
     def _lookup(self, module: Any) -> tuple[Any, Any, bool]:
+        if self.key is not None:
+            return self._lookup_entry(module)
         owner = module
         for part in self.path[:-1]:
             try:
@@ -172,6 +219,44 @@ class Handle:
         if not hasattr(owner, name):
             raise self._missing(name, owner)
         return owner, getattr(owner, name), True
+
+    def _lookup_entry(self, module: Any) -> tuple[Any, Any, bool]:
+        table = module
+        for part in self.path:
+            try:
+                table = getattr(table, part)
+            except AttributeError:
+                raise self._missing(part, table) from None
+        if not isinstance(table, MutableMapping):
+            raise InstrumentationError(
+                f"cannot instrument {self.target!r}: {'.'.join(self.path)} is a "
+                f"{type(table).__name__}, not a dict-like dispatch table"
+            )
+        try:
+            self.table_key = _table_key(self.key, module)  # type: ignore[arg-type]
+        except AttributeError:
+            raise InstrumentationError(
+                f"cannot instrument {self.target!r}: key {self.key!r} names nothing in module {self.module!r}"
+            ) from None
+        if self.table_key not in table:
+            known = ", ".join(getattr(k, "__name__", repr(k)) for k in list(table)[:12])
+            raise InstrumentationError(
+                f"cannot instrument {self.target!r}: {'.'.join(self.path)} has no entry "
+                f"{self.key!r} (entries: {known}). Check the target against the installed version."
+            )
+        return table, table[self.table_key], True
+
+    def _current(self) -> Any:
+        if self.key is not None:
+            return self.owner.get(self.table_key)
+        name = self.path[-1]
+        return vars(self.owner).get(name) if isinstance(self.owner, type) else getattr(self.owner, name, None)
+
+    def _put(self, value: Any) -> None:
+        if self.key is not None:
+            self.owner[self.table_key] = value
+        else:
+            setattr(self.owner, self.path[-1], value)
 
     def _missing(self, part: str, owner: Any) -> InstrumentationError:
         names = [n for n in dir(owner) if not n.startswith("__")]
@@ -195,8 +280,8 @@ class Handle:
         probe = _declare(self.name, self.level, self.kind, function, self.options.get("parent"),
                          {k: v for k, v in self.options.items() if k != "parent"})
         proxy = Traced(original, probe.wrapper, probe)
-        setattr(owner, self.path[-1], proxy)
         self.owner, self.original, self.own_attribute = owner, original, own
+        self._put(proxy)
         self.proxy, self.probe, self.state = proxy, probe, "active"
 
     def on_import(self, module: Any) -> None:
@@ -218,13 +303,12 @@ class Handle:
                 self.state = "removed"
                 return
             self.state = "removed"
-            name = self.path[-1]
-            current = vars(self.owner).get(name) if isinstance(self.owner, type) else getattr(self.owner, name, None)
+            current = self._current()
             if current is self.proxy:
                 if self.own_attribute:
-                    setattr(self.owner, name, self.original)
+                    self._put(self.original)
                 else:
-                    delattr(self.owner, name)
+                    delattr(self.owner, self.path[-1])
                 return
             # Someone wrapped our proxy: unlink ours from their chain, keep theirs.
             outer = current
@@ -262,8 +346,8 @@ def instrument(
     """
     if kind not in ("stage", "batch"):
         raise InstrumentationError(f"kind must be 'stage' or 'batch', got {kind!r}")
-    module_name, path = split_target(target)
-    name = stage or path[-1]
+    module_name, path, key = parse_target(target)
+    name = stage or (_key_label(key) if key is not None else path[-1])
     level = (DEFAULT_BATCH_LEVEL if kind == "batch" else DEFAULT_STAGE_LEVEL) if level is None else level
     check_level(level, f"level of {target!r}")
     options = dict(microbatch=microbatch, batch_size=batch_size, batch_id=batch_id,
