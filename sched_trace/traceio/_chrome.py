@@ -1,0 +1,187 @@
+"""Chrome trace JSON (the Trace Event Format): write incrementally, read back exactly.
+
+Written so that Holistic Trace Analysis accepts it (top-level
+``distributedInfo.rank``) and Perfetto and chrome://tracing open it. The header
+goes first and the events follow one per line, so a file cut short by a crash
+still loads (viewers tolerate the missing ``]}``; so does :func:`read_chrome`).
+
+Timestamps are microseconds written as exact decimal text (``1732.123`` keeps
+every nanosecond); the reader parses them as ``Decimal`` so nothing is rounded.
+Each RankInfo gets its own ``tid`` (a process may hold several ranks on one
+thread); the rank itself travels in the ``thread_name`` metadata event.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import IO, Any, Iterable, Mapping, Optional
+
+from ..events import RankInfo
+from ._model import (
+    Event, ProcessKey, TraceFile, TraceFormatError, counter_values, event_args,
+    flow_id, make_event, rank_from_dict, rank_to_dict,
+)
+
+
+def _us(ns: int) -> str:
+    """Nanoseconds as exact microsecond text."""
+    sign = "-" if ns < 0 else ""
+    ns = abs(ns)
+    return f"{sign}{ns // 1000}.{ns % 1000:03d}"
+
+
+class _RawJSON(str):
+    """A pre-formatted JSON number (see :func:`_dumps`)."""
+
+
+def _dumps(record: Mapping[str, Any]) -> str:
+    # json cannot emit a number from text, so emit placeholders and substitute.
+    raw: dict[str, str] = {}
+
+    def swap(value: Any) -> Any:
+        if isinstance(value, _RawJSON):
+            token = f"@@raw{len(raw)}@@"
+            raw[token] = str(value)
+            return token
+        return value
+
+    text = json.dumps({k: swap(v) for k, v in record.items()}, default=str, separators=(",", ":"))
+    for token, number in raw.items():
+        text = text.replace(f'"{token}"', number)
+    return text
+
+
+class ChromeWriter:
+    """Streams events into one Chrome JSON file; ``close`` writes the trailer."""
+
+    def __init__(self, handle: IO[str], *, rank: Optional[int], world_size: Optional[int],
+                 clock_offsets: Mapping[ProcessKey, int], counter_attrs: Iterable[str] = ("queue_depth",),
+                 flows: bool = True) -> None:
+        self.handle = handle
+        self.counter_attrs = tuple(counter_attrs)
+        self.flows = flows
+        self._pids: dict[ProcessKey, int] = {}
+        self._tids: dict[RankInfo, int] = {}
+        self._count = 0
+        distributed: dict[str, Any] = {"rank": rank if rank is not None else 0}
+        if world_size is not None:
+            distributed["world_size"] = world_size
+        offsets = [{"host_id": h, "pid": p, "clock_offset_ns": o} for (h, p), o in sorted(clock_offsets.items())]
+        header = {
+            "schemaVersion": 1,
+            "distributedInfo": distributed,
+            "displayTimeUnit": "ns",
+            "sched_trace": {"version": 1, "clock_offsets": offsets},
+        }
+        handle.write(json.dumps(header)[:-1] + ',\n"traceEvents":[\n')
+
+    def _emit(self, record: Mapping[str, Any]) -> None:
+        self.handle.write(("" if self._count == 0 else ",\n") + _dumps(record))
+        self._count += 1
+
+    def write(self, events: Iterable[Event]) -> None:
+        for event in events:
+            if event.end_ns is None:
+                continue
+            pid, tid = self._ids(event.rank)
+            record: dict[str, Any] = {
+                "ph": "X", "cat": event.kind, "name": event.name, "pid": pid, "tid": tid,
+                "ts": _RawJSON(_us(event.start_ns)), "dur": _RawJSON(_us(event.end_ns - event.start_ns)),
+                "args": event_args(event),
+            }
+            flow = flow_id(event) if self.flows else None
+            if flow is not None:  # flow v2: each slice continues the micro-batch's chain
+                record.update(bind_id=f"0x{flow:x}", flow_in=True, flow_out=True)
+            self._emit(record)
+            for name, value in counter_values(event, self.counter_attrs).items():
+                self._emit({"ph": "C", "name": f"{event.rank.track_name} {name}", "pid": pid,
+                            "ts": _RawJSON(_us(event.start_ns)), "args": {name: value}})
+
+    def _ids(self, rank: RankInfo) -> tuple[int, int]:
+        key = (rank.host_id, rank.pid)
+        if key not in self._pids:
+            pid = rank.pid
+            while pid in self._pids.values():  # another host reused this pid
+                pid += 1 << 22
+            self._pids[key] = pid
+            label = f"{rank.host_id} pid {rank.pid}"
+            self._emit({"ph": "M", "name": "process_name", "pid": pid, "args": {"name": label}})
+        pid = self._pids[key]
+        if rank not in self._tids:
+            # The real tid when this is the thread's only rank track, else a fresh one.
+            taken = {t for r, t in self._tids.items() if (r.host_id, r.pid) == key}
+            tid = rank.tid
+            while tid in taken:
+                tid += 1 << 22
+            self._tids[rank] = tid
+            self._emit({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid,
+                        "args": {"name": rank.track_name, "sched_trace_rank": rank_to_dict(rank)}})
+            order = ((rank.pp_rank or 0) * 1000 + (rank.dp_rank or 0)) * 1000 + (rank.tp_rank or 0)
+            self._emit({"ph": "M", "name": "thread_sort_index", "pid": pid, "tid": tid,
+                        "args": {"sort_index": order}})
+        return pid, self._tids[rank]
+
+    def close(self) -> None:
+        self.handle.write("\n]}\n")
+        self.handle.flush()
+
+
+def _load(path: str, text: str) -> dict:
+    try:
+        return json.loads(text, parse_float=Decimal)
+    except ValueError:
+        # A writer that died mid-run leaves the event array open: close it and retry.
+        trimmed = text.rstrip().rstrip(",")
+        try:
+            return json.loads(trimmed + "\n]}", parse_float=Decimal)
+        except ValueError as exc:
+            raise TraceFormatError(f"{path}: not a Chrome trace JSON file ({exc})") from None
+
+
+def _ns(value: Any) -> int:
+    return int(Decimal(value) * 1000)
+
+
+def read_chrome(path: str, text: str) -> TraceFile:
+    document = _load(path, text)
+    if isinstance(document, list):  # the bare-array form of the format
+        document = {"traceEvents": document}
+    if not isinstance(document, dict) or "traceEvents" not in document:
+        raise TraceFormatError(f"{path}: no 'traceEvents' array; not a Chrome trace JSON file")
+    result = TraceFile(path=path, format="chrome")
+    for item in (document.get("sched_trace") or {}).get("clock_offsets", []):
+        result.clock_offsets[(str(item["host_id"]), int(item["pid"]))] = int(item["clock_offset_ns"])
+    ranks: dict[tuple[Any, Any], RankInfo] = {}
+    records = document["traceEvents"]
+    for record in records:
+        if record.get("ph") == "M" and record.get("name") == "thread_name":
+            args = record.get("args") or {}
+            stored = args.get("sched_trace_rank")
+            key = (record.get("pid"), record.get("tid"))
+            if stored is not None:
+                ranks[key] = rank_from_dict(_plain(stored))
+            else:
+                ranks[key] = RankInfo("unknown", int(record.get("pid") or 0), int(record.get("tid") or 0),
+                                      str(args.get("name", "thread")))
+    for record in records:
+        if record.get("ph") != "X" or "dur" not in record:
+            continue
+        key = (record.get("pid"), record.get("tid"))
+        rank = ranks.get(key) or RankInfo("unknown", int(key[0] or 0), int(key[1] or 0), f"tid-{key[1]}")
+        start = _ns(record["ts"])
+        kind = "batch" if record.get("cat") == "batch" else "stage"
+        result.events.append(make_event(kind, str(record.get("name", "")), start,
+                                        start + _ns(record["dur"]), rank, _plain(record.get("args") or {})))
+    return result
+
+
+def _plain(value: Any) -> Any:
+    """Decimals back to float, recursively."""
+    if isinstance(value, Decimal):  # only non-integer literals become Decimal
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value

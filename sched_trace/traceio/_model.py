@@ -1,0 +1,172 @@
+"""What every trace format shares: the file model, rank round-trips, stable ids.
+
+Track uuids and flow ids are hashes of what they describe (host, pid, ranks,
+batch, micro-batch, stage), never counters, so files written by different
+processes agree on them without talking to each other and merge cleanly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Optional, Union
+
+from ..events import BatchEvent, RankInfo, StageEvent
+
+Event = Union[StageEvent, BatchEvent]
+#: (host_id, pid): the key of one process, and of its clock offset.
+ProcessKey = tuple[str, int]
+
+RANK_FIELDS = ("host_id", "pid", "tid", "thread_label", "tp_rank", "pp_rank", "dp_rank")
+#: Event fields stored as slice arguments (attrs go under ``attrs.``).
+ARG_FIELDS = ("microbatch", "batch_id", "batch_size", "level", "span_id", "parent_id")
+
+
+class TraceFormatError(ValueError):
+    """A file is not a trace sched-trace can read, or is damaged; names the file."""
+
+
+class RecordedError(Exception):
+    """An exception read back from a trace file: only its text survives the trip."""
+
+
+@dataclass
+class TraceFile:
+    """One trace file read back: its events and each process's clock offset.
+
+    ``clock_offsets`` maps ``(host_id, pid)`` to the wall-clock minus monotonic
+    offset (ns) that process recorded; every ``start_ns``/``end_ns`` in ``events``
+    is that process's monotonic clock plus its offset.
+    """
+
+    path: str
+    format: str  # "perfetto" | "chrome" | "otlp-json"
+    events: list[Event] = field(default_factory=list)
+    clock_offsets: dict[ProcessKey, int] = field(default_factory=dict)
+
+    def processes(self) -> list[ProcessKey]:
+        return sorted({(e.rank.host_id, e.rank.pid) for e in self.events} | set(self.clock_offsets))
+
+
+def stable_id(*parts: Any) -> int:
+    """A 63-bit id from ``parts``, identical in every process (unlike ``hash``)."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return (int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF) or 1
+
+
+def process_uuid(host_id: str, pid: int) -> int:
+    return stable_id("process", host_id, pid)
+
+
+def track_uuid(rank: RankInfo) -> int:
+    return stable_id("track", rank.host_id, rank.pid, rank.tid, rank.thread_label,
+                     rank.tp_rank, rank.pp_rank, rank.dp_rank, rank.extra)
+
+
+def counter_uuid(rank: RankInfo, counter: str) -> int:
+    return stable_id("counter", track_uuid(rank), counter)
+
+
+def flow_id(event: Event) -> Optional[int]:
+    """The flow that follows one micro-batch through one stage kind, PP rank to PP rank.
+
+    ``forward`` of micro-batch 3 in batch 7 has the same id on every rank, so the
+    viewer draws pp0 -> pp1 -> ... in time order; ``backward`` gets its own id and
+    so runs in reverse. Events without a micro-batch or a PP rank have no flow.
+    """
+    if event.kind != "stage" or event.microbatch is None or event.rank.pp_rank is None:
+        return None
+    return stable_id("flow", event.batch_id, event.microbatch, event.name)
+
+
+def rank_to_dict(rank: RankInfo) -> dict[str, Any]:
+    return rank.as_attributes()
+
+
+def rank_from_dict(values: Mapping[str, Any]) -> RankInfo:
+    """Inverse of :func:`rank_to_dict`; unknown keys become extras."""
+    extras = {k: v for k, v in values.items() if k not in RANK_FIELDS}
+
+    def optional_int(key: str) -> Optional[int]:
+        value = values.get(key)
+        return None if value is None else int(value)
+
+    return RankInfo(
+        host_id=str(values.get("host_id", "unknown")),
+        pid=int(values.get("pid", 0)),
+        tid=int(values.get("tid", 0)),
+        thread_label=str(values.get("thread_label", "thread")),
+        tp_rank=optional_int("tp_rank"),
+        pp_rank=optional_int("pp_rank"),
+        dp_rank=optional_int("dp_rank"),
+        extra=tuple(sorted(extras.items())),
+    )
+
+
+def event_args(event: Event) -> dict[str, Any]:
+    """The arguments a slice carries: ids, sizes, level, error, extracted attrs."""
+    args: dict[str, Any] = {}
+    for key in ARG_FIELDS:
+        value = getattr(event, key)
+        if value is not None:
+            args[key] = value
+    if event.error is not None:
+        args["error"] = _error_text(event.error)
+    if event.attrs:
+        args["attrs"] = {str(k): v for k, v in event.attrs.items() if v is not None}
+    return args
+
+
+def _error_text(error: BaseException) -> str:
+    if isinstance(error, RecordedError):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
+
+
+def make_event(kind: str, name: str, start_ns: int, end_ns: int, rank: RankInfo,
+               args: Mapping[str, Any]) -> Event:
+    """Rebuild an end event from a slice and the arguments :func:`event_args` wrote."""
+    cls = BatchEvent if kind == "batch" else StageEvent
+    error = args.get("error")
+    attrs = args.get("attrs") or {}
+    return cls(
+        name=name,
+        level=int(args.get("level", 0)),
+        start_ns=int(start_ns),
+        end_ns=int(end_ns),
+        rank=rank,
+        microbatch=args.get("microbatch"),
+        batch_id=_optional_int(args.get("batch_id")),
+        batch_size=_optional_int(args.get("batch_size")),
+        attrs=dict(attrs) if isinstance(attrs, Mapping) else {"value": attrs},
+        error=None if error is None else RecordedError(str(error)),
+        span_id=int(args.get("span_id", 0)),
+        parent_id=int(args.get("parent_id", 0)),
+    )
+
+
+def _optional_int(value: Any) -> Optional[int]:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def event_key(event: Event) -> tuple:
+    """What makes a slice the same slice in two files, whatever their formats."""
+    return (event.rank.host_id, event.rank.pid, event.kind, event.name,
+            event.start_ns, event.end_ns, repr(event.microbatch))
+
+
+def counter_values(event: Event, counter_attrs: Iterable[str]) -> dict[str, float]:
+    """Counter samples an event provides: batch size at top level, numeric attrs."""
+    values: dict[str, float] = {}
+    if event.batch_size is not None and (event.kind == "batch" or event.parent_id == 0):
+        values["batch_size"] = event.batch_size
+    for key in counter_attrs:
+        value = event.attrs.get(key) if event.attrs else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            values[key] = value
+    return values

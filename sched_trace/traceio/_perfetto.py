@@ -1,0 +1,287 @@
+"""Native Perfetto traces (TracePacket / TrackEvent protobuf): write and read back.
+
+A file is a serialized ``perfetto.protos.Trace``; because ``Trace.packet`` is a
+repeated field, appending more serialized ``Trace`` chunks to a file yields a
+valid longer trace, which is how exporters write incrementally.
+
+Layout, per process: a process track whose description records the clock
+offset; one named child track per RankInfo (``host:Label-PP1-DP0-TP0``) whose
+description holds the rank as JSON; stage and batch slices (BEGIN/END pairs,
+written adjacently) with ids, sizes and attrs as debug annotations; flow ids
+from :func:`flow_id`; counter tracks for batch size and numeric attrs.
+
+The ``perfetto`` package is imported lazily so the core imports without it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable, Mapping, Optional
+
+from ..events import RankInfo
+from ._model import (
+    Event, ProcessKey, TraceFile, TraceFormatError, counter_uuid, counter_values,
+    event_args, flow_id, make_event, process_uuid, rank_from_dict, rank_to_dict,
+    stable_id, track_uuid,
+)
+
+REALTIME, MONOTONIC, BOOTTIME = 1, 3, 6
+SLICE_BEGIN, SLICE_END, COUNTER = 1, 2, 4
+
+
+def protos() -> Any:
+    """The ``perfetto_trace_pb2`` module, or a clear error naming the missing package."""
+    try:
+        from perfetto.protos.perfetto.trace import perfetto_trace_pb2
+    except ImportError as exc:  # the core works without perfetto; only this format needs it
+        raise ImportError(
+            "reading or writing Perfetto protobuf traces needs the 'perfetto' package: "
+            "pip install perfetto (or sched-trace[perfetto]); Chrome JSON needs nothing"
+        ) from exc
+    return perfetto_trace_pb2
+
+
+class PerfettoEncoder:
+    """Turns batches of end events into serialized Trace chunks, descriptors first.
+
+    Stateful: each process, rank track and counter track is described once, in
+    the first chunk that uses it. ``clock_offsets`` is consulted when a process is
+    first seen; ``counter_attrs`` names attrs plotted as counters.
+    """
+
+    def __init__(self, sequence_id: int = 1, counter_attrs: Iterable[str] = ("queue_depth",),
+                 flows: bool = True) -> None:
+        self.pb = protos()
+        self.sequence_id = sequence_id & 0x7FFF_FFFF or 1
+        self.counter_attrs = tuple(counter_attrs)
+        self.flows = flows
+        self.clock_offsets: dict[ProcessKey, int] = {}
+        self._described: set[int] = set()
+        self._pids: dict[ProcessKey, int] = {}
+        self._first = True
+
+    def clock_snapshot(self, offset_ns: int, now_ns: int) -> bytes:
+        """A ClockSnapshot saying REALTIME - MONOTONIC = offset (timestamps are REALTIME)."""
+        trace = self.pb.Trace()
+        packet = self._packet(trace, now_ns)
+        for clock_id, value in ((BOOTTIME, now_ns), (REALTIME, now_ns), (MONOTONIC, now_ns - offset_ns)):
+            clock = packet.clock_snapshot.clocks.add()
+            clock.clock_id, clock.timestamp = clock_id, value
+        packet.clock_snapshot.primary_trace_clock = BOOTTIME
+        return trace.SerializeToString()
+
+    def encode(self, events: Iterable[Event]) -> bytes:
+        trace = self.pb.Trace()
+        for event in events:
+            if event.end_ns is None:
+                continue
+            self._describe(trace, event.rank)
+            self._slice(trace, event)
+            for name, value in counter_values(event, self.counter_attrs).items():
+                self._counter(trace, event.rank, name, value, event.start_ns)
+        return trace.SerializeToString()
+
+    # --- packets ---------------------------------------------------------------
+
+    def _packet(self, trace: Any, timestamp: Optional[int] = None) -> Any:
+        packet = trace.packet.add()
+        packet.trusted_packet_sequence_id = self.sequence_id
+        if self._first:  # no interning is used, but the state must start clean
+            packet.sequence_flags = self.pb.TracePacket.SEQ_INCREMENTAL_STATE_CLEARED
+            self._first = False
+        if timestamp is not None:
+            packet.timestamp = timestamp
+        return packet
+
+    def _describe(self, trace: Any, rank: RankInfo) -> None:
+        key = (rank.host_id, rank.pid)
+        parent = process_uuid(*key)
+        if parent not in self._described:
+            self._described.add(parent)
+            descriptor = self._packet(trace).track_descriptor
+            descriptor.uuid = parent
+            descriptor.process.pid = self._descriptor_pid(key)
+            rank_id = rank.extras.get("rank")
+            suffix = f" rank {rank_id}" if rank_id is not None else ""
+            descriptor.process.process_name = f"{rank.host_id} pid {rank.pid}{suffix}"
+            descriptor.child_ordering = self.pb.TrackDescriptor.EXPLICIT
+            meta = {"host_id": rank.host_id, "pid": rank.pid, "clock_offset_ns": self.clock_offsets.get(key)}
+            descriptor.description = json.dumps({"sched_trace_process": meta})
+        uuid = track_uuid(rank)
+        if uuid not in self._described:
+            self._described.add(uuid)
+            descriptor = self._packet(trace).track_descriptor
+            descriptor.uuid, descriptor.parent_uuid = uuid, parent
+            descriptor.name = rank.track_name
+            descriptor.description = json.dumps({"sched_trace_rank": rank_to_dict(rank)}, default=str)
+            descriptor.sibling_order_rank = _order(rank)
+
+    def _descriptor_pid(self, key: ProcessKey) -> int:
+        # Two hosts may reuse a pid; the viewer keys processes by pid, so shift collisions.
+        pid = key[1]
+        used = set(self._pids.values())
+        while pid in used:
+            pid += 1 << 22
+        self._pids[key] = pid
+        return pid
+
+    def _slice(self, trace: Any, event: Event) -> None:
+        begin = self._packet(trace, event.start_ns)
+        track_event = begin.track_event
+        track_event.type = SLICE_BEGIN
+        track_event.track_uuid = track_uuid(event.rank)
+        track_event.name = event.name
+        track_event.categories.append(event.kind)
+        for name, value in event_args(event).items():
+            set_annotation(track_event.debug_annotations.add(), name, value)
+        flow = flow_id(event) if self.flows else None
+        if flow is not None:
+            track_event.flow_ids.append(flow)
+        end = self._packet(trace, event.end_ns).track_event
+        end.type = SLICE_END
+        end.track_uuid = track_event.track_uuid
+
+    def _counter(self, trace: Any, rank: RankInfo, name: str, value: float, timestamp: int) -> None:
+        uuid = counter_uuid(rank, name)
+        if uuid not in self._described:
+            self._described.add(uuid)
+            descriptor = self._packet(trace).track_descriptor
+            descriptor.uuid, descriptor.parent_uuid = uuid, process_uuid(rank.host_id, rank.pid)
+            descriptor.name = f"{rank.track_name} {name}"
+            descriptor.counter.unit = self.pb.CounterDescriptor.UNIT_COUNT
+            descriptor.sibling_order_rank = _order(rank) + 1
+        track_event = self._packet(trace, timestamp).track_event
+        track_event.type = COUNTER
+        track_event.track_uuid = uuid
+        if isinstance(value, int):
+            track_event.counter_value = value
+        else:
+            track_event.double_counter_value = value
+
+
+def _order(rank: RankInfo) -> int:
+    """Tracks sort by PP, then DP, then TP rank; a rank's counters follow it."""
+    return ((rank.pp_rank or 0) * 1000 + (rank.dp_rank or 0)) * 1000 + (rank.tp_rank or 0) * 10
+
+
+def set_annotation(annotation: Any, name: Optional[str], value: Any) -> None:
+    """Encode a Python value as a (possibly nested) DebugAnnotation."""
+    if name is not None:
+        annotation.name = name
+    if isinstance(value, bool):
+        annotation.bool_value = value
+    elif isinstance(value, int) and -(1 << 63) <= value < (1 << 63):
+        annotation.int_value = value
+    elif isinstance(value, float):
+        annotation.double_value = value
+    elif isinstance(value, str):
+        annotation.string_value = value
+    elif isinstance(value, Mapping) and value:
+        for key, item in value.items():
+            set_annotation(annotation.dict_entries.add(), str(key), item)
+    elif isinstance(value, (list, tuple)) and value:
+        for item in value:
+            set_annotation(annotation.array_values.add(), None, item)
+    elif value is None or isinstance(value, (Mapping, list, tuple)):
+        annotation.legacy_json_value = json.dumps(value if value is None else type(value)())
+    else:
+        annotation.string_value = str(value)
+
+
+def get_annotation(annotation: Any) -> Any:
+    if annotation.dict_entries:
+        return {entry.name: get_annotation(entry) for entry in annotation.dict_entries}
+    if annotation.array_values:
+        return [get_annotation(item) for item in annotation.array_values]
+    which = annotation.WhichOneof("value")
+    if which is None:
+        return None
+    if which == "legacy_json_value":
+        return json.loads(annotation.legacy_json_value)
+    return getattr(annotation, which)
+
+
+# --- reading -------------------------------------------------------------------
+
+
+def read_perfetto(path: str, data: bytes) -> TraceFile:
+    pb = protos()
+    trace = pb.Trace()
+    try:
+        trace.ParseFromString(data)
+    except Exception as exc:  # protobuf raises DecodeError; any failure means the same
+        raise TraceFormatError(f"{path}: not a Perfetto protobuf trace ({exc})") from None
+    result = TraceFile(path=path, format="perfetto")
+    tracks: dict[int, Any] = {}
+    processes: dict[int, ProcessKey] = {}
+    open_slices: dict[int, list[Any]] = {}
+    snapshot_offsets: list[int] = []
+    for packet in trace.packet:
+        if packet.HasField("track_descriptor"):
+            _read_descriptor(packet.track_descriptor, tracks, processes, result)
+        elif packet.HasField("clock_snapshot"):
+            clocks = {c.clock_id: c.timestamp for c in packet.clock_snapshot.clocks}
+            if REALTIME in clocks and MONOTONIC in clocks:
+                snapshot_offsets.append(clocks[REALTIME] - clocks[MONOTONIC])
+        elif packet.HasField("track_event"):
+            _read_track_event(packet, tracks, processes, open_slices, result)
+    if snapshot_offsets and not result.clock_offsets:
+        for key in result.processes():
+            result.clock_offsets[key] = snapshot_offsets[0]
+    return result
+
+
+def _read_descriptor(descriptor: Any, tracks: dict, processes: dict, result: TraceFile) -> None:
+    tracks[descriptor.uuid] = descriptor
+    meta = _description(descriptor).get("sched_trace_process")
+    if meta is not None:
+        key = (str(meta["host_id"]), int(meta["pid"]))
+        processes[descriptor.uuid] = key
+        if meta.get("clock_offset_ns") is not None:
+            result.clock_offsets[key] = int(meta["clock_offset_ns"])
+    elif descriptor.HasField("process"):
+        processes[descriptor.uuid] = ("unknown", descriptor.process.pid)
+
+
+def _description(descriptor: Any) -> dict:
+    if not descriptor.description.startswith("{"):
+        return {}
+    try:
+        return json.loads(descriptor.description)
+    except ValueError:
+        return {}
+
+
+def _track_rank(uuid: int, tracks: dict, processes: dict) -> RankInfo:
+    descriptor = tracks.get(uuid)
+    if descriptor is None:
+        return RankInfo(host_id="unknown", pid=0, tid=0, thread_label=f"track-{uuid}")
+    stored = _description(descriptor).get("sched_trace_rank")
+    if stored is not None:
+        return rank_from_dict(stored)
+    host, pid = processes.get(descriptor.parent_uuid, ("unknown", 0))
+    if descriptor.HasField("thread"):
+        pid, tid = descriptor.thread.pid, descriptor.thread.tid
+        label = descriptor.thread.thread_name or descriptor.name or f"tid-{tid}"
+        return RankInfo(host_id=host, pid=pid, tid=tid, thread_label=label)
+    return RankInfo(host_id=host, pid=pid, tid=0, thread_label=descriptor.name or f"track-{uuid}")
+
+
+def _read_track_event(packet: Any, tracks: dict, processes: dict, open_slices: dict,
+                      result: TraceFile) -> None:
+    track_event = packet.track_event
+    uuid = track_event.track_uuid
+    if track_event.type == SLICE_BEGIN:
+        open_slices.setdefault(uuid, []).append(packet)
+    elif track_event.type == SLICE_END and open_slices.get(uuid):
+        begin = open_slices[uuid].pop()
+        args = {a.name: get_annotation(a) for a in begin.track_event.debug_annotations}
+        kind = "batch" if "batch" in begin.track_event.categories else "stage"
+        rank = _track_rank(uuid, tracks, processes)
+        result.events.append(make_event(kind, begin.track_event.name, begin.timestamp,
+                                        packet.timestamp, rank, args))
+
+
+def perfetto_sequence_id(host_id: str, pid: int) -> int:
+    """A packet sequence id per writing process, so merged chunks never collide."""
+    return stable_id("sequence", host_id, pid) & 0x7FFF_FFFF or 1
