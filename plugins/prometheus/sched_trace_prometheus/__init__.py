@@ -1,0 +1,26 @@
+"""sched-trace-prometheus: stage latency histograms, batch counters, health counters.
+
+Entry point ``prometheus`` in the ``sched_trace`` group; settings in
+``[plugins.prometheus]`` (see docs/prometheus.md).
+"""
+
+from __future__ import annotations
+
+from .collector import SchedTraceCollector, health_families
+from .metrics import NAMESPACE, StageMetrics
+from .plugin import PrometheusPlugin
+from .settings import (
+    DEFAULT_BATCH_SIZE_BUCKETS,
+    DEFAULT_BUCKETS,
+    DEFAULT_RANK_LABELS,
+    Settings,
+    parse_settings,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE_BUCKETS", "DEFAULT_BUCKETS", "DEFAULT_RANK_LABELS", "NAMESPACE",
+    "PrometheusPlugin", "SchedTraceCollector", "Settings", "StageMetrics", "health_families",
+    "parse_settings",
+]

@@ -1,0 +1,82 @@
+"""The collector a registry scrapes: stage metrics plus sched-trace's health counters.
+
+Health values are read from :func:`sched_trace.stats` at scrape time, so they cost
+nothing between scrapes and are never stale.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Mapping
+
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+import sched_trace
+
+from .metrics import NAMESPACE, StageMetrics
+
+
+def _families() -> dict[str, Metric]:
+    return {
+        "plugin_errors": CounterMetricFamily(
+            f"{NAMESPACE}_plugin_errors", "Exceptions raised by sched-trace plugins (counted, never raised).",
+            labels=["plugin"]),
+        "extract_missing": CounterMetricFamily(
+            f"{NAMESPACE}_extract_missing", "Extractor reads that found nothing (recorded as missing).",
+            labels=["extractor"]),
+        "dropped": CounterMetricFamily(
+            f"{NAMESPACE}_events_dropped", "Events a plugin dropped because its buffer was full.",
+            labels=["plugin"]),
+        "plugin_stat": GaugeMetricFamily(
+            f"{NAMESPACE}_plugin_stat", "Every numeric counter a plugin reports in sched_trace.stats().",
+            labels=["plugin", "stat"]),
+        "level": GaugeMetricFamily(f"{NAMESPACE}_level", "The configured sched-trace verbosity level."),
+        "unresolved": GaugeMetricFamily(
+            f"{NAMESPACE}_unresolved_targets", "instrument() targets whose module or attribute is missing."),
+        "overflow": CounterMetricFamily(
+            f"{NAMESPACE}_prometheus_label_overflow",
+            "Events not observed because max_label_sets distinct label sets exist already."),
+    }
+
+
+def health_families(stats: Mapping[str, Any], overflow: int) -> list[Metric]:
+    """Turn a :func:`sched_trace.stats` snapshot into metric families."""
+    families = _families()
+    for plugin, count in sorted(stats.get("plugin_errors", {}).items()):
+        families["plugin_errors"].add_metric([plugin], count)
+    for extractor, count in sorted(stats.get("extract_missing", {}).items()):
+        families["extract_missing"].add_metric([extractor], count)
+    for plugin, counters in sorted(stats.get("plugins", {}).items()):
+        for stat, value in sorted(counters.items()):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            families["plugin_stat"].add_metric([plugin, stat], value)
+            if stat == "dropped":
+                families["dropped"].add_metric([plugin], value)
+    families["level"].add_metric([], stats.get("level", 0))
+    families["unresolved"].add_metric([], len(stats.get("unresolved_targets", ())))
+    families["overflow"].add_metric([], overflow)
+    return list(families.values())
+
+
+class SchedTraceCollector(Collector):
+    """Exposes one plugin's metrics; register it in any CollectorRegistry.
+
+    ``before_scrape`` (the plugin's bounded flush) runs first so a scrape sees
+    every event that ended before it.
+    """
+
+    def __init__(self, metrics: Callable[[], StageMetrics], before_scrape: Callable[[], None]) -> None:
+        self._metrics = metrics
+        self._before_scrape = before_scrape
+
+    def collect(self) -> Iterable[Metric]:
+        self._before_scrape()
+        metrics = self._metrics()
+        yield from metrics.collect()
+        yield from health_families(sched_trace.stats(), metrics.overflow)
+
+    def describe(self) -> Iterable[Metric]:
+        # Names only, so a registry can refuse duplicates without running a scrape.
+        yield from self._metrics().describe()
+        yield from _families().values()

@@ -1,0 +1,148 @@
+"""Stage and batch metrics, observed in batches on the exporter thread.
+
+Label sets are (stage or batch name, the configured rank keys): bounded by the
+code's stage names and the deployment's shape. Per-call identities (micro-batch,
+batch id, request ids) never become labels. A cap on distinct label sets guards
+against a rank key that turns out to be unbounded; events past it are counted in
+``overflow`` instead of creating series.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Iterable, Iterator, NamedTuple, Optional, Sequence
+
+from prometheus_client import Counter, Histogram
+from prometheus_client.metrics_core import Metric
+
+from sched_trace import RankInfo
+
+from .settings import Settings
+
+NAMESPACE = "sched_trace"
+_RANK_FIELDS = frozenset({"host_id", "pid", "thread_label", "tp_rank", "pp_rank", "dp_rank"})
+
+
+class _Series(NamedTuple):
+    """The metric children of one (kind, name, rank labels) combination."""
+
+    labels: tuple[str, ...]
+    duration: Any
+    count: Any  # batches_total child, None for stages
+    size: Any
+
+
+class StageMetrics:
+    """Owns the metric objects (registered nowhere: the collector exposes them)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.rank_labels = settings.rank_labels
+        self.overflow = 0
+        self.observed = 0
+        self._lock = threading.Lock()  # observe (exporter thread) vs describe/collect
+        self._series: dict[tuple[str, str, RankInfo], Optional[_Series]] = {}
+        self._label_sets: set[tuple[str, ...]] = set()
+        self._errors: dict[tuple[str, tuple[str, ...], str], Any] = {}
+        ranks = list(self.rank_labels)
+        buckets, sizes = settings.buckets, settings.batch_size_buckets
+        self.stage_duration = Histogram(
+            "stage_duration_seconds", "Wall time of one stage execution, in seconds.",
+            ["stage", *ranks], namespace=NAMESPACE, buckets=buckets, registry=None)
+        self.stage_errors = Counter(
+            "stage_errors", "Stage executions that raised, by exception type.",
+            ["stage", "error_type", *ranks], namespace=NAMESPACE, registry=None)
+        self.stage_batch_size = Histogram(
+            "stage_batch_size", "batch_size of stage executions that declare one.",
+            ["stage", *ranks], namespace=NAMESPACE, buckets=sizes, registry=None)
+        self.batch_duration = Histogram(
+            "batch_duration_seconds", "Wall time of one scheduler batch (step), in seconds.",
+            ["batch", *ranks], namespace=NAMESPACE, buckets=buckets, registry=None)
+        self.batches = Counter(
+            "batches", "Scheduler batches (steps) completed, raised ones included.",
+            ["batch", *ranks], namespace=NAMESPACE, registry=None)
+        self.batch_errors = Counter(
+            "batch_errors", "Scheduler batches that raised, by exception type.",
+            ["batch", "error_type", *ranks], namespace=NAMESPACE, registry=None)
+        self.batch_size = Histogram(
+            "batch_size", "batch_size of scheduler batches that declare one.",
+            ["batch", *ranks], namespace=NAMESPACE, buckets=sizes, registry=None)
+        self.metrics = (
+            self.stage_duration, self.stage_errors, self.stage_batch_size,
+            self.batch_duration, self.batches, self.batch_errors, self.batch_size,
+        )
+
+    # --- the exporter thread ------------------------------------------------
+
+    def observe_batch(self, events: Sequence[Any]) -> None:
+        """Observe end events (start events, which carry no duration, are skipped)."""
+        with self._lock:
+            for event in events:
+                if event.end_ns is not None:
+                    self._observe(event)
+
+    def _observe(self, event: Any) -> None:
+        series = self._series_for(event)
+        if series is None:
+            self.overflow += 1
+            return
+        series.duration.observe((event.end_ns - event.start_ns) / 1e9)
+        if series.count is not None:
+            series.count.inc()
+        size = event.batch_size
+        if type(size) is int and size >= 0:
+            series.size.observe(size)
+        if event.error is not None:
+            self._error_counter(event, series.labels).inc()
+        self.observed += 1
+
+    def _series_for(self, event: Any) -> Optional[_Series]:
+        key = (event.kind, event.name, event.rank)
+        try:
+            return self._series[key]
+        except KeyError:
+            pass
+        labels = (event.name, *self.rank_values(event.rank))
+        if labels not in self._label_sets and len(self._label_sets) >= self.settings.max_label_sets:
+            return None  # not cached: a later, smaller config may not apply, and it stays cheap
+        self._label_sets.add(labels)
+        if len(self._series) >= 4 * self.settings.max_label_sets:
+            self._series.clear()  # many RankInfos (tids, pids) can share one label set
+        if event.kind == "batch":
+            series = _Series(labels, self.batch_duration.labels(*labels), self.batches.labels(*labels),
+                             self.batch_size.labels(*labels))
+        else:
+            series = _Series(labels, self.stage_duration.labels(*labels), None,
+                             self.stage_batch_size.labels(*labels))
+        self._series[key] = series
+        return series
+
+    def _error_counter(self, event: Any, labels: tuple[str, ...]) -> Any:
+        error_type = type(event.error).__name__
+        key = (event.kind, labels, error_type)
+        counter = self._errors.get(key)
+        if counter is None:
+            family = self.batch_errors if event.kind == "batch" else self.stage_errors
+            counter = self._errors[key] = family.labels(labels[0], error_type, *labels[1:])
+        return counter
+
+    def rank_values(self, rank: RankInfo) -> Iterator[str]:
+        """The configured rank keys of ``rank`` as label values ('' when unknown)."""
+        extras = None
+        for name in self.rank_labels:
+            if name in _RANK_FIELDS:
+                value = getattr(rank, name)
+            else:
+                extras = extras if extras is not None else rank.extras
+                value = extras.get(name)
+            yield "" if value is None else str(value)
+
+    # --- scrape time ----------------------------------------------------------
+
+    def collect(self) -> Iterable[Metric]:
+        with self._lock:
+            families = [family for metric in self.metrics for family in metric.collect()]
+        return families
+
+    def describe(self) -> Iterable[Metric]:
+        return [family for metric in self.metrics for family in metric.describe()]
