@@ -1,0 +1,116 @@
+"""Real OTLP receivers on loopback: several scheduler processes, gRPC, an outage."""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections import Counter, defaultdict
+from typing import Any
+
+import pytest
+
+import sched_trace
+from otel_receivers import GrpcReceiver, HttpReceiver
+from otel_scheduler import Batch, Req, rank_main, run_steps
+from sched_trace_otel import new_traceparent
+
+STEPS, MICROBATCHES = 3, 2
+
+
+def attrs(span: Any) -> dict[str, Any]:
+    return {kv.key: getattr(kv.value, kv.value.WhichOneof("value")) for kv in span.attributes}
+
+
+def run_ranks(settings: dict, env: dict, requests: list, ranks: int = 2) -> dict[int, Any]:
+    """Spawned scheduler processes, one per pp_rank, each with its own exporter process."""
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    procs = [context.Process(target=rank_main, args=(pp, settings, env, requests, STEPS, MICROBATCHES, results))
+             for pp in range(ranks)]
+    for proc in procs:
+        proc.start()
+    out = {}
+    for _ in procs:
+        pp_rank, pid, stats = results.get(timeout=60)
+        out[pp_rank] = (pid, stats)
+    for proc in procs:
+        proc.join(30)
+        assert proc.exitcode == 0
+    return out
+
+
+def check_ranks(spans: list, ranks: dict, outside: str) -> None:
+    ids = Counter(span.span_id for _, span in spans)
+    assert max(ids.values()) == 1, "a span arrived twice"
+    by_id = {span.span_id: span for _, span in spans}
+    per_rank = defaultdict(list)
+    for resource, span in spans:
+        per_rank[attrs(resource)["process.pid"]].append(span)
+    assert set(per_rank) == {pid for pid, _ in ranks.values()}
+    for pp_rank, (pid, stats) in ranks.items():
+        mine = per_rank[pid]
+        batch_spans = [s for s in mine if s.name == "decode_step" and "rid" not in attrs(s)]
+        stages = sorted((s for s in mine if s.name == "run_batch_cpu" and "rid" not in attrs(s)),
+                        key=lambda s: s.start_time_unix_nano)
+        assert len(batch_spans) == STEPS and len(stages) == STEPS * MICROBATCHES
+        for batch in batch_spans:
+            thread = by_id[batch.parent_span_id]
+            assert attrs(thread)["pp_rank"] == pp_rank and attrs(thread)["pid"] == pid
+        assert [attrs(s)["pp_mb_id"] for s in stages] == list(range(MICROBATCHES)) * STEPS
+        for before, stage in zip(stages, stages[1:]):
+            assert [link.span_id for link in stage.links] == [before.span_id]
+            assert before.end_time_unix_nano <= stage.start_time_unix_nano
+        for stage in stages:
+            assert by_id[stage.parent_span_id].name == "decode_step"
+            assert stage.status.code == (2 if attrs(stage)["pp_mb_id"] == MICROBATCHES - 1 else 0)
+        # the request that came with a traceparent hangs under that parent, on every rank
+        threads = [s for s in mine if "rid" in attrs(s) and s.name.endswith(f"-PP{pp_rank}-DP0-TP0")]
+        outside_threads = [s for s in threads if attrs(s)["rid"] == "r-outside"]
+        assert len(outside_threads) == STEPS
+        for thread in outside_threads:
+            assert thread.trace_id.hex() == outside[3:35] and thread.parent_span_id.hex() == outside[36:52]
+        assert len(mine) == STEPS * (2 + MICROBATCHES) * 3  # batch scope + two requests' copies
+        assert stats["dropped"] == 0 and stats["lost_in_exporter"] == 0
+
+
+def test_http_receiver_several_ranks_standard_env() -> None:
+    receiver = HttpReceiver().start()
+    try:
+        outside = new_traceparent()
+        env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint, "OTEL_SERVICE_NAME": "ranks-test"}
+        ranks = run_ranks({"exporter": "otlp"}, env, [("r-outside", outside), ("r-plain", None)])
+        spans = receiver.store.spans
+        assert {attrs(resource)["service.name"] for resource, _ in spans} == {"ranks-test"}
+        check_ranks(spans, ranks, outside)
+    finally:
+        receiver.stop()
+
+
+def test_grpc_receiver_several_ranks() -> None:
+    pytest.importorskip("grpc")
+    receiver = GrpcReceiver().start()
+    try:
+        outside = new_traceparent()
+        ranks = run_ranks({"exporter": "grpc", "endpoint": receiver.endpoint}, {},
+                          [("r-outside", outside), ("r-plain", None)])
+        check_ranks(receiver.store.spans, ranks, outside)
+    finally:
+        receiver.stop()
+
+
+def test_receiver_down_then_back(traced: Any, monkeypatch: Any) -> None:
+    receiver = HttpReceiver().start()
+    receiver.stop()  # a port that refuses connections, for a while
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "1")
+    plugin = traced(exporter="http/protobuf", endpoint=receiver.endpoint, requests="off", retry_capacity=40)
+    run_steps([Batch() for _ in range(30)], microbatches=2)  # 30 x (thread + batch + 2 stages) spans
+    sched_trace.flush(timeout=3.0)
+    down = dict(plugin.sched_trace_collect_stats())
+    assert down["dropped"] == 0 and down["events_exported"] == 90  # the scheduler side lost nothing
+    assert down["spans_dropped"] == 120 - 40 and down["export_failures"] >= 1
+    receiver.start()
+    sched_trace.flush(timeout=15.0)
+    sched_trace.shutdown()
+    stats = dict(plugin.sched_trace_collect_stats())
+    assert len(receiver.store.spans) == 40 == stats["spans_exported"]
+    assert stats["spans_dropped"] == 80
+    receiver.stop()
