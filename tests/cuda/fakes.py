@@ -1,0 +1,35 @@
+"""A CUDA event stand-in on a simulated GPU clock, for the resolver's CPU tests.
+
+It implements exactly what the resolver uses from ``torch.cuda.Event``:
+``query()`` and ``elapsed_time(end)`` in milliseconds.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from sched_trace import RankInfo, StageEvent
+
+RANK = RankInfo(host_id="node0", pid=100, tid=200, thread_label="Scheduler", tp_rank=0, pp_rank=1, dp_rank=0)
+MS = 1_000_000
+
+
+class FakeEvent:
+    def __init__(self, gpu_ns: Optional[int] = None, done: bool = True) -> None:
+        self.gpu_ns = gpu_ns  # when the simulated GPU executes it (epoch ns)
+        self.done = done
+        self.raise_on_query = False
+
+    def query(self) -> bool:
+        if self.raise_on_query:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return self.done
+
+    def elapsed_time(self, end: "FakeEvent") -> float:
+        assert self.done and end.done, "elapsed_time on an event that has not completed"
+        return (end.gpu_ns - self.gpu_ns) / MS
+
+
+def cpu_stage(name: str = "forward", start_ns: int = 1_000 * MS, end_ns: int = 1_001 * MS, *,
+              span_id: int = 7, error: Optional[BaseException] = None, attrs: Optional[dict] = None) -> StageEvent:
+    return StageEvent(name, 2, start_ns, end_ns, RANK, 3, 11, 64, attrs or {}, error, span_id, 5)
