@@ -187,7 +187,11 @@ def load_profile(name: str, source: str = "<profile>") -> Config:
             f"unknown profile {name!r}; shipped profiles: {', '.join(available_profiles()) or 'none'}",
             source=source, key="profiles",
         )
-    return load(path)
+    profile = load(path)
+    from .profile_check import check_profile  # a profile must not silently trace nothing
+
+    check_profile(name, profile)
+    return profile
 
 
 def resolve(config: Any) -> Config:
