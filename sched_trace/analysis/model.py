@@ -1,0 +1,227 @@
+"""The typed result of the pipeline analysis: plain frozen dataclasses, ``to_dict``-able.
+
+Times are integer nanoseconds (epoch-based, like the events); ratios are floats
+in [0, 1]. ``str(report)`` is a readable text table; ``repr`` stays one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Optional
+
+
+def gpipe_bubble_fraction(stages: int, microbatches: int) -> float:
+    """The theoretical bubble fraction of GPipe (and 1F1B) with balanced stages.
+
+    ``(p - 1) / (m + p - 1)`` for ``p`` pipeline stages and ``m`` micro-batches.
+    """
+    if stages < 1 or microbatches < 1:
+        raise ValueError(f"need stages >= 1 and microbatches >= 1, got {stages} and {microbatches}")
+    return (stages - 1) / (microbatches + stages - 1)
+
+
+@dataclass(frozen=True)
+class Lane:
+    """One thread of one process: stages on it run one at a time."""
+
+    host_id: str
+    pid: int
+    tid: int
+    thread_label: str
+    pp_rank: Optional[int]
+    track_name: str
+
+    @property
+    def label(self) -> str:
+        return f"PP{self.pp_rank}" if self.pp_rank is not None else f"{self.thread_label}:{self.pid}"
+
+    @property
+    def sort_key(self) -> tuple:
+        return (self.pp_rank is None, self.pp_rank or 0, self.host_id, self.pid, self.tid)
+
+
+@dataclass(frozen=True)
+class PhaseStats:
+    """Warm-up, steady or cool-down part of one rank's step (1F1B-type schedules)."""
+
+    name: str
+    start_ns: int
+    end_ns: int
+    forwards: int
+    backwards: int
+    busy_ns: int
+    idle_ns: int
+
+    @property
+    def duration_ns(self) -> int:
+        return self.end_ns - self.start_ns
+
+
+@dataclass(frozen=True)
+class RankStep:
+    """One rank in one step: busy, communication and idle time inside the step window.
+
+    ``order`` is what ran, in start order: ``("F", 0), ("F", 1), ("B", 0) ...``
+    (``W`` for a weight-gradient pass). ``busy`` and ``comm`` are the merged
+    intervals, for drawing.
+    """
+
+    lane: Lane
+    step: int
+    start_ns: int
+    end_ns: int
+    step_ns: int
+    busy_ns: int
+    comm_ns: int
+    idle_ns: int
+    bubble_ratio: float
+    phases: tuple[PhaseStats, ...]
+    order: tuple[tuple[str, Any], ...]
+    busy: tuple[tuple[int, int], ...] = ()
+    comm: tuple[tuple[int, int], ...] = ()
+
+    def phase(self, name: str) -> Optional[PhaseStats]:
+        return next((p for p in self.phases if p.name == name), None)
+
+
+@dataclass(frozen=True)
+class PathSegment:
+    """One stage on the critical path; ``wait_ns`` is the gap before it started."""
+
+    lane: Lane
+    stage: str
+    microbatch: Any
+    start_ns: int
+    end_ns: int
+    wait_ns: int
+
+
+@dataclass(frozen=True)
+class CriticalPath:
+    """The chain of stages that decided when a step ended."""
+
+    step: int
+    segments: tuple[PathSegment, ...]
+    compute_ns: int
+    wait_ns: int
+
+    @property
+    def length_ns(self) -> int:
+        return self.segments[-1].end_ns - self.segments[0].start_ns if self.segments else 0
+
+    def describe(self, limit: int = 12) -> str:
+        hops = [f"{s.lane.label}:{s.stage}[{s.microbatch}]" for s in self.segments]
+        if len(hops) > limit:
+            hops = hops[: limit // 2] + ["..."] + hops[-limit // 2:]
+        return " -> ".join(hops)
+
+
+@dataclass(frozen=True)
+class StepSummary:
+    """One step across every rank, with its shared window."""
+
+    index: int
+    name: str
+    attrs: dict
+    start_ns: int
+    end_ns: int
+    ranks: tuple[RankStep, ...]
+    theory_bubble_ratio: Optional[float]
+    critical_path: Optional[CriticalPath]
+
+    @property
+    def duration_ns(self) -> int:
+        return self.end_ns - self.start_ns
+
+    @property
+    def bubble_ratio(self) -> float:
+        """Idle over step time, summed over the ranks of this step."""
+        total = sum(r.step_ns for r in self.ranks)
+        return sum(r.idle_ns for r in self.ranks) / total if total else 0.0
+
+    @property
+    def schedule(self) -> str:
+        return str(self.attrs.get("schedule", self.name))
+
+
+@dataclass(frozen=True)
+class RankSummary:
+    """One rank over every analysed step."""
+
+    lane: Lane
+    steps: int
+    step_ns: int
+    busy_ns: int
+    comm_ns: int
+    idle_ns: int
+    bubble_ratio: float
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Latency percentiles of one stage, overall (``by="stage"``) or per rank or micro-batch."""
+
+    stage: str
+    by: str
+    key: Any
+    count: int
+    mean_ns: float
+    p50_ns: float
+    p90_ns: float
+    p99_ns: float
+    max_ns: int
+
+
+@dataclass(frozen=True)
+class PipelineReport:
+    """What :func:`sched_trace.analysis.pipeline_report` returns."""
+
+    ranks: tuple[RankSummary, ...]
+    steps: tuple[StepSummary, ...]
+    latencies: tuple[LatencyStats, ...]
+    step_name: Optional[str]
+    skip_steps: int = 0
+
+    @property
+    def bubble_ratio(self) -> float:
+        """Idle over step time, summed over every rank and analysed step."""
+        total = sum(r.step_ns for r in self.ranks)
+        return sum(r.idle_ns for r in self.ranks) / total if total else 0.0
+
+    def rank(self, pp_rank: int) -> RankSummary:
+        for summary in self.ranks:
+            if summary.lane.pp_rank == pp_rank:
+                return summary
+        raise KeyError(f"no rank with pp_rank={pp_rank}; ranks: {[r.lane.label for r in self.ranks]}")
+
+    def latency(self, stage: str, by: str = "stage", key: Any = None) -> LatencyStats:
+        for row in self.latencies:
+            if row.stage == stage and row.by == by and row.key == key:
+                return row
+        raise KeyError(f"no latency row for stage={stage!r} by={by!r} key={key!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["bubble_ratio"] = self.bubble_ratio
+        for step, source in zip(data["steps"], self.steps):
+            step["bubble_ratio"] = source.bubble_ratio
+            for rank in step["ranks"]:
+                rank.pop("busy"), rank.pop("comm")
+        return data
+
+    def __repr__(self) -> str:
+        return (f"PipelineReport(ranks={len(self.ranks)}, steps={len(self.steps)}, "
+                f"step_name={self.step_name!r}, bubble_ratio={self.bubble_ratio:.3f})")
+
+    def __str__(self) -> str:
+        lines = [repr(self), f"{'rank':<8}{'steps':>6}{'step ms':>10}{'busy ms':>10}"
+                 f"{'comm ms':>10}{'idle ms':>10}{'bubble':>8}"]
+        for r in self.ranks:
+            lines.append(f"{r.lane.label:<8}{r.steps:>6}{r.step_ns / 1e6:>10.1f}{r.busy_ns / 1e6:>10.1f}"
+                         f"{r.comm_ns / 1e6:>10.1f}{r.idle_ns / 1e6:>10.1f}{r.bubble_ratio:>8.1%}")
+        for s in self.steps:
+            theory = f" (theory {s.theory_bubble_ratio:.1%})" if s.theory_bubble_ratio is not None else ""
+            lines.append(f"step {s.index} {s.schedule}: {s.duration_ns / 1e6:.1f} ms, "
+                         f"bubble {s.bubble_ratio:.1%}{theory}")
+        return "\n".join(lines)

@@ -1,0 +1,268 @@
+"""``pipeline_report``: lanes, shared step windows, busy/idle per rank, phases.
+
+The definitions are in the package docstring (``sched_trace.analysis``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+from .model import Lane, PhaseStats, PipelineReport, RankStep, RankSummary, StepSummary, gpipe_bubble_fraction
+from .paths import critical_path, latency_table
+
+# Checked in this order: "pp_p2p_wait" is communication, "backward_weight" is W.
+_ROLE_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("comm", ("p2p", "send", "recv", "wait", "comm", "allreduce", "all_reduce", "barrier")),
+    ("weight", ("backward_weight", "bwd_weight", "weight_grad")),
+    ("backward", ("backward", "bwd")),
+    ("forward", ("forward", "fwd")),
+)
+_ORDER_LETTER = {"forward": "F", "backward": "B", "weight": "W"}
+Interval = tuple[int, int]
+
+
+def stage_role(name: str, roles: Optional[Mapping[str, str]] = None) -> str:
+    """``forward``, ``backward``, ``weight``, ``comm`` or ``compute`` for a stage name."""
+    if roles and name in roles:
+        return roles[name]
+    lowered = name.lower()
+    for role, words in _ROLE_WORDS:
+        if any(word in lowered for word in words):
+            return role
+    return "compute"
+
+
+# --- interval arithmetic on [start, end) pairs -------------------------------------
+
+
+def _union(intervals: Iterable[Interval]) -> list[Interval]:
+    merged: list[Interval] = []
+    for start, end in sorted(intervals):
+        if merged and start <= merged[-1][1]:
+            if end > merged[-1][1]:
+                merged[-1] = (merged[-1][0], end)
+        elif end > start:
+            merged.append((start, end))
+    return merged
+
+
+def _clip(merged: Sequence[Interval], low: int, high: int) -> list[Interval]:
+    return [(max(s, low), min(e, high)) for s, e in merged if e > low and s < high]
+
+
+def _measure(merged: Sequence[Interval]) -> int:
+    return sum(end - start for start, end in merged)
+
+
+def _subtract(base: Sequence[Interval], cut: Sequence[Interval]) -> list[Interval]:
+    result: list[Interval] = []
+    for start, end in base:
+        for cut_start, cut_end in cut:
+            if cut_end <= start or cut_start >= end:
+                continue
+            if cut_start > start:
+                result.append((start, cut_start))
+            start = max(start, cut_end)
+            if start >= end:
+                break
+        if start < end:
+            result.append((start, end))
+    return result
+
+
+# --- lanes and steps ------------------------------------------------------------------
+
+
+def _lane_of(events: Sequence[Any]) -> Lane:
+    first = events[0].rank
+    pp_ranks = Counter(e.rank.pp_rank for e in events if e.rank.pp_rank is not None)
+    pp_rank = pp_ranks.most_common(1)[0][0] if pp_ranks else None
+    return Lane(first.host_id, first.pid, first.tid, first.thread_label, pp_rank,
+                first.replace(pp_rank=pp_rank).track_name)
+
+
+def _group_lanes(events: Iterable[Any]) -> dict[Lane, list[Any]]:
+    by_thread: dict[tuple, list[Any]] = defaultdict(list)
+    for event in events:
+        if event.end_ns is not None:
+            by_thread[(event.rank.host_id, event.rank.pid, event.rank.tid)].append(event)
+    lanes = {_lane_of(group): sorted(group, key=lambda e: (e.start_ns, -e.end_ns)) for group in by_thread.values()}
+    return dict(sorted(lanes.items(), key=lambda item: item[0].sort_key))
+
+
+def _top_batches(events: Sequence[Any]) -> list[Any]:
+    batch_ids = {e.span_id for e in events if e.kind == "batch"}
+    return [e for e in events if e.kind == "batch" and e.parent_id not in batch_ids]
+
+
+def _choose_step_name(lanes: Mapping[Lane, list[Any]]) -> Optional[str]:
+    names = Counter(e.name for events in lanes.values() for e in _top_batches(events))
+    return names.most_common(1)[0][0] if names else None
+
+
+def _windows(steps: Mapping[Lane, list[Any]], everything: Sequence[Any]) -> list[Interval]:
+    """One shared window per step index; windows tile the timeline without overlap."""
+    count = max((len(s) for s in steps.values()), default=0)
+    if count == 0:
+        stages = [e for e in everything if e.kind == "stage"] or list(everything)
+        return [(min(e.start_ns for e in stages), max(e.end_ns for e in stages))] if stages else []
+    windows: list[Interval] = []
+    for k in range(count):
+        present = [s[k] for s in steps.values() if len(s) > k]
+        start = min(e.start_ns for e in present)
+        if k:
+            start = max(start, max(s[k - 1].end_ns for s in steps.values() if len(s) >= k))
+        windows.append((start, max(e.end_ns for e in present)))
+    return windows
+
+
+def _assign(events: Sequence[Any], lane_steps: Sequence[Any], windows: Sequence[Interval]) -> list[list[Any]]:
+    """Stage events of one lane per step index: by inherited batch_id, else by time."""
+    per_step: list[list[Any]] = [[] for _ in windows]
+    by_batch_id = {step.batch_id: k for k, step in enumerate(lane_steps) if step.batch_id is not None}
+    for event in events:
+        if event.kind != "stage":
+            continue
+        k = by_batch_id.get(event.batch_id) if event.batch_id is not None else None
+        if k is None:
+            k = _containing(event, [(s.start_ns, s.end_ns) for s in lane_steps] or windows)
+        if k is not None and k < len(per_step):
+            per_step[k].append(event)
+    return per_step
+
+
+def _containing(event: Any, spans: Sequence[Interval]) -> Optional[int]:
+    for k, (start, end) in enumerate(spans):
+        if start <= event.start_ns < end:
+            return k
+    return None
+
+
+# --- per rank and step ---------------------------------------------------------------
+
+
+def _phases(compute: Sequence[Any], role_of: Mapping[str, str], window: Interval,
+            busy: Sequence[Interval]) -> tuple[PhaseStats, ...]:
+    forwards = [e for e in compute if role_of[e.name] == "forward"]
+    backwards = [e for e in compute if role_of[e.name] in ("backward", "weight")]
+    if not forwards or not backwards:
+        return ()
+    first_backward = min(e.start_ns for e in backwards)
+    last_forward = max(e.end_ns for e in forwards)
+    steady_end = max(first_backward, last_forward)
+    bounds = (("warmup", window[0], first_backward), ("steady", first_backward, steady_end),
+              ("cooldown", steady_end, window[1]))
+    phases = []
+    for name, start, end in bounds:
+        inside = [e for e in compute if start <= e.start_ns < end or (name == "cooldown" and e.start_ns >= end)]
+        busy_ns = _measure(_clip(busy, start, end))
+        phases.append(PhaseStats(
+            name, start, end,
+            forwards=sum(1 for e in inside if role_of[e.name] == "forward"),
+            backwards=sum(1 for e in inside if role_of[e.name] in ("backward", "weight")),
+            busy_ns=busy_ns, idle_ns=max(0, end - start - busy_ns),
+        ))
+    return tuple(phases)
+
+
+def _rank_step(lane: Lane, index: int, window: Interval, events: Sequence[Any],
+               role_of: Mapping[str, str]) -> RankStep:
+    compute = [e for e in events if role_of[e.name] != "comm"]
+    busy = _clip(_union((e.start_ns, e.end_ns) for e in compute), *window)
+    comm = _subtract(_clip(_union((e.start_ns, e.end_ns) for e in events if role_of[e.name] == "comm"), *window), busy)
+    step_ns = window[1] - window[0]
+    busy_ns = _measure(busy)
+    order = tuple((_ORDER_LETTER[role_of[e.name]], e.microbatch) for e in compute if role_of[e.name] in _ORDER_LETTER)
+    return RankStep(
+        lane=lane, step=index, start_ns=window[0], end_ns=window[1], step_ns=step_ns,
+        busy_ns=busy_ns, comm_ns=_measure(comm), idle_ns=step_ns - busy_ns,
+        bubble_ratio=(step_ns - busy_ns) / step_ns if step_ns else 0.0,
+        phases=_phases(compute, role_of, window, busy), order=order,
+        busy=tuple(busy), comm=tuple(comm),
+    )
+
+
+def _theory(step: Any, ranks: Sequence[RankStep]) -> Optional[float]:
+    """(p-1)/(m+p-1) for single-stage GPipe/1F1B steps whose schedule the trace names."""
+    attrs = getattr(step, "attrs", None) or {}
+    if attrs.get("schedule") not in ("ScheduleGPipe", "Schedule1F1B"):
+        return None
+    p = sum(1 for r in ranks if r.order)
+    m = attrs.get("n_microbatches") or max((sum(1 for o in r.order if o[0] == "F") for r in ranks), default=0)
+    return gpipe_bubble_fraction(p, m) if p and m else None
+
+
+# --- the report ------------------------------------------------------------------------
+
+
+def pipeline_report(
+    events: Iterable[Any],
+    *,
+    step_name: Optional[str] = None,
+    skip_steps: int = 0,
+    roles: Optional[Mapping[str, str]] = None,
+) -> PipelineReport:
+    """Analyse finished events: per-rank busy/idle/bubble ratio, phases, latencies.
+
+    :param step_name: the batch event that is one step (default: the most common
+        top-level batch name, e.g. ``pp_step``); without batch events the whole
+        trace is one step.
+    :param skip_steps: leading steps to leave out of the summaries (the first step
+        of torch.distributed.pipelining also runs shape inference).
+    :param roles: stage name -> ``forward``/``backward``/``weight``/``comm``/``compute``,
+        overriding the guess made from the name (see :func:`stage_role`).
+    """
+    timeline = _Timeline(events, step_name, roles)
+    summaries = tuple(timeline.step_summary(k) for k in range(skip_steps, len(timeline.windows)))
+    kept = [e for lane in timeline.lanes for evs in timeline.assigned[lane][skip_steps:] for e in evs]
+    return PipelineReport(
+        ranks=_rank_summaries(timeline.lanes, summaries),
+        steps=summaries,
+        latencies=latency_table(kept, timeline.lane_by_key),
+        step_name=timeline.step_name,
+        skip_steps=skip_steps,
+    )
+
+
+class _Timeline:
+    """Events split into lanes and steps, with the shared step windows."""
+
+    def __init__(self, events: Iterable[Any], step_name: Optional[str], roles: Optional[Mapping[str, str]]) -> None:
+        self.lanes = _group_lanes(events)
+        self.lane_by_key = {(lane.host_id, lane.pid, lane.tid): lane for lane in self.lanes}
+        self.step_name = step_name if step_name is not None else _choose_step_name(self.lanes)
+        self.steps = {lane: [e for e in _top_batches(evs) if e.name == self.step_name]
+                      for lane, evs in self.lanes.items()}
+        self.windows = _windows(self.steps, [e for evs in self.lanes.values() for e in evs])
+        names = {e.name for evs in self.lanes.values() for e in evs}
+        self.role_of = {name: stage_role(name, roles) for name in names}
+        self.assigned = {lane: _assign(evs, self.steps[lane], self.windows) for lane, evs in self.lanes.items()}
+
+    def step_summary(self, k: int) -> StepSummary:
+        lanes = [lane for lane in self.lanes if self.assigned[lane][k] or len(self.steps[lane]) > k]
+        ranks = tuple(_rank_step(lane, k, self.windows[k], self.assigned[lane][k], self.role_of) for lane in lanes)
+        step_event = next((self.steps[lane][k] for lane in lanes if len(self.steps[lane]) > k), None)
+        step_events = [e for lane in lanes for e in self.assigned[lane][k]]
+        return StepSummary(
+            index=k, name=self.step_name or "<trace>", attrs=dict(getattr(step_event, "attrs", None) or {}),
+            start_ns=self.windows[k][0], end_ns=self.windows[k][1], ranks=ranks,
+            theory_bubble_ratio=_theory(step_event, ranks),
+            critical_path=critical_path(k, step_events, self.role_of, self.lane_by_key),
+        )
+
+
+def _rank_summaries(lanes: Mapping[Lane, Any], steps: Sequence[StepSummary]) -> tuple[RankSummary, ...]:
+    result = []
+    for lane in lanes:
+        mine = [r for s in steps for r in s.ranks if r.lane == lane]
+        if not mine:
+            continue
+        step_ns = sum(r.step_ns for r in mine)
+        idle_ns = sum(r.idle_ns for r in mine)
+        result.append(RankSummary(
+            lane=lane, steps=len(mine), step_ns=step_ns, busy_ns=sum(r.busy_ns for r in mine),
+            comm_ns=sum(r.comm_ns for r in mine), idle_ns=idle_ns,
+            bubble_ratio=idle_ns / step_ns if step_ns else 0.0,
+        ))
+    return tuple(result)
