@@ -155,3 +155,66 @@ def test_the_prometheus_plugin_histograms_gpu_time_without_knowing_about_it(cuda
                for family in prometheus.registry.collect() for s in family.samples}
     assert samples[("sched_trace_stage_duration_seconds_count", "forward/gpu", "Scheduler/cuda:0")] == 1
     prometheus.sched_trace_shutdown()
+
+
+class Graph:
+    """Has the two methods of torch.cuda.CUDAGraph the plugin wraps."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def capture_begin(self, pool=None, capture_error_mode="global"):
+        self.log.append(("begin", capture_error_mode))
+
+    def capture_end(self):
+        self.log.append(("end",))
+
+
+def test_the_resolver_does_not_query_cuda_while_a_graph_is_captured(cuda):
+    from sched_trace_cuda.recording import pause_during_graph_capture
+
+    class CountingEvent(FakeEvent):
+        queries = 0
+
+        def query(self):
+            CountingEvent.queries += 1
+            return False
+
+    log = []
+    original_begin, original_end = Graph.capture_begin, Graph.capture_end
+    hooks = make_hooks(cuda)
+    thread = ResolverThread(Resolver(), hooks.handoff, lambda events: None, poll_interval=0.001)
+    undo = pause_during_graph_capture(Graph, thread)
+    graph = Graph(log)
+    run_stage(hooks)
+    (pair,) = list(hooks.handoff._items)
+    thread.resolver.add([pair._replace(end=CountingEvent())])
+    hooks.handoff.clear()
+
+    thread.step()
+    assert CountingEvent.queries == 1
+    graph.capture_begin(capture_error_mode="global")
+    thread.step()
+    assert CountingEvent.queries == 1 and thread.capture_depth == 1
+    graph.capture_end()
+    thread.step()
+    assert CountingEvent.queries == 2 and thread.capture_depth == 0
+    assert log == [("begin", "global"), ("end",)]
+
+    undo()
+    assert Graph.capture_begin is original_begin and Graph.capture_end is original_end
+
+
+def test_a_failed_capture_begin_does_not_leave_the_resolver_paused(cuda):
+    from sched_trace_cuda.recording import pause_during_graph_capture
+
+    class Failing(Graph):
+        def capture_begin(self, pool=None, capture_error_mode="global"):
+            raise RuntimeError("capture on the legacy stream")
+
+    thread = ResolverThread(Resolver(), EventBuffer(8), lambda events: None, poll_interval=0.001)
+    undo = pause_during_graph_capture(Failing, thread)
+    with pytest.raises(RuntimeError):
+        Failing([]).capture_begin()
+    assert thread.capture_depth == 0
+    undo()

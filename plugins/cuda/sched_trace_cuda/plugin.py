@@ -19,13 +19,13 @@ import importlib.util
 import logging
 import sys
 import threading
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import sched_trace
 from sched_trace import EventBuffer, StageEvent
 from sched_trace.plugins import get_manager
 
-from .recording import GpuStageHooks, ResolverThread
+from .recording import GpuStageHooks, ResolverThread, pause_during_graph_capture
 from .resolver import Resolver
 from .settings import Settings, parse_settings
 
@@ -67,6 +67,7 @@ class CudaTimingPlugin:
         self._hooks: Optional[GpuStageHooks] = None
         self._waiter: Optional[_Waiter] = None
         self._thread: Optional[ResolverThread] = None
+        self._undo_graph_patch: Optional[Callable[[], None]] = None
         self._handoff = EventBuffer(self.settings.max_pending)
 
     # --- hooks ------------------------------------------------------------------
@@ -176,6 +177,9 @@ class CudaTimingPlugin:
         resolver = Resolver(recycle=hooks.recycle, suffix=self.settings.suffix,
                             expire_ns=int(self.settings.expire_s * 1e9), max_pending=self.settings.max_pending)
         self._thread = ResolverThread(resolver, self._handoff, publish, self.settings.poll_interval)
+        graph_class = getattr(torch.cuda, "CUDAGraph", None)
+        if graph_class is not None and "capture_begin" in graph_class.__dict__:
+            self._undo_graph_patch = pause_during_graph_capture(graph_class, self._thread)
         self._thread.start()
         self._hooks = hooks
         sched_trace.register(hooks, name=HOOKS_NAME)
@@ -184,6 +188,9 @@ class CudaTimingPlugin:
                  torch.cuda.current_device())
 
     def _deactivate(self) -> None:
+        if self._undo_graph_patch is not None:
+            self._undo_graph_patch()
+            self._undo_graph_patch = None
         if self._hooks is not None:
             sched_trace.unregister(self._hooks)
             self._hooks = None

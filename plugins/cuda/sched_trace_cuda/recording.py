@@ -90,6 +90,7 @@ class ResolverThread:
         self.emit = emit
         self.poll_interval = poll_interval
         self.emitted = 0
+        self.capture_depth = 0  # CUDA graph captures in progress: do not touch CUDA now
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -108,6 +109,8 @@ class ResolverThread:
         """One round: take new pairs, resolve completed ones, emit them. Returns how many."""
         with self._lock:
             self.resolver.add(self.handoff.drain(len(self.handoff)))
+            if self.capture_depth:
+                return 0
             events = self.resolver.poll(time.monotonic_ns())
         if events:
             self.emit(events)
@@ -133,3 +136,54 @@ class ResolverThread:
         if self._thread is not None:
             self._thread.join(timeout)
         self._thread = None
+
+    def capture_began(self) -> None:
+        # Taking the lock waits out a poll in progress, so no query() overlaps the capture.
+        with self._lock:
+            self.capture_depth += 1
+
+    def capture_ended(self) -> None:
+        with self._lock:
+            self.capture_depth = max(0, self.capture_depth - 1)
+
+
+def pause_during_graph_capture(graph_class: Any, thread: ResolverThread) -> Callable[[], None]:
+    """Wrap ``capture_begin``/``capture_end`` of ``torch.cuda.CUDAGraph``; returns the undo.
+
+    In the default (global) capture mode, CUDA forbids ``cudaEventQuery`` on any
+    thread while a graph is being captured, and such a call would invalidate the
+    user's capture. The resolver therefore stops polling for the duration.
+    """
+    own = {name: graph_class.__dict__[name] for name in ("capture_begin", "capture_end")
+           if name in graph_class.__dict__}
+    original_begin, original_end = graph_class.capture_begin, graph_class.capture_end
+
+    def capture_begin(graph: Any, *args: Any, **kwargs: Any) -> Any:
+        thread.capture_began()
+        try:
+            return original_begin(graph, *args, **kwargs)
+        except BaseException:
+            thread.capture_ended()
+            raise
+
+    def capture_end(graph: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return original_end(graph, *args, **kwargs)
+        finally:
+            thread.capture_ended()
+
+    capture_begin.__wrapped__ = original_begin  # type: ignore[attr-defined]
+    capture_end.__wrapped__ = original_end  # type: ignore[attr-defined]
+    graph_class.capture_begin = capture_begin
+    graph_class.capture_end = capture_end
+
+    def undo() -> None:
+        # Only put back what is still ours: someone may have wrapped on top since.
+        for name, wrapper in (("capture_begin", capture_begin), ("capture_end", capture_end)):
+            if graph_class.__dict__.get(name) is wrapper:
+                if name in own:
+                    setattr(graph_class, name, own[name])
+                else:
+                    delattr(graph_class, name)
+
+    return undo
