@@ -7,6 +7,7 @@ processes agree on them without talking to each other and merge cleanly.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional, Union
@@ -50,8 +51,19 @@ class TraceFile:
 
 def stable_id(*parts: Any) -> int:
     """A 63-bit id from ``parts``, identical in every process (unlike ``hash``)."""
+    try:
+        return _cached_id(parts)
+    except TypeError:  # an unhashable part (a list micro-batch id): compute it afresh
+        return _hashed_id(parts)
+
+
+def _hashed_id(parts: tuple) -> int:
     digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
     return (int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF) or 1
+
+
+# Encoding asks for the same few track and flow ids for every event: hash them once.
+_cached_id = functools.lru_cache(maxsize=65536)(_hashed_id)
 
 
 def process_uuid(host_id: str, pid: int) -> int:

@@ -62,11 +62,10 @@ class PerfettoPlugin:
     def sched_trace_configure(self, config: Any) -> None:
         table = {**config.plugin_settings("perfetto"), **self._overrides}
         chosen = _settings.parse(table, config.source)
-        with self._lock:
-            if self._exporter is not None and self.settings == self._absolute(chosen):
-                return
-            self.stop()
-            self.start(chosen)
+        if self._exporter is not None and self.settings == self._absolute(chosen):
+            return
+        self.stop()  # not under _lock: stopping waits for the exporter thread, which takes it
+        self.start(chosen)
 
     @staticmethod
     def _absolute(settings: _settings.PerfettoSettings) -> _settings.PerfettoSettings:
@@ -83,11 +82,26 @@ class PerfettoPlugin:
             self._append = self._exporter.append
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Write everything buffered, then close the file.
+
+        The exporter thread takes ``_lock`` to write, so the wait happens outside it.
+        It lasts while the thread makes progress (at exit, late beats lost) and gives
+        up only when a whole ``timeout`` passes with nothing written.
+        """
         with self._lock:
-            if self._exporter is not None:
-                self._exporter.shutdown(timeout)
-            self._close_sink()
+            exporter = self._exporter
             self._append = self._first_event
+        if exporter is not None:
+            progress = None
+            while not exporter.flush(timeout):
+                if exporter.stats() == progress:
+                    log.warning("sched-trace perfetto: exporter stuck; %d events not written",
+                                len(exporter.buffer))
+                    break
+                progress = exporter.stats()
+            exporter.shutdown(timeout)
+        with self._lock:
+            self._close_sink()
 
     def _close_sink(self) -> None:
         sink, self._sink = self._sink, None
