@@ -20,6 +20,7 @@ from .events import RankInfo
 
 _local = threading.local()
 _generation = [0]  # bumped to invalidate every thread's cached RankInfo
+_UNCACHED = (None, -1)  # a generation that never matches: take the checked path
 _overrides: dict[tuple[RankInfo, tuple], RankInfo] = {}
 
 
@@ -90,9 +91,7 @@ def set_thread_info(
         raise ValueError(f"thread_label must be a non-empty string, got {thread_label!r}")
     info = detect(thread_label, tp_rank=tp_rank, pp_rank=pp_rank, dp_rank=dp_rank, **extra)
     _local.explicit = (thread_label, dict(tp_rank=tp_rank, pp_rank=pp_rank, dp_rank=dp_rank, **extra))
-    _local.info = info
-    _local.generation = _generation[0]
-    _local.recheck_at = monotonic_ns() + 1_000_000_000 if _awaiting_init() else None
+    _remember(info)
     return info
 
 
@@ -111,6 +110,18 @@ def current() -> RankInfo:
     While torch.distributed is imported but not initialised, the cache is
     re-checked at most once a second, so ranks appear once the process group is up.
     """
+    # Hot path: one thread-local read. ``fast`` holds (info, generation) only while no
+    # re-check is pending; otherwise it holds _UNCACHED and the checks below run.
+    try:
+        info, generation = _local.fast
+    except AttributeError:
+        return _current_checked()
+    if generation == _generation[0]:
+        return info
+    return _current_checked()
+
+
+def _current_checked() -> RankInfo:
     info = getattr(_local, "info", None)
     if info is not None and _local.generation == _generation[0]:
         recheck = _local.recheck_at
@@ -118,10 +129,15 @@ def current() -> RankInfo:
             return info
     explicit = getattr(_local, "explicit", None)
     info = detect(explicit[0], **explicit[1]) if explicit else detect()
+    _remember(info)
+    return info
+
+
+def _remember(info: RankInfo) -> None:
     _local.info = info
     _local.generation = _generation[0]
     _local.recheck_at = monotonic_ns() + 1_000_000_000 if _awaiting_init() else None
-    return info
+    _local.fast = (info, _local.generation) if _local.recheck_at is None else _UNCACHED
 
 
 def refresh() -> None:
