@@ -31,25 +31,12 @@ def _us(ns: int) -> str:
     return f"{sign}{ns // 1000}.{ns % 1000:03d}"
 
 
-class _RawJSON(str):
-    """A pre-formatted JSON number (see :func:`_dumps`)."""
-
-
-def _dumps(record: Mapping[str, Any]) -> str:
-    # json cannot emit a number from text, so emit placeholders and substitute.
-    raw: dict[str, str] = {}
-
-    def swap(value: Any) -> Any:
-        if isinstance(value, _RawJSON):
-            token = f"@@raw{len(raw)}@@"
-            raw[token] = str(value)
-            return token
-        return value
-
-    text = json.dumps({k: swap(v) for k, v in record.items()}, default=str, separators=(",", ":"))
-    for token, number in raw.items():
-        text = text.replace(f'"{token}"', number)
-    return text
+def _dumps(record: Mapping[str, Any], **times_ns: int) -> str:
+    """One event as compact JSON; ``times_ns`` (ts, dur) become exact microsecond numbers."""
+    text = json.dumps(record, default=str, separators=(",", ":"))
+    if not times_ns:
+        return text
+    return text[:-1] + "".join(f',"{key}":{_us(value)}' for key, value in times_ns.items()) + "}"
 
 
 class ChromeWriter:
@@ -76,8 +63,8 @@ class ChromeWriter:
         }
         handle.write(json.dumps(header)[:-1] + ',\n"traceEvents":[\n')
 
-    def _emit(self, record: Mapping[str, Any]) -> None:
-        self.handle.write(("" if self._count == 0 else ",\n") + _dumps(record))
+    def _emit(self, record: Mapping[str, Any], **times_ns: int) -> None:
+        self.handle.write(("" if self._count == 0 else ",\n") + _dumps(record, **times_ns))
         self._count += 1
 
     def write(self, events: Iterable[Event]) -> None:
@@ -87,16 +74,15 @@ class ChromeWriter:
             pid, tid = self._ids(event.rank)
             record: dict[str, Any] = {
                 "ph": "X", "cat": event.kind, "name": event.name, "pid": pid, "tid": tid,
-                "ts": _RawJSON(_us(event.start_ns)), "dur": _RawJSON(_us(event.end_ns - event.start_ns)),
                 "args": event_args(event),
             }
             flow = flow_id(event) if self.flows else None
             if flow is not None:  # flow v2: each slice continues the micro-batch's chain
                 record.update(bind_id=f"0x{flow:x}", flow_in=True, flow_out=True)
-            self._emit(record)
+            self._emit(record, ts=event.start_ns, dur=event.end_ns - event.start_ns)
             for name, value in counter_values(event, self.counter_attrs).items():
                 self._emit({"ph": "C", "name": f"{event.rank.track_name} {name}", "pid": pid,
-                            "ts": _RawJSON(_us(event.start_ns)), "args": {name: value}})
+                            "args": {name: value}}, ts=event.start_ns)
 
     def _ids(self, rank: RankInfo) -> tuple[int, int]:
         key = (rank.host_id, rank.pid)
