@@ -51,7 +51,8 @@ def _value(value):
 
 
 def _span(span_id: int, parent: int, name: str, start: int, attrs: dict) -> dict:
-    span = {"traceId": base64.b64encode(b"\x01" * 16).decode(), "spanId": base64.b64encode(span_id.to_bytes(8, "big")).decode(),
+    span = {"traceId": base64.b64encode(b"\x01" * 16).decode(),
+            "spanId": base64.b64encode(span_id.to_bytes(8, "big")).decode(),
             "name": name, "startTimeUnixNano": str(start), "endTimeUnixNano": str(start + 10),
             "attributes": [{"key": k, "value": _value(v)} for k, v in attrs.items()]}
     if parent:
