@@ -54,6 +54,9 @@ class _Waiter:
         torch = sys.modules.get("torch")
         if torch is not None:
             self._owner.check_torch(torch)
+            hooks = self._owner.active_hooks
+            if hooks is not None:  # activated just now: time this stage as well
+                hooks.sched_trace_stage_start(event)
 
 
 class CudaTimingPlugin:
@@ -68,7 +71,13 @@ class CudaTimingPlugin:
         self._waiter: Optional[_Waiter] = None
         self._thread: Optional[ResolverThread] = None
         self._undo_graph_patch: Optional[Callable[[], None]] = None
+        self._cuda_present = False
         self._handoff = EventBuffer(self.settings.max_pending)
+
+    @property
+    def active_hooks(self) -> Optional[GpuStageHooks]:
+        """The registered event hooks while timing is active, else None."""
+        return self._hooks
 
     # --- hooks ------------------------------------------------------------------
 
@@ -145,10 +154,11 @@ class CudaTimingPlugin:
                     self._set_unavailable(f"torch {torch.__version__} is a build without CUDA")
                 elif torch.cuda.is_initialized():
                     self._activate(torch)
-                elif not torch.cuda.is_available():
+                elif not (self._cuda_present or torch.cuda.is_available()):
                     self._set_unavailable(f"torch {torch.__version__} finds no CUDA device")
                 else:
-                    self._wait()  # CUDA present; time stages once the program initialises it
+                    self._cuda_present = True  # asked once: the waiter runs on every stage
+                    self._wait()  # time stages once the program initialises CUDA itself
             except Exception as exc:  # a half-imported torch: stay out of the way
                 self._set_unavailable(f"torch could not be queried ({exc!r})")
 
