@@ -35,34 +35,58 @@ def key_values(attributes: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [{"key": key, "value": any_value(value)} for key, value in attributes.items()]
 
 
-def span_json(span: SpanRecord) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "traceId": f"{span.trace_id:032x}",
-        "spanId": f"{span.span_id:016x}",
-        "name": span.name,
-        "kind": SPAN_KIND_INTERNAL,
-        "startTimeUnixNano": str(span.start_ns),
-        "endTimeUnixNano": str(span.end_ns),
-        "attributes": key_values(span.attributes),
-        "status": {"code": STATUS_ERROR, "message": span.status_message} if span.status_code else {},
-    }
-    if span.parent_span_id:
-        out["parentSpanId"] = f"{span.parent_span_id:016x}"
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+_KV_CACHE: dict[tuple, str] = {}
+_KV_CACHE_LIMIT = 200_000
+_SCOPE_JSON = _dumps(SCOPE)
+
+
+def _kv(key: str, value: Any) -> str:
+    """One encoded KeyValue; cached, since rank and level attributes repeat on every span."""
+    try:
+        cache_key = (key, type(value), value)
+        text = _KV_CACHE.get(cache_key)
+    except TypeError:  # a list value: not hashable, not cached
+        return _dumps({"key": key, "value": any_value(value)})
+    if text is None:
+        if len(_KV_CACHE) > _KV_CACHE_LIMIT:
+            _KV_CACHE.clear()
+        text = _KV_CACHE[cache_key] = _dumps({"key": key, "value": any_value(value)})
+    return text
+
+
+def _kvs(attributes: Mapping[str, Any]) -> str:
+    return "[" + ",".join([_kv(k, v) for k, v in attributes.items()]) + "]"
+
+
+def span_json(span: SpanRecord) -> str:
+    """One span in OTLP/JSON, built from cached fragments (json.dumps of dicts is 3x slower)."""
+    parts = [
+        '{"traceId":"%032x","spanId":"%016x"' % (span.trace_id, span.span_id),
+        ',"parentSpanId":"%016x"' % span.parent_span_id if span.parent_span_id else "",
+        ',"name":', _dumps(span.name),
+        ',"kind":1,"startTimeUnixNano":"%d","endTimeUnixNano":"%d"' % (span.start_ns, span.end_ns),
+        ',"attributes":', _kvs(span.attributes),
+    ]
     if span.events:
-        out["events"] = [{"timeUnixNano": str(t), "name": n, "attributes": key_values(a)} for n, t, a in span.events]
+        parts.append(',"events":[' + ",".join(
+            '{"timeUnixNano":"%d","name":%s,"attributes":%s}' % (t, _dumps(n), _kvs(a))
+            for n, t, a in span.events) + "]")
     if span.links:
-        out["links"] = [{"traceId": f"{t:032x}", "spanId": f"{s:016x}", "attributes": key_values(a)}
-                        for t, s, a in span.links]
-    return out
+        parts.append(',"links":[' + ",".join(
+            '{"traceId":"%032x","spanId":"%016x","attributes":%s}' % (t, i, _kvs(a))
+            for t, i, a in span.links) + "]")
+    if span.status_code:
+        parts.append(',"status":{"code":%d,"message":%s}}' % (STATUS_ERROR, _dumps(span.status_message)))
+    else:
+        parts.append(',"status":{}}')
+    return "".join(parts)
 
 
 def traces_json_line(resource: Mapping[str, Any], spans: Sequence[SpanRecord]) -> str:
     """One line of the file: a TracesData with one resource and one scope."""
-    document = {"resourceSpans": [{
-        "resource": {"attributes": key_values(resource)},
-        "scopeSpans": [{"scope": SCOPE, "spans": [span_json(s) for s in spans]}],
-    }]}
-    return json.dumps(document, separators=(",", ":"))
+    return ('{"resourceSpans":[{"resource":{"attributes":%s},"scopeSpans":[{"scope":%s,"spans":[%s]}]}]}'
+            % (_kvs(resource), _SCOPE_JSON, ",".join([span_json(s) for s in spans])))
 
 
 # --- reading back --------------------------------------------------------------

@@ -118,6 +118,8 @@ def parse(table: Mapping[str, Any], source: str = "<config>",
     """Validate ``[plugins.otel]`` plus ``SCHED_TRACE_OTEL_*``; raise ConfigError naming key and value."""
     values: dict[str, Any] = {}
     for key, value in table.items():
+        if key == "file":  # the core's documented spelling: ``file = "traces/"`` is the directory
+            key = "directory"
         if key not in _FIELDS:
             close = difflib.get_close_matches(key, list(_FIELDS), n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""

@@ -1,0 +1,254 @@
+"""sched-trace-otel against the naive OpenTelemetry SDK way, in the same run.
+
+1. Scheduler-thread time per batch (thread CPU clock) at batch sizes 1, 64, 256,
+   1024: a ``@batch`` step naming its requests with one ``run_batch_cpu`` stage,
+   exported by the otel plugin (exporter process, OTLP-JSON file, per-request
+   spans) against one SDK span per request per batch with a BatchSpanProcessor
+   whose exporter OTLP-encodes in the background.
+2. Exporter throughput: spans built and encoded per second by the exporter
+   pipeline (unpickle records, assemble, encode) against the SDK path (start/end
+   span, then OTLP protobuf encode), for the file output and the OTLP output.
+
+Run: ``python -m benchmarks.bench_otel [--quick]``.
+"""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+import sys
+import tempfile
+import time
+from typing import Any, Callable
+
+import sched_trace
+
+from .harness import CPU, interleave, median, paired_ratio, row
+
+SIZES = (1, 64, 256, 1024)
+GROUP = "otel"
+
+
+class Request:
+    __slots__ = ("rid",)
+
+    def __init__(self, rid: str) -> None:
+        self.rid = rid
+
+
+class Batch:
+    def __init__(self, size: int) -> None:
+        self.reqs = [Request(f"req-{i}") for i in range(size)]
+
+
+@sched_trace.stage("otel_run_batch_cpu", level=4, microbatch="mb_id", batch_size="len(batch.reqs)")
+def _run_batch(batch: Batch, mb_id: int) -> int:
+    return mb_id
+
+
+@sched_trace.batch("otel_decode_step", level=1, batch_size="len(batch.reqs)", requests="batch.reqs")
+def _step(batch: Batch, mb_id: int) -> int:
+    return _run_batch(batch, mb_id)
+
+
+def _sdk_tracer() -> tuple[Any, Any]:
+    """The naive way: a TracerProvider with a BatchSpanProcessor that OTLP-encodes."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    class EncodingExporter(SpanExporter):
+        def export(self, spans: Any) -> Any:
+            encode_spans(spans).SerializeToString()
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(EncodingExporter(), max_queue_size=65536))
+    return provider, provider.get_tracer("bench")
+
+
+def _naive_case(tracer: Any, batch: Batch) -> Callable[[int], None]:
+    def case(n: int) -> None:
+        for mb_id in range(n):
+            for request in batch.reqs:
+                span = tracer.start_span("run_batch_cpu", attributes={
+                    "rid": request.rid, "pp_mb_id": mb_id, "batch_size": len(batch.reqs)})
+                span.end()
+    return case
+
+
+def _plugin_case(batch: Batch, more: int) -> Callable[[int], None]:
+    def case(n: int) -> None:
+        for mb_id in range(n * more):
+            _step(batch, mb_id)
+    return case
+
+
+def run_scheduler(quick: bool) -> list[dict[str, Any]]:
+    from sched_trace_otel import OtelPlugin
+
+    directory = tempfile.mkdtemp(prefix="sched-trace-bench-otel-")
+    plugin = OtelPlugin(directory=directory)
+    sched_trace.configure(level=4, plugins=[plugin], autoload=False)
+    provider, tracer = _sdk_tracer()
+    rows, per_size = [], {}
+    repeats = 3 if quick else 7
+    try:
+        for size in SIZES:
+            n = max(4, (2000 if quick else 6000) // (size + 8))
+            # The plugin's batches are cheap: run more of them per sample so timer overhead stays out.
+            more = max(1, 100 // n)
+            batch = Batch(size)
+            samples = interleave({"otel": _plugin_case(batch, more), "naive": _naive_case(tracer, batch)}, n,
+                                 repeats, between=lambda: (plugin.sched_trace_flush(10.0), provider.force_flush()))
+            for key in ("otel", "otel" + CPU):
+                samples[key] = [value / more for value in samples[key]]
+            per_size[size] = samples
+            otel, naive = median(samples["otel" + CPU]), median(samples["naive" + CPU])
+            rows.append(row(f"scheduler-thread CPU per batch of {size}: otel plugin vs naive SDK", otel / 1e3,
+                            naive / 1e3, paired_ratio(samples, "naive" + CPU, "otel" + CPU), "us",
+                            target=">= 100x" if size == 256 else None,
+                            met=(naive / otel >= 100) if size == 256 else None,
+                            note=f"wall {median(samples['otel']) / 1e3:.1f} us vs {median(samples['naive']) / 1e3:.1f} us",
+                            group=GROUP))
+        flat = median(per_size[1024]["otel" + CPU]) / median(per_size[1]["otel" + CPU])
+        rows.append(row("otel scheduler-thread CPU per batch, 1024 vs 1 requests", flat, None, flat, "x",
+                        target="<= 1.3x", met=flat <= 1.3, group=GROUP))
+        plugin.sched_trace_flush(30.0)
+        stats = dict(plugin.sched_trace_collect_stats())
+        rows.append(row("otel events dropped / lost during the scheduler runs",
+                        stats.get("dropped", 0) + stats.get("queue_dropped", 0) + stats.get("lost_in_exporter", 0),
+                        None, None, "events", note=f"{stats.get('spans_exported', 0)} spans written", group=GROUP))
+    finally:
+        sched_trace.shutdown(timeout=30.0)
+        sched_trace.unregister(plugin)
+        provider.shutdown()
+        shutil.rmtree(directory, ignore_errors=True)
+    return rows
+
+
+# --- exporter throughput -------------------------------------------------------------
+
+
+class _Capture:
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    def sched_trace_stage_end(self, event: Any) -> None:
+        self.events.append(event)
+
+    def sched_trace_batch_end(self, event: Any) -> None:
+        self.events.append(event)
+
+
+def _records(batches: int, size: int) -> tuple[list, list]:
+    from sched_trace_otel.wire import RecordEncoder
+
+    capture = _Capture()
+    sched_trace.configure(level=4, plugins=[capture], autoload=False)
+    batch = Batch(size)
+    for mb_id in range(batches):
+        _step(batch, mb_id)
+    sched_trace.unregister(capture)
+    return RecordEncoder().encode(capture.events)
+
+
+def _pipeline_rate(settings: Any, frame: bytes, sink: Any = None) -> tuple[float, int]:
+    from sched_trace_otel.pipeline import ExportPipeline, process_meta
+
+    pipeline = ExportPipeline(settings, process_meta(settings, 1, 1 << 31))
+    if sink is not None:
+        pipeline.sink = sink
+    started = time.perf_counter()
+    ranks, records = pickle.loads(frame)
+    pipeline.handle(ranks, records)
+    pipeline.sink.flush(10.0)
+    elapsed = time.perf_counter() - started
+    pipeline.sink.close()
+    return pipeline.spans / elapsed, pipeline.spans
+
+
+def _sdk_rate(spans: int) -> float:
+    """Start/end a span with the same attributes, then OTLP-encode them, as a BatchSpanProcessor would."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+
+    finished: list = []
+
+    class Collect(SpanExporter):
+        def export(self, batch: Any) -> Any:
+            finished.extend(batch)
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(Collect()))
+    tracer = provider.get_tracer("bench")
+    attributes = {"sched_trace.level": 4, "sched_trace.kind": "stage", "pp_mb_id": 1, "bid": 7,
+                  "batch_size": 64, "rid": "req-1"}
+    started = time.perf_counter()
+    for _ in range(spans):
+        tracer.start_span("run_batch_cpu", attributes=attributes).end()
+    for begin in range(0, spans, 512):
+        encode_spans(finished[begin:begin + 512]).SerializeToString()
+    elapsed = time.perf_counter() - started
+    provider.shutdown()
+    return spans / elapsed
+
+
+class _EncodingExporter:
+    """Stands in for the network: the standard OTLP encode, no socket."""
+
+    def export(self, spans: Any) -> Any:
+        from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        encode_spans(spans).SerializeToString()
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+
+def run_exporter(quick: bool) -> list[dict[str, Any]]:
+    from sched_trace_otel.settings import OtelSettings
+    from sched_trace_otel.sinks import OtlpSink
+
+    batches = 100 if quick else 400
+    ranks, records = _records(batches, 64)
+    frame = pickle.dumps((ranks, records), protocol=pickle.HIGHEST_PROTOCOL)
+    directory = tempfile.mkdtemp(prefix="sched-trace-bench-otel-")
+    rows = []
+    try:
+        file_settings = OtelSettings(directory=directory)
+        ours, spans = _pipeline_rate(file_settings, frame)
+        sdk = _sdk_rate(spans)
+        rows.append(row("exporter spans/s, OTLP-JSON file: otel pipeline vs SDK start/end + OTLP encode",
+                        ours, sdk, ours / sdk, "spans/s", target=">= 5x", met=ours / sdk >= 5,
+                        note=f"{spans} spans, batches of 64 requests", group=GROUP))
+        otlp_settings = OtelSettings(exporter="http/protobuf")
+        sink = OtlpSink("http/protobuf", None, {"service.name": "bench"}, 1 << 30, exporter=_EncodingExporter())
+        ours_otlp, _ = _pipeline_rate(otlp_settings, frame, sink)
+        rows.append(row("exporter spans/s, OTLP protobuf (SDK spans + encode): otel pipeline vs SDK path",
+                        ours_otlp, sdk, ours_otlp / sdk, "spans/s", note="no socket: encode only", group=GROUP))
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    return rows
+
+
+def run(quick: bool) -> list[dict[str, Any]]:
+    return run_scheduler(quick) + run_exporter(quick)
+
+
+def main() -> int:
+    quick = "--quick" in sys.argv[1:]
+    for result in run(quick):
+        ratio = result.get("ratio")
+        print(f"{result['figure']:90} {result['value']:>14.4g} {result['unit']:8} "
+              f"baseline {'-' if result['baseline'] is None else format(result['baseline'], '.4g'):>10} "
+              f"ratio {'-' if ratio is None else format(ratio, '.3g'):>7} {result.get('note', '')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
