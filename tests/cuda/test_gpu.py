@@ -142,12 +142,12 @@ def test_timing_starts_once_the_program_itself_initialises_cuda():
         s()
         states = [plugin.state, torch.cuda.is_initialized()]
         torch.cuda.init()
-        s()   # the waiter activates the plugin here
-        s()   # timed
+        s()   # the waiter activates the plugin here, and this stage is timed already
+        s()
         sched_trace.flush(30.0)
         states += [plugin.state, len(recorder.stages("s/gpu"))]
         print(json.dumps(states))
     """)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout.splitlines()[-1]) == ["waiting", False, "active", 1]
+    assert json.loads(result.stdout.splitlines()[-1]) == ["waiting", False, "active", 2]

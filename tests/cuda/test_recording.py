@@ -25,6 +25,7 @@ from .fakes import FakeEvent
 class FakeCuda:
     def __init__(self) -> None:
         self.capturing = False
+        self.device = 0
         self.created: list[FakeEvent] = []
 
     def Event(self, enable_timing: bool = False) -> FakeEvent:
@@ -41,7 +42,7 @@ class FakeCuda:
         event.gpu_ns = time.time_ns()  # an idle simulated GPU runs it at once
 
     def current_device(self) -> int:
-        return 0
+        return self.device
 
     def is_current_stream_capturing(self) -> bool:
         return self.capturing
@@ -218,3 +219,13 @@ def test_a_failed_capture_begin_does_not_leave_the_resolver_paused(cuda):
         Failing([]).capture_begin()
     assert thread.capture_depth == 0
     undo()
+
+
+def test_a_stage_that_switches_device_is_counted_not_timed(cuda):
+    from .fakes import cpu_stage
+
+    hooks = make_hooks(cuda)
+    hooks.sched_trace_stage_start(cpu_stage(span_id=3))
+    cuda.device = 1
+    hooks.sched_trace_stage_end(cpu_stage(span_id=3))
+    assert hooks.device_switched == 1 and not hooks.handoff and len(hooks._pools[0]) == 1

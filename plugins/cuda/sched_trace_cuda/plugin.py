@@ -124,7 +124,7 @@ class CudaTimingPlugin:
             "dropped": self._handoff.dropped + (resolver.dropped if resolver else 0)
             + (hooks.open_overflow if hooks else 0),
             "expired": resolver.expired if resolver else 0,
-            "failed": resolver.failed if resolver else 0,
+            "failed": (resolver.failed if resolver else 0) + (hooks.device_switched if hooks else 0),
             "capture_skipped": hooks.capture_skipped if hooks else 0,
         }
 

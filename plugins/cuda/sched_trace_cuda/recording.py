@@ -35,6 +35,7 @@ class GpuStageHooks:
         self.recorded = 0
         self.capture_skipped = 0
         self.open_overflow = 0
+        self.device_switched = 0
 
     def sched_trace_stage_start(self, event: StageEvent) -> None:
         if self._stages is not None and event.name not in self._stages:
@@ -57,6 +58,10 @@ class GpuStageHooks:
         start, device = opened
         if self._capturing():
             self.capture_skipped += 1
+            self.recycle(start, device)
+            return
+        if self._current_device() != device:  # elapsed_time needs both events on one device
+            self.device_switched += 1
             self.recycle(start, device)
             return
         end = self._take(device)
