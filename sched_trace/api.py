@@ -50,7 +50,12 @@ def configure(
         if autoload and cfg.autoload and not _plugins.autoload_disabled_by_env() and not manager.entry_points_loaded:
             manager.load_entry_points()
         if _state["config"] != cfg or not _state["configured"]:
-            manager.configure(cfg)
+            previous = manager._config
+            try:
+                manager.configure(cfg)
+            except ConfigError:
+                manager._config = previous  # a rejected config must not reach later plugins
+                raise
         _apply_targets(cfg)
         _state.update(configured=True, config=cfg, shut_down=False)
         return cfg

@@ -163,3 +163,22 @@ def test_block_env_keeps_a_named_plugin_out(hello_site, tmp_path):
 def test_autoload_can_be_disabled_by_env(hello_site, tmp_path):
     result = _run_with(hello_site, tmp_path, SCHED_TRACE_DISABLE_PLUGIN_AUTOLOAD="1")
     assert "'hello'" not in result.stdout
+
+
+def test_a_rejected_config_is_not_handed_to_later_plugins(sched_trace_recorder):
+    class Strict:
+        def sched_trace_configure(self, config):
+            if config.plugin_settings("strict2").get("port") == "x":
+                raise sched_trace.ConfigError("port must be an integer", key="plugins.strict2.port")
+
+    sched_trace.register(Strict(), name="strict2")
+    with pytest.raises(sched_trace.ConfigError):
+        sched_trace.configure(config={"plugins": {"strict2": {"port": "x"}}}, autoload=False)
+    seen = []
+
+    class Late:
+        def sched_trace_configure(self, config):
+            seen.append(config.plugin_settings("strict2"))
+
+    sched_trace.register(Late())
+    assert seen in ([], [{}])
