@@ -6,6 +6,7 @@ It implements exactly what the resolver uses from ``torch.cuda.Event``:
 
 from __future__ import annotations
 
+import time
 from typing import Optional
 
 from sched_trace import RankInfo, StageEvent
@@ -33,3 +34,31 @@ class FakeEvent:
 def cpu_stage(name: str = "forward", start_ns: int = 1_000 * MS, end_ns: int = 1_001 * MS, *,
               span_id: int = 7, error: Optional[BaseException] = None, attrs: Optional[dict] = None) -> StageEvent:
     return StageEvent(name, 2, start_ns, end_ns, RANK, 3, 11, 64, attrs or {}, error, span_id, 5)
+
+
+class FakeCuda:
+    """Stands in for ``torch.cuda`` in GpuStageHooks: Event, current_device, capture state."""
+
+    def __init__(self) -> None:
+        self.capturing = False
+        self.device = 0
+        self.created: list[FakeEvent] = []
+
+    def Event(self, enable_timing: bool = False) -> FakeEvent:
+        assert enable_timing
+        event = FakeEvent()
+        event.recorded = 0
+        event.record = lambda: self._record(event)
+        self.created.append(event)
+        return event
+
+    @staticmethod
+    def _record(event: FakeEvent) -> None:
+        event.recorded += 1
+        event.gpu_ns = time.time_ns()  # an idle simulated GPU runs it at once
+
+    def current_device(self) -> int:
+        return self.device
+
+    def is_current_stream_capturing(self) -> bool:
+        return self.capturing

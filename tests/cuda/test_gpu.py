@@ -49,7 +49,7 @@ def test_gpu_time_arrives_as_a_stage_event_after_the_cpu_returned(gpu):
     sched_trace.flush(timeout=30.0)
     (event,) = recorder.stages("gpu_busy/gpu")
 
-    assert is_gpu_event(event) and event.parent_id == cpu.span_id
+    assert is_gpu_event(event) and event.attrs["gpu.cpu_span_id"] == cpu.span_id
     assert (event.microbatch, event.batch_id, event.batch_size) == (3, cpu.batch_id, 8)
     assert event.rank.thread_label == f"{cpu.rank.thread_label}/cuda:{torch.cuda.current_device()}"
     # The scheduler thread only launched the kernel: the GPU ran long after it returned.

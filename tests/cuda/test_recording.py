@@ -19,33 +19,7 @@ from sched_trace import EventBuffer
 from sched_trace_cuda import Resolver, Settings, publish
 from sched_trace_cuda.recording import GpuStageHooks, ResolverThread
 
-from .fakes import FakeEvent
-
-
-class FakeCuda:
-    def __init__(self) -> None:
-        self.capturing = False
-        self.device = 0
-        self.created: list[FakeEvent] = []
-
-    def Event(self, enable_timing: bool = False) -> FakeEvent:
-        assert enable_timing
-        event = FakeEvent()
-        event.recorded = 0
-        event.record = lambda: self._record(event)
-        self.created.append(event)
-        return event
-
-    @staticmethod
-    def _record(event: FakeEvent) -> None:
-        event.recorded += 1
-        event.gpu_ns = time.time_ns()  # an idle simulated GPU runs it at once
-
-    def current_device(self) -> int:
-        return self.device
-
-    def is_current_stream_capturing(self) -> bool:
-        return self.capturing
+from .fakes import FakeCuda, FakeEvent
 
 
 @pytest.fixture
@@ -127,7 +101,7 @@ def test_the_resolver_thread_publishes_gpu_events_to_every_plugin(cuda, sched_tr
     finally:
         thread.stop()
     (event,) = sched_trace_recorder.stages("forward/gpu")
-    assert event.parent_id == 77 and event.batch_size == stage.batch_size
+    assert event.attrs["gpu.cpu_span_id"] == 77 and event.batch_size == stage.batch_size
     assert thread.emitted == 1
 
 

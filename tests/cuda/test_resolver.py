@@ -32,11 +32,12 @@ def test_the_gpu_event_is_a_regular_stage_event_linked_to_its_cpu_stage():
     (event,) = resolver.poll(0)
 
     assert event.kind == "stage" and event.name == "forward/gpu" and event.level == stage.level
-    assert event.parent_id == 42 and event.span_id >= GPU_SPAN_BASE and is_gpu_event(event)
+    assert event.parent_id == 0 and event.span_id >= GPU_SPAN_BASE and is_gpu_event(event)
     assert not is_gpu_event(stage)
     assert (event.microbatch, event.batch_id, event.batch_size) == (3, 11, 64)
     assert event.rank.thread_label == "Scheduler/cuda:3"
-    assert (event.rank.pp_rank, event.rank.tid, event.rank.host_id) == (1, 200, "node0")
+    assert (event.rank.pp_rank, event.rank.host_id, event.rank.pid) == (1, "node0", 100)
+    assert event.rank.tid == 200 + (4 << 22)  # a track of its own, never a real thread id
     assert event.attrs == {"phase": "decode", "gpu.device": 3, "gpu.cpu_span_id": 42,
                            "gpu.queue_delay_ns": 0}
     assert event.error is None

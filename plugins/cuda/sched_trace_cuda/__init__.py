@@ -7,7 +7,7 @@ Entry point ``cuda`` in the ``sched_trace`` group; settings in ``[plugins.cuda]`
 from __future__ import annotations
 
 from .plugin import HOOKS_NAME, CudaTimingPlugin, publish
-from .resolver import GPU_SPAN_BASE, DeviceTimeline, PendingStage, Resolver, TimingEvent
+from .resolver import GPU_SPAN_BASE, DeviceTimeline, PendingStage, Resolver, TimingEvent, gpu_track_tid
 from .settings import Settings, parse_settings
 
 __version__ = "0.1.0"
@@ -20,5 +20,5 @@ def is_gpu_event(event: object) -> bool:
 
 __all__ = [
     "GPU_SPAN_BASE", "HOOKS_NAME", "CudaTimingPlugin", "DeviceTimeline", "PendingStage", "Resolver",
-    "Settings", "TimingEvent", "is_gpu_event", "parse_settings", "publish",
+    "Settings", "TimingEvent", "gpu_track_tid", "is_gpu_event", "parse_settings", "publish",
 ]

@@ -157,17 +157,29 @@ class Resolver:
         attrs["gpu.queue_delay_ns"] = start_ns - cpu.start_ns
         if cpu.error is not None:
             attrs["gpu.cpu_error"] = type(cpu.error).__name__
+        # parent_id 0: the GPU span is top-level on its own track, so exporters that
+        # group a thread's stages until its top-level end never mix it into a CPU scope.
         return StageEvent(
             cpu.name + self.suffix, cpu.level, start_ns, end_ns, self.gpu_rank(cpu.rank, item.device),
-            cpu.microbatch, cpu.batch_id, cpu.batch_size, attrs, None, _next_gpu_span_id(), cpu.span_id,
+            cpu.microbatch, cpu.batch_id, cpu.batch_size, attrs, None, _next_gpu_span_id(), 0,
         )
 
     def gpu_rank(self, rank: RankInfo, device: int) -> RankInfo:
-        """The CPU thread's identity, on a track of its own: ``Scheduler/cuda:0``."""
+        """The CPU thread's identity on a track of its own: ``Scheduler/cuda:0``.
+
+        ``tid`` becomes ``tid + (device + 1) << 22``: Linux thread ids stay below
+        2**22, so it never collides with a real thread and fits Perfetto's int32.
+        """
         key = (rank, device)
         gpu = self._gpu_ranks.get(key)
         if gpu is None:
             if len(self._gpu_ranks) > 4096:
                 self._gpu_ranks.clear()
-            gpu = self._gpu_ranks[key] = rank.replace(thread_label=f"{rank.thread_label}/cuda:{device}")
+            gpu = self._gpu_ranks[key] = rank.replace(
+                thread_label=f"{rank.thread_label}/cuda:{device}", tid=gpu_track_tid(rank.tid, device))
         return gpu
+
+
+def gpu_track_tid(tid: int, device: int) -> int:
+    """The synthetic thread id of the GPU track of thread ``tid`` on ``device``."""
+    return tid + ((device + 1) << 22)
