@@ -29,12 +29,12 @@ from __future__ import annotations
 from .files import load_events
 from .model import (
     CriticalPath, Lane, LatencyStats, PathSegment, PhaseStats, PipelineReport, RankStep,
-    RankSummary, StepSummary, gpipe_bubble_fraction,
+    RankSummary, ScheduleSummary, StepSummary, gpipe_bubble_fraction,
 )
 from .pipeline import pipeline_report, stage_role
 
 __all__ = [
     "CriticalPath", "Lane", "LatencyStats", "PathSegment", "PhaseStats", "PipelineReport",
-    "RankStep", "RankSummary", "StepSummary", "gpipe_bubble_fraction", "load_events",
+    "RankStep", "RankSummary", "ScheduleSummary", "StepSummary", "gpipe_bubble_fraction", "load_events",
     "pipeline_report", "stage_role",
 ]

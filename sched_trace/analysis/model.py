@@ -144,6 +144,23 @@ class StepSummary:
     def schedule(self) -> str:
         return str(self.attrs.get("schedule", self.name))
 
+    @property
+    def label(self) -> str:
+        """``ScheduleGPipe m=8``: the schedule, with its micro-batch count when known."""
+        m = self.attrs.get("n_microbatches")
+        return f"{self.schedule} m={m}" if m is not None else self.schedule
+
+
+@dataclass(frozen=True)
+class ScheduleSummary:
+    """Every analysed step of one schedule (steps with the same attributes)."""
+
+    schedule: str
+    steps: int
+    bubble_ratio: float
+    theory_bubble_ratio: Optional[float]
+    mean_step_ns: float
+
 
 @dataclass(frozen=True)
 class RankSummary:
@@ -182,6 +199,7 @@ class PipelineReport:
     latencies: tuple[LatencyStats, ...]
     step_name: Optional[str]
     skip_steps: int = 0
+    schedules: tuple[ScheduleSummary, ...] = ()
 
     @property
     def bubble_ratio(self) -> float:
@@ -220,8 +238,8 @@ class PipelineReport:
         for r in self.ranks:
             lines.append(f"{r.lane.label:<8}{r.steps:>6}{r.step_ns / 1e6:>10.1f}{r.busy_ns / 1e6:>10.1f}"
                          f"{r.comm_ns / 1e6:>10.1f}{r.idle_ns / 1e6:>10.1f}{r.bubble_ratio:>8.1%}")
-        for s in self.steps:
+        for s in self.schedules:
             theory = f" (theory {s.theory_bubble_ratio:.1%})" if s.theory_bubble_ratio is not None else ""
-            lines.append(f"step {s.index} {s.schedule}: {s.duration_ns / 1e6:.1f} ms, "
+            lines.append(f"{s.schedule}: {s.steps} steps of {s.mean_step_ns / 1e6:.1f} ms, "
                          f"bubble {s.bubble_ratio:.1%}{theory}")
         return "\n".join(lines)

@@ -8,7 +8,10 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-from .model import Lane, PhaseStats, PipelineReport, RankStep, RankSummary, StepSummary, gpipe_bubble_fraction
+from .model import (
+    Lane, PhaseStats, PipelineReport, RankStep, RankSummary, ScheduleSummary, StepSummary,
+    gpipe_bubble_fraction,
+)
 from .paths import critical_path, latency_table
 
 # Checked in this order: "pp_p2p_wait" is communication, "backward_weight" is W.
@@ -208,21 +211,56 @@ def pipeline_report(
     :param step_name: the batch event that is one step (default: the most common
         top-level batch name, e.g. ``pp_step``); without batch events the whole
         trace is one step.
-    :param skip_steps: leading steps to leave out of the summaries (the first step
-        of torch.distributed.pipelining also runs shape inference).
+    :param skip_steps: leave out the first N steps of each schedule (steps with the
+        same attributes); the first step of a torch.distributed.pipelining schedule
+        also runs shape inference and P2P set-up.
     :param roles: stage name -> ``forward``/``backward``/``weight``/``comm``/``compute``,
         overriding the guess made from the name (see :func:`stage_role`).
     """
     timeline = _Timeline(events, step_name, roles)
-    summaries = tuple(timeline.step_summary(k) for k in range(skip_steps, len(timeline.windows)))
-    kept = [e for lane in timeline.lanes for evs in timeline.assigned[lane][skip_steps:] for e in evs]
+    kept = _kept_steps(timeline, skip_steps)
+    summaries = tuple(timeline.step_summary(k) for k in kept)
+    kept_events = [e for lane in timeline.lanes for k in kept for e in timeline.assigned[lane][k]]
     return PipelineReport(
         ranks=_rank_summaries(timeline.lanes, summaries),
         steps=summaries,
-        latencies=latency_table(kept, timeline.lane_by_key),
+        latencies=latency_table(kept_events, timeline.lane_by_key),
         step_name=timeline.step_name,
         skip_steps=skip_steps,
+        schedules=_schedule_summaries(summaries),
     )
+
+
+def _kept_steps(timeline: "_Timeline", skip_steps: int) -> list[int]:
+    """Step indices left after dropping the first ``skip_steps`` of each schedule.
+
+    Steps with the same attributes (schedule class, micro-batch count) belong to
+    one schedule; each schedule's first step also runs torch's shape inference.
+    """
+    seen: Counter = Counter()
+    kept = []
+    for k in range(len(timeline.windows)):
+        config = repr(sorted(timeline.step_attrs(k).items()))
+        seen[config] += 1
+        if seen[config] > skip_steps:
+            kept.append(k)
+    return kept
+
+
+def _schedule_summaries(steps: Sequence[StepSummary]) -> tuple[ScheduleSummary, ...]:
+    groups: dict[str, list[StepSummary]] = {}
+    for step in steps:
+        groups.setdefault(step.label, []).append(step)
+    result = []
+    for label, members in groups.items():
+        total = sum(r.step_ns for s in members for r in s.ranks)
+        idle = sum(r.idle_ns for s in members for r in s.ranks)
+        result.append(ScheduleSummary(
+            label, len(members), bubble_ratio=idle / total if total else 0.0,
+            theory_bubble_ratio=members[0].theory_bubble_ratio,
+            mean_step_ns=sum(s.duration_ns for s in members) / len(members),
+        ))
+    return tuple(result)
 
 
 class _Timeline:
@@ -239,13 +277,17 @@ class _Timeline:
         self.role_of = {name: stage_role(name, roles) for name in names}
         self.assigned = {lane: _assign(evs, self.steps[lane], self.windows) for lane, evs in self.lanes.items()}
 
+    def step_attrs(self, k: int) -> dict:
+        step_event = next((self.steps[lane][k] for lane in self.lanes if len(self.steps[lane]) > k), None)
+        return dict(getattr(step_event, "attrs", None) or {})
+
     def step_summary(self, k: int) -> StepSummary:
         lanes = [lane for lane in self.lanes if self.assigned[lane][k] or len(self.steps[lane]) > k]
         ranks = tuple(_rank_step(lane, k, self.windows[k], self.assigned[lane][k], self.role_of) for lane in lanes)
         step_event = next((self.steps[lane][k] for lane in lanes if len(self.steps[lane]) > k), None)
         step_events = [e for lane in lanes for e in self.assigned[lane][k]]
         return StepSummary(
-            index=k, name=self.step_name or "<trace>", attrs=dict(getattr(step_event, "attrs", None) or {}),
+            index=k, name=self.step_name or "<trace>", attrs=self.step_attrs(k),
             start_ns=self.windows[k][0], end_ns=self.windows[k][1], ranks=ranks,
             theory_bubble_ratio=_theory(step_event, ranks),
             critical_path=critical_path(k, step_events, self.role_of, self.lane_by_key),

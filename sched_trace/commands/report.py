@@ -1,13 +1,166 @@
-"""`sched-trace report` (being built; see the timeline issue)."""
+"""``sched-trace report FILES [--out DIR]``: the pipeline analysis as tables and a PNG.
+
+Reads Perfetto, Chrome JSON or OTLP-JSON traces (directories are searched),
+prints per-rank busy/idle time and bubble ratio, per-schedule bubble ratio
+against theory, 1F1B phases, the critical path and stage latencies, and writes
+``DIR/report.png`` (timeline with bubbles shaded, bubble ratios, latencies) and
+``DIR/report.json``. Needs the ``report`` extra (rich, matplotlib).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from ..analysis import PipelineReport, load_events, pipeline_report
+
+DEFAULT_OUT = "sched-trace-out"
+LARGE_INPUT_BYTES = 4 << 20  # show a progress bar from here on
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="*")
+    parser.add_argument("files", nargs="+", metavar="FILE",
+                        help="trace files or directories (Perfetto, Chrome JSON, OTLP-JSON)")
+    parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
+                        help="where report.png and report.json go (default: %(default)s)")
+    parser.add_argument("--skip-steps", type=int, default=0, metavar="N",
+                        help="leave out the first N steps of each schedule (warm-up, shape inference)")
+    parser.add_argument("--step", default=None, metavar="NAME",
+                        help="the batch event that is one step (default: the most common top-level one)")
+    parser.add_argument("--no-png", dest="png", action="store_false", help="tables only")
+
+
+def read_with_progress(files: Sequence[str], console: Any) -> list[Any]:
+    """Events from the files; a progress bar when the input is large."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .. import traceio
+
+    paths = traceio.expand_paths(files)
+    size = sum(os.path.getsize(p) for p in paths)
+    large = size >= LARGE_INPUT_BYTES or len(paths) > 16
+    columns = (TextColumn("reading traces"), BarColumn(), TextColumn("{task.completed}/{task.total} files"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True, disable=not large) as progress:
+        task = progress.add_task("read", total=len(paths))
+        return load_events(paths, progress=lambda done, total: progress.update(task, completed=done))
+
+
+def _ms(ns: float) -> str:
+    return f"{ns / 1e6:.1f}"
+
+
+def _short(label: str) -> str:
+    return label.replace("Schedule", "", 1) if label.startswith("Schedule") else label
+
+
+def _pct(ratio: Optional[float]) -> str:
+    return "-" if ratio is None else f"{ratio:.1%}"
+
+
+def print_report(report: PipelineReport, console: Any) -> None:
+    """The analysis as rich tables."""
+    from rich.table import Table
+
+    ranks = Table(title=f"Pipeline ranks ({sum(1 for _ in report.steps)} steps of {report.step_name})")
+    for column in ("rank", "steps", "step ms", "busy ms", "comm ms", "idle ms", "bubble"):
+        ranks.add_column(column, justify="left" if column == "rank" else "right")
+    for r in report.ranks:
+        ranks.add_row(r.lane.label, str(r.steps), _ms(r.step_ns), _ms(r.busy_ns),
+                      _ms(r.comm_ns), _ms(r.idle_ns), _pct(r.bubble_ratio))
+    console.print(ranks)
+    schedules = Table(title="Bubble ratio by schedule (idle / step time, all ranks)")
+    for column in ("schedule", "steps", "mean step ms", "bubble", "theory (p-1)/(m+p-1)"):
+        schedules.add_column(column, justify="left" if column == "schedule" else "right")
+    for s in report.schedules:
+        schedules.add_row(_short(s.schedule), str(s.steps), _ms(s.mean_step_ns), _pct(s.bubble_ratio),
+                          _pct(s.theory_bubble_ratio))
+    console.print(schedules)
+    _print_phases(report, console)
+    _print_latencies(report, console)
+    for step in _last_step_per_schedule(report):
+        path = step.critical_path
+        if path is not None:
+            console.print(f"[bold]critical path[/] step {step.index} ({_short(step.label)}): {_ms(path.length_ns)} ms, "
+                          f"{_ms(path.wait_ns)} ms waiting: {path.describe()}")
+
+
+def _last_step_per_schedule(report: PipelineReport) -> list[Any]:
+    last: dict[str, Any] = {}
+    for step in report.steps:
+        last[step.label] = step
+    return list(last.values())
+
+
+def _print_phases(report: PipelineReport, console: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title="Phases of the last step of each schedule")
+    for column in ("schedule", "rank", "warm-up F", "warm-up ms", "steady ms", "cool-down ms", "idle ms w/s/c"):
+        table.add_column(column, justify="left" if column in ("schedule", "rank") else "right")
+    for step in _last_step_per_schedule(report):
+        for rank in step.ranks:
+            warmup, steady, cooldown = (rank.phase(n) for n in ("warmup", "steady", "cooldown"))
+            if warmup is None or steady is None or cooldown is None:
+                continue
+            table.add_row(_short(step.label), rank.lane.label, str(warmup.forwards), _ms(warmup.duration_ns),
+                          _ms(steady.duration_ns), _ms(cooldown.duration_ns),
+                          "/".join(f"{p.idle_ns / 1e6:.0f}" for p in rank.phases))
+    if table.row_count:
+        console.print(table)
+
+
+def _print_latencies(report: PipelineReport, console: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title="Stage latency (ms)")
+    for column in ("stage", "count", "mean", "p50", "p90", "p99", "max"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    for row in report.latencies:
+        if row.by == "stage":
+            table.add_row(row.stage, str(row.count), _ms(row.mean_ns), _ms(row.p50_ns), _ms(row.p90_ns),
+                          _ms(row.p99_ns), _ms(row.max_ns))
+    console.print(table)
+
+
+def write_outputs(report: PipelineReport, events: Sequence[Any], out_dir: Path, png: bool = True) -> list[Path]:
+    """``report.json`` and (unless ``png`` is false) ``report.png`` under ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [out_dir / "report.json"]
+    written[0].write_text(json.dumps(report.to_dict(), indent=1, default=str), encoding="utf-8")
+    if png:
+        from ..analysis.figure import render
+
+        written.append(render(report, events, out_dir / "report.png"))
+    return written
+
+
+def analyse(files: Sequence[str], out_dir: Path, console: Any, *, skip_steps: int = 0,
+            step_name: Optional[str] = None, png: bool = True) -> tuple[PipelineReport, list[Path]]:
+    """Read, analyse, print and write: what ``sched-trace report`` and the demo do."""
+    events = read_with_progress(files, console)
+    report = pipeline_report(events, step_name=step_name, skip_steps=skip_steps)
+    print_report(report, console)
+    return report, write_outputs(report, events, out_dir, png)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise SystemExit("sched-trace report is not available yet")
+    from rich.console import Console
+
+    console = Console()
+    try:
+        report, written = analyse(args.files, Path(args.out), console, skip_steps=args.skip_steps,
+                                  step_name=args.step, png=args.png)
+    except (OSError, ValueError, ImportError) as exc:
+        print(f"sched-trace report: {exc}", file=sys.stderr)
+        return 2
+    if not report.steps:
+        print("sched-trace report: no finished stage events in these files", file=sys.stderr)
+        return 1
+    for path in written:
+        console.print(f"wrote {path}")
+    return 0

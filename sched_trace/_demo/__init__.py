@@ -1,0 +1,1 @@
+"""The program ``sched-trace demo`` runs: an ordinary pipeline-parallel training job."""

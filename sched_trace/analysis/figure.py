@@ -1,0 +1,148 @@
+"""The report's picture: per-rank timeline with bubbles shaded, bubble ratios, latencies.
+
+matplotlib (Agg, no display) is imported only here, only when a PNG is asked for.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Sequence
+
+from .model import PipelineReport, StepSummary
+from .pipeline import stage_role
+
+MAX_TIMELINE_PANELS = 4
+COLORS = {"forward": "#4C72B0", "backward": "#55A868", "weight": "#8172B2", "compute": "#7f7f7f",
+          "comm": "#DD8452"}
+BUBBLE_COLOR = "#E24A33"
+BUBBLE_ALPHA = 0.35
+
+
+def render(report: PipelineReport, events: Sequence[Any], path: Path) -> Path:
+    """Draw ``report`` (and the stages in ``events``) into a PNG at ``path``."""
+    from matplotlib.figure import Figure
+
+    lanes = [r.lane for r in report.ranks]
+    steps = shown_steps(report)
+    figure = Figure(figsize=(15, 4.2 + 0.6 * max(len(lanes), 2)), dpi=110, layout="constrained")
+    grid = figure.add_gridspec(2, 1, height_ratios=[1.5, 1])
+    top = grid[0].subgridspec(1, max(len(steps), 1))
+    panels = [figure.add_subplot(top[0, i]) for i in range(max(len(steps), 1))]
+    for i, (axes, step) in enumerate(zip(panels, steps)):
+        _timeline(axes, step, events, lanes, first=i == 0)
+    if not steps:
+        panels[0].set_axis_off()
+    _legend(figure)
+    bottom = grid[1].subgridspec(1, 2)
+    _bubbles(figure.add_subplot(bottom[0, 0]), report)
+    _latencies(figure.add_subplot(bottom[0, 1]), report)
+    figure.suptitle("sched-trace pipeline report: per-rank timeline of one step per schedule; "
+                    "shaded = bubble (idle inside the step)", fontsize=11)
+    figure.savefig(path, format="png")
+    return path
+
+
+def shown_steps(report: PipelineReport) -> list[StepSummary]:
+    """The last analysed step of each schedule (at most four): one timeline panel each."""
+    last: dict[str, StepSummary] = {}
+    for step in report.steps:
+        last[step.label] = step
+    return list(last.values())[-MAX_TIMELINE_PANELS:]
+
+
+def _timeline(axes: Any, step: StepSummary, events: Sequence[Any], lanes: list, first: bool) -> None:
+    row = {(lane.host_id, lane.pid, lane.tid): i for i, lane in enumerate(lanes)}
+    for rank in step.ranks:  # the bubble is whatever the stage bars leave uncovered
+        y = row.get((rank.lane.host_id, rank.lane.pid, rank.lane.tid))
+        if y is not None:
+            axes.broken_barh([(0, step.duration_ns / 1e6)], (y - 0.42, 0.84),
+                             facecolors=BUBBLE_COLOR, alpha=BUBBLE_ALPHA, linewidth=0)
+            axes.text(step.duration_ns / 1e6, y + 0.42, f"{rank.bubble_ratio:.0%} ", fontsize=7,
+                      ha="right", va="bottom", color="#8b1a0e")
+    _stage_bars(axes, step, events, row)
+    axes.set_yticks(range(len(lanes)), [lane.label for lane in lanes] if first else [])
+    axes.set_ylim(len(lanes) - 0.5, -0.5)
+    axes.set_xlim(0, step.duration_ns / 1e6)
+    axes.set_xlabel(f"ms into step {step.index}")
+    theory = f", theory {step.theory_bubble_ratio:.1%}" if step.theory_bubble_ratio is not None else ""
+    axes.set_title(f"{step.label.replace('Schedule', '')}: bubble {step.bubble_ratio:.1%}{theory}", fontsize=10)
+
+
+def _stage_bars(axes: Any, step: StepSummary, events: Sequence[Any], row: dict) -> None:
+    bars: dict[tuple, list] = defaultdict(list)
+    labels = []
+    origin, end = step.start_ns, step.end_ns
+    for event in events:
+        y = row.get((event.rank.host_id, event.rank.pid, event.rank.tid))
+        if event.kind != "stage" or event.end_ns is None or y is None:
+            continue
+        if event.end_ns <= origin or event.start_ns >= end:
+            continue
+        role = stage_role(event.name)
+        start, width = (event.start_ns - origin) / 1e6, (event.end_ns - event.start_ns) / 1e6
+        bars[(role, y)].append((start, width))
+        if role != "comm" and event.microbatch is not None and width > (end - origin) / 1e6 / 70:
+            labels.append((start + width / 2, y, str(event.microbatch)))
+    for (role, y), spans in bars.items():
+        height = 0.16 if role == "comm" else 0.7
+        axes.broken_barh(spans, (y - height / 2, height), facecolors=COLORS[role],
+                         edgecolors="white", linewidth=0 if role == "comm" else 0.6)
+    for x, y, text in labels:
+        axes.text(x, y, text, ha="center", va="center", fontsize=7, color="white")
+
+
+def _legend(figure: Any) -> None:
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=COLORS[r], label=n) for r, n in (
+        ("forward", "forward"), ("backward", "backward"), ("weight", "weight grad"),
+        ("compute", "other compute"), ("comm", "P2P wait/post"))]
+    handles.append(Patch(color=BUBBLE_COLOR, alpha=BUBBLE_ALPHA, label="bubble (idle)"))
+    figure.legend(handles=handles, loc="outside upper center", ncols=len(handles), fontsize=8, frameon=False)
+
+
+def _bubbles(axes: Any, report: PipelineReport) -> None:
+    """Bubble ratio per rank, one bar group per schedule, theory as a dashed line."""
+    labels = [s.schedule for s in report.schedules]
+    lanes = [r.lane for r in report.ranks]
+    width = 0.8 / max(len(lanes), 1)
+    for i, lane in enumerate(lanes):
+        values = []
+        for schedule in report.schedules:
+            ranks = [r for s in report.steps if s.label == schedule.schedule for r in s.ranks if r.lane == lane]
+            total = sum(r.step_ns for r in ranks)
+            values.append(sum(r.idle_ns for r in ranks) / total if total else 0.0)
+        axes.bar([x + (i - (len(lanes) - 1) / 2) * width for x in range(len(labels))], values, width,
+                 label=lane.label)
+    for x, schedule in enumerate(report.schedules):
+        if schedule.theory_bubble_ratio is not None:
+            axes.hlines(schedule.theory_bubble_ratio, x - 0.45, x + 0.45, colors="black", linestyles="--",
+                        label="theory (p-1)/(m+p-1)" if x == 0 else None)
+    axes.set_xticks(range(len(labels)), [label.replace("Schedule", "") for label in labels], fontsize=8)
+    axes.set_ylabel("bubble ratio")
+    axes.set_ylim(0, 1)
+    axes.set_title("Bubble ratio per rank (idle / step time)")
+    axes.legend(fontsize=7, ncols=2)
+
+
+def _latencies(axes: Any, report: PipelineReport) -> None:
+    """p50 per (compute stage, rank) as bars, whiskers up to p99 (waits are in the table)."""
+    rows = [row for row in report.latencies if row.by == "rank" and stage_role(row.stage) != "comm"]
+    stages = sorted({row.stage for row in rows})
+    ranks = sorted({row.key for row in rows}, key=str)
+    width = 0.8 / max(len(ranks), 1)
+    for i, rank in enumerate(ranks):
+        xs, p50, spread = [], [], []
+        for x, stage in enumerate(stages):
+            row = next((r for r in rows if r.stage == stage and r.key == rank), None)
+            if row is not None:
+                xs.append(x + (i - (len(ranks) - 1) / 2) * width)
+                p50.append(row.p50_ns / 1e6)
+                spread.append(max(0.0, (row.p99_ns - row.p50_ns) / 1e6))
+        axes.bar(xs, p50, width, yerr=[[0] * len(spread), spread], capsize=2,
+                 label=f"PP{rank}" if isinstance(rank, int) else str(rank))
+    axes.set_xticks(range(len(stages)), stages, fontsize=8)
+    axes.set_ylabel("ms")
+    axes.set_title("Compute stage latency per rank: p50 (bar) to p99 (whisker)")
+    axes.legend(fontsize=7, ncols=2)
