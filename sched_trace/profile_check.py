@@ -73,6 +73,8 @@ def target_problem(target: str) -> Optional[str]:
     if origin is None:
         return None  # the package is not installed here: nothing to compare against
     if origin == "":
+        if not _missing_after_import(module_name):
+            return None
         return f"{target!r}: module {module_name!r} does not exist (installed: {installed_version(module_name)})"
     try:
         message = _lookup_in_source(module_name, path, key)
@@ -99,6 +101,17 @@ def _present_after_import(target: str, module_name: str) -> bool:
     return True
 
 
+def _missing_after_import(module_name: str) -> bool:
+    """Confirm that a module the file system lacks cannot be imported either."""
+    try:
+        importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        return exc.name == module_name
+    except Exception:  # it exists but fails to import: reported when the program imports it
+        return False
+    return False
+
+
 def installed_version(module_name: str) -> str:
     top = module_name.split(".")[0]
     try:
@@ -119,7 +132,7 @@ def find_source(module_name: str) -> Optional[str]:
             return None if depth == 0 else ""
         if depth < len(parts) - 1:
             if not spec.submodule_search_locations:
-                return ""
+                return None  # an extension or plain module with attributes posing as submodules
             search = list(spec.submodule_search_locations)
     origin = getattr(spec, "origin", None)
     return origin if origin and origin.endswith(".py") else None
