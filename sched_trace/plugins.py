@@ -31,6 +31,8 @@ EVENT_HOOKS = (
     "sched_trace_stage_end",
 )
 Call = tuple[Callable[..., Any], str]
+#: Indices of ``PluginManager.event_calls``, in EVENT_HOOKS order.
+BATCH_START, BATCH_END, STAGE_START, STAGE_END = range(4)
 
 
 class _Manager(pluggy.PluginManager):
@@ -59,6 +61,9 @@ class PluginManager:
         self.batch_end: tuple[Call, ...] = ()
         self.stage_start: tuple[Call, ...] = ()
         self.stage_end: tuple[Call, ...] = ()
+        # The same four lists by index, updated in place, so probes hold the list and
+        # read their hook's calls with one subscript.
+        self.event_calls: list[tuple[Call, ...]] = [(), (), (), ()]
         self.entry_points_loaded = False
 
     # --- registration ------------------------------------------------------
@@ -159,6 +164,7 @@ class PluginManager:
                 for impl in reversed(getattr(hook, hook_name).get_hookimpls())
             )
             setattr(self, hook_name[len("sched_trace_"):], calls)
+            self.event_calls[EVENT_HOOKS.index(hook_name)] = calls
         LEVEL.listening = bool(self.batch_start or self.batch_end or self.stage_start or self.stage_end)
         LEVEL.update()
 

@@ -15,8 +15,8 @@ from time import monotonic_ns
 from typing import Any, Callable, Optional
 
 from . import clock, extract, rank as _rank
-from .events import NO_ATTRS, BatchEvent, RankInfo, StageEvent
-from .plugins import get_manager
+from .events import NO_ATTRS, BatchEvent, StageEvent
+from .plugins import BATCH_END, BATCH_START, STAGE_END, STAGE_START, get_manager
 from .stages import LEVEL
 
 _next_span_id = itertools.count(1).__next__
@@ -24,11 +24,16 @@ _next_batch_id = itertools.count(1).__next__
 _tuple_new = tuple.__new__
 
 
+#: (span id, batch id, rank) outside any span: no parent, no batch, the thread's own rank.
+_ROOT: tuple = (0, None, None)
+
+
 class _ThreadState(threading.local):
     def __init__(self) -> None:
-        self.parent = 0  # span id of the innermost running stage or batch
-        self.batch_id: Optional[int] = None
-        self.rank: Optional[RankInfo] = None  # rank of that span: nested spans inherit its keys
+        # (span id, batch id, rank) of the innermost running stage or batch on this
+        # thread; nested spans inherit its batch id and rank. One tuple, so entering
+        # and leaving a span costs one thread-local read and two writes.
+        self.top: tuple = _ROOT
 
 
 _tls = _ThreadState()
@@ -41,7 +46,7 @@ class Probe:
 
     __slots__ = (
         "name", "level", "kind", "microbatch", "batch_size", "batch_id", "rank_keys",
-        "attrs", "event_type", "start_calls", "end_calls", "wrapper", "is_batch",
+        "attrs", "event_type", "start_index", "end_index", "wrapper", "is_batch", "manager",
     )
 
     def __init__(
@@ -62,8 +67,9 @@ class Probe:
         self.name, self.level, self.kind = name, level, kind
         self.is_batch = kind == "batch"
         self.event_type = BatchEvent if self.is_batch else StageEvent
-        self.start_calls = "batch_start" if self.is_batch else "stage_start"
-        self.end_calls = "batch_end" if self.is_batch else "stage_end"
+        self.start_index = BATCH_START if self.is_batch else STAGE_START
+        self.end_index = BATCH_END if self.is_batch else STAGE_END
+        self.manager = get_manager()
         self.microbatch = extract.parse(microbatch, "microbatch", params)
         self.batch_size = extract.parse(batch_size, "batch_size", params)
         self.batch_id = extract.parse(batch_id, "batch_id", params)
@@ -89,23 +95,21 @@ class Probe:
     # --- begin/finish: shared by every wrapper kind --------------------------
 
     def begin(self, instance: Any, args: tuple, kwargs: dict, nest: bool) -> tuple:
-        tls = _tls
+        top = _tls.top
+        parent, previous_batch, enclosing = top
         # A span without rank keys of its own (a P2P wait inside a pipeline step) is
         # attributed to the rank of the span it runs in.
-        enclosing = tls.rank
         rank = enclosing if enclosing is not None else _rank.current()
         if self.rank_keys:
             rank = _rank.with_overrides(
                 rank, tuple((key, read(instance, args, kwargs)) for key, read in self.rank_keys)
             )
-        previous_batch = tls.batch_id
         if self.batch_id is not None:
             batch_id = self.batch_id(instance, args, kwargs)
         else:
             batch_id = _next_batch_id() if self.is_batch else previous_batch
         span_id = _next_span_id()
-        parent = tls.parent
-        start = _tuple_new(self.event_type, (
+        fields = (
             self.name,
             self.level,
             monotonic_ns() + clock._offset_ns,
@@ -118,48 +122,92 @@ class Probe:
             None,
             span_id,
             parent,
-        ))
-        manager = get_manager()
-        calls = getattr(manager, self.start_calls)
+        )
+        calls = self.manager.event_calls[self.start_index]
         if calls:
-            manager.fire(calls, start)
+            self.manager.fire(calls, _tuple_new(self.event_type, fields))
         if nest:
-            tls.parent = span_id
-            tls.rank = rank
-            if self.is_batch:
-                tls.batch_id = batch_id
-        return start, parent, previous_batch, enclosing
+            _tls.top = (span_id, batch_id if self.is_batch else previous_batch, rank)
+        return fields, top
 
     def finish(self, token: tuple, error: Optional[BaseException], nest: bool) -> None:
         end_ns = monotonic_ns() + clock._offset_ns
-        start, parent, previous_batch, enclosing = token
+        fields, top = token
         if nest:
-            tls = _tls
-            tls.parent = parent
-            tls.rank = enclosing
-            if self.is_batch:
-                tls.batch_id = previous_batch
-        manager = get_manager()
-        calls = getattr(manager, self.end_calls)
+            _tls.top = top
+        calls = self.manager.event_calls[self.end_index]
         if calls:
-            manager.fire(calls, _tuple_new(self.event_type, start[:3] + (end_ns,) + start[4:9] + (error,) + start[10:]))
+            self.manager.fire(calls, _tuple_new(self.event_type, fields[:3] + (end_ns,) + fields[4:9] + (error,) + fields[10:]))
 
     # --- wrappers -------------------------------------------------------------
 
     def _sync_wrapper(self) -> Callable[..., Any]:
-        level, begin, finish = self.level, self.begin, self.finish
+        """begin/finish inlined into ``traced``: that closure is the whole enabled hot path."""
+        name, level, kind, is_batch, event_type = self.name, self.level, self.kind, self.is_batch, self.event_type
+        microbatch, batch_size, batch_id_of, rank_keys = self.microbatch, self.batch_size, self.batch_id, self.rank_keys
+        attrs = self.attrs or None
+        # One attribute (usually ``requests``) is the common case: no loop, no comprehension frame.
+        attr_key, attr_read = self.attrs[0] if len(self.attrs) == 1 else (None, None)
+        calls_of, start_index, end_index = self.manager.event_calls, self.start_index, self.end_index
+        count_error, tls, current, active = self.manager._count_error, _tls, _rank.current, LEVEL
 
         def wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-            if level > LEVEL.active or (compiling[0] is not None and compiling[0]()):
+            # Kept tiny: a frame's cost grows with its local variables, and this one
+            # must stay as cheap as a plain wrapt passthrough when the level is off.
+            if level > active.active or (compiling[0] is not None and compiling[0]()):
                 return wrapped(*args, **kwargs)
-            token = begin(instance, args, kwargs, True)
+            return traced(wrapped, instance, args, kwargs)
+
+        def traced(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+            top = tls.top
+            parent, previous_batch, rank = top
+            if rank is None:
+                rank = current()
+            if rank_keys:
+                rank = _rank.with_overrides(rank, tuple((key, read(instance, args, kwargs)) for key, read in rank_keys))
+            if batch_id_of is not None:
+                batch_id = batch_id_of(instance, args, kwargs)
+            else:
+                batch_id = _next_batch_id() if is_batch else previous_batch
+            span_id = _next_span_id()
+            start_ns = monotonic_ns() + clock._offset_ns
+            mb = microbatch(instance, args, kwargs) if microbatch is not None else None
+            size = batch_size(instance, args, kwargs) if batch_size is not None else None
+            if attrs is None:
+                extra = NO_ATTRS
+            elif attr_key is not None:
+                extra = {attr_key: attr_read(instance, args, kwargs)}
+            else:
+                extra = {key: read(instance, args, kwargs) for key, read in attrs}
+            calls = calls_of[start_index]
+            if calls:
+                event = _tuple_new(event_type, (name, level, start_ns, None, rank, mb, batch_id, size, extra,
+                                                None, span_id, parent))
+                for function, owner in calls:
+                    try:
+                        function(event)
+                    except Exception as exc:
+                        count_error(owner, kind, exc)
+            tls.top = (span_id, batch_id if is_batch else previous_batch, rank)
+            error = None
             try:
-                result = wrapped(*args, **kwargs)
+                return wrapped(*args, **kwargs)
             except BaseException as exc:
-                finish(token, exc, True)
+                error = exc
                 raise
-            finish(token, None, True)
-            return result
+            finally:
+                end_ns = monotonic_ns() + clock._offset_ns
+                tls.top = top
+                calls = calls_of[end_index]
+                if calls:
+                    event = _tuple_new(event_type, (name, level, start_ns, end_ns, rank, mb, batch_id, size, extra,
+                                                    error, span_id, parent))
+                    for function, owner in calls:
+                        try:
+                            function(event)
+                        except Exception as exc:
+                            count_error(owner, kind, exc)
+                error = event = None  # no frame -> exception -> traceback -> frame cycle
 
         return wrapper
 
