@@ -215,3 +215,36 @@ def test_trace_context_crosses_process_boundaries() -> None:
     assert request_context({"rid": "d", "trace_context": carrier.to_headers()}) == ("d", header)
     with pytest.raises(ValueError):
         attach(Req("bad"), "00-nothex")
+
+
+def test_protobuf_wire_encoding_matches_the_sdk_encoder() -> None:
+    """Our hand-rolled OTLP bytes decode to what the SDK's encoder makes of the same spans."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from sched_trace_otel.assemble import SpanRecord
+    from sched_trace_otel.encode import SdkSpanBuilder
+    from sched_trace_otel.protowire import WireEncoder
+
+    resource = {"service.name": "wire", "process.pid": 42, "ratio": 0.5, "flag": True}
+    spans = [
+        SpanRecord(1 << 100 | 7, 1 << 63 | 3, 0, "thread", 10, 5000, {"pp_rank": 1, "host_id": "h"}),
+        SpanRecord(1 << 100 | 7, 9, 1 << 63 | 3, "run_batch_cpu", 20, 300, {"pp_mb_id": -1, "ids": [1, 2]},
+                   events=(("exception", 300, {"exception.type": "ValueError", "exception.escaped": True}),),
+                   links=((5, 6, {"sched_trace.link": "previous_stage"}),), status_code=2, status_message="boom"),
+    ]
+    ours = ExportTraceServiceRequest.FromString(WireEncoder(resource).request(spans))
+    builder = SdkSpanBuilder(resource)
+    reference = encode_spans([builder.build(span) for span in spans])
+    ours_spans = ours.resource_spans[0].scope_spans[0].spans
+    reference_spans = reference.resource_spans[0].scope_spans[0].spans
+    for mine, theirs in zip(ours_spans, reference_spans, strict=True):
+        theirs.ClearField("flags")  # span flags (parent-remote bits) are optional in OTLP
+        for link in theirs.links:
+            link.ClearField("flags")
+        if not mine.HasField("status"):
+            theirs.ClearField("status")
+        assert mine == theirs
+    expected = {kv.key: kv.value for kv in reference.resource_spans[0].resource.attributes}
+    assert all(expected[kv.key] == kv.value for kv in ours.resource_spans[0].resource.attributes)
+    assert ours.resource_spans[0].scope_spans[0].scope.name == "sched_trace"

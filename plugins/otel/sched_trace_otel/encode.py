@@ -167,3 +167,4 @@ class SdkSpanBuilder:
             end_time=span.end_ns,
             instrumentation_scope=self.scope,
         )
+

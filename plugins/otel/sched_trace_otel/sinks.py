@@ -16,6 +16,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 from .assemble import SpanRecord
 from .encode import SdkSpanBuilder, traces_json_line
+from .protowire import WireEncoder
 
 log = logging.getLogger("sched_trace.otel")
 LINE_SPANS = 2048   # spans per JSON line, as the Collector batches them
@@ -72,9 +73,42 @@ def make_otlp_exporter(protocol: str, endpoint: Optional[str]) -> Any:
     kwargs = {"endpoint": endpoint} if endpoint else {}
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-    else:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        if hasattr(OTLPSpanExporter, "_translate_data") and hasattr(OTLPSpanExporter, "_count_data"):
+            return _pre_encoded_grpc(OTLPSpanExporter)(**kwargs)
+        return OTLPSpanExporter(**kwargs)
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
     return OTLPSpanExporter(**kwargs)
+
+
+def _pre_encoded_grpc(base: type) -> type:
+    """The standard gRPC exporter, fed ``(bytes, span_count)`` we encoded ourselves."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    class PreEncodedGrpcExporter(base):  # type: ignore[misc, valid-type]
+        def _translate_data(self, data: Any) -> Any:
+            return ExportTraceServiceRequest.FromString(data[0])
+
+        def _count_data(self, data: Any) -> int:
+            return data[1]
+
+    return PreEncodedGrpcExporter
+
+
+def send_encoded(exporter: Any, payload: bytes, count: int) -> Optional[bool]:
+    """Send pre-encoded OTLP bytes through the standard exporter's own transport.
+
+    Returns None when this exporter version offers no way in (then SDK spans are used).
+    """
+    from opentelemetry.sdk.trace.export import SpanExportResult
+
+    if type(exporter).__name__ == "PreEncodedGrpcExporter":
+        return exporter.export((payload, count)) == SpanExportResult.SUCCESS
+    client = getattr(exporter, "_client", None)
+    if client is not None and callable(getattr(client, "export", None)) and not hasattr(client, "Export"):
+        return bool(getattr(client.export(payload), "success", False))
+    return None
 
 
 class OtlpSink(NullSink):
@@ -84,7 +118,9 @@ class OtlpSink(NullSink):
                  retry_capacity: int = 65536, exporter: Any = None) -> None:
         super().__init__()
         self.builder = SdkSpanBuilder(resource)
+        self.wire = WireEncoder(resource)
         self.exporter = exporter if exporter is not None else make_otlp_exporter(protocol, endpoint)
+        self.pre_encoded = True  # until the exporter turns out to offer no way in for bytes
         self.retry_capacity = retry_capacity
         self._waiting: deque = deque()
         self._backoff = 0.0
@@ -107,11 +143,14 @@ class OtlpSink(NullSink):
             count = min(SEND_SPANS, len(self._waiting))
             chunk = [self._waiting[i] for i in range(count)]
             try:
-                result = self.exporter.export([self.builder.build(s) for s in chunk])
+                ok = send_encoded(self.exporter, self.wire.request(chunk), count) if self.pre_encoded else None
+                if ok is None:
+                    self.pre_encoded = False
+                    ok = self.exporter.export([self.builder.build(s) for s in chunk]) == SpanExportResult.SUCCESS
             except Exception as exc:  # an exporter bug must not kill the exporter process
                 log.warning("sched-trace otel: OTLP export raised: %s", exc)
-                result = None
-            if result != SpanExportResult.SUCCESS:
+                ok = False
+            if not ok:
                 self.failures += 1
                 self._backoff = min(max(self._backoff * 2, 0.5), 5.0)
                 self._next_try = time.monotonic() + self._backoff

@@ -24,6 +24,8 @@ _HEADER = struct.Struct("<I")
 
 def attribute_value(value: Any) -> Any:
     """An OTLP-safe attribute value: primitives as is, anything else as short text."""
+    if isinstance(value, int) and not isinstance(value, bool) and not -(1 << 63) <= value < 1 << 63:
+        return str(value)  # OTLP integers are int64
     if isinstance(value, PRIMITIVES):
         return value
     if isinstance(value, (list, tuple)) and all(isinstance(v, PRIMITIVES) for v in value[:64]):
