@@ -7,6 +7,7 @@ It implements exactly what the resolver uses from ``torch.cuda.Event``:
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 from typing import Optional
 
 from sched_trace import RankInfo, StageEvent
@@ -43,6 +44,27 @@ class FakeCuda:
         self.capturing = False
         self.device = 0
         self.created: list[FakeEvent] = []
+        self.initialized = False
+        self.queued: list = []
+
+    # torch's lazy initialisation, as far as the plugin uses it
+    def is_available(self) -> bool:
+        return True
+
+    def is_initialized(self) -> bool:
+        return self.initialized
+
+    def _lazy_call(self, callable) -> None:
+        if self.initialized:
+            callable()
+        else:
+            self.queued.append(callable)
+
+    def init(self) -> None:
+        for callable in self.queued:
+            callable()
+        self.queued.clear()
+        self.initialized = True
 
     def Event(self, enable_timing: bool = False) -> FakeEvent:
         assert enable_timing
@@ -62,3 +84,8 @@ class FakeCuda:
 
     def is_current_stream_capturing(self) -> bool:
         return self.capturing
+
+
+def fake_torch(cuda: FakeCuda) -> SimpleNamespace:
+    """What the plugin reads from an imported torch module with a CUDA build."""
+    return SimpleNamespace(__version__="2.13.0+cu128", version=SimpleNamespace(cuda="12.8"), cuda=cuda)

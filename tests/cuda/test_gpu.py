@@ -141,8 +141,8 @@ def test_timing_starts_once_the_program_itself_initialises_cuda():
         import torch
         s()
         states = [plugin.state, torch.cuda.is_initialized()]
-        torch.cuda.init()
-        s()   # the waiter activates the plugin here, and this stage is timed already
+        torch.cuda.init()  # the plugin's call queued on CUDA initialisation switches timing on
+        s()
         s()
         sched_trace.flush(30.0)
         states += [plugin.state, len(recorder.stages("s/gpu"))]

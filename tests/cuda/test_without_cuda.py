@@ -113,21 +113,24 @@ def test_torch_is_never_imported_and_is_waited_for_until_the_program_imports_it(
         plugin = sched_trace_cuda.CudaTimingPlugin()
         sched_trace.register(plugin, name="cuda")
         sched_trace.configure(level=9, autoload=False)
+        from sched_trace.stages import is_enabled
+
         before = dict(state=plugin.state, torch="torch" in sys.modules,
-                      waiting=sched_trace.stats()["plugins"]["cuda"]["waiting"])
+                      waiting=sched_trace.stats()["plugins"]["cuda"]["waiting"],
+                      stages_traced=is_enabled(2))
 
         @sched_trace.stage("s", level=2)
         def s():
             return 1
 
-        s()  # torch still absent: the waiter only looked at sys.modules
+        s()
         still = plugin.state
-        import torch
-        s()  # now the waiter sees a CPU build of torch and steps aside
+        import torch  # the post-import hook sees a CPU build of torch
         names = [name for name, _ in sched_trace.plugins.get_manager().list_name_plugin()]
         print(json.dumps(dict(before=before, still=still, after=plugin.state, names=names)))
     """)
-    assert report["before"] == {"state": "waiting", "torch": False, "waiting": 1}
+    # While waiting the plugin has no event hooks: stages cost one comparison.
+    assert report["before"] == {"state": "waiting", "torch": False, "waiting": 1, "stages_traced": False}
     assert report["still"] == "waiting" and report["after"] == "unavailable"
     assert report["names"] == ["cuda"]
 

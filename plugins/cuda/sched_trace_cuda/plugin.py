@@ -1,12 +1,11 @@
 """The ``cuda`` plugin: lifecycle, availability, and publishing GPU stage events.
 
-torch is never imported here. The plugin looks at ``sys.modules``: until the
-program has imported torch and initialised CUDA itself, a small waiter hook
-checks on each stage start (one dict lookup while torch is absent), so the
-plugin neither pays torch's import time nor creates a CUDA context a
-CPU-only process (or one about to fork) should not have. Where torch or CUDA is
-missing the plugin logs one line, reports ``available: 0``, and has no event
-hooks at all, so it adds nothing to the scheduler's path.
+torch is never imported here, and CUDA never initialised: a CPU-only process, or
+one about to fork, stays as it was. When the program has not imported torch yet,
+a post-import hook waits for it; when CUDA is present but not initialised yet,
+a call queued on torch's lazy CUDA initialisation switches timing on. Until then
+the plugin has no event hooks, so it costs the scheduler nothing. Where torch or
+CUDA is missing it logs one line and reports ``available: 0``.
 
 GPU stage events are regular :class:`~sched_trace.StageEvent` objects delivered
 through the ``sched_trace_stage_end`` hook of every other plugin, so exporters
@@ -20,6 +19,8 @@ import logging
 import sys
 import threading
 from typing import Any, Callable, Optional, Sequence
+
+import wrapt
 
 import sched_trace
 from sched_trace import EventBuffer, StageEvent
@@ -45,15 +46,15 @@ def publish(events: Sequence[StageEvent]) -> None:
 
 
 class _Waiter:
-    """Registered while torch is not imported or CUDA not initialised yet."""
+    """Fallback for a torch without ``torch.cuda._lazy_call``: checks on each stage start."""
 
     def __init__(self, owner: "CudaTimingPlugin") -> None:
         self._owner = owner
 
     def sched_trace_stage_start(self, event: StageEvent) -> None:
-        torch = sys.modules.get("torch")
-        if torch is not None:
-            self._owner.check_torch(torch)
+        torch = sys.modules["torch"]
+        if torch.cuda.is_initialized():
+            self._owner._cuda_initialised(torch)
             hooks = self._owner.active_hooks
             if hooks is not None:  # activated just now: time this stage as well
                 hooks.sched_trace_stage_start(event)
@@ -71,7 +72,8 @@ class CudaTimingPlugin:
         self._waiter: Optional[_Waiter] = None
         self._thread: Optional[ResolverThread] = None
         self._undo_graph_patch: Optional[Callable[[], None]] = None
-        self._cuda_present = False
+        self._import_hook = False  # a post-import hook for torch is registered
+        self._init_hook = False  # a call is queued for torch's CUDA initialisation
         self._handoff = EventBuffer(self.settings.max_pending)
 
     @property
@@ -131,6 +133,7 @@ class CudaTimingPlugin:
     # --- availability -----------------------------------------------------------------
 
     def _decide(self) -> None:
+        self.state = "waiting"
         torch = sys.modules.get("torch")
         if torch is not None:
             self.check_torch(torch)
@@ -141,26 +144,55 @@ class CudaTimingPlugin:
             installed = False
         if not installed:
             self._set_unavailable("torch is not installed")
-        else:
-            self._wait()
+        elif not self._import_hook:
+            self._import_hook = True
+            wrapt.register_post_import_hook(self._torch_imported, "torch")
+
+    def _torch_imported(self, torch: Any) -> None:
+        try:  # runs inside the program's `import torch`: must never raise into it
+            self.check_torch(torch)
+        except Exception:
+            log.exception("sched-trace-cuda: could not inspect torch after import")
 
     def check_torch(self, torch: Any) -> None:
-        """Decide from an imported torch: active, unavailable, or keep waiting for CUDA init."""
+        """Decide from an imported torch: active, unavailable, or wait for CUDA initialisation."""
+        wait_for_init = False
         with self._lock:
-            if self.state == "active" or self.state == "unavailable":
+            if self.state != "waiting":
                 return
             try:
                 if getattr(torch.version, "cuda", None) is None:
                     self._set_unavailable(f"torch {torch.__version__} is a build without CUDA")
                 elif torch.cuda.is_initialized():
                     self._activate(torch)
-                elif not (self._cuda_present or torch.cuda.is_available()):
+                elif not torch.cuda.is_available():
                     self._set_unavailable(f"torch {torch.__version__} finds no CUDA device")
                 else:
-                    self._cuda_present = True  # asked once: the waiter runs on every stage
-                    self._wait()  # time stages once the program initialises CUDA itself
-            except Exception as exc:  # a half-imported torch: stay out of the way
+                    wait_for_init = not self._init_hook
+                    self._init_hook = True
+            except Exception as exc:  # a half-imported or broken torch: stay out of the way
                 self._set_unavailable(f"torch could not be queried ({exc!r})")
+        if wait_for_init:  # outside our lock: torch takes its own initialisation lock here
+            self._call_at_cuda_init(torch)
+
+    def _call_at_cuda_init(self, torch: Any) -> None:
+        lazy_call = getattr(torch.cuda, "_lazy_call", None)
+        if lazy_call is None:  # torch moved its private hook: check on each stage start instead
+            with self._lock:
+                if self.state == "waiting" and self._waiter is None:
+                    self._waiter = _Waiter(self)
+                    sched_trace.register(self._waiter, name=WAITER_NAME)
+            return
+        # torch runs queued calls inside its lazy CUDA initialisation (as manual_seed does).
+        lazy_call(lambda: self._cuda_initialised(torch))
+
+    def _cuda_initialised(self, torch: Any) -> None:
+        try:  # runs inside torch's CUDA initialisation: must never raise into it
+            with self._lock:
+                if self.state == "waiting":
+                    self._activate(torch)
+        except Exception:
+            log.exception("sched-trace-cuda: could not start GPU stage timing")
 
     def _set_unavailable(self, reason: str, quiet: bool = False) -> None:
         self._unregister_waiter()
@@ -169,12 +201,6 @@ class CudaTimingPlugin:
             log.info("sched-trace-cuda: GPU stage timing is off: %s. Stages are traced on the CPU "
                      "as usual; sched_trace.stats()['plugins']['cuda']['available'] is 0.", reason)
         self.state, self.reason = "unavailable", reason
-
-    def _wait(self) -> None:
-        self.state = "waiting"
-        if self._waiter is None:
-            self._waiter = _Waiter(self)
-            sched_trace.register(self._waiter, name=WAITER_NAME)
 
     def _unregister_waiter(self) -> None:
         if self._waiter is not None:
@@ -194,8 +220,7 @@ class CudaTimingPlugin:
         self._hooks = hooks
         sched_trace.register(hooks, name=HOOKS_NAME)
         self.state, self.reason = "active", ""
-        log.info("sched-trace-cuda: timing stages on the GPU with CUDA events (device %d)",
-                 torch.cuda.current_device())
+        log.info("sched-trace-cuda: timing stages on the GPU with CUDA events")
 
     def _deactivate(self) -> None:
         if self._undo_graph_patch is not None:
