@@ -109,9 +109,17 @@ def parse(spec: Any, what: str, params: Parameters) -> Optional[Extractor]:
     use_len = match.group(1) is not None
     label = f"{what}={spec!r}"
 
+    position = params.position.get(root) if root != "self" else None
+    shifted = position - 1 if position is not None else None
+
     def extract(instance: Any, args: tuple, kwargs: dict) -> Any:
         try:
-            value = read_root(instance, args, kwargs)
+            if position is not None:
+                # The usual case, read in place: one Python call per extractor, not two.
+                index = position if instance is None else shifted
+                value = args[index] if 0 <= index < len(args) else read_root(instance, args, kwargs)
+            else:
+                value = read_root(instance, args, kwargs)
             if getter is not None:
                 value = getter(value)
             return len(value) if use_len else value
