@@ -56,3 +56,9 @@ def rank_main(pp_rank: int, settings: dict, env: dict, requests: list, steps: in
     sched_trace.shutdown()
     stats = next(iter(sched_trace.stats()["plugins"].values()))
     results.put((pp_rank, os.getpid(), stats))
+
+
+def fork_child_main(results: Any) -> None:
+    """Runs in a forked child: traces two steps and leaves without calling shutdown."""
+    run_steps([Batch(), Batch()], microbatches=1)
+    results.put(os.getpid())

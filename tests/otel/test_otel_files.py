@@ -248,3 +248,42 @@ def test_protobuf_wire_encoding_matches_the_sdk_encoder() -> None:
     expected = {kv.key: kv.value for kv in reference.resource_spans[0].resource.attributes}
     assert all(expected[kv.key] == kv.value for kv in ours.resource_spans[0].resource.attributes)
     assert ours.resource_spans[0].scope_spans[0].scope.name == "sched_trace"
+
+
+def test_fork_child_gets_its_own_exporter_and_file(traced: Any) -> None:
+    import multiprocessing
+
+    from otel_scheduler import fork_child_main
+
+    plugin = traced(requests="off")
+    run_steps([Batch()], microbatches=1)
+    sched_trace.flush()
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=fork_child_main, args=(results,))
+    child.start()
+    child_pid = results.get(timeout=30)
+    child.join(30)
+    assert child.exitcode == 0
+    run_steps([Batch()], microbatches=1)
+    sched_trace.shutdown()
+    directory = Path(plugin.settings.directory)
+    files = {int(path.stem.rsplit("-", 1)[1]): path for path in directory.glob("traces-*.jsonl")}
+    assert set(files) == {plugin._process.meta["pid"], child_pid}
+    ids = {}
+    for pid, path in files.items():
+        spans = [span for _, span in proto_spans(read_otlp_json(path))]
+        assert sum(span.name == "decode_step" for span in spans) == 2, pid
+        ids[pid] = {span.span_id for span in spans}
+    assert not set.intersection(*ids.values())
+
+
+def test_requests_as_links(traced: Any) -> None:
+    plugin = traced(requests="links")
+    outside = new_traceparent()
+    run_steps([Batch([Req("linked", outside), Req("no-context")])], microbatches=1)
+    sched_trace.shutdown()
+    spans = file_spans(plugin)
+    assert not [s for s in spans if "rid" in attrs(s)]
+    (step,) = [s for s in spans if s.name == "decode_step"]
+    assert [(link.trace_id.hex(), link.span_id.hex()) for link in step.links] == [(outside[3:35], outside[36:52])]

@@ -86,6 +86,15 @@ class OtelPlugin:
             self._pipeline = ExportPipeline(settings, meta)
         self._exporter = BackgroundExporter(self._export, name="otel", capacity=settings.capacity)
         self._append = self._exporter.append
+        import multiprocessing.util
+
+        multiprocessing.util.register_after_fork(self, OtelPlugin._flush_at_fork_child_exit)
+
+    def _flush_at_fork_child_exit(self) -> None:
+        """multiprocessing's fork children leave by os._exit (no atexit): stop through its finalizers."""
+        import multiprocessing.util
+
+        multiprocessing.util.Finalize(None, self.stop, exitpriority=10)
 
     def _export(self, events: list) -> None:
         """On the exporter thread: records out of events, to the process or the pipeline."""
