@@ -61,10 +61,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except BaseException:
         engine.kill()
         raise
-    engine.shutdown()
+    rank_stats = engine.shutdown()
     if args.json:
+        summary = dict(
+            rounds[-1],
+            rounds=[r["output_tokens_per_s"] for r in rounds],
+            scheduler_loop_cpu_s=[s.loop_cpu_s for s in rank_stats],
+            scheduler_forward_ct=[s.forward_ct for s in rank_stats],
+        )
         with open(args.json, "w") as handle:
-            json.dump(dict(rounds[-1], rounds=[r["output_tokens_per_s"] for r in rounds]), handle, indent=1)
+            json.dump(summary, handle, indent=1)
     return 0
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .schedule_batch import Req
-from .scheduler import ServerArgs, ShutdownReq, run_scheduler_process
+from .scheduler import SchedulerStats, ServerArgs, ShutdownReq, run_scheduler_process
 
 
 class Engine:
@@ -64,9 +64,17 @@ class Engine:
                 received += 1
                 yield item
 
-    def shutdown(self, timeout: float = 60.0) -> None:
-        """Let the schedulers drain and exit; raise if one failed."""
+    def shutdown(self, timeout: float = 60.0) -> list[SchedulerStats]:
+        """Let the schedulers drain and exit; their stats by PP rank. Raise if one failed."""
         self.request_queue.put(ShutdownReq())
+        stats: list[SchedulerStats] = []
+        while len(stats) < len(self.processes) and any(p.is_alive() for p in self.processes):
+            try:
+                message = self.output_queue.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            if isinstance(message, SchedulerStats):
+                stats.append(message)
         for process in self.processes:
             process.join(timeout)
         failed = [(p.name, p.exitcode) for p in self.processes if p.exitcode != 0]
@@ -74,6 +82,7 @@ class Engine:
         self._rendezvous.cleanup()
         if failed:
             raise RuntimeError(f"scheduler processes failed: {failed}")
+        return sorted(stats, key=lambda s: s.pp_rank)
 
     def kill(self) -> None:
         for process in self.processes:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -42,6 +43,16 @@ class ServerArgs:
 @dataclass(frozen=True)
 class ShutdownReq:
     """Sent by the client after its last request: finish what is queued, then exit."""
+
+
+@dataclass(frozen=True)
+class SchedulerStats:
+    """Sent by every rank when its event loop ends (engine-level accounting)."""
+
+    pp_rank: int
+    forward_ct: int
+    loop_cpu_s: float  # CPU time of the scheduler thread inside the event loop
+    loop_wall_s: float
 
 
 class Scheduler:
@@ -69,10 +80,13 @@ class Scheduler:
     @torch.no_grad()
     def event_loop_pp(self) -> None:
         """Interleave ``pp_size`` micro-batches so every rank has work each step."""
+        cpu, wall = time.thread_time(), time.perf_counter()
         while not self.should_exit():
             for mb_id in range(self.pp_size):
                 self.event_loop_pp_step(mb_id)
         self.pp_group.wait_sends()
+        self.send_to_client.put(SchedulerStats(
+            self.pp_rank, self.forward_ct, time.thread_time() - cpu, time.perf_counter() - wall))
 
     def should_exit(self) -> bool:
         # Decided from replicated state only, so every rank leaves after the same step.
@@ -116,8 +130,8 @@ class Scheduler:
         idle = self.num_unfinished == 0 and all(mb is None for mb in self.mbs) and not self.stopping
         while True:
             try:
-                # Block briefly only when there is nothing else to do.
-                item = self.recv_from_client.get(timeout=0.01) if idle and not reqs else self.recv_from_client.get_nowait()
+                # Block only when there is nothing else to do (the timeout keeps idle steps rare).
+                item = self.recv_from_client.get(timeout=0.5) if idle and not reqs else self.recv_from_client.get_nowait()
             except queue.Empty:
                 return reqs
             reqs.extend(item if isinstance(item, list) else [item])
