@@ -78,3 +78,11 @@ def test_defaults_span_10_microseconds_to_10_seconds_and_serve_nothing():
 def test_the_entry_point_names_the_plugin_class():
     (entry_point,) = importlib.metadata.entry_points(group="sched_trace", name="prometheus")
     assert entry_point.load() is PrometheusPlugin
+
+
+def test_two_plugins_cannot_both_join_the_default_registry():
+    first, second = PrometheusPlugin(), PrometheusPlugin()
+    sched_trace.register(first, name="prometheus")
+    sched_trace.configure(config={"plugins": {"prometheus": {"default_registry": True}}}, autoload=False)
+    with pytest.raises(sched_trace.ConfigError, match="default_registry = true"):
+        sched_trace.register(second, name="prometheus-2")

@@ -106,7 +106,12 @@ class PrometheusPlugin:
         self.metrics.settings = settings
         self._exporter.buffer.capacity = settings.capacity
         self.settings = settings
-        self._use_default_registry(settings.default_registry)
+        try:
+            self._use_default_registry(settings.default_registry)
+        except ValueError as exc:  # prometheus_client refuses duplicated metric names
+            raise sched_trace.ConfigError(
+                f"default_registry = true: the default registry already has these metrics ({exc})",
+                source=source, key="plugins.prometheus.default_registry") from None
         if settings.port == 0:
             if old.port != 0:
                 self.stop_server()
