@@ -66,7 +66,8 @@ def main() -> None:
     started = time.perf_counter_ns()
     plugin.metrics.observe_batch(batch)
     elapsed = time.perf_counter_ns() - started
-    print(f"exporter thread:           {len(batch) / elapsed * 1e9:,.0f} events/s ({elapsed / len(batch):.0f} ns/event)")
+    rate = len(batch) / elapsed * 1e9
+    print(f"exporter thread:           {rate:,.0f} events/s ({elapsed / len(batch):.0f} ns/event)")
     sched_trace.shutdown()
 
 

@@ -82,3 +82,10 @@ def test_a_torch_without_lazy_call_falls_back_to_checking_on_stage_start(cuda, s
     sched_trace.flush(timeout=10.0)
     assert [e.microbatch for e in sched_trace_recorder.stages("activation_stage/gpu")] == [1]
     assert get_manager().get_plugin("cuda-waiter") is None
+
+
+def test_a_plugin_unregistered_while_waiting_never_activates(cuda):
+    plugin = start()
+    sched_trace.unregister(plugin)
+    cuda.init()
+    assert plugin.state == "unconfigured" and get_manager().get_plugin(HOOKS_NAME) is None

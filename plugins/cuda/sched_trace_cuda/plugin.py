@@ -209,6 +209,9 @@ class CudaTimingPlugin:
 
     def _activate(self, torch: Any) -> None:
         self._unregister_waiter()
+        if get_manager().get_name(self) is None:  # unregistered while waiting: stay out
+            self.state = "unconfigured"
+            return
         hooks = GpuStageHooks(torch, self.settings, self._handoff)
         resolver = Resolver(recycle=hooks.recycle, suffix=self.settings.suffix,
                             expire_ns=int(self.settings.expire_s * 1e9), max_pending=self.settings.max_pending)
