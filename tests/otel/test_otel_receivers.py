@@ -103,7 +103,7 @@ def test_receiver_down_then_back(traced: Any, monkeypatch: Any) -> None:
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "1")
     plugin = traced(exporter="http/protobuf", endpoint=receiver.endpoint, requests="off", retry_capacity=40)
     run_steps([Batch() for _ in range(30)], microbatches=2)  # 30 x (thread + batch + 2 stages) spans
-    sched_trace.flush(timeout=3.0)
+    sched_trace.flush(timeout=6.0)
     down = dict(plugin.sched_trace_collect_stats())
     assert down["dropped"] == 0 and down["events_exported"] == 90  # the scheduler side lost nothing
     assert down["spans_dropped"] == 120 - 40 and down["export_failures"] >= 1

@@ -186,7 +186,8 @@ class ExporterProcess:
             self._seq += 1
             seq = self._seq
             try:
-                write_frame(self._proc.stdin, ("flush", seq, max(0.1, deadline - time.monotonic())))
+                # The child gets less time than we wait, so its ack (with counters) still reaches us.
+                write_frame(self._proc.stdin, ("flush", seq, max(0.05, 0.7 * (deadline - time.monotonic()))))
             except (OSError, ValueError):
                 self._died(self._proc)
                 return False
