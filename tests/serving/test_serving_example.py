@@ -269,3 +269,20 @@ def test_report_reads_the_run(traced_run: Run) -> None:
         pytest.skip("sched-trace report is not available yet")
     assert done.returncode == 0, done.stderr
     assert "PP0" in done.stdout and "PP1" in done.stdout and "run_batch_cpu" in done.stdout
+
+
+def test_the_docs_quote_the_example_configuration() -> None:
+    import re
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    doc = (REPO / "docs" / "serving.md").read_text()
+    actual = tomllib.loads(CONFIG.read_text())["instrument"]
+    quoted = [tomllib.loads(block) for block in re.findall(r"^```toml\n(.*?)^```", doc, re.S | re.M)]
+    assert quoted
+    for table in quoted:
+        for entry in table["instrument"]:
+            assert entry in actual, entry["target"]
