@@ -123,13 +123,17 @@ def _windows(steps: Mapping[Lane, list[Any]], everything: Sequence[Any]) -> list
 def _assign(events: Sequence[Any], lane_steps: Sequence[Any], windows: Sequence[Interval]) -> list[list[Any]]:
     """Stage events of one lane per step index: by inherited batch_id, else by time."""
     per_step: list[list[Any]] = [[] for _ in windows]
-    by_batch_id = {step.batch_id: k for k, step in enumerate(lane_steps) if step.batch_id is not None}
+    spans = [(s.start_ns, s.end_ns) for s in lane_steps] or list(windows)
+    by_batch_id: dict[Any, list[int]] = defaultdict(list)
+    for k, step in enumerate(lane_steps):
+        if step.batch_id is not None:
+            by_batch_id[step.batch_id].append(k)
     for event in events:
         if event.kind != "stage":
             continue
-        k = by_batch_id.get(event.batch_id) if event.batch_id is not None else None
-        if k is None:
-            k = _containing(event, [(s.start_ns, s.end_ns) for s in lane_steps] or windows)
+        candidates = by_batch_id.get(event.batch_id, ()) if event.batch_id is not None else ()
+        # A batch id seen twice (two runs in one file) is settled by time.
+        k = candidates[0] if len(candidates) == 1 else _containing(event, spans)
         if k is not None and k < len(per_step):
             per_step[k].append(event)
     return per_step
