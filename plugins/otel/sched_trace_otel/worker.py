@@ -111,15 +111,22 @@ def serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
             report(("stats", counters()))
 
 
-def main() -> int:
+def main() -> None:
     # The protocol owns the real stdout; anything printed goes to stderr instead.
     # Ctrl-C reaches the whole process group; we stop at end of stdin, after flushing.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     protocol_out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    return serve(sys.stdin.buffer, protocol_out)
+    code = serve(sys.stdin.buffer, protocol_out)
+    try:
+        protocol_out.flush()
+        sys.stderr.flush()
+    except OSError:
+        pass
+    # The reader thread may sit in a read on stdin; skip finalization rather than fight it for the lock.
+    os._exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
