@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import time
 from collections import Counter, defaultdict
 from typing import Any
 
@@ -97,6 +98,16 @@ def test_grpc_receiver_several_ranks() -> None:
         receiver.stop()
 
 
+def settled(plugin: Any, condition: Any, patience: float = 60.0) -> dict:
+    """The plugin's counters once ``condition`` holds (the exporter process reports every 0.5 s)."""
+    deadline = time.monotonic() + patience
+    stats = dict(plugin.sched_trace_collect_stats())
+    while not condition(stats) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        stats = dict(plugin.sched_trace_collect_stats())
+    return stats
+
+
 def test_receiver_down_then_back(traced: Any, monkeypatch: Any) -> None:
     receiver = HttpReceiver().start()
     receiver.stop()  # a port that refuses connections, for a while
@@ -104,7 +115,7 @@ def test_receiver_down_then_back(traced: Any, monkeypatch: Any) -> None:
     plugin = traced(exporter="http/protobuf", endpoint=receiver.endpoint, requests="off", retry_capacity=40)
     run_steps([Batch() for _ in range(30)], microbatches=2)  # 30 x (thread + batch + 2 stages) spans
     sched_trace.flush(timeout=6.0)
-    down = dict(plugin.sched_trace_collect_stats())
+    down = settled(plugin, lambda stats: stats.get("spans_dropped") == 80)
     assert down["dropped"] == 0 and down["events_exported"] == 90  # the scheduler side lost nothing
     assert down["spans_dropped"] == 120 - 40 and down["export_failures"] >= 1
     receiver.start()
