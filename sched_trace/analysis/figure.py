@@ -37,8 +37,6 @@ def render(report: PipelineReport, events: Sequence[Any], path: Path) -> Path:
     bottom = grid[1].subgridspec(1, 2)
     _bubbles(figure.add_subplot(bottom[0, 0]), report)
     _latencies(figure.add_subplot(bottom[0, 1]), report)
-    figure.suptitle("sched-trace pipeline report: per-rank timeline of one step per schedule; "
-                    "shaded = bubble (idle inside the step)", fontsize=11)
     figure.savefig(path, format="png")
     return path
 
