@@ -287,3 +287,18 @@ def test_requests_as_links(traced: Any) -> None:
     assert not [s for s in spans if "rid" in attrs(s)]
     (step,) = [s for s in spans if s.name == "decode_step"]
     assert [(link.trace_id.hex(), link.span_id.hex()) for link in step.links] == [(outside[3:35], outside[36:52])]
+
+
+def test_every_event_is_exported_or_counted_when_the_exporter_dies(traced: Any) -> None:
+    plugin = traced(requests="off")
+    run_steps([Batch() for _ in range(200)], microbatches=2)
+    plugin._exporter.flush(10.0)  # handed to the exporter process, maybe not yet processed
+    plugin._process.kill_for_test()
+    run_steps([Batch()], microbatches=1)
+    sched_trace.shutdown()
+    stats = dict(plugin.sched_trace_collect_stats())
+    assert stats["exporter_restarts"] == 1
+    assert stats["events_exported"] == 200 * 3 + 2
+    assert stats["records"] + stats["queue_dropped"] + stats["lost_in_exporter"] == stats["events_exported"]
+    spans = file_spans(plugin)
+    assert sum(s.name == "decode_step" for s in spans) >= 1  # the batch after the restart at least
