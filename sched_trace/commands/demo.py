@@ -82,7 +82,9 @@ def merge_perfetto(out: Path, console: Any) -> Optional[Path]:
     files = traceio.expand_paths([out / "perfetto"]) if (out / "perfetto").is_dir() else []
     if not files:
         return None
-    merged = traceio.merge_traces(traceio.read_traces(files))
+    # Unaligned: the slices keep the times of the per-rank files, so reading the
+    # whole output directory later counts each slice once (merge drops exact copies).
+    merged = traceio.merge_traces(traceio.read_traces(files), align=False)
     target = out / "pipeline.perfetto-trace"
     traceio.write_perfetto(merged.events, target, merged.clock_offsets)
     return target

@@ -47,7 +47,7 @@ def read_with_progress(files: Sequence[str], console: Any) -> list[Any]:
                TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True, disable=not large) as progress:
         task = progress.add_task("read", total=len(paths))
-        return load_events(paths, progress=lambda done, total: progress.update(task, completed=done))
+        return load_events(files, progress=lambda done, total: progress.update(task, completed=done))
 
 
 def _ms(ns: float) -> str:

@@ -81,6 +81,14 @@ def test_report_skip_steps_and_step_name(pipeline_trace, tmp_path, capsys):
     assert not (out / "report.png").exists()
 
 
+def test_report_json_left_in_the_trace_directory_is_not_read_as_a_trace(pipeline_trace, capsys):
+    for _ in range(2):
+        assert cli.main(["report", str(pipeline_trace), "--out", str(pipeline_trace), "--no-png"]) == 0
+    assert (pipeline_trace / "report.json").exists()
+    with pytest.raises(traceio.TraceFormatError):
+        load_events([pipeline_trace / "report.json"])  # named explicitly, it must be a trace
+
+
 def test_report_says_what_is_wrong(tmp_path, capsys):
     assert cli.main(["report", str(tmp_path / "missing.perfetto-trace")]) == 2
     assert "missing.perfetto-trace" in capsys.readouterr().err
@@ -124,6 +132,8 @@ def test_demo_runs_a_traced_pipeline_and_leaves_everything_it_promises(tmp_path)
         assert text in done.stdout
     merged = traceio.read_trace(out / "pipeline.perfetto-trace")
     names = {e.name for e in merged.events}
+    # Per-rank files, merged file and OTLP-JSON hold the same slices: each counts once.
+    assert len(load_events([out])) == len(load_events([out / "perfetto"])) == len(merged.events)
     assert {"pp_step", "pp_forward", "pp_backward", "pp_p2p_wait"} <= names
     assert len(list((out / "perfetto").glob("*.perfetto-trace"))) >= 2
     assert_real_picture(out / "report.png")
