@@ -30,7 +30,7 @@ def render(report: PipelineReport, events: Sequence[Any], path: Path) -> Path:
     top = grid[0].subgridspec(1, max(len(steps), 1))
     panels = [figure.add_subplot(top[0, i]) for i in range(max(len(steps), 1))]
     for i, (axes, step) in enumerate(zip(panels, steps)):
-        _timeline(axes, step, events, lanes, first=i == 0)
+        _timeline(axes, step, events, lanes, first=i == 0, roles=report.roles)
     if not steps:
         panels[0].set_axis_off()
     _legend(figure)
@@ -49,7 +49,8 @@ def shown_steps(report: PipelineReport) -> list[StepSummary]:
     return list(last.values())[-MAX_TIMELINE_PANELS:]
 
 
-def _timeline(axes: Any, step: StepSummary, events: Sequence[Any], lanes: list, first: bool) -> None:
+def _timeline(axes: Any, step: StepSummary, events: Sequence[Any], lanes: list, first: bool,
+              roles: dict) -> None:
     row = {(lane.host_id, lane.pid, lane.tid): i for i, lane in enumerate(lanes)}
     for rank in step.ranks:  # the bubble is whatever the stage bars leave uncovered
         y = row.get((rank.lane.host_id, rank.lane.pid, rank.lane.tid))
@@ -58,7 +59,7 @@ def _timeline(axes: Any, step: StepSummary, events: Sequence[Any], lanes: list, 
                              facecolors=BUBBLE_COLOR, alpha=BUBBLE_ALPHA, linewidth=0)
             axes.text(step.duration_ns / 1e6, y + 0.42, f"{rank.bubble_ratio:.0%} ", fontsize=7,
                       ha="right", va="bottom", color="#8b1a0e")
-    _stage_bars(axes, step, events, row)
+    _stage_bars(axes, step, events, row, roles)
     axes.set_yticks(range(len(lanes)), [lane.label for lane in lanes] if first else [])
     axes.set_ylim(len(lanes) - 0.5, -0.5)
     axes.set_xlim(0, step.duration_ns / 1e6)
@@ -67,7 +68,7 @@ def _timeline(axes: Any, step: StepSummary, events: Sequence[Any], lanes: list, 
     axes.set_title(f"{step.label.replace('Schedule', '')}: bubble {step.bubble_ratio:.1%}{theory}", fontsize=10)
 
 
-def _stage_bars(axes: Any, step: StepSummary, events: Sequence[Any], row: dict) -> None:
+def _stage_bars(axes: Any, step: StepSummary, events: Sequence[Any], row: dict, roles: dict) -> None:
     bars: dict[tuple, list] = defaultdict(list)
     labels = []
     origin, end = step.start_ns, step.end_ns
@@ -77,7 +78,7 @@ def _stage_bars(axes: Any, step: StepSummary, events: Sequence[Any], row: dict) 
             continue
         if event.end_ns <= origin or event.start_ns >= end:
             continue
-        role = stage_role(event.name)
+        role = roles.get(event.name) or stage_role(event.name)
         start, width = (event.start_ns - origin) / 1e6, (event.end_ns - event.start_ns) / 1e6
         bars[(role, y)].append((start, width))
         if role != "comm" and event.microbatch is not None and width > (end - origin) / 1e6 / 70:
@@ -126,7 +127,7 @@ def _bubbles(axes: Any, report: PipelineReport) -> None:
 
 def _latencies(axes: Any, report: PipelineReport) -> None:
     """p50 per (compute stage, rank) as bars, whiskers up to p99 (waits are in the table)."""
-    rows = [row for row in report.latencies if row.by == "rank" and stage_role(row.stage) != "comm"]
+    rows = [row for row in report.latencies if row.by == "rank" and report.roles.get(row.stage) != "comm"]
     stages = sorted({row.stage for row in rows})
     ranks = sorted({row.key for row in rows}, key=str)
     width = 0.8 / max(len(ranks), 1)

@@ -200,6 +200,7 @@ class PipelineReport:
     step_name: Optional[str]
     skip_steps: int = 0
     schedules: tuple[ScheduleSummary, ...] = ()
+    roles: dict[str, str] = dataclasses.field(default_factory=dict)  # stage name -> role used
 
     @property
     def bubble_ratio(self) -> float:

@@ -22,6 +22,7 @@ _ROLE_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("forward", ("forward", "fwd")),
 )
 _ORDER_LETTER = {"forward": "F", "backward": "B", "weight": "W"}
+ROLES = ("forward", "backward", "weight", "compute", "comm")
 Interval = tuple[int, int]
 
 
@@ -221,6 +222,9 @@ def pipeline_report(
     :param roles: stage name -> ``forward``/``backward``/``weight``/``comm``/``compute``,
         overriding the guess made from the name (see :func:`stage_role`).
     """
+    for name, role in (roles or {}).items():
+        if role not in ROLES:
+            raise ValueError(f"roles[{name!r}] = {role!r}; use one of {', '.join(ROLES)}")
     timeline = _Timeline(events, step_name, roles)
     kept = _kept_steps(timeline, skip_steps)
     summaries = tuple(timeline.step_summary(k) for k in kept)
@@ -232,6 +236,7 @@ def pipeline_report(
         step_name=timeline.step_name,
         skip_steps=skip_steps,
         schedules=_schedule_summaries(summaries),
+        roles=dict(sorted(timeline.role_of.items())),
     )
 
 

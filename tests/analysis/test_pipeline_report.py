@@ -176,6 +176,9 @@ def test_stage_roles_from_names_and_overrides():
     events = simulate(2, 2, gpipe_order)
     as_comm = pipeline_report(events, roles={"pp_backward": "comm"})
     assert as_comm.ranks[0].busy_ns == 2 * 10 * MS
+    assert as_comm.roles == {"pp_backward": "comm", "pp_forward": "forward", "pp_step": "compute"}
+    with pytest.raises(ValueError, match="roles"):
+        pipeline_report(events, roles={"pp_backward": "network"})
 
 
 def test_gpipe_bubble_fraction():
