@@ -1,6 +1,6 @@
 """Serving throughput of the SGLang-style example: traced at level 4 with export on, vs off.
 
-Two engines of the unmodified example run side by side, each with its own
+Engines of the unmodified example run side by side, each with its own
 scheduler processes (one per PP rank):
 
 - ``off``: spawned with the plain environment;
@@ -8,11 +8,13 @@ scheduler processes (one per PP rank):
   examples/serving/sched_trace.toml --level 4`` gives a program (the same
   ``child_environment``), so sched-trace's bootstrap configures every rank process:
   level 4, every installed exporter plugin on (otel OTLP-JSON files with
-  per-request spans, Perfetto files, ...).
+  per-request spans, Perfetto files, ...);
+- (full run only) ``otel only`` / ``perfetto only``: traced, the other plugins
+  blocked (``SCHED_TRACE_BLOCK``), to say which exporter a cost comes from.
 
 The benchmark process is the client. It sends the same workload to one engine at
-a time, alternating (order rotated every repeat), while the other engine idles;
-both are warm, and a noisy neighbour slows both alike. The throughput ratio is the
+a time, alternating (order rotated every repeat), while the others idle; all are
+warm, and a noisy neighbour slows all alike. The throughput ratio is the
 median of the per-repeat ratios.
 
 Two CPU figures say where a difference would come from: the scheduler threads'
@@ -32,7 +34,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 from .harness import row
 
@@ -57,14 +59,33 @@ def _environment(env: dict[str, str], cwd: str) -> Iterator[None]:
         os.environ.update(saved)
 
 
-def start_engine(traced: bool, server_args: Any, workdir: str) -> Any:
+def installed_plugins() -> list[str]:
+    import importlib.metadata
+
+    return sorted({ep.name for ep in importlib.metadata.entry_points(group="sched_trace")})
+
+
+def cases(quick: bool) -> dict[str, Optional[str]]:
+    """Case name -> plugins to block (``SCHED_TRACE_BLOCK``); None: not traced at all."""
+    chosen: dict[str, Optional[str]] = {"off": None, "traced": ""}
+    if not quick:  # which exporter the cost comes from
+        plugins = installed_plugins()
+        for only in ("otel", "perfetto"):
+            if only in plugins:
+                chosen[f"{only} only"] = ",".join(p for p in plugins if p != only)
+    return chosen
+
+
+def start_engine(block: Optional[str], server_args: Any, workdir: str) -> Any:
     from examples.serving.engine import Engine
     from sched_trace.commands.run import child_environment
 
     base = {k: v for k, v in os.environ.items() if not k.startswith(("SCHED_TRACE_", "OTEL_"))}
     base["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [base.get("PYTHONPATH")])])
     with _environment(base, workdir):
-        env = child_environment(str(CONFIG), [], LEVEL) if traced else dict(base)
+        env = dict(base) if block is None else child_environment(str(CONFIG), [], LEVEL)
+    if block:
+        env["SCHED_TRACE_BLOCK"] = block
     with _environment(env, workdir):
         return Engine(server_args)
 
@@ -93,30 +114,27 @@ def _tree_cpu_s(root_pids: list[int]) -> float:
     return total
 
 
-def measure(repeats: int, num_requests: int) -> dict[str, dict[str, Any]]:
+def measure(chosen: dict[str, Optional[str]], repeats: int, num_requests: int) -> dict[str, dict[str, Any]]:
     sys.path.insert(0, str(REPO))
-    from examples.serving.__main__ import parse_args
     from examples.serving.client import Workload, run_client
     from examples.serving.model import ModelConfig
     from examples.serving.scheduler import ServerArgs
 
     # A model big enough that a forward pass takes milliseconds, as on an accelerator.
-    args = parse_args(["--hidden-size", "768", "--intermediate-size", "2048"])
-    model = ModelConfig(hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
-                        num_layers=args.num_layers)
+    model = ModelConfig(hidden_size=768, intermediate_size=2048, num_layers=4)
     server_args = ServerArgs(pp_size=2, max_running_requests=16, model=model)
     workload = Workload(num_requests=num_requests, max_new_tokens=32)
-    results: dict[str, dict[str, Any]] = {case: {"tokens_per_s": [], "tokens": 0} for case in ("off", "traced")}
+    results: dict[str, dict[str, Any]] = {case: {"tokens_per_s": [], "tokens": 0} for case in chosen}
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as scratch:
-        engines = {case: start_engine(case == "traced", server_args, scratch) for case in results}
+        engines = {case: start_engine(block, server_args, scratch) for case, block in chosen.items()}
         try:
-            for engine in engines.values():  # warm-up round, not measured
-                run_client(engine, workload, round_index=0)
-            cases = list(engines)
+            for case, engine in engines.items():  # warm-up round, not measured
+                results[case]["tokens"] += run_client(engine, workload, round_index=0)["output_tokens"]
+            names = list(engines)
             for repeat in range(repeats):
-                shift = repeat % len(cases)
-                for case in cases[shift:] + cases[:shift]:
-                    time.sleep(0.3)  # let the other engine's exporters settle
+                shift = repeat % len(names)
+                for case in names[shift:] + names[:shift]:
+                    time.sleep(0.3)  # let the previous engine's exporters settle
                     summary = run_client(engines[case], workload, round_index=repeat + 1)
                     results[case]["tokens_per_s"].append(summary["output_tokens_per_s"])
                     results[case]["tokens"] += summary["output_tokens"]
@@ -130,27 +148,30 @@ def measure(repeats: int, num_requests: int) -> dict[str, dict[str, Any]]:
 
 
 def run(quick: bool) -> list[dict[str, Any]]:
-    repeats, num_requests = (6, 32) if quick else (16, 48)
-    results = measure(repeats, num_requests)
-    off, traced = results["off"], results["traced"]
-    ratios = [t / o for t, o in zip(traced["tokens_per_s"], off["tokens_per_s"])]
-    ratio = statistics.median(ratios)
-    tokens = {case: r["tokens"] * (repeats + 1) / repeats for case, r in results.items()}  # + warm-up round
-    hot = [r["scheduler_cpu_s"] / tokens[case] * 1e3 for case, r in (("traced", traced), ("off", off))]
-    tree = [r["tree_cpu_s"] / tokens[case] * 1e3 for case, r in (("traced", traced), ("off", off))]
-    return [
-        row("serving example throughput: level 4 + export on vs tracing off",
-            statistics.median(traced["tokens_per_s"]), statistics.median(off["tokens_per_s"]),
-            ratio, "tokens/s", target=">= 0.98x", met=ratio >= 0.98, group=GROUP,
-            note=f"2 PP ranks, {repeats} alternating rounds of {num_requests} requests; "
-                 f"per-round ratios {', '.join(f'{r:.3f}' for r in ratios)}"),
-        row("serving example scheduler-thread CPU per output token (all PP ranks): traced vs off",
-            hot[0], hot[1], hot[0] / hot[1], "ms/token", group=GROUP,
-            note="event loop thread CPU; the hot path, exporters excluded"),
-        row("serving example CPU of ranks + exporter processes per output token: traced vs off",
-            tree[0], tree[1], tree[0] / tree[1], "ms/token", group=GROUP,
-            note="everything tracing costs, on any core; startup included"),
-    ]
+    repeats, num_requests = (6, 32) if quick else (12, 48)
+    chosen = cases(quick)
+    results = measure(chosen, repeats, num_requests)
+    off = results["off"]
+    rows = []
+    for case in (c for c in chosen if c != "off"):
+        traced = results[case]
+        label = "level 4 + export on" if case == "traced" else f"level 4, {case}"
+        ratios = [t / o for t, o in zip(traced["tokens_per_s"], off["tokens_per_s"])]
+        ratio = statistics.median(ratios)
+        rows.append(row(
+            f"serving example throughput: {label} vs tracing off",
+            statistics.median(traced["tokens_per_s"]), statistics.median(off["tokens_per_s"]), ratio, "tokens/s",
+            target=">= 0.98x" if case == "traced" else None, met=ratio >= 0.98 if case == "traced" else None,
+            group=GROUP, note=f"2 PP ranks, {repeats} alternating rounds of {num_requests} requests; "
+                              f"per-round ratios {', '.join(f'{r:.2f}' for r in ratios)}"))
+        for key, what, note in (
+            ("scheduler_cpu_s", "scheduler-thread CPU", "event loop thread CPU, all ranks: the hot path"),
+            ("tree_cpu_s", "CPU of ranks + exporter processes", "everything tracing costs, on any core"),
+        ):
+            value, baseline = traced[key] / traced["tokens"] * 1e3, off[key] / off["tokens"] * 1e3
+            rows.append(row(f"serving example {what} per output token: {label} vs off",
+                            value, baseline, value / baseline, "ms/token", group=GROUP, note=note))
+    return rows
 
 
 def main() -> int:

@@ -54,12 +54,17 @@ class Engine:
 
     def outputs(self, count: int, timeout: float = 300.0) -> Iterator[tuple[str, list[int]]]:
         """Yield ``(rid, output_ids)`` for ``count`` finished requests, as they finish."""
-        received = 0
+        received, waited = 0, 0.0
         while received < count:
             try:
-                finished = self.output_queue.get(timeout=timeout)
+                finished = self.output_queue.get(timeout=1.0)
             except queue.Empty:
-                raise RuntimeError(f"no output for {timeout:.0f}s; {received}/{count} requests done") from None
+                waited += 1.0
+                dead = [(p.name, p.exitcode) for p in self.processes if p.exitcode is not None]
+                if dead or waited >= timeout:
+                    raise RuntimeError(f"{received}/{count} requests done; exited: {dead}") from None
+                continue
+            waited = 0.0
             for item in finished:
                 received += 1
                 yield item
