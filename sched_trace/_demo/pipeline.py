@@ -123,6 +123,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     unknown = [name for name in schedules if name not in SCHEDULES]
     if unknown or not 2 <= args.ranks <= 8:
         raise SystemExit(f"schedules must be among {sorted(SCHEDULES)} and ranks 2..8; got {unknown or args.ranks}")
+    if "1f1b" in schedules and args.microbatches < args.ranks:
+        raise SystemExit(f"1F1B needs at least as many micro-batches as ranks ({args.microbatches} < {args.ranks})")
     options = dict(schedules=schedules, microbatches=args.microbatches, steps=args.steps,
                    forward_ms=args.stage_ms, backward_ms=2 * args.stage_ms, batch=2 * args.microbatches)
     mp.spawn(run_rank, args=(args.ranks, free_port(), options), nprocs=args.ranks, join=True)
