@@ -84,6 +84,11 @@ class RankStep:
     def phase(self, name: str) -> Optional[PhaseStats]:
         return next((p for p in self.phases if p.name == name), None)
 
+    @property
+    def other_idle_ns(self) -> int:
+        """Idle time outside communication stages: host overhead, or nothing to do."""
+        return max(0, self.idle_ns - self.comm_ns)
+
 
 @dataclass(frozen=True)
 class PathSegment:
@@ -173,6 +178,11 @@ class RankSummary:
     comm_ns: int
     idle_ns: int
     bubble_ratio: float
+
+    @property
+    def other_idle_ns(self) -> int:
+        """Idle time outside communication stages: host overhead, or nothing to do."""
+        return max(0, self.idle_ns - self.comm_ns)
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,8 @@ def test_communication_waits_are_idle_and_reported_on_their_own():
     assert waited.busy_ns == rank1.busy_ns
     assert waited.idle_ns == rank1.idle_ns
     assert waited.comm_ns == first_forward - rank1.start_ns > 0
-    assert rank1.comm_ns == 0
+    assert waited.other_idle_ns == waited.idle_ns - waited.comm_ns
+    assert rank1.comm_ns == 0 and rank1.other_idle_ns == rank1.idle_ns
 
 
 def test_nested_stages_are_counted_once():
