@@ -30,10 +30,10 @@ _ROOT: tuple = (0, None, None)
 
 class _ThreadState(threading.local):
     def __init__(self) -> None:
-        # (span id, batch id, rank) of the innermost running stage or batch on this
-        # thread; nested spans inherit its batch id and rank. One tuple, so entering
-        # and leaving a span costs one thread-local read and two writes.
-        self.top: tuple = _ROOT
+        # top[0]: (span id, batch id, rank) of the innermost running stage or batch on
+        # this thread; nested spans inherit its batch id and rank. A one-item list, so
+        # a span costs one thread-local read; the writes are list stores.
+        self.top: list[tuple] = [_ROOT]
 
 
 _tls = _ThreadState()
@@ -95,7 +95,8 @@ class Probe:
     # --- begin/finish: shared by every wrapper kind --------------------------
 
     def begin(self, instance: Any, args: tuple, kwargs: dict, nest: bool) -> tuple:
-        top = _tls.top
+        cell = _tls.top
+        top = cell[0]
         parent, previous_batch, enclosing = top
         # A span without rank keys of its own (a P2P wait inside a pipeline step) is
         # attributed to the rank of the span it runs in.
@@ -127,14 +128,14 @@ class Probe:
         if calls:
             self.manager.fire(calls, _tuple_new(self.event_type, fields))
         if nest:
-            _tls.top = (span_id, batch_id if self.is_batch else previous_batch, rank)
-        return fields, top
+            cell[0] = (span_id, batch_id if self.is_batch else previous_batch, rank)
+        return fields, cell, top
 
     def finish(self, token: tuple, error: Optional[BaseException], nest: bool) -> None:
         end_ns = monotonic_ns() + clock._offset_ns
-        fields, top = token
+        fields, cell, top = token
         if nest:
-            _tls.top = top
+            cell[0] = top
         calls = self.manager.event_calls[self.end_index]
         if calls:
             self.manager.fire(calls, _tuple_new(self.event_type, fields[:3] + (end_ns,) + fields[4:9] + (error,) + fields[10:]))
@@ -159,7 +160,8 @@ class Probe:
             return traced(wrapped, instance, args, kwargs)
 
         def traced(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-            top = tls.top
+            cell = tls.top
+            top = cell[0]
             parent, previous_batch, rank = top
             if rank is None:
                 rank = current()
@@ -188,7 +190,7 @@ class Probe:
                         function(event)
                     except Exception as exc:
                         count_error(owner, kind, exc)
-            tls.top = (span_id, batch_id if is_batch else previous_batch, rank)
+            cell[0] = (span_id, batch_id if is_batch else previous_batch, rank)
             error = None
             try:
                 return wrapped(*args, **kwargs)
@@ -197,7 +199,7 @@ class Probe:
                 raise
             finally:
                 end_ns = monotonic_ns() + clock._offset_ns
-                tls.top = top
+                cell[0] = top
                 calls = calls_of[end_index]
                 if calls:
                     event = _tuple_new(event_type, (name, level, start_ns, end_ns, rank, mb, batch_id, size, extra,
