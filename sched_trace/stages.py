@@ -81,18 +81,12 @@ def is_enabled(level: int) -> bool:
 
 
 def register_stage(name: str, level: int, parent: Optional[str] = None) -> StageSpec:
-    """Declare a stage; declaring it again with another level or parent is an error."""
+    """Declare a stage. Each declaration keeps its own level: two libraries may both
+    call a stage ``forward``. The registry describes the latest declaration."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"stage name must be a non-empty string, got {name!r}")
     spec = StageSpec(name, check_level(level, f"level of stage {name!r}"), parent)
     with _lock:
-        known = _registry.get(name)
-        if known is not None and known != spec:
-            raise ValueError(
-                f"stage {name!r} is already declared as level {known.level}"
-                f" (parent {known.parent!r}); declared again as level {level}"
-                f" (parent {parent!r}). Use one level per stage name."
-            )
         _registry[name] = spec
     return spec
 

@@ -53,9 +53,13 @@ def test_batch_id_is_inherited_by_stages_in_the_batch(sched_trace_recorder):
     assert all(d.rank.pp_rank == 0 for d in decodes)
 
 
-def test_a_stage_name_has_one_level():
-    with pytest.raises(ValueError, match="stage 'coarse' is already declared as level 1"):
-        sched_trace.stage("coarse", level=3)(lambda: None)
+def test_each_declaration_keeps_its_own_level(sched_trace_recorder):
+    sched_trace.set_level(2)
+    again = sched_trace.stage("fine", level=2)(lambda: None)
+    again()
+    fine()  # the level-4 declaration of the same name stays above the level
+    assert sched_trace_recorder.names() == ["fine"]
+    assert sched_trace_recorder.events[0].level == 2
 
 
 def test_levels_are_validated():
@@ -63,4 +67,4 @@ def test_levels_are_validated():
         sched_trace.set_level(11)
     with pytest.raises(ValueError, match="level of stage 'x'"):
         sched_trace.stage("x", level=-1)(lambda: None)
-    assert stages.get_stage("fine").level == 4
+    assert stages.get_stage("coarse").level == 1
