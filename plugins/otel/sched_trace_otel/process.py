@@ -53,6 +53,7 @@ class ExporterProcess:
         if self.gave_up:
             return False
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env.pop("SCHED_TRACE_BOOTSTRAP", None)  # the exporter must not trace itself under `sched-trace run`
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "sched_trace_otel.worker"],

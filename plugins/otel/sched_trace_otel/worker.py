@@ -118,14 +118,20 @@ def main() -> None:
     protocol_out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    code = serve(sys.stdin.buffer, protocol_out)
+    code = 1
     try:
-        protocol_out.flush()
-        sys.stderr.flush()
-    except OSError:
-        pass
-    # The reader thread may sit in a read on stdin; skip finalization rather than fight it for the lock.
-    os._exit(code)
+        code = serve(sys.stdin.buffer, protocol_out)
+    except BaseException as exc:  # report, then still skip finalization below
+        sys.stderr.write(f"sched-trace otel exporter: {exc!r}\n")
+    finally:
+        try:
+            protocol_out.flush()
+            sys.stderr.flush()
+        except OSError:
+            pass
+        # The reader thread may sit in a read on stdin; interpreter finalization would
+        # then abort ("_enter_buffered_busy"), so leave without it.
+        os._exit(code)
 
 
 if __name__ == "__main__":
