@@ -31,9 +31,10 @@ _ROOT: tuple = (0, None, None)
 class _ThreadState(threading.local):
     def __init__(self) -> None:
         # top[0]: (span id, batch id, rank) of the innermost running stage or batch on
-        # this thread; nested spans inherit its batch id and rank. A one-item list, so
-        # a span costs one thread-local read; the writes are list stores.
-        self.top: list[tuple] = [_ROOT]
+        # this thread; nested spans inherit its batch id and rank. top[1]: the thread's
+        # own rank, cached while rank.epoch is unchanged. A list, so a span costs one
+        # thread-local read; the writes are list stores.
+        self.top: list = [_ROOT, (None, -1)]  # [1]: (this thread's RankInfo, rank.epoch)
 
 
 _tls = _ThreadState()
@@ -150,7 +151,8 @@ class Probe:
         # One attribute (usually ``requests``) is the common case: no loop, no comprehension frame.
         attr_key, attr_read = self.attrs[0] if len(self.attrs) == 1 else (None, None)
         calls_of, start_index, end_index = self.manager.event_calls, self.start_index, self.end_index
-        count_error, tls, current, active = self.manager._count_error, _tls, _rank.current, LEVEL
+        count_error, tls, active = self.manager._count_error, _tls, LEVEL
+        current_with_epoch, rank_epoch = _rank.current_with_epoch, _rank.epoch
 
         def wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
             # Kept tiny: a frame's cost grows with its local variables, and this one
@@ -165,7 +167,9 @@ class Probe:
             top = cell[0]
             parent, previous_batch, rank = top
             if rank is None:
-                rank = current()
+                rank, epoch = cell[1]
+                if epoch != rank_epoch[0]:
+                    cell[1] = rank, epoch = current_with_epoch()
             if rank_keys:
                 rank = _rank.with_overrides(rank, tuple((key, read(instance, args, kwargs)) for key, read in rank_keys))
             if batch_id_of is not None:

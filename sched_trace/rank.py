@@ -21,6 +21,9 @@ from .events import RankInfo
 _local = threading.local()
 _generation = [0]  # bumped to invalidate every thread's cached RankInfo
 _UNCACHED = (None, -1)  # a generation that never matches: take the checked path
+# Bumped by refresh() and by set_thread_info() on any thread: callers that cache a
+# thread's RankInfo themselves (the probe, per thread) compare against it.
+epoch = [0]
 _overrides: dict[tuple[RankInfo, tuple], RankInfo] = {}
 
 
@@ -92,6 +95,7 @@ def set_thread_info(
     info = detect(thread_label, tp_rank=tp_rank, pp_rank=pp_rank, dp_rank=dp_rank, **extra)
     _local.explicit = (thread_label, dict(tp_rank=tp_rank, pp_rank=pp_rank, dp_rank=dp_rank, **extra))
     _remember(info)
+    epoch[0] += 1
     return info
 
 
@@ -143,7 +147,14 @@ def _remember(info: RankInfo) -> None:
 def refresh() -> None:
     """Forget cached identities (after fork, or once torch.distributed is initialised)."""
     _generation[0] += 1
+    epoch[0] += 1
     _overrides.clear()
+
+
+def current_with_epoch() -> tuple[RankInfo, int]:
+    """``(current(), epoch)``; the epoch is -1 while a re-check is pending (do not cache)."""
+    info = current()
+    return info, (epoch[0] if _local.fast is not _UNCACHED else -1)
 
 
 def with_overrides(base: RankInfo, overrides: tuple[tuple[str, Any], ...]) -> RankInfo:
