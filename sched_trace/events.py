@@ -75,9 +75,35 @@ class RankInfo:
         return RankInfo(**fields, extra=tuple(sorted(extra.items())))
 
 
-class StageEvent(NamedTuple):
+class _EventFields(NamedTuple):
+    name: str
+    level: int
+    start_ns: int
+    end_ns: Optional[int]
+    rank: RankInfo
+    microbatch: Any
+    batch_id: Optional[int]
+    batch_size: Optional[int]
+    attrs: Mapping[str, Any]
+    error: Optional[BaseException]
+    span_id: int
+    parent_id: int
+
+
+class _Event(_EventFields):
+    __slots__ = ()
+    kind = "event"
+
+    @property
+    def duration_ns(self) -> Optional[int]:
+        return None if self.end_ns is None else self.end_ns - self.start_ns
+
+
+class StageEvent(_Event):
     """One execution of a stage (``run_batch_cpu``, ``forward``, ``send`` ...).
 
+    Fields: ``name``, ``level``, ``start_ns``, ``end_ns``, ``rank``, ``microbatch``,
+    ``batch_id``, ``batch_size``, ``attrs``, ``error``, ``span_id``, ``parent_id``.
     ``end_ns`` and ``error`` are ``None`` on the start event. Timestamps are
     nanoseconds since the Unix epoch, read from the monotonic clock plus a
     per-process offset (see :func:`sched_trace.clock.wall_offset_ns`).
@@ -87,27 +113,11 @@ class StageEvent(NamedTuple):
     (0 at top level).
     """
 
-    name: str
-    level: int
-    start_ns: int
-    end_ns: Optional[int]
-    rank: RankInfo
-    microbatch: Any
-    batch_id: Optional[int]
-    batch_size: Optional[int]
-    attrs: Mapping[str, Any]
-    error: Optional[BaseException]
-    span_id: int
-    parent_id: int
-
+    __slots__ = ()
     kind = "stage"
 
-    @property
-    def duration_ns(self) -> Optional[int]:
-        return None if self.end_ns is None else self.end_ns - self.start_ns
 
-
-class BatchEvent(NamedTuple):
+class BatchEvent(_Event):
     """One scheduler step (``decode_step``, a pipeline schedule's ``step`` ...).
 
     Same fields as :class:`StageEvent`; ``batch_id`` is assigned per process in
@@ -115,24 +125,8 @@ class BatchEvent(NamedTuple):
     the same thread.
     """
 
-    name: str
-    level: int
-    start_ns: int
-    end_ns: Optional[int]
-    rank: RankInfo
-    microbatch: Any
-    batch_id: Optional[int]
-    batch_size: Optional[int]
-    attrs: Mapping[str, Any]
-    error: Optional[BaseException]
-    span_id: int
-    parent_id: int
-
+    __slots__ = ()
     kind = "batch"
-
-    @property
-    def duration_ns(self) -> Optional[int]:
-        return None if self.end_ns is None else self.end_ns - self.start_ns
 
 
 Event = "StageEvent | BatchEvent"
