@@ -89,6 +89,7 @@ def stage(
 
     def decorate(function: F) -> F:
         probe = _declare(name, level, "stage", function, parent, options)
+        _watch_torch()
         return Traced(function, probe.wrapper, probe)  # type: ignore[return-value]
 
     return decorate
@@ -109,6 +110,7 @@ def batch(
 
     def decorate(function: F) -> F:
         probe = _declare(name, level, "batch", function, None, options)
+        _watch_torch()
         return Traced(function, probe.wrapper, probe)  # type: ignore[return-value]
 
     return decorate
