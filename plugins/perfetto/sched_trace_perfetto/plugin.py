@@ -1,10 +1,14 @@
-"""The ``perfetto`` plugin: end events into a bounded buffer, encoded and written off-thread.
+"""The ``perfetto`` plugin: end events into a bounded buffer, encoded and written elsewhere.
 
 On the scheduler thread each end hook is one bound-method call and a deque
-append (:class:`sched_trace.BackgroundExporter`). The exporter thread encodes
-batches (TrackEvent protobuf, or Chrome JSON) and appends them to this process's
-file, so a crash loses at most the last interval; ``flush``/``shutdown`` (also
-run at exit) write the rest and close the file.
+append (:class:`sched_trace.BackgroundExporter`). By default (``process = true``)
+the exporter thread only turns batches into compact records and pipes them to an
+exporter process, which encodes them (TrackEvent protobuf, or Chrome JSON) and
+appends them to this process's file: encoding costs the scheduler process no
+CPU and no GIL. With ``process = false`` the exporter thread encodes and writes
+itself. Either way the file grows as the program runs, so a crash loses at most
+the last interval; ``flush``/``shutdown`` (also run at exit) write the rest,
+wait for it to be on disk and close the file.
 """
 
 from __future__ import annotations
@@ -12,12 +16,15 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from typing import Any, Optional, Sequence
 
-from sched_trace import BackgroundExporter, hookimpl
+from sched_trace import BackgroundExporter, clock, hookimpl
 
 from . import settings as _settings
+from .process import ExporterProcess
 from .sink import TraceSink
+from .wire import pack_events
 
 log = logging.getLogger("sched_trace.perfetto")
 
@@ -32,9 +39,12 @@ class PerfettoPlugin:
     def __init__(self, **overrides: Any) -> None:
         self._overrides = overrides
         self.settings: Optional[_settings.PerfettoSettings] = None
-        self.paths: list[str] = []
+        self._paths: list[str] = []
         self._exporter: Optional[BackgroundExporter] = None
         self._sink: Optional[TraceSink] = None
+        self._process: Optional[ExporterProcess] = None
+        self._fork_hooked = False
+        self._send_pid = os.getpid()
         self._lock = threading.RLock()
         self._finished_slices = 0
         self._append = self._first_event
@@ -74,12 +84,35 @@ class PerfettoPlugin:
 
         return replace(settings, directory=os.path.abspath(settings.directory))
 
+    @property
+    def paths(self) -> list[str]:
+        """The files this plugin wrote in this process, oldest first."""
+        process = self._process
+        return self._paths + (process.paths if process is not None else [])
+
     def start(self, settings: _settings.PerfettoSettings) -> None:
         with self._lock:
             self.settings = self._absolute(settings)
             self._sink = None
-            self._exporter = BackgroundExporter(self._export, name="perfetto", capacity=settings.capacity)
+            export = self._export
+            if self.settings.process:
+                if self._process is not None:  # an earlier run's files and counters stay listed
+                    self._paths += self._process.paths
+                    self._finished_slices += self._process.stats()["slices_written"]
+                self._process, export = ExporterProcess(self.settings, clock.wall_offset_ns), self._send
+            self._exporter = BackgroundExporter(export, name="perfetto", capacity=settings.capacity)
             self._append = self._exporter.append
+        if not self._fork_hooked:
+            import multiprocessing.util
+
+            multiprocessing.util.register_after_fork(self, PerfettoPlugin._stop_at_fork_child_exit)
+            self._fork_hooked = True
+
+    def _stop_at_fork_child_exit(self) -> None:
+        """multiprocessing's fork children leave by os._exit (no atexit): stop through its finalizers."""
+        import multiprocessing.util
+
+        multiprocessing.util.Finalize(None, self.stop, exitpriority=10)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Write everything buffered, then close the file.
@@ -100,6 +133,8 @@ class PerfettoPlugin:
                     break
                 progress = exporter.stats()
             exporter.shutdown(timeout)
+        if self._process is not None:
+            self._process.close(timeout)
         with self._lock:
             self._close_sink()
 
@@ -121,19 +156,30 @@ class PerfettoPlugin:
             sink = self._sink
             if sink is None or sink.pid != os.getpid():
                 if sink is not None and sink.pid != os.getpid():
-                    self.paths, self._finished_slices = [], 0  # forked: the parent's files are not ours
+                    self._paths, self._finished_slices = [], 0  # forked: the parent's files are not ours
                 self._close_sink()
                 assert self.settings is not None
                 sink = self._sink = TraceSink(self.settings)
             opened = sink.path is None
             sink.write(batch)
             if opened and sink.path is not None:
-                self.paths.append(sink.path)
+                self._paths.append(sink.path)
+
+    def _send(self, batch: Sequence[Any]) -> None:
+        """On the exporter thread (process = true): records to the exporter process."""
+        assert self._process is not None
+        if self._send_pid != os.getpid():  # forked: the parent's files and counts are not ours
+            self._paths, self._finished_slices, self._send_pid = [], 0, os.getpid()
+        if not self._process.send(pack_events(batch), len(batch)):
+            raise RuntimeError("no exporter process to take the events")
 
     @hookimpl
     def sched_trace_flush(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
         if self._exporter is not None:
             self._exporter.flush(timeout)
+            if self._process is not None:
+                self._process.flush(max(0.0, deadline - time.monotonic()))
 
     @hookimpl
     def sched_trace_shutdown(self) -> None:
@@ -144,4 +190,8 @@ class PerfettoPlugin:
         counters = self._exporter.stats() if self._exporter is not None else {}
         sink = self._sink
         written = self._finished_slices + (sink.slices if sink is not None and sink.pid == os.getpid() else 0)
-        return {**counters, "slices_written": written, "files": len(self.paths)}
+        process = {}
+        if self._process is not None:
+            process = self._process.stats()
+            written += process.pop("slices_written")
+        return {**counters, **process, "slices_written": written, "files": len(self.paths)}

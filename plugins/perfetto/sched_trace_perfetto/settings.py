@@ -6,6 +6,7 @@
     counters = ["queue_depth"]               # numeric attrs drawn as counter tracks
     flows = true                             # arrows following a micro-batch across PP ranks
     capacity = 131072                        # events buffered before dropping (counted)
+    process = true                           # encode and write in a separate exporter process
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class PerfettoSettings:
     counters: tuple[str, ...] = field(default=("queue_depth",))
     flows: bool = True
     capacity: int = 131072
+    process: bool = True
 
     @property
     def suffix(self) -> str:
@@ -36,7 +38,8 @@ class PerfettoSettings:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(PerfettoSettings)}
-_TYPES: dict[str, type] = {"directory": str, "format": str, "counters": list, "flows": bool, "capacity": int}
+_TYPES: dict[str, type] = {"directory": str, "format": str, "counters": list, "flows": bool, "capacity": int,
+                          "process": bool}
 
 
 def _check(key: str, value: Any, source: str) -> Any:
@@ -63,14 +66,14 @@ def _check(key: str, value: Any, source: str) -> Any:
 
 def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     found: dict[str, Any] = {}
-    for key in ("directory", "format", "flows", "counters"):
+    for key in ("directory", "format", "flows", "counters", "process"):
         raw = environ.get(f"SCHED_TRACE_PERFETTO_{key.upper()}")
         if raw in (None, ""):
             continue
-        if key == "flows":
+        if key in ("flows", "process"):
             if raw.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
                 raise ConfigError(f"{raw!r} is not a boolean (use 1/0, true/false)", source="environment",
-                                  key="SCHED_TRACE_PERFETTO_FLOWS")
+                                  key=f"SCHED_TRACE_PERFETTO_{key.upper()}")
             found[key] = raw.lower() in ("1", "true", "yes", "on")
         elif key == "counters":
             found[key] = [name.strip() for name in raw.split(",") if name.strip()]

@@ -1,4 +1,4 @@
-"""One trace file per process, appended to batch by batch from the exporter thread.
+"""One trace file per process, appended to batch by batch (exporter thread or exporter process).
 
 Writes go straight to the file descriptor (no user-space buffer), so what was
 exported is on disk at once, and a forked child that drops its parent's sink
@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import time
 from typing import Any, Optional, Sequence
 
 from sched_trace import clock
@@ -45,11 +46,17 @@ def _unused(path: str) -> str:
 
 
 class TraceSink:
-    """Opens its file on the first batch (the rank is known by then) and appends to it."""
+    """Opens its file on the first batch (the rank is known by then) and appends to it.
 
-    def __init__(self, settings: PerfettoSettings) -> None:
+    ``pid`` and ``wall_offset_ns`` are the traced process's; an exporter process
+    passes its parent's, so the file is named and clocked as the writer thread's was.
+    """
+
+    def __init__(self, settings: PerfettoSettings, pid: Optional[int] = None,
+                 wall_offset_ns: Optional[int] = None) -> None:
         self.settings = settings
-        self.pid = os.getpid()
+        self.pid = os.getpid() if pid is None else pid
+        self.offset = clock.wall_offset_ns() if wall_offset_ns is None else wall_offset_ns
         self.path: Optional[str] = None
         self.slices = 0
         self._fd: Optional[int] = None
@@ -63,7 +70,7 @@ class TraceSink:
         host, rank = first.rank.host_id, process_rank(first)
         self.path = _unused(os.path.join(settings.directory, file_name(settings, host, self.pid, rank)))
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        offsets = {(host, self.pid): clock.wall_offset_ns()}
+        offsets = {(host, self.pid): self.offset}
         if settings.format == "chrome":
             world = first.rank.extras.get("world_size")
             self._chrome = ChromeWriter(self._text, rank=rank, world_size=world, clock_offsets=offsets,
@@ -73,7 +80,8 @@ class TraceSink:
             self._encoder = PerfettoEncoder(perfetto_sequence_id(host, self.pid),
                                             counter_attrs=settings.counters, flows=settings.flows)
             self._encoder.clock_offsets = offsets
-            self._write(self._encoder.clock_snapshot(clock.wall_offset_ns(), clock.now_ns()))
+            # One host, one monotonic clock: the traced process's offset applies here too.
+            self._write(self._encoder.clock_snapshot(self.offset, time.monotonic_ns() + self.offset))
 
     def write(self, events: Sequence[Any]) -> None:
         if not events:
