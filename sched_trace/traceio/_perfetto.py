@@ -19,6 +19,7 @@ import json
 from typing import Any, Iterable, Mapping, Optional
 
 from ..events import RankInfo
+from . import _protowire as _wire
 from ._model import (
     Event, ProcessKey, TraceFile, TraceFormatError, counter_uuid, counter_values,
     event_args, flow_id, make_event, process_uuid, rank_from_dict, rank_to_dict,
@@ -59,6 +60,8 @@ class PerfettoEncoder:
         self._described: set[int] = set()
         self._pids: dict[ProcessKey, int] = {}
         self._first = True
+        self._fields: dict[Any, bytes] = {}
+        self._counter_uuids: dict[tuple[int, str], bytes] = {}
 
     def clock_snapshot(self, offset_ns: int, now_ns: int) -> bytes:
         """A ClockSnapshot saying REALTIME - MONOTONIC = offset (timestamps are REALTIME)."""
@@ -71,6 +74,29 @@ class PerfettoEncoder:
         return trace.SerializeToString()
 
     def encode(self, events: Iterable[Event]) -> bytes:
+        """Slices and counters as hand-written wire bytes (``_protowire``), descriptors via protobuf."""
+        chunks: list[bytes] = []
+        head = _wire.sequence_field(self.sequence_id)
+        tracks: dict[int, tuple[RankInfo, bytes, int]] = {}  # by id(): RankInfo hashes slowly
+        for event in events:
+            if event.end_ns is None:
+                continue
+            rank = event.rank
+            track = tracks.get(id(rank))
+            if track is None:
+                track = tracks[id(rank)] = self._track(chunks, rank)
+            start = _wire.timestamp_field(event.start_ns)
+            chunks.append(_wire.slice_packets(
+                head, self._first_flags(), track[1], self._field(_wire.category_field, event.kind),
+                self._field(_wire.name_field, event.name), event_args(event),
+                flow_id(event) if self.flows else None, start, event.end_ns))
+            for name, value in counter_values(event, self.counter_attrs).items():
+                uuid = self._counter_track(chunks, rank, track[2], name)
+                chunks.append(_wire.counter_packet(head, self._first_flags(), uuid, value, start))
+        return b"".join(chunks)
+
+    def encode_messages(self, events: Iterable[Event]) -> bytes:
+        """The same bytes as :meth:`encode`, built as protobuf messages (the reference, for tests)."""
         trace = self.pb.Trace()
         for event in events:
             if event.end_ns is None:
@@ -80,6 +106,42 @@ class PerfettoEncoder:
             for name, value in counter_values(event, self.counter_attrs).items():
                 self._counter(trace, event.rank, name, value, event.start_ns)
         return trace.SerializeToString()
+
+    # --- wire-bytes helpers --------------------------------------------------------
+
+    def _first_flags(self) -> bytes:
+        if not self._first:
+            return b""
+        self._first = False
+        return b"\x68" + _wire.varint(self.pb.TracePacket.SEQ_INCREMENTAL_STATE_CLEARED)
+
+    def _field(self, make: Any, text: str) -> bytes:
+        # Stage names and kinds repeat: encode each once.
+        encoded = self._fields.get((text, make))
+        if encoded is None:
+            encoded = self._fields[(text, make)] = make(text)
+        return encoded
+
+    def _track(self, chunks: list, rank: RankInfo) -> tuple[RankInfo, bytes, int]:
+        """Describe the rank's tracks if new (protobuf, once); its uuid as an encoded field."""
+        uuid = track_uuid(rank)
+        if uuid not in self._described or process_uuid(rank.host_id, rank.pid) not in self._described:
+            trace = self.pb.Trace()
+            self._describe(trace, rank)
+            chunks.append(trace.SerializeToString())
+        return rank, _wire.uuid_field(uuid), uuid
+
+    def _counter_track(self, chunks: list, rank: RankInfo, track: int, name: str) -> bytes:
+        """The counter track's uuid as an encoded field; described (protobuf) the first time."""
+        field = self._counter_uuids.get((track, name))
+        if field is None:
+            uuid = counter_uuid(rank, name)
+            if uuid not in self._described:
+                trace = self.pb.Trace()
+                self._describe_counter(trace, rank, name, uuid)
+                chunks.append(trace.SerializeToString())
+            field = self._counter_uuids[(track, name)] = _wire.uuid_field(uuid)
+        return field
 
     # --- packets ---------------------------------------------------------------
 
@@ -141,15 +203,18 @@ class PerfettoEncoder:
         end.type = SLICE_END
         end.track_uuid = track_event.track_uuid
 
+    def _describe_counter(self, trace: Any, rank: RankInfo, name: str, uuid: int) -> None:
+        self._described.add(uuid)
+        descriptor = self._packet(trace).track_descriptor
+        descriptor.uuid, descriptor.parent_uuid = uuid, process_uuid(rank.host_id, rank.pid)
+        descriptor.name = f"{rank.track_name} {name}"
+        descriptor.counter.unit = self.pb.CounterDescriptor.UNIT_COUNT
+        descriptor.sibling_order_rank = _order(rank) + 1
+
     def _counter(self, trace: Any, rank: RankInfo, name: str, value: float, timestamp: int) -> None:
         uuid = counter_uuid(rank, name)
         if uuid not in self._described:
-            self._described.add(uuid)
-            descriptor = self._packet(trace).track_descriptor
-            descriptor.uuid, descriptor.parent_uuid = uuid, process_uuid(rank.host_id, rank.pid)
-            descriptor.name = f"{rank.track_name} {name}"
-            descriptor.counter.unit = self.pb.CounterDescriptor.UNIT_COUNT
-            descriptor.sibling_order_rank = _order(rank) + 1
+            self._describe_counter(trace, rank, name, uuid)
         track_event = self._packet(trace, timestamp).track_event
         track_event.type = COUNTER
         track_event.track_uuid = uuid
