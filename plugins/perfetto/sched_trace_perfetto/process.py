@@ -10,6 +10,7 @@ a new file) is started on the next send, up to ``RESTART_LIMIT`` times.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -18,7 +19,7 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from .settings import PerfettoSettings
 from .wire import read_frame, write_frame
@@ -39,6 +40,7 @@ class ExporterProcess:
         self.restarts = 0
         self.failed_starts = 0
         self.gave_up = False
+        self.closed = False
         self._reported: dict[int, dict[str, Any]] = {}  # child pid -> its latest counters
         self._readers: dict[int, threading.Thread] = {}
         self._totals: dict[str, int] = {}               # counters of children that are gone
@@ -53,7 +55,7 @@ class ExporterProcess:
     # --- lifecycle ---------------------------------------------------------------
 
     def _start(self) -> bool:
-        if self.gave_up:
+        if self.gave_up or self.closed:
             return False
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env.pop("SCHED_TRACE_BOOTSTRAP", None)  # the exporter must not trace itself under `sched-trace run`
@@ -134,8 +136,7 @@ class ExporterProcess:
                 return False
             try:
                 write_frame(self._proc.stdin.fileno(), payload)
-            except (OSError, ValueError):
-                self.lost += count
+            except (OSError, ValueError):  # this batch counts as failed, not as lost in the child
                 self._died(self._proc)
                 return False
             self.sent += count
@@ -189,7 +190,14 @@ class ExporterProcess:
         Like the writer thread's shutdown, it gives up (and kills the child) only
         when a whole ``timeout`` passes with nothing more received.
         """
-        with self._write_lock:
+        self.closed = True  # no child is started after this, whatever the exporter thread still sends
+        if not self._write_lock.acquire(timeout=timeout):
+            # The exporter thread is stuck writing to a child that reads nothing: killing
+            # the child breaks its pipe, the write fails (counted lost) and lets go of the lock.
+            self.kill_for_test()
+            if not self._write_lock.acquire(timeout=timeout):
+                return
+        with _held(self._write_lock):
             proc, self._proc = self._proc, None
             if proc is None or self._pid != os.getpid():
                 return
@@ -224,10 +232,20 @@ class ExporterProcess:
         return totals
 
     def kill_for_test(self) -> None:
-        """Kill the exporter process (tests of restart and loss accounting)."""
-        if self._proc is not None:
-            self._proc.kill()
-            self._proc.wait()
+        """Kill the exporter process (tests of restart and loss accounting; a stuck child)."""
+        proc = self._proc
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def _held(lock: threading.Lock) -> Iterator[None]:
+    """Release a lock acquired before the ``with``."""
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _close(stream: Any) -> None:
