@@ -61,8 +61,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer iterations (about a minute)")
     parser.add_argument("--only", action="append", choices=MODULES, metavar="NAME",
                         help=f"run only this module (repeatable): {', '.join(MODULES)}")
-    parser.add_argument("--output", type=Path, default=DOC, help="markdown file to write (default: %(default)s)")
+    parser.add_argument("--output", type=Path, default=None,
+                        help=f"markdown file to write (default: {DOC} for a full run; "
+                             "a --quick or --only run writes nothing unless given one)")
     args = parser.parse_args(argv)
+    if args.output is None and not (args.quick or args.only):
+        args.output = DOC  # only a full run may replace the published figures
     described = machine()
     command = "python -m benchmarks" + (" --quick" if args.quick else "") + "".join(
         f" --only {name}" for name in args.only or ())
@@ -79,8 +83,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         for result in rows:
             results.append((name, result))
     print_table(results)
-    write_markdown(args.output, results, problems, described, command, durations)
-    print(f"# wrote {args.output}", file=sys.stderr)
+    if args.output is not None:
+        write_markdown(args.output, results, problems, described, command, durations)
+        print(f"# wrote {args.output}", file=sys.stderr)
     return 0
 
 

@@ -15,7 +15,8 @@ Numbers measured by the benchmark suite on one machine; regenerate them with
 {command}
 ```
 
-(`--quick` for a one-minute run, `--only NAME` for one module). Every figure is a
+(`--quick` for a one-minute run, `--only NAME` for one module; those print their
+table and write a file only when given `--output FILE`). Every figure is a
 ratio or a side-by-side pair measured in the same run: the cases of a figure take
 turns inside each repeat, the value is the median over repeats, and the ratio is
 the median of the per-repeat ratios, so a noisy neighbour slows both sides alike.

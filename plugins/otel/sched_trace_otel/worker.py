@@ -18,6 +18,8 @@ import time
 from collections import deque
 from typing import Any, BinaryIO
 
+from sched_trace.recorder import deprioritize_exporter_process
+
 from .settings import OtelSettings
 from .wire import read_frame, write_frame
 
@@ -114,6 +116,7 @@ def serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
 def main() -> None:
     # The protocol owns the real stdout; anything printed goes to stderr instead.
     # Ctrl-C reaches the whole process group; we stop at end of stdin, after flushing.
+    deprioritize_exporter_process()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     protocol_out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)

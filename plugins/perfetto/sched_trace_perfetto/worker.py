@@ -18,6 +18,8 @@ import sys
 import time
 from typing import Any, BinaryIO
 
+from sched_trace.recorder import deprioritize_exporter_process
+
 from .settings import PerfettoSettings
 from .sink import TraceSink
 from .wire import read_frame, unpack_events, write_frame
@@ -86,6 +88,7 @@ def serve(stdin: BinaryIO, stdout: int) -> int:
 def main() -> None:
     # The protocol owns the real stdout; anything printed goes to stderr instead.
     # Ctrl-C reaches the whole process group; we stop at end of stdin, after closing the file.
+    deprioritize_exporter_process()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     protocol_out = os.dup(1)
     os.dup2(2, 1)
