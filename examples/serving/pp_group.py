@@ -17,6 +17,9 @@ TAG_PROXY = 2
 TAG_OUTPUTS = 3
 
 
+MAX_SENDS_IN_FLIGHT = 16
+
+
 class PPGroup:
     """This rank's view of the pipeline: who is before it, who after."""
 
@@ -32,9 +35,14 @@ class PPGroup:
     def send_tensor(self, tensor: torch.Tensor, dst: int, tag: int) -> None:
         tensor = tensor.contiguous()
         work = dist.isend(tensor, dst, tag=tag)
-        # Keep the tensor alive until gloo has sent it.
-        self._pending = [(w, t) for w, t in self._pending if not w.is_completed()]
+        # Keep the tensor alive until gloo has sent it. Gloo's send work reports
+        # is_completed() only once wait() was called, so polling it never shrinks the
+        # list: the list grew every step and scanning it slowed the engine down round
+        # after round. Wait on the oldest sends instead; the peer consumes in order
+        # and is at most a few steps behind, so they are long done.
         self._pending.append((work, tensor))
+        while len(self._pending) > MAX_SENDS_IN_FLIGHT:
+            self._pending.pop(0)[0].wait()
 
     def recv_tensor(self, shape: tuple[int, ...], dtype: torch.dtype, src: int, tag: int) -> torch.Tensor:
         tensor = torch.empty(shape, dtype=dtype)
