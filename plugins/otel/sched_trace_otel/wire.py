@@ -11,6 +11,7 @@ from __future__ import annotations
 import pickle
 import struct
 import traceback
+import weakref
 from typing import Any, BinaryIO, Iterable, Optional
 
 from .propagation import request_context
@@ -49,6 +50,7 @@ class RecordEncoder:
         self.resolve_requests = resolve_requests
         self.truncated_requests = 0
         self._ranks: dict[Any, int] = {}
+        self._contexts: dict[int, tuple[Any, tuple[str, Optional[str]]]] = {}
 
     def forget_ranks(self) -> None:
         """A new receiver (restarted exporter process) must be told every rank again."""
@@ -95,7 +97,32 @@ class RecordEncoder:
         if len(items) > self.max_requests:
             self.truncated_requests += len(items) - self.max_requests
             items = items[: self.max_requests]
-        return tuple(request_context(item) for item in items)
+        return tuple(map(self._request_context, items))
+
+    def _request_context(self, request: Any) -> tuple[str, Optional[str]]:
+        """request_context(), remembered per live request object.
+
+        A decode request is in every batch until it finishes, and reading its id and
+        trace context (attribute probes, a traceparent parse) each time was most of
+        this thread's work, under the scheduler's GIL.
+        """
+        if isinstance(request, (str, int)):
+            return request_context(request)
+        key = id(request)
+        known = self._contexts.get(key)
+        if known is not None and known[0]() is request:
+            return known[1]
+        context = request_context(request)
+        if context[1] is None:  # a trace context may still be attached later: look again next time
+            return context
+        try:
+            reference = weakref.ref(request)
+        except TypeError:  # no weak references: read it every time
+            return context
+        if len(self._contexts) >= 65536:
+            self._contexts.clear()
+        self._contexts[key] = (reference, context)
+        return context
 
 
 def write_frame(stream: BinaryIO, message: Any) -> int:
