@@ -71,3 +71,15 @@ def test_run_refuses_a_bad_config_before_starting_the_program(tmp_path):
 def test_run_without_a_program_explains_usage(tmp_path):
     result = run_cli(tmp_path, "run")
     assert result.returncode != 0 and "give the command after '--'" in result.stderr
+
+
+def test_the_command_in_the_instrument_guide_runs(tmp_path):
+    text = (REPO / "docs" / "instrument.md").read_text()
+    command = next(line for line in text.splitlines() if line.startswith("sched-trace run --config"))
+    args = command.split()[1:]  # after `sched-trace`
+    args[args.index("python")] = sys.executable
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SCHED_TRACE_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    result = subprocess.run([sys.executable, "-m", "sched_trace.cli", *args], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "served 18 request-steps" in result.stdout
