@@ -144,6 +144,12 @@ def _remember(info: RankInfo) -> None:
     _local.fast = (info, _local.generation) if _local.recheck_at is None else _UNCACHED
 
 
+def clear_thread_info() -> None:
+    """Forget what ``set_thread_info`` said for the calling thread (back to auto-detection)."""
+    _local.__dict__.pop("explicit", None)
+    refresh()
+
+
 def refresh() -> None:
     """Forget cached identities (after fork, or once torch.distributed is initialised)."""
     _generation[0] += 1

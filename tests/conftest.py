@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 import sched_trace
-from sched_trace import stages
+from sched_trace import rank, stages
 from sched_trace.plugins import get_manager
 
 pytest_plugins = ["pytester"]
@@ -21,3 +21,4 @@ def _isolated_sched_trace():
             get_manager().unregister(plugin)
     stages.set_level(level)
     sched_trace.reset_stats()
+    rank.clear_thread_info()  # a test that labelled this thread must not label the next one
