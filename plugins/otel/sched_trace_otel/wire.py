@@ -1,4 +1,4 @@
-"""Events to compact, picklable records, and the length-prefixed frames that carry them.
+"""Events to compact, picklable records for the exporter process.
 
 Runs on the exporter thread of the scheduler process: it reads each event once,
 resolves request ids and trace contexts (so request objects never leave the
@@ -8,11 +8,9 @@ as an index plus its attributes.
 
 from __future__ import annotations
 
-import pickle
-import struct
 import traceback
 import weakref
-from typing import Any, BinaryIO, Iterable, Optional
+from typing import Any, Iterable, Optional
 
 from .propagation import request_context
 
@@ -20,7 +18,6 @@ from .propagation import request_context
 KIND, NAME, LEVEL, START, END, RANK, MICROBATCH, BATCH_ID, BATCH_SIZE, ATTRS, ERROR, SPAN_ID, \
     PARENT_ID, REQUESTS, TID = range(15)
 PRIMITIVES = (str, bool, int, float)
-_HEADER = struct.Struct("<I")
 
 
 def attribute_value(value: Any) -> Any:
@@ -123,32 +120,3 @@ class RecordEncoder:
             self._contexts.clear()
         self._contexts[key] = (reference, context)
         return context
-
-
-def write_frame(stream: BinaryIO, message: Any) -> int:
-    """Pickle ``message`` behind a 4-byte length; returns bytes written."""
-    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(_HEADER.pack(len(payload)))
-    stream.write(payload)
-    stream.flush()
-    return len(payload) + _HEADER.size
-
-
-def read_frame(stream: BinaryIO) -> Any:
-    """The next message, or None at end of stream."""
-    header = _read_exact(stream, _HEADER.size)
-    if header is None:
-        return None
-    payload = _read_exact(stream, _HEADER.unpack(header)[0])
-    return None if payload is None else pickle.loads(payload)
-
-
-def _read_exact(stream: BinaryIO, size: int) -> Optional[bytes]:
-    chunks, remaining = [], size
-    while remaining:
-        chunk = stream.read(remaining)
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)

@@ -10,18 +10,14 @@ End of stdin (the scheduler process exited or closed us) means: finish, flush, e
 
 from __future__ import annotations
 
-import os
-import signal
-import sys
 import threading
 import time
 from collections import deque
 from typing import Any, BinaryIO
 
-from sched_trace.recorder import deprioritize_exporter_process
+from sched_trace.exporter_process import read_frame, reply, worker_main
 
 from .settings import OtelSettings
-from .wire import read_frame, write_frame
 
 STATS_INTERVAL = 0.5
 
@@ -73,7 +69,7 @@ def _reader(stream: BinaryIO, queue: FrameQueue) -> None:
     queue.put(("stop", 5.0))
 
 
-def serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
+def serve(stdin: BinaryIO, stdout: int) -> int:
     from .pipeline import ExportPipeline
 
     init = read_frame(stdin)
@@ -83,12 +79,6 @@ def serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
     pipeline = ExportPipeline(settings, init[2])
     queue = FrameQueue(settings.queue_capacity)
     threading.Thread(target=_reader, args=(stdin, queue), name="sched-trace-otel-reader", daemon=True).start()
-
-    def report(message: Any) -> None:
-        try:
-            write_frame(stdout, message)
-        except OSError:  # the scheduler process is gone; keep exporting what we hold
-            pass
 
     def counters() -> dict[str, int]:
         return {**pipeline.stats(), "received": queue.received, "queue_dropped": queue.dropped,
@@ -103,38 +93,18 @@ def serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
                 pipeline.handle(frame[1], frame[2])
             elif kind == "flush":
                 pipeline.flush(frame[2])
-                report(("ack", frame[1], counters()))
+                reply(stdout, ("ack", frame[1], counters()))
             elif kind == "stop":
                 pipeline.close(frame[1])
-                report(("ack", -1, counters()))
+                reply(stdout, ("ack", -1, counters()))
                 return 0
         if time.monotonic() - last_stats >= STATS_INTERVAL:
             last_stats = time.monotonic()
-            report(("stats", counters()))
+            reply(stdout, ("stats", counters()))
 
 
 def main() -> None:
-    # The protocol owns the real stdout; anything printed goes to stderr instead.
-    # Ctrl-C reaches the whole process group; we stop at end of stdin, after flushing.
-    deprioritize_exporter_process()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    protocol_out = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    code = 1
-    try:
-        code = serve(sys.stdin.buffer, protocol_out)
-    except BaseException as exc:  # report, then still skip finalization below
-        sys.stderr.write(f"sched-trace otel exporter: {exc!r}\n")
-    finally:
-        try:
-            protocol_out.flush()
-            sys.stderr.flush()
-        except OSError:
-            pass
-        # The reader thread may sit in a read on stdin; interpreter finalization would
-        # then abort ("_enter_buffered_busy"), so leave without it.
-        os._exit(code)
+    worker_main(serve, "otel")
 
 
 if __name__ == "__main__":

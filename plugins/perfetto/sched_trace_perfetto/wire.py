@@ -1,4 +1,4 @@
-"""Batches of events to picklable frames and back, and the length-prefixed frames themselves.
+"""Batches of events to picklable frames and back.
 
 The scheduler process's exporter thread must spend as little as it can per
 event (it holds the GIL while it works), so a batch is sent as two C-built
@@ -13,16 +13,13 @@ costly to copy leaves the process, and the exporter process imports no user code
 from __future__ import annotations
 
 import io
-import os
 import pickle
-import struct
 from collections.abc import Mapping
-from typing import Any, BinaryIO, Optional, Sequence
+from typing import Any, Sequence
 
 from sched_trace.events import BatchEvent, RankInfo, StageEvent
 from sched_trace.traceio import RecordedError
 
-_HEADER = struct.Struct("<I")
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
@@ -75,37 +72,3 @@ def unpack_events(frame: tuple) -> list[Any]:
     """The events of an ``events`` frame, in the exporter process."""
     _, classes, fields = frame
     return [cls(*values) for cls, values in zip(classes, fields)]
-
-
-def write_frame(fd: int, message: Any) -> int:
-    """Write ``message`` (a payload from :func:`pack_events`, or any picklable) whole to ``fd``.
-
-    Straight to the descriptor, no user-space buffer: a fork in the middle of a
-    write leaves nothing half-buffered for the child to send a second time.
-    """
-    payload = message if isinstance(message, bytes) else pickle.dumps(message, protocol=_PROTOCOL)
-    view = memoryview(_HEADER.pack(len(payload)) + payload)
-    total = len(view)
-    while view:
-        view = view[os.write(fd, view):]
-    return total
-
-
-def read_frame(stream: BinaryIO) -> Optional[Any]:
-    """The next message, or None at end of stream."""
-    header = _read_exact(stream, _HEADER.size)
-    if header is None:
-        return None
-    payload = _read_exact(stream, _HEADER.unpack(header)[0])
-    return None if payload is None else pickle.loads(payload)
-
-
-def _read_exact(stream: BinaryIO, size: int) -> Optional[bytes]:
-    chunks, remaining = [], size
-    while remaining:
-        chunk = stream.read(remaining)
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)

@@ -12,17 +12,14 @@ scheduler process exited or let go of us) means: close the file, exit.
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import sys
 import time
 from typing import Any, BinaryIO
 
-from sched_trace.recorder import deprioritize_exporter_process
+from sched_trace.exporter_process import read_frame, reply, worker_main
 
 from .settings import PerfettoSettings
 from .sink import TraceSink
-from .wire import read_frame, unpack_events, write_frame
+from .wire import unpack_events
 
 STATS_INTERVAL = 0.5
 log = logging.getLogger("sched_trace.perfetto")
@@ -57,12 +54,6 @@ def serve(stdin: BinaryIO, stdout: int) -> int:
     _, settings, pid, wall_offset_ns = init
     writer = Writer(PerfettoSettings(**settings), pid, wall_offset_ns)
 
-    def report(message: Any) -> None:
-        try:
-            write_frame(stdout, message)
-        except OSError:  # the scheduler process is gone; still write what we hold
-            pass
-
     last_stats = time.monotonic()
     try:
         while True:
@@ -75,37 +66,18 @@ def serve(stdin: BinaryIO, stdout: int) -> int:
                 # The new file's name at once (the plugin lists it), then counters now and then.
                 if (opened and writer.sink.path is not None) or time.monotonic() - last_stats >= STATS_INTERVAL:
                     last_stats = time.monotonic()
-                    report(("stats", writer.counters()))
+                    reply(stdout, ("stats", writer.counters()))
             elif frame[0] == "flush":
-                report(("ack", frame[1], writer.counters()))
+                reply(stdout, ("ack", frame[1], writer.counters()))
     except Exception as exc:  # a torn frame: the writer died mid-write; keep what is whole
         log.warning("sched-trace perfetto exporter: bad frame: %r", exc)
     writer.sink.close()
-    report(("ack", -1, writer.counters()))
+    reply(stdout, ("ack", -1, writer.counters()))
     return 0
 
 
 def main() -> None:
-    # The protocol owns the real stdout; anything printed goes to stderr instead.
-    # Ctrl-C reaches the whole process group; we stop at end of stdin, after closing the file.
-    deprioritize_exporter_process()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    protocol_out = os.dup(1)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    code = 1
-    try:
-        code = serve(sys.stdin.buffer, protocol_out)
-    except BaseException as exc:  # report, then still skip finalization below
-        sys.stderr.write(f"sched-trace perfetto exporter: {exc!r}\n")
-    finally:
-        try:
-            sys.stderr.flush()
-        except OSError:
-            pass
-        # Nothing is left to finalize, and interpreter teardown only costs the
-        # scheduler process time while it waits for us at exit.
-        os._exit(code)
+    worker_main(serve, "perfetto")
 
 
 if __name__ == "__main__":
