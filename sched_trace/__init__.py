@@ -24,6 +24,14 @@ from .stages import get_level, set_level
 
 __version__ = "0.1.0"
 
+__all__ = [
+    "BackgroundExporter", "BatchEvent", "Config", "ConfigError", "EventBuffer", "ExtractorError",
+    "Handle", "InstrumentationError", "MemoryRecorder", "PluginError", "RankInfo",
+    "SchedTraceError", "SchedTraceWarning", "StageEvent", "analysis", "batch", "configure",
+    "flush", "get_level", "hookimpl", "instrument", "register", "reset_stats", "set_level",
+    "set_thread_info", "shutdown", "stage", "stats", "uninstrument", "unregister",
+]
+
 
 def __getattr__(name: str) -> object:
     # Analysis pulls in more than the hot path needs: import it on first use.
@@ -32,11 +40,3 @@ def __getattr__(name: str) -> object:
 
         return importlib.import_module(".analysis", __name__)
     raise AttributeError(f"module 'sched_trace' has no attribute {name!r}")
-
-__all__ = [
-    "BackgroundExporter", "BatchEvent", "Config", "ConfigError", "EventBuffer", "ExtractorError",
-    "Handle", "InstrumentationError", "MemoryRecorder", "PluginError", "RankInfo",
-    "SchedTraceError", "SchedTraceWarning", "StageEvent", "analysis", "batch", "configure",
-    "flush", "get_level", "hookimpl", "instrument", "register", "reset_stats", "set_level",
-    "set_thread_info", "shutdown", "stage", "stats", "uninstrument", "unregister",
-]
