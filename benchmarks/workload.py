@@ -7,7 +7,9 @@ wrapt-based instrumentation), and the same call traced by sched-trace.
 
 from __future__ import annotations
 
+import atexit
 import importlib.metadata
+import shutil
 import tempfile
 from typing import Any, Callable, Optional
 
@@ -138,15 +140,26 @@ def configure(plugins: tuple = (), level: int = 4, settings: Optional[dict] = No
 
 
 def reset() -> None:
-    """Unregister every plugin and shut exporters down (between bench modules)."""
+    """Unregister every plugin, shut exporters down, delete their output (between bench modules)."""
     sched_trace.shutdown(timeout=10.0)
     manager = get_manager()
     for _, plugin in list(manager.list_name_plugin()):
         manager.unregister(plugin)
+    while _scratch:
+        shutil.rmtree(_scratch.pop(), ignore_errors=True)
+
+
+_scratch: list[str] = []
 
 
 def scratch_dir() -> str:
-    return tempfile.mkdtemp(prefix="sched-trace-bench-")
+    """A temporary directory for exporter output, deleted by reset() (a full run writes GBs)."""
+    path = tempfile.mkdtemp(prefix="sched-trace-bench-")
+    _scratch.append(path)
+    return path
+
+
+atexit.register(reset)  # registered after sched-trace's own handler, so it runs first
 
 
 def plugin_settings(name: str, directory: str) -> dict[str, Any]:
