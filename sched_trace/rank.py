@@ -19,10 +19,9 @@ from typing import Any, Optional
 from .events import RankInfo
 
 _local = threading.local()
-_generation = [0]  # bumped to invalidate every thread's cached RankInfo
-_UNCACHED = (None, -1)  # a generation that never matches: take the checked path
-# Bumped by refresh() and by set_thread_info() on any thread: callers that cache a
-# thread's RankInfo themselves (the probe, per thread) compare against it.
+_UNCACHED = (None, -1)  # an epoch that never matches: take the checked path
+# Bumped by refresh() and by set_thread_info() on any thread; every cached RankInfo
+# (this module's per thread, and the probe's) is valid only for the epoch it was read in.
 epoch = [0]
 _overrides: dict[tuple[RankInfo, tuple], RankInfo] = {}
 
@@ -94,8 +93,8 @@ def set_thread_info(
         raise ValueError(f"thread_label must be a non-empty string, got {thread_label!r}")
     info = detect(thread_label, tp_rank=tp_rank, pp_rank=pp_rank, dp_rank=dp_rank, **extra)
     _local.explicit = (thread_label, dict(tp_rank=tp_rank, pp_rank=pp_rank, dp_rank=dp_rank, **extra))
-    _remember(info)
     epoch[0] += 1
+    _remember(info)
     return info
 
 
@@ -114,20 +113,20 @@ def current() -> RankInfo:
     While torch.distributed is imported but not initialised, the cache is
     re-checked at most once a second, so ranks appear once the process group is up.
     """
-    # Hot path: one thread-local read. ``fast`` holds (info, generation) only while no
+    # Hot path: one thread-local read. ``fast`` holds (info, epoch) only while no
     # re-check is pending; otherwise it holds _UNCACHED and the checks below run.
     try:
-        info, generation = _local.fast
+        info, read_in = _local.fast
     except AttributeError:
         return _current_checked()
-    if generation == _generation[0]:
+    if read_in == epoch[0]:
         return info
     return _current_checked()
 
 
 def _current_checked() -> RankInfo:
     info = getattr(_local, "info", None)
-    if info is not None and _local.generation == _generation[0]:
+    if info is not None and _local.epoch == epoch[0]:
         recheck = _local.recheck_at
         if recheck is None or monotonic_ns() < recheck:
             return info
@@ -139,9 +138,9 @@ def _current_checked() -> RankInfo:
 
 def _remember(info: RankInfo) -> None:
     _local.info = info
-    _local.generation = _generation[0]
+    _local.epoch = epoch[0]
     _local.recheck_at = monotonic_ns() + 1_000_000_000 if _awaiting_init() else None
-    _local.fast = (info, _local.generation) if _local.recheck_at is None else _UNCACHED
+    _local.fast = (info, _local.epoch) if _local.recheck_at is None else _UNCACHED
 
 
 def clear_thread_info() -> None:
@@ -152,7 +151,6 @@ def clear_thread_info() -> None:
 
 def refresh() -> None:
     """Forget cached identities (after fork, or once torch.distributed is initialised)."""
-    _generation[0] += 1
     epoch[0] += 1
     _overrides.clear()
 
