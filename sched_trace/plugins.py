@@ -57,12 +57,8 @@ class PluginManager:
         self.errors: Counter[str] = Counter()
         self._logged: set[tuple[str, str]] = set()
         self._config: Any = None
-        self.batch_start: tuple[Call, ...] = ()
-        self.batch_end: tuple[Call, ...] = ()
-        self.stage_start: tuple[Call, ...] = ()
-        self.stage_end: tuple[Call, ...] = ()
-        # The same four lists by index, updated in place, so probes hold the list and
-        # read their hook's calls with one subscript.
+        # Guarded call lists of the four event hooks, in EVENT_HOOKS order, updated in
+        # place, so probes hold the list and read their hook's calls with one subscript.
         self.event_calls: list[tuple[Call, ...]] = [(), (), (), ()]
         self.entry_points_loaded = False
 
@@ -158,15 +154,19 @@ class PluginManager:
 
     def _rebuild(self) -> None:
         hook = self._pm.hook
-        for hook_name in EVENT_HOOKS:
-            calls = tuple(
+        for index, hook_name in enumerate(EVENT_HOOKS):
+            self.event_calls[index] = tuple(
                 (_positional(impl), impl.plugin_name)
                 for impl in reversed(getattr(hook, hook_name).get_hookimpls())
             )
-            setattr(self, hook_name[len("sched_trace_"):], calls)
-            self.event_calls[EVENT_HOOKS.index(hook_name)] = calls
-        LEVEL.listening = bool(self.batch_start or self.batch_end or self.stage_start or self.stage_end)
+        LEVEL.listening = any(self.event_calls)
         LEVEL.update()
+
+    # Named views of event_calls, for code off the hot path.
+    batch_start = property(lambda self: self.event_calls[BATCH_START])
+    batch_end = property(lambda self: self.event_calls[BATCH_END])
+    stage_start = property(lambda self: self.event_calls[STAGE_START])
+    stage_end = property(lambda self: self.event_calls[STAGE_END])
 
     # --- dispatch ----------------------------------------------------------
 
