@@ -24,21 +24,10 @@ from typing import Any, Callable
 import sched_trace
 
 from .harness import CPU, interleave, median, paired_ratio, row
+from .workload import Batch
 
 SIZES = (1, 64, 256, 1024)
 GROUP = "otel"
-
-
-class Request:
-    __slots__ = ("rid",)
-
-    def __init__(self, rid: str) -> None:
-        self.rid = rid
-
-
-class Batch:
-    def __init__(self, size: int) -> None:
-        self.reqs = [Request(f"req-{i}") for i in range(size)]
 
 
 @sched_trace.stage("otel_run_batch_cpu", level=4, microbatch="mb_id", batch_size="len(batch.reqs)")
