@@ -50,20 +50,23 @@ class FileSink(NullSink):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.resource = dict(resource)
-        self._file = open(self.path, "a", encoding="utf-8")
+        self._file: Optional[Any] = None  # opened on the first span: no empty file per idle process
 
     def export(self, spans: Sequence[SpanRecord]) -> None:
+        if spans and self._file is None:
+            self._file = open(self.path, "a", encoding="utf-8")
         for begin in range(0, len(spans), LINE_SPANS):
             chunk = spans[begin:begin + LINE_SPANS]
             self._file.write(traces_json_line(self.resource, chunk) + "\n")
             self.exported += len(chunk)
 
     def flush(self, timeout: float) -> bool:
-        self._file.flush()
+        if self._file is not None:
+            self._file.flush()
         return True
 
     def close(self) -> None:
-        if not self._file.closed:
+        if self._file is not None and not self._file.closed:
             self._file.flush()
             self._file.close()
 
