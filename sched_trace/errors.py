@@ -41,3 +41,7 @@ class PluginError(SchedTraceError):
 
 class SchedTraceWarning(UserWarning):
     """Something was skipped that the user probably wanted (an unresolved target ...)."""
+
+
+class AnalysisError(SchedTraceError, ValueError):
+    """The events cannot answer the question asked (no step left to analyse ...)."""

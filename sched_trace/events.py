@@ -3,10 +3,17 @@
 Events are built on the scheduler thread, so they are tuples (``NamedTuple``):
 immutable, slotted and cheap to create. ``RankInfo`` is made once per thread (and
 once per distinct per-call rank override) and shared by reference.
+
+Events are plain data: they pickle (``gather_object``, multiprocessing queues, files
+for a later ``pipeline_report``) and compare equal after the round trip. What does
+not pickle as is is converted only when pickled, never on the hot path: a mapping
+proxy travels as a dict and comes back as a proxy; an exception that would not
+survive the trip travels as :class:`RemoteError`.
 """
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping, NamedTuple, Optional
@@ -75,6 +82,61 @@ class RankInfo:
         return RankInfo(**fields, extra=tuple(sorted(extra.items())))
 
 
+class RemoteError(Exception):
+    """Stands in for a recorded exception that cannot be pickled (or unpickled).
+
+    ``type_name`` is the original's qualified class name; ``str()`` is its message.
+    """
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(type_name, message)
+        self.type_name = type_name
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.type_name}: {self.message}"
+
+
+def _portable_error(error: BaseException) -> BaseException:
+    """``error`` if it survives a pickle round trip, else a :class:`RemoteError`."""
+    try:
+        pickle.loads(pickle.dumps(error))
+        return error
+    except Exception:
+        cls = type(error)
+        return RemoteError(f"{cls.__module__}.{cls.__qualname__}", str(error))
+
+
+def _portable(value: Any) -> Any:
+    if type(value) is MappingProxyType:
+        return _Proxied(value)
+    if isinstance(value, BaseException):
+        return _portable_error(value)
+    return value
+
+
+class _Proxied(dict):
+    """A mapping proxy's contents on the wire; unpickled back into a proxy."""
+
+    __slots__ = ()
+
+
+def _unpickle_event(event_type: type, fields: tuple) -> Any:
+    values = tuple(
+        (NO_ATTRS if not value else MappingProxyType(dict(value))) if type(value) is _Proxied else value
+        for value in fields
+    )
+    return tuple.__new__(event_type, values)
+
+
+def reduce_event(event: tuple) -> tuple:
+    """``__reduce__`` for event tuples: mapping proxies and odd exceptions made portable.
+
+    Any ``NamedTuple`` event class can use it: ``__reduce__ = reduce_event``.
+    """
+    return _unpickle_event, (type(event), tuple(_portable(value) for value in event))
+
+
 class _EventFields(NamedTuple):
     name: str
     level: int
@@ -93,6 +155,7 @@ class _EventFields(NamedTuple):
 class _Event(_EventFields):
     __slots__ = ()
     kind = "event"
+    __reduce__ = reduce_event
 
     @property
     def duration_ns(self) -> Optional[int]:

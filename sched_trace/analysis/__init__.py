@@ -26,6 +26,7 @@ the picture):
 
 from __future__ import annotations
 
+from ..errors import AnalysisError
 from .files import load_events
 from .model import (
     CriticalPath, Lane, LatencyStats, PathSegment, PhaseStats, PipelineReport, RankStep,
@@ -34,7 +35,7 @@ from .model import (
 from .pipeline import pipeline_report, stage_role
 
 __all__ = [
-    "CriticalPath", "Lane", "LatencyStats", "PathSegment", "PhaseStats", "PipelineReport",
+    "AnalysisError", "CriticalPath", "Lane", "LatencyStats", "PathSegment", "PhaseStats", "PipelineReport",
     "RankStep", "RankSummary", "ScheduleSummary", "StepSummary", "gpipe_bubble_fraction", "load_events",
     "pipeline_report", "stage_role",
 ]

@@ -211,6 +211,13 @@ class PipelineReport:
     skip_steps: int = 0
     schedules: tuple[ScheduleSummary, ...] = ()
     roles: dict[str, str] = dataclasses.field(default_factory=dict)  # stage name -> role used
+    #: How steps were found: "markers" (batch events), "inferred" (forward of micro-batch 0
+    #: after a backward, on the first rank) or "whole-trace" (one step).
+    step_source: str = "markers"
+    #: Indices of the steps left out (``skip_steps``), in trace order.
+    skipped_steps: tuple[int, ...] = ()
+    #: One line each on what the analysis assumed or left out; printed by ``sched-trace report``.
+    notes: tuple[str, ...] = ()
 
     @property
     def bubble_ratio(self) -> float:
@@ -253,4 +260,5 @@ class PipelineReport:
             theory = f" (theory {s.theory_bubble_ratio:.1%})" if s.theory_bubble_ratio is not None else ""
             lines.append(f"{s.schedule}: {s.steps} steps of {s.mean_step_ns / 1e6:.1f} ms, "
                          f"bubble {s.bubble_ratio:.1%}{theory}")
+        lines.extend(f"note: {note}" for note in self.notes)
         return "\n".join(lines)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
+from ..errors import AnalysisError
 from .model import (
     Lane, PhaseStats, PipelineReport, RankStep, RankSummary, ScheduleSummary, StepSummary,
     gpipe_bubble_fraction,
@@ -105,12 +106,51 @@ def _choose_step_name(lanes: Mapping[Lane, list[Any]]) -> Optional[str]:
     return names.most_common(1)[0][0] if names else None
 
 
+def _whole_trace(everything: Sequence[Any]) -> list[Interval]:
+    stages = [e for e in everything if e.kind == "stage"] or list(everything)
+    return [(min(e.start_ns for e in stages), max(e.end_ns for e in stages))] if stages else []
+
+
+def _step_starts(events: Sequence[Any], role_of: Mapping[str, str]) -> list[int]:
+    """Where a lane starts each step: a forward of micro-batch 0 after some backward.
+
+    Only training steps can be told apart this way: without backward passes a
+    pipeline's micro-batches flow on without a boundary, so nothing is inferred.
+    """
+    starts: list[int] = []
+    backward_since = True
+    for event in events:
+        role = role_of[event.name] if event.kind == "stage" else None
+        if role in ("backward", "weight"):
+            backward_since = True
+        elif role == "forward" and event.microbatch == 0 and backward_since:
+            starts.append(event.start_ns)
+            backward_since = False
+    return starts if any(role_of[e.name] in ("backward", "weight") for e in events) else []
+
+
+def _inferred_windows(lanes: Mapping[Lane, list[Any]], role_of: Mapping[str, str]) -> list[Interval]:
+    """Step windows cut where the first lane starts each step (no step markers)."""
+    if not lanes:
+        return []
+    starts = _step_starts(next(iter(lanes.values())), role_of)
+    if not starts:
+        return []
+    stages = sorted((e for evs in lanes.values() for e in evs if e.kind == "stage"), key=lambda e: e.start_ns)
+    cuts = [stages[0].start_ns] + starts[1:] + [max(e.end_ns for e in stages) + 1]
+    windows = []
+    for low, high in zip(cuts, cuts[1:]):
+        inside = [e.end_ns for e in stages if low <= e.start_ns < high]
+        # A step ends when its last stage does, not when the next step starts (optimizer time).
+        windows.append((low, min(high, max(inside)) if inside else high))
+    return windows
+
+
 def _windows(steps: Mapping[Lane, list[Any]], everything: Sequence[Any]) -> list[Interval]:
     """One shared window per step index; windows tile the timeline without overlap."""
     count = max((len(s) for s in steps.values()), default=0)
     if count == 0:
-        stages = [e for e in everything if e.kind == "stage"] or list(everything)
-        return [(min(e.start_ns for e in stages), max(e.end_ns for e in stages))] if stages else []
+        return _whole_trace(everything)
     windows: list[Interval] = []
     for k in range(count):
         present = [s[k] for s in steps.values() if len(s) > k]
@@ -214,19 +254,30 @@ def pipeline_report(
     """Analyse finished events: per-rank busy/idle/bubble ratio, phases, latencies.
 
     :param step_name: the batch event that is one step (default: the most common
-        top-level batch name, e.g. ``pp_step``); without batch events the whole
-        trace is one step.
+        top-level batch name, e.g. ``pp_step``). Without batch events, a step starts
+        at each forward of micro-batch 0 after a backward on the first rank; without
+        backward passes either, the whole trace is one step. ``report.step_source``
+        and ``report.notes`` say which was done.
     :param skip_steps: leave out the first N steps of each schedule (steps with the
         same attributes); the first step of a torch.distributed.pipelining schedule
-        also runs shape inference and P2P set-up.
+        also runs shape inference and P2P set-up. ``report.skipped_steps`` lists them.
+    :raises AnalysisError: ``skip_steps`` leaves no step, ``step_name`` names no
+        batch event, or a role is unknown.
     :param roles: stage name -> ``forward``/``backward``/``weight``/``comm``/``compute``,
         overriding the guess made from the name (see :func:`stage_role`).
     """
     for name, role in (roles or {}).items():
         if role not in ROLES:
-            raise ValueError(f"roles[{name!r}] = {role!r}; use one of {', '.join(ROLES)}")
+            raise AnalysisError(f"roles[{name!r}] = {role!r}; use one of {', '.join(ROLES)}")
+    if not isinstance(skip_steps, int) or isinstance(skip_steps, bool) or skip_steps < 0:
+        raise AnalysisError(f"skip_steps={skip_steps!r}: use a whole number >= 0")
     timeline = _Timeline(events, step_name, roles)
     kept = _kept_steps(timeline, skip_steps)
+    if timeline.windows and not kept:
+        raise AnalysisError(
+            f"skip_steps={skip_steps} leaves no step to analyse: the trace has {len(timeline.windows)} "
+            f"step(s) ({timeline.step_note}); pass a smaller skip_steps, or trace more steps"
+        )
     summaries = tuple(timeline.step_summary(k) for k in kept)
     kept_events = [e for lane in timeline.lanes for k in kept for e in timeline.assigned[lane][k]]
     return PipelineReport(
@@ -237,7 +288,19 @@ def pipeline_report(
         skip_steps=skip_steps,
         schedules=_schedule_summaries(summaries),
         roles=dict(sorted(timeline.role_of.items())),
+        step_source=timeline.step_source,
+        skipped_steps=tuple(k for k in range(len(timeline.windows)) if k not in set(kept)),
+        notes=_notes(timeline, skip_steps, len(kept)),
     )
+
+
+def _notes(timeline: "_Timeline", skip_steps: int, kept: int) -> tuple[str, ...]:
+    notes = [] if timeline.step_source == "markers" else [timeline.step_note]
+    left_out = len(timeline.windows) - kept
+    if left_out:
+        notes.append(f"left out {left_out} of {len(timeline.windows)} steps "
+                     f"(the first {skip_steps} of each schedule: skip_steps={skip_steps})")
+    return tuple(notes)
 
 
 def _kept_steps(timeline: "_Timeline", skip_steps: int) -> list[int]:
@@ -278,13 +341,34 @@ class _Timeline:
     def __init__(self, events: Iterable[Any], step_name: Optional[str], roles: Optional[Mapping[str, str]]) -> None:
         self.lanes = _group_lanes(events)
         self.lane_by_key = {(lane.host_id, lane.pid, lane.tid): lane for lane in self.lanes}
+        names = {e.name for evs in self.lanes.values() for e in evs}
+        self.role_of = {name: stage_role(name, roles) for name in names}
         self.step_name = step_name if step_name is not None else _choose_step_name(self.lanes)
         self.steps = {lane: [e for e in _top_batches(evs) if e.name == self.step_name]
                       for lane, evs in self.lanes.items()}
-        self.windows = _windows(self.steps, [e for evs in self.lanes.values() for e in evs])
-        names = {e.name for evs in self.lanes.values() for e in evs}
-        self.role_of = {name: stage_role(name, roles) for name in names}
+        if step_name is not None and self.lanes and not any(self.steps.values()):
+            batches = sorted({e.name for evs in self.lanes.values() for e in _top_batches(evs)})
+            raise AnalysisError(f"step_name={step_name!r}: no top-level batch event has that name "
+                                f"(batch events in the trace: {', '.join(batches) or 'none'})")
+        self._choose_windows()
         self.assigned = {lane: _assign(evs, self.steps[lane], self.windows) for lane, evs in self.lanes.items()}
+
+    def _choose_windows(self) -> None:
+        everything = [e for evs in self.lanes.values() for e in evs]
+        if any(self.steps.values()):
+            self.step_source, self.step_note = "markers", f"one step per {self.step_name!r} batch event"
+            self.windows = _windows(self.steps, everything)
+            return
+        self.windows = _inferred_windows(self.lanes, self.role_of)
+        if self.windows:
+            first = next(iter(self.lanes))
+            self.step_source = "inferred"
+            self.step_note = (f"no step markers (batch events): a step starts at each forward of "
+                              f"micro-batch 0 after a backward on {first.label}")
+        else:
+            self.windows = _whole_trace(everything)
+            self.step_source = "whole-trace"
+            self.step_note = "no step markers (batch events) and no training steps to infer: the whole trace is one step"
 
     def step_attrs(self, k: int) -> dict:
         step_event = next((self.steps[lane][k] for lane in self.lanes if len(self.steps[lane]) > k), None)
