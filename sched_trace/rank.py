@@ -27,6 +27,7 @@ _overrides: dict[tuple[RankInfo, tuple], RankInfo] = {}
 
 
 def host_id() -> str:
+    """This host's id in events: ``SCHED_TRACE_HOST_ID``, else the host name."""
     return os.environ.get("SCHED_TRACE_HOST_ID") or socket.gethostname()
 
 
@@ -191,4 +192,5 @@ def parse_traceparent(value: str) -> Optional[tuple[int, int, int]]:
 
 
 def format_traceparent(trace_id: int, span_id: int, sampled: bool = True) -> str:
+    """A W3C ``traceparent`` header value (version 00) for the given ids."""
     return f"00-{trace_id:032x}-{span_id:016x}-{1 if sampled else 0:02x}"

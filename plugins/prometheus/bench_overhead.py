@@ -72,7 +72,7 @@ def main() -> None:
 
 
 def sched_trace_event() -> StageEvent:
-    from sched_trace.rank import current
+    from sched_trace.export import current_rank as current
 
     return StageEvent("bench_stage", 2, 0, 100_000, current(), 1, 1, 8, {}, None, 1, 0)
 

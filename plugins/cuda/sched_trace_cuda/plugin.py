@@ -24,7 +24,7 @@ import wrapt
 
 import sched_trace
 from sched_trace import EventBuffer, StageEvent
-from sched_trace.plugins import get_manager
+from sched_trace.export import emit, is_registered
 
 from .recording import GpuStageHooks, ResolverThread, pause_during_graph_capture
 from .resolver import Resolver
@@ -39,10 +39,7 @@ DISABLED = "disabled by [plugins.cuda] enabled = false"
 
 def publish(events: Sequence[StageEvent]) -> None:
     """Deliver finished events to every plugin's ``sched_trace_stage_end``, guarded per plugin."""
-    manager = get_manager()
-    calls = manager.stage_end
-    for event in events:
-        manager.fire(calls, event)
+    emit(events)
 
 
 class _Waiter:
@@ -209,7 +206,7 @@ class CudaTimingPlugin:
 
     def _activate(self, torch: Any) -> None:
         self._unregister_waiter()
-        if get_manager().get_name(self) is None:  # unregistered while waiting: stay out
+        if not is_registered(self):  # unregistered while waiting: stay out
             self.state = "unconfigured"
             return
         hooks = GpuStageHooks(torch, self.settings, self._handoff)

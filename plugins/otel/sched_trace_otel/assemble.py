@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 from typing import Any, NamedTuple, Optional
 
-from sched_trace.rank import parse_traceparent
+from sched_trace.export import parse_traceparent
 
 from .sampling import Sampler, rid_hash
 from .settings import OtelSettings

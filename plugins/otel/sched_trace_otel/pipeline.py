@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 from typing import Any, Mapping
 
-from sched_trace import clock
+from sched_trace.export import host_id, wall_offset_ns
 
 from .assemble import Assembler
 from .settings import OtelSettings
@@ -18,8 +18,6 @@ from .sinks import make_sink
 
 def process_meta(settings: OtelSettings, pid: int, salt: int) -> dict[str, Any]:
     """What the exporter needs to know about the scheduler process it exports for."""
-    from sched_trace.rank import host_id
-
     host = host_id()
     return {
         "pid": pid,
@@ -33,7 +31,7 @@ def process_meta(settings: OtelSettings, pid: int, salt: int) -> dict[str, Any]:
             "telemetry.sdk.name": "sched-trace",
             "telemetry.sdk.language": "python",
             # Monotonic-to-epoch offset of the scheduler process, for aligning merged files.
-            "sched_trace.clock.wall_offset_ns": clock.wall_offset_ns(),
+            "sched_trace.clock.wall_offset_ns": wall_offset_ns(),
         },
     }
 

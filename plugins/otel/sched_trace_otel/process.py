@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from sched_trace.exporter_process import ExporterProcess as _Base
+from sched_trace.export import ExporterProcess as _Base
 
 from .settings import OtelSettings
 

@@ -17,7 +17,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
-from sched_trace.rank import format_traceparent, parse_traceparent
+from sched_trace.export import format_traceparent, parse_traceparent
 
 __all__ = [
     "TraceCarrier", "attach", "forget_traceparent", "new_traceparent", "parse_traceparent",

@@ -6,7 +6,7 @@ import hashlib
 from collections import defaultdict
 from typing import Optional
 
-from sched_trace.rank import parse_traceparent
+from sched_trace.export import parse_traceparent
 
 _MAX64 = 1 << 64
 

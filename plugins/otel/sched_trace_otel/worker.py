@@ -15,7 +15,7 @@ import time
 from collections import deque
 from typing import Any, BinaryIO
 
-from sched_trace.exporter_process import read_frame, reply, worker_main
+from sched_trace.export import read_frame, reply, worker_main
 
 from .settings import OtelSettings
 

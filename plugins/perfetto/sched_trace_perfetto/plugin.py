@@ -19,7 +19,8 @@ import threading
 import time
 from typing import Any, Optional, Sequence
 
-from sched_trace import BackgroundExporter, clock, hookimpl
+from sched_trace import BackgroundExporter, hookimpl
+from sched_trace.export import wall_offset_ns
 
 from . import settings as _settings
 from .process import ExporterProcess
@@ -99,7 +100,7 @@ class PerfettoPlugin:
                 if self._process is not None:  # an earlier run's files and counters stay listed
                     self._paths += self._process.paths
                     self._finished_slices += self._process.stats()["slices_written"]
-                self._process, export = ExporterProcess(self.settings, clock.wall_offset_ns), self._send
+                self._process, export = ExporterProcess(self.settings, wall_offset_ns), self._send
             self._exporter = BackgroundExporter(export, name="perfetto", capacity=settings.capacity)
             self._append = self._exporter.append
         if not self._fork_hooked:

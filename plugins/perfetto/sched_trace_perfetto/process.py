@@ -4,16 +4,15 @@ Start, restart, flush, stop and loss counting are :mod:`sched_trace.exporter_pro
 The child gets the settings, this process's pid and clock offset, then one
 ``events`` frame per batch (:func:`.wire.pack_events`). Each child writes its
 own file; ``paths`` lists them. A child that falls behind is waited for at
-close as long as it makes progress.
+close until the shutdown's deadline, then left to finish the file on its own.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import subprocess
 from typing import Any, Callable
 
-from sched_trace.exporter_process import ExporterProcess as _Base
+from sched_trace.export import ExporterProcess as _Base
 
 from .settings import PerfettoSettings
 
@@ -44,20 +43,3 @@ class ExporterProcess(_Base):
 
     def _forked(self) -> None:
         self.paths = []
-
-    def _await_exit(self, proc: subprocess.Popen, timeout: float) -> None:
-        """Like the writer thread's shutdown: kill the child only when a whole ``timeout``
-        passes with nothing more received."""
-        progress = None
-        while True:
-            try:
-                proc.wait(timeout)
-                return
-            except subprocess.TimeoutExpired:
-                now = self._reported.get(proc.pid, {}).get("received")
-                if now == progress:
-                    self._log.warning("sched-trace perfetto: exporter process stuck; killing it")
-                    proc.kill()
-                    proc.wait()
-                    return
-                progress = now

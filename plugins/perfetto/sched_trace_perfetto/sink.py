@@ -13,8 +13,8 @@ import re
 import time
 from typing import Any, Optional, Sequence
 
-from sched_trace import clock
-from sched_trace.traceio import ChromeWriter, PerfettoEncoder, perfetto_sequence_id
+from sched_trace.export import ChromeWriter, PerfettoEncoder, perfetto_sequence_id
+from sched_trace.export import wall_offset_ns as _wall_offset_ns
 
 from .settings import PerfettoSettings
 
@@ -56,7 +56,7 @@ class TraceSink:
                  wall_offset_ns: Optional[int] = None) -> None:
         self.settings = settings
         self.pid = os.getpid() if pid is None else pid
-        self.offset = clock.wall_offset_ns() if wall_offset_ns is None else wall_offset_ns
+        self.offset = _wall_offset_ns() if wall_offset_ns is None else wall_offset_ns
         self.path: Optional[str] = None
         self.slices = 0
         self._fd: Optional[int] = None
@@ -74,11 +74,13 @@ class TraceSink:
         if settings.format == "chrome":
             world = first.rank.extras.get("world_size")
             self._chrome = ChromeWriter(self._text, rank=rank, world_size=world, clock_offsets=offsets,
-                                        counter_attrs=settings.counters, flows=settings.flows)
+                                        counter_attrs=settings.counters, flows=settings.flows,
+                                        track_keys=settings.track_keys)
             self._write_text()
         else:
             self._encoder = PerfettoEncoder(perfetto_sequence_id(host, self.pid),
-                                            counter_attrs=settings.counters, flows=settings.flows)
+                                            counter_attrs=settings.counters, flows=settings.flows,
+                                            track_keys=settings.track_keys)
             self._encoder.clock_offsets = offsets
             # One host, one monotonic clock: the traced process's offset applies here too.
             self._write(self._encoder.clock_snapshot(self.offset, time.monotonic_ns() + self.offset))

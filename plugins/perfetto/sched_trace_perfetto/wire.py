@@ -17,8 +17,8 @@ import pickle
 from collections.abc import Mapping
 from typing import Any, Sequence
 
-from sched_trace.events import BatchEvent, RankInfo, StageEvent
-from sched_trace.traceio import RecordedError
+from sched_trace import BatchEvent, RankInfo, StageEvent
+from sched_trace.export import RecordedError
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 

@@ -15,7 +15,7 @@ import logging
 import time
 from typing import Any, BinaryIO
 
-from sched_trace.exporter_process import read_frame, reply, worker_main
+from sched_trace.export import read_frame, reply, worker_main
 
 from .settings import PerfettoSettings
 from .sink import TraceSink

@@ -14,7 +14,7 @@ import prometheus_client
 from prometheus_client import CollectorRegistry
 
 import sched_trace
-from sched_trace.recorder import BackgroundExporter
+from sched_trace.export import BackgroundExporter
 
 from .collector import SchedTraceCollector
 from .metrics import StageMetrics
@@ -41,6 +41,7 @@ class PrometheusPlugin:
         # The hot path: the hooks are the buffer's append itself, no extra frame.
         self.sched_trace_stage_end = self._exporter.append
         self.sched_trace_batch_end = self._exporter.append
+        self.sched_trace_request = self._exporter.append
         self._server: Any = None
         self._server_thread: Optional[threading.Thread] = None
         self._in_default_registry = False
@@ -68,7 +69,10 @@ class PrometheusPlugin:
     @sched_trace.hookimpl
     def sched_trace_collect_stats(self) -> dict[str, int]:
         stats = self._exporter.stats()
-        stats.update(observed=self.metrics.observed, label_overflow=self.metrics.overflow, port=self.port)
+        requests = self.metrics.requests
+        stats.update(observed=self.metrics.observed, label_overflow=self.metrics.overflow, port=self.port,
+                     live_requests=requests.live, evicted_requests=requests.evicted,
+                     unknown_request_ends=requests.unknown_end)
         return stats
 
     # --- HTTP endpoint ------------------------------------------------------------
@@ -99,8 +103,8 @@ class PrometheusPlugin:
 
     def _apply(self, settings: Settings, source: str) -> None:
         old = self.settings
-        if (settings.buckets, settings.batch_size_buckets, settings.rank_labels) != (
-                old.buckets, old.batch_size_buckets, old.rank_labels):
+        if (settings.buckets, settings.batch_size_buckets, settings.request_buckets, settings.rank_labels) != (
+                old.buckets, old.batch_size_buckets, old.request_buckets, old.rank_labels):
             self._exporter.flush(5.0)
             self.metrics = StageMetrics(settings)  # new label names or buckets: new series
         self.metrics.settings = settings
