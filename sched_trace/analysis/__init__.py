@@ -33,9 +33,11 @@ from .model import (
     RankSummary, ScheduleSummary, StepSummary, gpipe_bubble_fraction,
 )
 from .pipeline import pipeline_report, stage_role
+from .requests import Percentiles, RequestLatency, RequestReport, RequestTimeline, request_report
 
 __all__ = [
     "AnalysisError", "CriticalPath", "Lane", "LatencyStats", "PathSegment", "PhaseStats", "PipelineReport",
-    "RankStep", "RankSummary", "ScheduleSummary", "StepSummary", "gpipe_bubble_fraction", "load_events",
-    "pipeline_report", "stage_role",
+    "Percentiles", "RankStep", "RankSummary", "RequestLatency", "RequestReport", "RequestTimeline",
+    "ScheduleSummary", "StepSummary", "gpipe_bubble_fraction", "load_events",
+    "pipeline_report", "request_report", "stage_role",
 ]

@@ -17,9 +17,10 @@ from prometheus_client.metrics_core import Metric
 
 from sched_trace import RankInfo
 
-from .settings import Settings
+from .requests import RequestMetrics
+from .settings import NAMESPACE, Settings
+from .utilization import RankUtilization
 
-NAMESPACE = "sched_trace"
 _RANK_FIELDS = frozenset({"host_id", "pid", "thread_label", "tp_rank", "pp_rank", "dp_rank"})
 
 
@@ -67,19 +68,42 @@ class StageMetrics:
         self.batch_size = Histogram(
             "batch_size", "batch_size of scheduler batches that declare one.",
             ["batch", *ranks], namespace=NAMESPACE, buckets=sizes, registry=None)
+        self.requests = RequestMetrics(settings)
+        self.utilization = RankUtilization(settings.rank_labels)
+        self._rank_label_values: dict[RankInfo, Optional[tuple[str, ...]]] = {}
         self.metrics = (
             self.stage_duration, self.stage_errors, self.stage_batch_size,
             self.batch_duration, self.batches, self.batch_errors, self.batch_size,
+            *self.requests.metrics, *self.utilization.metrics,
         )
 
     # --- the exporter thread ------------------------------------------------
 
     def observe_batch(self, events: Sequence[Any]) -> None:
-        """Observe end events (start events, which carry no duration, are skipped)."""
+        """Observe end and request events (start events, which carry no duration, are skipped)."""
         with self._lock:
             for event in events:
-                if event.end_ns is not None:
+                if event.kind == "request":
+                    self._observe_request(event)
+                elif event.end_ns is not None:
                     self._observe(event)
+
+    def _observe_request(self, event: Any) -> None:
+        labels = self._rank_label_values.get(event.rank, ())
+        if labels == ():
+            labels = tuple(self.rank_values(event.rank))
+            if labels not in self._label_sets and len(self._label_sets) >= self.settings.max_label_sets:
+                labels = None
+            else:
+                self._label_sets.add(labels)
+            if len(self._rank_label_values) >= 4 * self.settings.max_label_sets:
+                self._rank_label_values.clear()
+            self._rank_label_values[event.rank] = labels
+        if labels is None:
+            self.overflow += 1
+            return
+        self.requests.observe(event, labels)
+        self.observed += 1
 
     def _observe(self, event: Any) -> None:
         series = self._series_for(event)
@@ -94,6 +118,7 @@ class StageMetrics:
             series.size.observe(size)
         if event.error is not None:
             self._error_counter(event, series.labels).inc()
+        self.utilization.observe(event, series.labels[1:])
         self.observed += 1
 
     def _series_for(self, event: Any) -> Optional[_Series]:

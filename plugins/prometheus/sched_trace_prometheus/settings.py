@@ -10,6 +10,7 @@ from typing import Any, Mapping
 
 from sched_trace import ConfigError
 
+NAMESPACE = "sched_trace"
 #: Stage and batch latency buckets in seconds: 10 µs .. 10 s, about three per decade.
 DEFAULT_BUCKETS: tuple[float, ...] = (
     0.00001, 0.000025, 0.00005,
@@ -18,6 +19,11 @@ DEFAULT_BUCKETS: tuple[float, ...] = (
     0.01, 0.025, 0.05,
     0.1, 0.25, 0.5,
     1.0, 2.5, 5.0, 10.0,
+)
+#: Request latency buckets in seconds (TTFT, TPOT, queue, end to end): 1 ms .. 10 min.
+DEFAULT_REQUEST_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75,
+    1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 600.0,
 )
 #: Batch-size buckets: powers of two up to 8192 requests (or micro-batch items).
 DEFAULT_BATCH_SIZE_BUCKETS: tuple[float, ...] = tuple(float(2 ** n) for n in range(14))
@@ -38,6 +44,8 @@ class Settings:
     addr: str = "127.0.0.1"
     buckets: tuple[float, ...] = DEFAULT_BUCKETS
     batch_size_buckets: tuple[float, ...] = DEFAULT_BATCH_SIZE_BUCKETS
+    request_buckets: tuple[float, ...] = DEFAULT_REQUEST_BUCKETS
+    max_live_requests: int = 65536
     rank_labels: tuple[str, ...] = DEFAULT_RANK_LABELS
     max_label_sets: int = 2000
     default_registry: bool = False
@@ -46,8 +54,8 @@ class Settings:
 
 
 _KEYS = {
-    "port": int, "addr": str, "buckets": list, "batch_size_buckets": list, "rank_labels": list,
-    "max_label_sets": int, "default_registry": bool, "capacity": int,
+    "port": int, "addr": str, "buckets": list, "batch_size_buckets": list, "request_buckets": list,
+    "rank_labels": list, "max_label_sets": int, "max_live_requests": int, "default_registry": bool, "capacity": int,
     "scrape_flush_timeout": (int, float),
 }
 
@@ -68,12 +76,12 @@ def parse_settings(table: Mapping[str, Any], source: str = "<dict>") -> Settings
         _fail("port", values["port"], "must be 0 (no HTTP server) or a TCP port up to 65535", source)
     if "addr" in values and not values["addr"].strip():
         _fail("addr", values["addr"], "must be a host address such as '127.0.0.1'", source)
-    for key in ("max_label_sets", "capacity"):
+    for key in ("max_label_sets", "capacity", "max_live_requests"):
         if key in values and values[key] < 1:
             _fail(key, values[key], "must be a positive integer", source)
     if values.get("scrape_flush_timeout", 0) < 0:
         _fail("scrape_flush_timeout", values["scrape_flush_timeout"], "must be >= 0 seconds", source)
-    for key in ("buckets", "batch_size_buckets"):
+    for key in ("buckets", "batch_size_buckets", "request_buckets"):
         if key in values:
             values[key] = _buckets(key, values[key], source)
     if "rank_labels" in values:
