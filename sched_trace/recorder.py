@@ -21,7 +21,7 @@ from collections import deque
 from itertools import repeat
 from typing import Any, Callable, Iterable, Optional, Sequence
 
-from .events import BatchEvent, StageEvent
+from .events import BatchEvent, RequestEvent, StageEvent
 
 log = logging.getLogger("sched_trace")
 _call: Callable[[Callable[[], Any]], Any] = getattr(operator, "call", lambda function: function())  # 3.10: no operator.call
@@ -200,6 +200,7 @@ class MemoryRecorder:
 
     def __init__(self, capacity: Optional[int] = None, *, starts: bool = False) -> None:
         self.events: list[Any] = []
+        self.request_events: list[RequestEvent] = []
         self.capacity = capacity
         self.dropped = 0
         self._lock = threading.Lock()
@@ -219,10 +220,22 @@ class MemoryRecorder:
     def sched_trace_stage_end(self, event: StageEvent) -> None:
         self._record(event)
 
+    def sched_trace_request(self, event: RequestEvent) -> None:
+        # Kept apart from ``events`` (spans), which the pipeline analysis reads as stages.
+        if self.capacity is not None and len(self.request_events) >= self.capacity:
+            self.dropped += 1
+            return
+        self.request_events.append(event)
+
     def sched_trace_collect_stats(self) -> dict[str, int]:
-        return {"recorded": len(self.events), "dropped": self.dropped}
+        return {"recorded": len(self.events) + len(self.request_events), "dropped": self.dropped}
 
     # --- queries ---------------------------------------------------------------
+
+    def requests(self, request_id: Optional[str] = None, phase: Optional[str] = None) -> list[RequestEvent]:
+        """Request events, optionally of one request and/or one phase, in arrival order."""
+        return [e for e in self.request_events
+                if (request_id is None or e.request_id == request_id) and (phase is None or e.phase == phase)]
 
     def stages(self, name: Optional[str] = None) -> list[StageEvent]:
         return [e for e in self.events if e.kind == "stage" and (name is None or e.name == name)]
@@ -256,6 +269,7 @@ class MemoryRecorder:
 
     def clear(self) -> None:
         self.events.clear()
+        self.request_events.clear()
         self.dropped = 0
 
 

@@ -19,6 +19,11 @@ def _bootstrap() -> None:
         for name in filter(None, os.environ.get("SCHED_TRACE_PROFILES", "").split(",")):
             cfg = sched_trace.api._merge(cfg, _config.load_profile(name, "SCHED_TRACE_PROFILES"))
         sched_trace.configure(config=cfg)
+        import sched_trace_main  # beside this file: targets in the main module, the exit warning
+
+        sched_trace_main.watch_main_module()
+        profiles = str(_config.PROFILE_DIR)
+        sched_trace_main.watch_unresolved([s.target for s in cfg.instrument if not s.where.startswith(profiles)])
     except Exception as exc:  # a broken setup must say so, not silently trace nothing
         sys.stderr.write(f"sched-trace: not configured: {exc}\n")
         sys.stderr.flush()

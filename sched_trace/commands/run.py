@@ -14,6 +14,7 @@ import importlib.util
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from .. import config as _config
@@ -78,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise SystemExit(f"sched-trace run: {exc}") from None
     env = child_environment(config_path, args.profile, args.level)
+    # exec keeps our pid: that process warns at exit about targets no process resolved
+    env["SCHED_TRACE_RUN_ROOT"] = str(os.getpid())
+    env["SCHED_TRACE_RUN_DIR"] = os.path.join(tempfile.gettempdir(), f"sched-trace-run-{os.getpid()}")
     executable = shutil.which(program[0], path=env.get("PATH")) or program[0]
     sys.stdout.flush()
     sys.stderr.flush()

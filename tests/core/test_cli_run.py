@@ -83,3 +83,65 @@ def test_the_command_in_the_instrument_guide_runs(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "served 18 request-steps" in result.stdout
+
+
+# --- the program's own main module as the target (python -m / a script path) -----------
+
+
+def copy_minimal_example(root: Path) -> None:
+    """``examples/minimal`` under ``root``, so a run there writes its traces there, not in the checkout."""
+    for relative in ("examples/__init__.py", "examples/minimal/__init__.py", "examples/minimal/engine.py",
+                     "examples/minimal/sched_trace.toml"):
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_text((REPO / relative).read_text())
+
+
+def traced_stage_names(out: Path) -> list[str]:
+    from sched_trace import traceio
+
+    files = traceio.expand_paths([out / "perfetto"])
+    assert files, f"no Perfetto trace under {out}"
+    return sorted(e.name for trace in traceio.read_traces(files) for e in trace.events)
+
+
+def run_exporting(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SCHED_TRACE_BLOCK": "prometheus,cuda"}
+    return subprocess.run([sys.executable, "-m", "sched_trace.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_run_dash_m_instruments_the_target_module_run_as_main(tmp_path):
+    copy_minimal_example(tmp_path)
+    result = run_exporting(tmp_path, "run", "--config", "examples/minimal/sched_trace.toml", "--",
+                           sys.executable, "-m", "examples.minimal.engine")
+    assert result.returncode == 0, result.stderr
+    assert "never instrumented" not in result.stderr
+    names = traced_stage_names(tmp_path / "sched-trace-out")
+    # engine.main(): 6 steps; requests need 2-4 tokens, so 6, 6, 4, 2 are running in the
+    # first four (2 micro-batches each) and the last two find nothing to run
+    assert names.count("scheduler_step") == 6
+    assert names.count("run_batch_cpu") == 8 and names.count("process_batch_result") == 4
+
+
+def test_run_instruments_a_script_that_is_the_target_file(tmp_path):
+    copy_minimal_example(tmp_path)
+    result = run_exporting(tmp_path, "run", "--config", "examples/minimal/sched_trace.toml", "--",
+                           sys.executable, "examples/minimal/engine.py")
+    assert result.returncode == 0, result.stderr
+    assert traced_stage_names(tmp_path / "sched-trace-out").count("scheduler_step") == 6
+
+
+def test_run_warns_once_at_exit_about_targets_no_process_resolved(tmp_path):
+    copy_minimal_example(tmp_path)
+    config = (tmp_path / "examples/minimal/sched_trace.toml").read_text()
+    (tmp_path / "typo.toml").write_text(config.replace("Engine.step\"", "Engine.stepp\"") +
+                                        '\n[[instrument]]\ntarget = "json.decoder:JSONDecoder.decode"\n')
+    # json.decoder is imported only in a child: resolved there, so not reported by the parent
+    program = ("import subprocess, sys; from examples.minimal.engine import main; main(); "
+               "subprocess.run([sys.executable, '-c', 'import json'], check=True)")
+    result = run_cli(tmp_path, "run", "--config", "typo.toml", "--", sys.executable, "-c", program)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("never instrumented") == 1, result.stderr
+    assert "1 configured target(s)" in result.stderr
+    assert "examples.minimal.engine:Engine.stepp: not found in its module" in result.stderr
+    assert "json.decoder" not in result.stderr.split("never instrumented")[1]
