@@ -15,20 +15,21 @@ from .errors import (
     SchedTraceError,
     SchedTraceWarning,
 )
-from .events import BatchEvent, RankInfo, StageEvent
+from .events import BatchEvent, RankInfo, RequestEvent, StageEvent
 from .hookspecs import hookimpl
 from .instrument import Handle, batch, instrument, stage, uninstrument
 from .rank import set_thread_info
 from .recorder import BackgroundExporter, EventBuffer, MemoryRecorder
+from .request_probe import request_event
 from .stages import get_level, set_level
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackgroundExporter", "BatchEvent", "Config", "ConfigError", "EventBuffer", "ExtractorError",
-    "Handle", "InstrumentationError", "MemoryRecorder", "PluginError", "RankInfo",
+    "Handle", "InstrumentationError", "MemoryRecorder", "PluginError", "RankInfo", "RequestEvent",
     "SchedTraceError", "SchedTraceWarning", "StageEvent", "analysis", "batch", "configure",
-    "flush", "get_level", "hookimpl", "instrument", "register", "reset_stats", "set_level",
+    "flush", "get_level", "hookimpl", "instrument", "register", "request_event", "reset_stats", "set_level",
     "set_thread_info", "shutdown", "stage", "stats", "uninstrument", "unregister",
 ]
 

@@ -32,6 +32,7 @@ from typing import Any, Mapping, Optional
 from . import extract
 from .errors import ConfigError, ExtractorError, InstrumentationError
 from .instrument import split_target
+from .request_probe import check_options, parse_condition
 from .stages import MAX_LEVEL
 
 if sys.version_info >= (3, 11):
@@ -44,6 +45,9 @@ TOP_KEYS = {"level": int, "autoload": bool, "block": list, "profiles": list, "in
 TARGET_KEYS = {
     "target": str, "stage": str, "kind": str, "level": int, "parent": str, "microbatch": str,
     "batch_size": str, "batch_id": str, "requests": str, "rank": dict, "attrs": dict,
+    # kind = "request" (see sched_trace/request_probe.py)
+    "phase": str, "request_id": str, "prompt_tokens": str, "output_tokens": str, "when": str,
+    "status": str, "aborted_statuses": list,
 }
 
 
@@ -140,8 +144,12 @@ def _targets(entries: list, source: str) -> list[TargetSpec]:
             split_target(entry["target"])
         except InstrumentationError as exc:
             raise ConfigError(str(exc), source=source, key=f"{where}.target") from None
-        if entry.get("kind", "stage") not in ("stage", "batch"):
-            raise ConfigError(f"{entry['kind']!r} must be 'stage' or 'batch'", source=source, key=f"{where}.kind")
+        if entry.get("kind", "stage") not in ("stage", "batch", "request"):
+            raise ConfigError(f"{entry['kind']!r} must be 'stage' or 'batch', or 'request' for request events", source=source, key=f"{where}.kind")
+        try:
+            check_options(entry["target"], entry.get("kind", "stage"), entry)
+        except InstrumentationError as exc:
+            raise ConfigError(str(exc), source=source, key=where) from None
         if "level" in entry and not 0 <= entry["level"] <= MAX_LEVEL:
             raise ConfigError(f"{entry['level']!r} is out of range 0..{MAX_LEVEL}", source=source, key=f"{where}.level")
         _check_extractors(entry, source, where)
@@ -153,9 +161,11 @@ def _check_extractors(entry: Mapping[str, Any], source: str, where: str) -> None
     """Grammar only: whether the root names a parameter is checked when patched."""
     unknown_signature = extract.Parameters(None)
     try:
-        for key in ("microbatch", "batch_size", "batch_id", "requests"):
+        for key in ("microbatch", "batch_size", "batch_id", "requests", "request_id", "prompt_tokens",
+                    "output_tokens", "status"):
             if key in entry:
                 extract.parse(entry[key], key, unknown_signature)
+        parse_condition(entry.get("when"), unknown_signature)
         for key in ("rank", "attrs"):
             if key in entry:
                 extract.parse_mapping(entry[key], key, unknown_signature)

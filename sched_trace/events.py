@@ -193,3 +193,40 @@ class BatchEvent(_Event):
 
 
 Event = "StageEvent | BatchEvent"
+
+
+#: The phases of a request's life, in the order they normally happen.
+REQUEST_PHASES = ("arrived", "queued", "scheduled", "first_token", "finished", "aborted")
+
+
+class _RequestFields(NamedTuple):
+    phase: str
+    ts_ns: int
+    request_id: str
+    rank: RankInfo
+    prompt_tokens: Optional[int]
+    output_tokens: Optional[int]
+    batch_id: Optional[int]
+    attrs: Mapping[str, Any]
+
+
+class RequestEvent(_RequestFields):
+    """One moment in a request's life (arrived, queued, scheduled, first_token,
+    finished, aborted), reported by the thread that saw it.
+
+    Fields: ``phase`` (one of :data:`REQUEST_PHASES`), ``ts_ns`` (same clock as
+    :attr:`StageEvent.start_ns`), ``request_id`` (a string), ``rank``,
+    ``prompt_tokens`` and ``output_tokens`` (``None`` when not declared or not
+    readable), ``batch_id`` (the batch open on this thread at that moment, else
+    ``None``) and ``attrs``. A phase may be reported more than once (``scheduled``
+    again after a preemption): consumers take the first arrived/queued/scheduled/
+    first_token and the last finished/aborted.
+    """
+
+    __slots__ = ()
+    kind = "request"
+
+    @property
+    def name(self) -> str:
+        """The phase, so code that reads ``event.name`` on any event keeps working."""
+        return self.phase

@@ -5,7 +5,7 @@ name, marked with :data:`sched_trace.hookimpl` (or merely named ``sched_trace_*`
 Hooks are called with keyword arguments; an implementation may accept fewer
 parameters than the spec lists.
 
-Event hooks (``*_start``/``*_end``) run on the scheduler thread: an
+Event hooks (``*_start``/``*_end`` and ``sched_trace_request``) run on the scheduler thread: an
 implementation must only record the event (append it to a buffer) and return.
 Each implementation is guarded: if it raises, the error is counted against its
 plugin (see :func:`sched_trace.stats`), logged once, and the other plugins still
@@ -21,7 +21,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from .config import Config
-    from .events import BatchEvent, StageEvent
+    from .events import BatchEvent, RequestEvent, StageEvent
 
 PROJECT = "sched_trace"
 
@@ -90,6 +90,25 @@ def sched_trace_stage_end(event: "StageEvent") -> None:
 
     :param event: the :class:`~sched_trace.events.StageEvent` with ``end_ns`` set,
         and ``error`` set to the exception when the stage raised.
+    """
+
+
+@hookspec
+def sched_trace_request(event: "RequestEvent") -> None:
+    """A request reached a phase of its life: arrived, queued, scheduled,
+    first_token, finished or aborted.
+
+    Fires on the thread that observed the phase (usually the scheduler thread),
+    before a function instrumented with ``kind="request"`` runs (when its level is
+    enabled and its ``when`` condition holds), or when code that owns its
+    scheduler calls :func:`sched_trace.request_event`. O(1): one small tuple per
+    call, whatever the batch size.
+
+    :param event: the :class:`~sched_trace.events.RequestEvent`: ``phase``,
+        ``ts_ns``, ``request_id``, ``rank``, ``prompt_tokens``, ``output_tokens``,
+        ``batch_id`` (the batch open on this thread, if any) and ``attrs``. A phase
+        may arrive more than once (``scheduled`` after a preemption): take the
+        first arrived/queued/scheduled/first_token and the last finished/aborted.
     """
 
 

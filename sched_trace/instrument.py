@@ -23,6 +23,7 @@ import wrapt
 
 from .errors import InstrumentationError, SchedTraceWarning
 from .probe import Probe, compiling
+from .request_probe import DEFAULT_REQUEST_LEVEL, REQUEST_OPTIONS, RequestProbe, check_options
 from .stages import check_level, register_stage
 
 log = logging.getLogger("sched_trace")
@@ -65,8 +66,10 @@ class Traced(wrapt.FunctionWrapper):
         return _resolve_qualname, (self.__module__, self.__qualname__)
 
 
-def _declare(name: str, level: int, kind: str, function: Any, parent: Optional[str], options: dict) -> Probe:
+def _declare(name: str, level: int, kind: str, function: Any, parent: Optional[str], options: dict) -> Any:
     check_level(level, f"level of {kind} {name!r}")
+    if kind == "request":
+        return RequestProbe(name, level, function, **options)
     register_stage(name, level, parent)
     return Probe(name, level, kind, function, **options)
 
@@ -327,6 +330,13 @@ _handles: dict[str, Handle] = {}
 _lock = threading.RLock()
 
 
+def _compile(name: str, level: int, kind: str, options: dict) -> Any:
+    """Check the extractors' grammar before the target's module is imported."""
+    if kind == "request":
+        return RequestProbe(name, level, None, **options)
+    return Probe(name, level, kind, None, **options)
+
+
 def instrument(
     target: str,
     stage: Optional[str] = None,
@@ -340,22 +350,31 @@ def instrument(
     rank: Optional[dict[str, Any]] = None,
     attrs: Optional[dict[str, Any]] = None,
     requests: Any = None,
+    **request: Any,
 ) -> Handle:
     """Trace ``target`` ("pkg.mod:Class.method") without editing its source.
 
-    Idempotent: instrumenting the same target again with the same options returns
-    the same handle. If the module is not imported yet, it is patched on import.
+    ``kind="request"`` reports a request phase at each call instead of a span: it
+    takes ``phase``, ``request_id``, ``prompt_tokens``, ``output_tokens``, ``when``,
+    ``status`` and ``aborted_statuses`` (see docs/vllm.md). Idempotent: instrumenting
+    the same target again with the same options returns the same handle. If the
+    module is not imported yet, it is patched on import.
     """
-    if kind not in ("stage", "batch"):
-        raise InstrumentationError(f"kind must be 'stage' or 'batch', got {kind!r}")
+    if kind not in ("stage", "batch", "request"):
+        raise InstrumentationError(f"kind must be 'stage', 'batch' or 'request', got {kind!r}")
     module_name, path, key = parse_target(target)
-    name = stage or (_key_label(key) if key is not None else path[-1])
-    level = (DEFAULT_BATCH_LEVEL if kind == "batch" else DEFAULT_STAGE_LEVEL) if level is None else level
-    check_level(level, f"level of {target!r}")
+    unknown = sorted(set(request) - set(REQUEST_OPTIONS))
+    if unknown:
+        raise InstrumentationError(f"instrument({target!r}): unknown option(s) {', '.join(unknown)}")
     options = dict(microbatch=microbatch, batch_size=batch_size, batch_id=batch_id,
-                   rank=rank, attrs=attrs, requests=requests)
-    if kind == "stage":
-        options["parent"] = parent
+                   rank=rank, attrs=attrs, requests=requests, parent=parent, **request)
+    check_options(target, kind, options)
+    name = stage or (_key_label(key) if key is not None else path[-1])
+    default_level = {"batch": DEFAULT_BATCH_LEVEL, "request": DEFAULT_REQUEST_LEVEL}.get(kind, DEFAULT_STAGE_LEVEL)
+    level = default_level if level is None else level
+    check_level(level, f"level of {target!r}")
+    if kind != "stage":
+        options.pop("parent")  # a stage's parent in the stage tree; batches and requests have none
     options = {k: v for k, v in options.items() if v is not None}
     with _lock:
         known = _handles.get(target)
@@ -372,7 +391,7 @@ def instrument(
             handle.apply(module)
         else:
             # Grammar now; whether each root names a parameter once the module is imported.
-            Probe(name, level, kind, None, **{k: v for k, v in options.items() if k != "parent"})
+            _compile(name, level, kind, {k: v for k, v in options.items() if k != "parent"})
             top = module_name.split(".")[0]
             if not DEFER_MISSING_MODULES[0] and importlib.util.find_spec(top) is None:
                 raise InstrumentationError(

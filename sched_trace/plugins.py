@@ -29,10 +29,11 @@ EVENT_HOOKS = (
     "sched_trace_batch_end",
     "sched_trace_stage_start",
     "sched_trace_stage_end",
+    "sched_trace_request",
 )
 Call = tuple[Callable[..., Any], str]
 #: Indices of ``PluginManager.event_calls``, in EVENT_HOOKS order.
-BATCH_START, BATCH_END, STAGE_START, STAGE_END = range(4)
+BATCH_START, BATCH_END, STAGE_START, STAGE_END, REQUEST = range(5)
 
 
 class _Manager(pluggy.PluginManager):
@@ -59,7 +60,7 @@ class PluginManager:
         self._config: Any = None
         # Guarded call lists of the four event hooks, in EVENT_HOOKS order, updated in
         # place, so probes hold the list and read their hook's calls with one subscript.
-        self.event_calls: list[tuple[Call, ...]] = [(), (), (), ()]
+        self.event_calls: list[tuple[Call, ...]] = [() for _ in EVENT_HOOKS]
         self.entry_points_loaded = False
 
     # --- registration ------------------------------------------------------
