@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional, TypeVar
 
 import wrapt
 
-from .errors import InstrumentationError, SchedTraceWarning
+from .errors import ExtractorError, InstrumentationError, SchedTraceWarning
 from .probe import Probe, compiling
 from .request_probe import DEFAULT_REQUEST_LEVEL, REQUEST_OPTIONS, RequestProbe, check_options
 from .stages import check_level, register_stage
@@ -294,7 +294,7 @@ class Handle:
             return
         try:
             self.apply(module)
-        except InstrumentationError as exc:
+        except (InstrumentationError, ExtractorError) as exc:  # never raise out of the user's import
             self.state = "unresolved"
             unresolved.append(self.target)
             log.error("%s", exc)

@@ -9,6 +9,7 @@ the way ``opentelemetry-instrument`` does.
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib.machinery
 import importlib.util
 import os
@@ -16,9 +17,12 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from .. import config as _config
-from ..errors import ConfigError
+from .. import extract
+from ..errors import ConfigError, ExtractorError
+from ..instrument import parse_target
 
 BOOTSTRAP_DIR = Path(__file__).resolve().parent.parent / "_bootstrap"
 
@@ -44,22 +48,81 @@ def child_environment(config_path: "str | None", profiles: list[str], level: "in
     return env
 
 
-def check_target_packages(cfg: _config.Config, program: list[str]) -> None:
-    """Each target's top-level package must be importable by the program."""
+def _module_file(module: str, search: list[str]) -> "str | None":
+    """The source file of ``module``, found without importing it or its packages."""
+    locations: "list[str] | None" = search
+    spec = None
+    parts = module.split(".")
+    for index in range(len(parts)):
+        spec = importlib.machinery.PathFinder.find_spec(".".join(parts[:index + 1]), locations)
+        if spec is None:
+            return None
+        locations = list(spec.submodule_search_locations or [])
+    origin = getattr(spec, "origin", None)
+    return origin if origin and origin.endswith(".py") else None
+
+
+def _static_function(source_file: str, path: list[str]) -> "object | None":
+    """A stand-in with the target's parameters, read from its source; None when unsure."""
+    try:
+        tree = ast.parse(Path(source_file).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return None
+    scope: list = tree.body
+    node = None
+    for part in path:
+        node = next((n for n in scope if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                     and n.name == part), None)
+        if node is None:
+            return None  # inherited, generated, or assigned: checked when the module is imported
+        scope = node.body
+    plain = {"staticmethod", "classmethod"}
+    if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or any(
+            not (isinstance(d, ast.Name) and d.id in plain) for d in node.decorator_list):
+        return None  # a decorator may change the signature
+    arguments = node.args
+    for arg in arguments.posonlyargs + arguments.args + arguments.kwonlyargs + [arguments.vararg, arguments.kwarg]:
+        if arg is not None:
+            arg.annotation = None
+    arguments.defaults = [ast.Constant(None) for _ in arguments.defaults]
+    arguments.kw_defaults = [None if d is None else ast.Constant(None) for d in arguments.kw_defaults]
+    stub = ast.FunctionDef(name=node.name, args=arguments, body=[ast.Pass()], decorator_list=[], returns=None)
+    module = ast.fix_missing_locations(ast.Module(body=[stub], type_ignores=[]))
+    namespace: dict = {}
+    exec(compile(module, source_file, "exec"), namespace)  # only a def with an empty body
+    return namespace[node.name]
+
+
+def check_targets(cfg: _config.Config, program: list[str]) -> None:
+    """Each target's package must be importable by the program, and its extractors must
+    name parameters of the target when its source can be read without importing it."""
     search = [os.getcwd()] + [str(Path(arg).resolve().parent) for arg in program if arg.endswith(".py")]
     search += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    search += [p for p in sys.path if p]
     for spec in cfg.instrument:
-        top = spec.target.split(":")[0].split(".")[0]
-        if top in sys.modules or importlib.util.find_spec(top) is not None:
-            continue
-        if any(importlib.machinery.PathFinder.find_spec(top, [path]) for path in search):
-            continue
         source, _, key = spec.where.partition(": ")
-        raise ConfigError(
-            f"target {spec.target!r}: no module named {top!r} is importable from here "
-            "(check the spelling, the working directory, or PYTHONPATH)",
-            source=source, key=key,
-        )
+        module, path, table_key = parse_target(spec.target)
+        top = module.split(".")[0]
+        if top not in sys.modules and importlib.util.find_spec(top) is None and not any(importlib.machinery.PathFinder.find_spec(top, [p]) for p in search):
+            raise ConfigError(
+                f"target {spec.target!r}: no module named {top!r} is importable from here "
+                "(check the spelling, the working directory, or PYTHONPATH)",
+                source=source, key=key,
+            )
+        source_file = _module_file(module, search) if table_key is None else None
+        function = _static_function(source_file, path) if source_file else None
+        if function is not None:
+            try:
+                _check_extractors(spec.options, extract.Parameters(function))  # type: ignore[arg-type]
+            except ExtractorError as exc:
+                raise ConfigError(f"target {spec.target!r}: {exc}", source=source, key=key) from None
+
+
+def _check_extractors(options: Any, params: extract.Parameters) -> None:
+    for what in ("microbatch", "batch_size", "batch_id", "requests"):
+        extract.parse(options.get(what), what, params)
+    for what in ("rank", "attrs"):
+        extract.parse_mapping(options.get(what), what, params)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         configs = [_config.load(config_path)] if config_path else []
         configs += [_config.load_profile(name, "--profile") for name in args.profile]
         for cfg in configs:
-            check_target_packages(cfg, program)
+            check_targets(cfg, program)
     except ConfigError as exc:
         raise SystemExit(f"sched-trace run: {exc}") from None
     env = child_environment(config_path, args.profile, args.level)

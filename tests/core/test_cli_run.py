@@ -145,3 +145,38 @@ def test_run_warns_once_at_exit_about_targets_no_process_resolved(tmp_path):
     assert "1 configured target(s)" in result.stderr
     assert "examples.minimal.engine:Engine.stepp: not found in its module" in result.stderr
     assert "json.decoder" not in result.stderr.split("never instrumented")[1]
+
+
+def test_run_refuses_an_extractor_naming_no_parameter_before_starting(tmp_path):
+    copy_minimal_example(tmp_path)
+    config = (tmp_path / "examples/minimal/sched_trace.toml").read_text()
+    (tmp_path / "bad.toml").write_text(config.replace('microbatch = "mb_id"', 'microbatch = "mb"'))
+    (tmp_path / "never.py").write_text("open('started', 'w').close()")
+    result = run_cli(tmp_path, "run", "--config", "bad.toml", "--", sys.executable, "never.py")
+    assert result.returncode == 1
+    assert ("bad.toml: [instrument[1]] target 'examples.minimal.engine:Engine.run_batch': microbatch='mb': "
+            "'mb' is not a parameter of the wrapped function (parameters: self, batch, mb_id). "
+            "Did you mean 'mb_id'?") in result.stderr
+    assert not (tmp_path / "started").exists()
+
+
+def test_a_bad_extractor_found_at_import_warns_and_never_breaks_the_import(tmp_path):
+    copy_minimal_example(tmp_path)
+    program = textwrap.dedent("""
+        import warnings
+        import sched_trace
+        sched_trace.configure(autoload=False)
+        sched_trace.instrument("examples.minimal.engine:Engine.run_batch", microbatch="mb")  # not imported yet
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            from examples.minimal.engine import main
+        main()
+        print("WARNED", [str(w.message) for w in caught])
+        print("UNRESOLVED", sched_trace.stats()["unresolved_targets"])
+    """)
+    result = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "served 18 request-steps" in result.stdout
+    assert "'mb' is not a parameter of the wrapped function" in result.stdout.split("WARNED")[1]
+    assert "UNRESOLVED ['examples.minimal.engine:Engine.run_batch']" in result.stdout
