@@ -88,6 +88,9 @@ def _unknown(key: str, valid: Any, source: str, where: str) -> ConfigError:
 
 def _check_type(value: Any, expected: type, source: str, key: str) -> None:
     ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+    if not ok and key == "instrument" and isinstance(value, Mapping):
+        raise ConfigError("is a single table; write [[instrument]] (double brackets), once per target",
+                          source=source, key=key)
     if not ok:
         raise ConfigError(
             f"{value!r} is a {type(value).__name__}; expected a {expected.__name__}",

@@ -25,10 +25,12 @@ def _bootstrap() -> None:
         profiles = str(_config.PROFILE_DIR)
         sched_trace_main.watch_unresolved([s.target for s in cfg.instrument if not s.where.startswith(profiles)])
     except Exception as exc:  # a broken setup must say so, not silently trace nothing
-        sys.stderr.write(f"sched-trace: not configured: {exc}\n")
+        # A bad plugin key reads like the launcher's own config errors: same prefix, exit 1.
+        bad_config = any(k.__name__ == "ConfigError" for k in type(exc).__mro__)
+        sys.stderr.write(f"sched-trace run: {exc}\n" if bad_config else f"sched-trace: not configured: {exc}\n")
         sys.stderr.flush()
         if os.environ.get("SCHED_TRACE_STRICT", "1") == "1":
-            os._exit(2)  # SystemExit here would be reported as a broken site module
+            os._exit(1 if bad_config else 2)  # SystemExit here would be reported as a broken site module
     # Chain to a sitecustomize that ours shadows.
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
     saved = sys.modules.pop("sitecustomize", None)

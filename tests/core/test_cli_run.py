@@ -180,3 +180,15 @@ def test_a_bad_extractor_found_at_import_warns_and_never_breaks_the_import(tmp_p
     assert "served 18 request-steps" in result.stdout
     assert "'mb' is not a parameter of the wrapped function" in result.stdout.split("WARNED")[1]
     assert "UNRESOLVED ['examples.minimal.engine:Engine.run_batch']" in result.stdout
+
+
+def test_config_errors_found_by_a_plugin_read_like_the_launchers_own(tmp_path):
+    (tmp_path / "typo.toml").write_text('[plugins.perfetto]\ndirectoy = "traces"\n')
+    (tmp_path / "single.toml").write_text('[instrument]\ntarget = "json:dumps"\n')
+    plugin = run_exporting(tmp_path, "run", "--config", "typo.toml", "--", sys.executable, "-c", "print('ran')")
+    launcher = run_exporting(tmp_path, "run", "--config", "single.toml", "--", sys.executable, "-c", "print('ran')")
+    assert (plugin.returncode, launcher.returncode) == (1, 1)
+    assert plugin.stderr.startswith("sched-trace run: ") and launcher.stderr.startswith("sched-trace run: ")
+    assert "[plugins.perfetto.directoy] unknown key 'directoy'" in plugin.stderr and "'directory'" in plugin.stderr
+    assert "[instrument] is a single table; write [[instrument]] (double brackets)" in launcher.stderr
+    assert "ran" not in plugin.stdout + launcher.stdout
