@@ -6,12 +6,15 @@ exporter thread (``process = false``).
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any, Mapping
 
 from sched_trace.export import host_id, wall_offset_ns
 
 from .assemble import Assembler
+from .otel_env import resource_attributes
+from .requests import RequestSpans, split_requests
 from .settings import OtelSettings
 from .sinks import make_sink
 
@@ -24,6 +27,8 @@ def process_meta(settings: OtelSettings, pid: int, salt: int) -> dict[str, Any]:
         "host": host.replace("/", "_"),
         "salt": salt,
         "resource": {
+            # OTEL_RESOURCE_ATTRIBUTES first: what sched-trace knows of this process wins over it.
+            **resource_attributes(os.environ),
             "service.name": settings.resolved_service_name,
             "host.name": socket.gethostname(),
             "host.id": host,
@@ -40,6 +45,7 @@ class ExportPipeline:
     def __init__(self, settings: OtelSettings, meta: Mapping[str, Any]) -> None:
         self.settings = settings
         self.assembler = Assembler(settings, meta["salt"])
+        self.requests = RequestSpans(self.assembler.ranks, self.assembler.sampler)
         self.sink = make_sink(settings, meta)
         self.records = 0
         self.spans = 0
@@ -49,7 +55,10 @@ class ExportPipeline:
             self.assembler.add_ranks(ranks)
         if records:
             self.records += len(records)
-            spans = self.assembler.feed(records)
+            records, request_records = split_requests(records)
+            self.requests.add(request_records)
+            spans = self.assembler.feed(records) if records else []
+            spans += self.requests.spans(spans)  # request spans link to the batch spans just built
             if spans:
                 self.spans += len(spans)
                 self.sink.export(spans)
@@ -60,6 +69,7 @@ class ExportPipeline:
     def close(self, timeout: float = 5.0) -> None:
         """Emit scopes left open, flush, close the sink."""
         spans = self.assembler.finish()
+        spans += self.requests.finish(spans)
         if spans:
             self.spans += len(spans)
             self.sink.export(spans)
@@ -74,5 +84,6 @@ class ExportPipeline:
             "sampled_out_batches": sampler.batches_dropped,
             "sampled_out_requests": sampler.requests_dropped,
             "orphans": self.assembler.orphans,
+            **self.requests.stats(),
             **self.sink.stats(),
         }

@@ -50,6 +50,10 @@ class OtelPlugin:
     def sched_trace_batch_end(self, event: Any) -> None:
         self._append(event)
 
+    @hookimpl
+    def sched_trace_request(self, event: Any) -> None:
+        self._append(event)  # request spans are built with the batch spans, off this thread
+
     def _first_event(self, event: Any) -> None:
         """Registered without configure(): start with defaults and the environment."""
         with self._lock:

@@ -12,6 +12,7 @@ import traceback
 import weakref
 from typing import Any, Iterable, Optional
 
+from . import requests as _requests  # module import: it imports this module too
 from .propagation import request_context
 
 # Record fields, by position (a tuple pickles several times faster than a dict).
@@ -64,6 +65,9 @@ class RecordEncoder:
             if index is None:
                 index = ranks[rank] = len(ranks)
                 new_ranks.append((index, {k: attribute_value(v) for k, v in rank.as_attributes().items()}))
+            if event.kind == "request":  # a request lifecycle event: its own small record
+                records.append(_requests.request_record(event, index))
+                continue
             attrs = event.attrs
             requests = None
             extra: tuple = ()
