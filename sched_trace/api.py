@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, Iterable, Optional
 
 from . import config as _config
-from . import extract, instrument as _instrument, plugins as _plugins, recorder, stages
+from . import extract, instrument as _instrument, lifecycle, plugins as _plugins, recorder, stages
 from .errors import ConfigError, InstrumentationError
 from .plugins import get_manager
 
@@ -57,6 +58,7 @@ def configure(
                 manager._config = previous  # a rejected config must not reach later plugins
                 raise
         _apply_targets(cfg)
+        lifecycle.install()  # SIGTERM exports before the process ends (main thread only)
         _state.update(configured=True, config=cfg, shut_down=False)
         return cfg
 
@@ -86,23 +88,31 @@ def unregister(plugin: object = None, name: Optional[str] = None) -> Any:
 
 
 def flush(timeout: float = 5.0) -> None:
-    """Ask every plugin to export what it buffered, waiting up to ``timeout`` seconds each."""
-    get_manager().call("sched_trace_flush", timeout=timeout)
+    """Ask every plugin to export what it buffered; returns within ``timeout`` (one
+    deadline shared by all plugins, each given the time left)."""
+    get_manager().call_until("sched_trace_flush", time.monotonic() + timeout)
 
 
 def shutdown(timeout: float = 5.0) -> None:
-    """Flush every exporter, then stop them. Safe to call twice; runs at exit too."""
+    """Flush every exporter, then stop them, all within ``timeout`` seconds (plus a
+    fraction of a second). Safe to call twice; runs at exit and on SIGTERM too.
+
+    What cannot be delivered by then is counted in each plugin's :func:`stats`
+    (``abandoned``, ``unconfirmed_at_shutdown``) and never waited for.
+    """
     with _lock:
         if _state["shut_down"]:
             return
         _state["shut_down"] = True
+        deadline = time.monotonic() + timeout
         manager = get_manager()
-        manager.call("sched_trace_flush", timeout=timeout)
-        manager.call("sched_trace_shutdown")
-        recorder.shutdown_all(timeout)
+        manager.call_until("sched_trace_flush", deadline)
+        manager.call_until("sched_trace_shutdown", deadline)
+        recorder.shutdown_all(max(0.0, deadline - time.monotonic()))
         manager.forget_config()
         _state["configured"] = False
         _state["config"] = None
+        lifecycle.uninstall()
 
 
 def stats() -> dict[str, Any]:
@@ -115,6 +125,7 @@ def stats() -> dict[str, Any]:
     return {
         "level": stages.get_level(),
         "plugin_errors": dict(manager.errors),
+        "plugin_late": dict(manager.late),
         "extract_missing": dict(extract.missing),
         "unresolved_targets": list(_instrument.unresolved),
         "plugins": per_plugin,
@@ -123,5 +134,6 @@ def stats() -> dict[str, Any]:
 
 def reset_stats() -> None:
     get_manager().errors.clear()
+    get_manager().late.clear()
     extract.missing.clear()
     del _instrument.unresolved[:]

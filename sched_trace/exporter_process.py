@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import pickle
+import select
 import signal
 import struct
 import subprocess
@@ -49,6 +50,26 @@ def write_frame(fd: int, message: Any) -> int:
     while view:
         view = view[os.write(fd, view):]
     return total
+
+
+def write_small_frame(fd: int, message: Any, deadline: float) -> bool:
+    """Write a control frame (flush, stop) unless the pipe stays full until ``deadline``.
+
+    A pipe that select() calls writable takes PIPE_BUF bytes at once, so a frame that
+    small never blocks: a stopped child cannot hold a shutdown past its deadline.
+    """
+    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    if _HEADER.size + len(payload) > select.PIPE_BUF:
+        write_frame(fd, payload)
+        return True
+    try:
+        _, writable, _ = select.select([], [fd], [], max(0.0, deadline - time.monotonic()))
+    except (OSError, ValueError):
+        return False
+    if not writable:
+        return False
+    write_frame(fd, payload)
+    return True
 
 
 def read_frame(stream: BinaryIO) -> Optional[Any]:
@@ -85,9 +106,11 @@ def reply(fd: int, message: Any) -> None:
 def worker_main(serve: Callable[[BinaryIO, int], int], label: str) -> None:
     """Run ``serve(stdin, protocol_fd)`` as an exporter process, then leave by ``os._exit``."""
     # The protocol owns the real stdout; anything printed goes to stderr instead.
-    # Ctrl-C reaches the whole process group; the child stops at end of stdin, after flushing.
+    # Ctrl-C and a group SIGTERM (Slurm, `kill -TERM -PGID`) reach this process too: it
+    # ignores both and stops at end of stdin, after exporting what it was handed.
     deprioritize_exporter_process()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     protocol_out = os.dup(1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
@@ -121,6 +144,7 @@ class ExporterProcess:
         self.restart_limit = restart_limit
         self.sent = 0            # records written to the current child
         self.lost = 0            # records a dead child had not processed
+        self.unconfirmed = 0     # of those, records a child still held at the shutdown deadline
         self.restarts = 0
         self.failed_starts = 0
         self.gave_up = False
@@ -165,13 +189,17 @@ class ExporterProcess:
     def _forked(self) -> None:
         """In a fork child, after the inherited exporter is let go."""
 
-    def _await_exit(self, proc: subprocess.Popen, timeout: float) -> None:
-        """Wait for a stopping child; kill it if it does not finish in time."""
+    def _await_exit(self, proc: subprocess.Popen, timeout: float) -> bool:
+        """Wait up to ``timeout`` for a stopping child; False if it is still finishing.
+
+        A child past the deadline is left to finish on its own (it has its stop frame
+        and end of stdin, and a bound of its own): killing it would lose what it holds.
+        """
         try:
-            proc.wait(timeout + 1.0)
+            proc.wait(max(0.0, timeout))
+            return True
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            return False
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -213,13 +241,16 @@ class ExporterProcess:
             self.restarts += 1
         return self._start()
 
-    def _retire(self, proc: subprocess.Popen) -> None:
+    def _retire(self, proc: subprocess.Popen, wait: float = 2.0) -> None:
         """Fold a finished child's counters into the totals; count what it never processed."""
         reader = self._readers.pop(proc.pid, None)
         if reader is not None and reader is not threading.current_thread():
-            reader.join(2.0)
+            reader.join(wait)
         final = self._reported.pop(proc.pid, {})
-        self.lost += max(0, self.sent - self._processed(final))
+        unprocessed = max(0, self.sent - self._processed(final))
+        self.lost += unprocessed
+        if proc.returncode is None:  # still finishing past the deadline: not confirmed, so counted
+            self.unconfirmed += unprocessed
         for key, value in final.items():
             if key not in self.live_only_keys:
                 self._totals[key] = self._totals.get(key, 0) + value
@@ -295,7 +326,9 @@ class ExporterProcess:
             self._seq += 1
             seq = self._seq
             try:
-                write_frame(proc.stdin.fileno(), self._flush_frame(seq, deadline - time.monotonic()))
+                if not write_small_frame(proc.stdin.fileno(), self._flush_frame(seq, deadline - time.monotonic()),
+                                         deadline):
+                    return False  # the child reads nothing (stopped, or far behind)
             except (OSError, ValueError):
                 self._died(proc)
                 return False
@@ -307,25 +340,30 @@ class ExporterProcess:
             ) and self._ack_seq >= seq
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop the child once it finished; no child is started after this."""
+        """Stop the child once it finished, within ``timeout``; no child is started after this."""
         self.closed = True
-        if not self._write_lock.acquire(timeout=timeout):
+        deadline = time.monotonic() + timeout
+        if not self._write_lock.acquire(timeout=max(0.0, timeout)):
             # The exporter thread is stuck writing to a child that reads nothing: killing
             # the child breaks its pipe, the write fails and lets go of the lock.
             self.kill_for_test()
-            if not self._write_lock.acquire(timeout=timeout):
+            if not self._write_lock.acquire(timeout=max(0.1, deadline - time.monotonic())):
                 return
         with _held(self._write_lock):
             proc, self._proc = self._proc, None
             if proc is None or self._pid != os.getpid():
                 return
-            try:
-                write_frame(proc.stdin.fileno(), self._stop_frame(timeout))
+            try:  # a child too far behind to take the stop frame still stops at end of stdin
+                write_small_frame(proc.stdin.fileno(), self._stop_frame(
+                    max(0.05, 0.7 * (deadline - time.monotonic()))), deadline)
             except (OSError, ValueError):
                 pass
             _close(proc.stdin)
-            self._await_exit(proc, timeout)
-            self._retire(proc)
+            finished = self._await_exit(proc, deadline - time.monotonic())
+            self._retire(proc, wait=max(0.0, deadline - time.monotonic()) if finished else 0.0)
+            if not finished:
+                self._log.warning("sched-trace %s: exporter process %d still exporting at the shutdown "
+                                  "deadline; it finishes on its own", self.label, proc.pid)
         _live.discard(self)
 
     def current(self) -> dict[str, Any]:
@@ -338,7 +376,8 @@ class ExporterProcess:
         keys = self.stats_keys if self.stats_keys is not None else {**self._totals, **current}
         totals: dict[str, Any] = {key: self._totals.get(key, 0) + current.get(key, 0) for key in keys}
         proc = self._proc
-        totals.update(lost_in_exporter=self.lost, exporter_restarts=self.restarts,
+        totals.update(lost_in_exporter=self.lost, unconfirmed_at_shutdown=self.unconfirmed,
+                      exporter_restarts=self.restarts,
                       exporter_failed_starts=self.failed_starts, exporter_pid=proc.pid if proc is not None else 0)
         return totals
 

@@ -124,12 +124,15 @@ def sched_trace_flush(timeout: float) -> None:
 
 
 @hookspec
-def sched_trace_shutdown() -> None:
+def sched_trace_shutdown(timeout: float) -> None:
     """Stop: release threads, processes and files.
 
-    Fires once from :func:`sched_trace.shutdown` (also at interpreter exit), after
-    ``sched_trace_flush``. No event hook fires after it until ``configure`` runs
-    again.
+    Fires once from :func:`sched_trace.shutdown` (also at interpreter exit and on
+    SIGTERM), after ``sched_trace_flush``. No event hook fires after it until
+    ``configure`` runs again.
+
+    :param timeout: seconds left of the one deadline that :func:`sched_trace.shutdown`
+        was given (flush and every plugin's stop share it); count what does not make it.
     """
 
 

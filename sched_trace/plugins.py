@@ -12,6 +12,7 @@ import importlib.metadata
 import logging
 import os
 import threading
+import time
 from collections import Counter
 from typing import Any, Callable, Optional
 
@@ -32,6 +33,8 @@ EVENT_HOOKS = (
     "sched_trace_request",
 )
 Call = tuple[Callable[..., Any], str]
+#: How far past a flush/shutdown deadline a plugin may return before it counts as late.
+LATE_GRACE_S = 0.5
 #: Indices of ``PluginManager.event_calls``, in EVENT_HOOKS order.
 BATCH_START, BATCH_END, STAGE_START, STAGE_END, REQUEST = range(5)
 
@@ -56,6 +59,7 @@ class PluginManager:
         self._pm.add_hookspecs(hookspecs)
         self._lock = threading.RLock()
         self.errors: Counter[str] = Counter()
+        self.late: Counter[str] = Counter()  # flush/shutdown calls that overran their deadline
         self._logged: set[tuple[str, str]] = set()
         self._config: Any = None
         # Guarded call lists of the four event hooks, in EVENT_HOOKS order, updated in
@@ -190,6 +194,21 @@ class PluginManager:
                 raise
             except Exception as exc:
                 self._count_error(impl.plugin_name, hook_name, exc)
+        return results
+
+    def call_until(self, hook_name: str, deadline: float, **kwargs: Any) -> list[tuple[str, Any]]:
+        """Like :meth:`call`, each implementation given ``timeout`` = the time left to ``deadline``
+        (one deadline for all, not one timeout each); one that returns past it is counted
+        in ``late``."""
+        results = []
+        for impl in reversed(getattr(self._pm.hook, hook_name).get_hookimpls()):
+            kwargs["timeout"] = max(0.0, deadline - time.monotonic())
+            try:
+                results.append((impl.plugin_name, impl.function(*[kwargs[arg] for arg in impl.argnames])))
+            except Exception as exc:
+                self._count_error(impl.plugin_name, hook_name, exc)
+            if time.monotonic() > deadline + LATE_GRACE_S:
+                self.late[impl.plugin_name] += 1
         return results
 
     def configure(self, config: Any) -> None:

@@ -87,6 +87,7 @@ class BackgroundExporter:
         self.interval = interval
         self.exported = 0
         self.failed = 0
+        self.abandoned = 0  # left in the buffer when shutdown's deadline passed
         self._wake = threading.Event()
         self._idle = threading.Condition()
         self._busy = False
@@ -163,11 +164,23 @@ class BackgroundExporter:
             return self._idle.wait_for(lambda: not self._busy and len(self.buffer) == 0, timeout)
 
     def shutdown(self, timeout: float = 5.0) -> None:
+        """Export what is buffered and stop the thread, all within ``timeout``.
+
+        What is still buffered at the deadline (the export is stuck) is counted in
+        ``abandoned`` and let go, so every appended event is counted exactly once.
+        """
+        deadline = time.monotonic() + timeout
         self.flush(timeout)
         self._stopped = True
         self._wake.set()
         if self._thread is not None and self._thread.is_alive():
-            self._thread.join(timeout)
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+        with self._idle:
+            left = self.buffer.drain(len(self.buffer))
+        self.abandoned += len(left)
+        if left:
+            log.warning("sched-trace %s: %d events not exported by the shutdown deadline (counted as abandoned)",
+                        self.name, len(left))
         self._thread = None
         _live.discard(self)
 
@@ -177,6 +190,7 @@ class BackgroundExporter:
             "exported": self.exported,
             "dropped": self.buffer.dropped,
             "failed": self.failed,
+            "abandoned": self.abandoned,
         }
 
 
@@ -274,15 +288,17 @@ class MemoryRecorder:
 
 
 def shutdown_all(timeout: float = 5.0, exporters: Optional[Iterable[BackgroundExporter]] = None) -> None:
+    """Shut every live exporter down, all of them within one ``timeout``."""
+    deadline = time.monotonic() + timeout
     for exporter in list(exporters if exporters is not None else _live):
-        exporter.shutdown(timeout)
+        exporter.shutdown(max(0.0, deadline - time.monotonic()))
 
 
 @atexit.register
 def _flush_at_exit() -> None:
-    from . import api  # late: api imports this module
+    from . import api, lifecycle  # late: api imports this module
 
-    api.shutdown(timeout=5.0)
+    api.shutdown(timeout=lifecycle.exit_timeout())
 
 
 def deprioritize_exporter_process() -> None:

@@ -137,11 +137,13 @@ class OtelPlugin:
             self._pipeline.flush(remaining)
 
     @hookimpl
-    def sched_trace_shutdown(self) -> None:
-        self.stop()
+    def sched_trace_shutdown(self, timeout: float = 5.0) -> None:
+        self.stop(timeout)
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Export everything buffered (open scopes included), then stop the exporter."""
+        """Export everything buffered (open scopes included), then stop the exporter, all
+        within ``timeout``; what did not make it is counted (abandoned, unconfirmed)."""
+        deadline = time.monotonic() + timeout
         with self._lock:
             exporter, self._exporter = self._exporter, None
             self._append = self._first_event
@@ -149,10 +151,11 @@ class OtelPlugin:
                 return
             exporter.shutdown(timeout)
             self._final = exporter.stats()
+            remaining = max(0.0, deadline - time.monotonic())
             if self._process is not None:
-                self._process.close(timeout)
+                self._process.close(remaining)
             elif self._pipeline is not None:
-                self._pipeline.close(timeout)
+                self._pipeline.close(remaining)
 
     # --- counters --------------------------------------------------------------------
 
@@ -165,6 +168,7 @@ class OtelPlugin:
             "events_exported": events.get("exported", 0),
             "dropped": events.get("dropped", 0),
             "failed": events.get("failed", 0),
+            "abandoned": events.get("abandoned", 0),
             "truncated_requests": self._encoder.truncated_requests if self._encoder else 0,
         }
         if self._process is not None:

@@ -70,15 +70,17 @@ def _reader(stream: BinaryIO, queue: FrameQueue) -> None:
 
 
 def serve(stdin: BinaryIO, stdout: int) -> int:
-    from .pipeline import ExportPipeline
-
     init = read_frame(stdin)
     if init is None or init[0] != "init":
         return 2
     settings = OtelSettings(**init[1])
-    pipeline = ExportPipeline(settings, init[2])
     queue = FrameQueue(settings.queue_capacity)
+    # Take frames off the pipe before the OpenTelemetry imports (a second or so): what is
+    # in this process survives the scheduler's SIGKILL, what waits in its buffer does not.
     threading.Thread(target=_reader, args=(stdin, queue), name="sched-trace-otel-reader", daemon=True).start()
+    from .pipeline import ExportPipeline
+
+    pipeline = ExportPipeline(settings, init[2])
 
     def counters() -> dict[str, int]:
         return {**pipeline.stats(), "received": queue.received, "queue_dropped": queue.dropped,

@@ -1,0 +1,77 @@
+"""A traced scheduler process that ends the way the test tells it to.
+
+``python scheduler_child.py ENDING STAGES [--handler | --handler-after]``:
+records STAGES ``run_batch_cpu`` stages through the otel and perfetto plugins
+(settings from the environment), prints ``recorded N`` and then ends by ENDING:
+``return``, ``sys_exit``, ``raise``, ``wait`` (sleep until a signal arrives) or
+``stream`` (keep recording, one stage a millisecond, until killed; the count so
+far is kept in the 8-byte file ``CHILD_COUNTER``, which survives SIGKILL).
+With ``--handler`` (``--handler-after``) the program installs its own SIGTERM
+handler before (after) ``configure``; it prints ``own handler`` and exits 3.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import signal
+import struct
+import sys
+import time
+
+import sched_trace
+
+
+@sched_trace.stage("run_batch_cpu", level=4, microbatch="mb_id", batch_size="len(batch)")
+def run_batch(batch: list, mb_id: int) -> int:
+    return len(batch)
+
+
+def own_handler(signum: int, frame: object) -> None:
+    print("own handler", flush=True)
+    sys.exit(3)
+
+
+def main() -> None:
+    ending, stages = sys.argv[1], int(sys.argv[2])
+    handler_first = "--handler" in sys.argv
+    handler_after = "--handler-after" in sys.argv
+    if handler_first:
+        signal.signal(signal.SIGTERM, own_handler)
+    from sched_trace_otel import OtelPlugin
+    from sched_trace_perfetto import PerfettoPlugin
+
+    plugins = [OtelPlugin(directory=os.environ["CHILD_OTEL_DIR"]),
+               PerfettoPlugin(directory=os.environ["CHILD_PERFETTO_DIR"])]
+    sched_trace.set_thread_info("Scheduler", tp_rank=0, pp_rank=0, dp_rank=0)
+    sched_trace.configure(level=9, plugins=plugins, autoload=False)
+    if handler_after:
+        signal.signal(signal.SIGTERM, own_handler)
+    batch = [0] * 8
+    for mb_id in range(stages):
+        run_batch(batch, mb_id)
+    print(f"recorded {stages}", flush=True)
+    if ending == "sys_exit":
+        sys.exit(0)
+    if ending == "raise":
+        raise RuntimeError("the scheduler crashed")
+    if ending == "wait":
+        while True:
+            time.sleep(0.05)
+    if ending == "stream":
+        stream(batch)
+
+
+def stream(batch: list) -> None:
+    with open(os.environ["CHILD_COUNTER"], "r+b") as handle:
+        counter = mmap.mmap(handle.fileno(), 8)
+        mb_id = 0
+        while True:
+            run_batch(batch, mb_id)
+            mb_id += 1
+            counter[:8] = struct.pack("<q", mb_id)  # after the stage returned: recorded
+            time.sleep(0.001)
+
+
+if __name__ == "__main__":
+    main()
