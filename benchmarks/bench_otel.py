@@ -199,25 +199,21 @@ def _sdk_case(spans: int) -> Callable[[int], None]:
     return case
 
 
-class _DiscardingClient:
-    """Stands in for the network behind the standard exporter: takes the bytes, sends nothing."""
+class _NoSocketTransport:
+    """Stands in for the network behind the OTLP sink: takes the encoded bytes, sends nothing."""
 
-    class Result:
-        success = True
+    def send(self, payload: bytes) -> Any:
+        from sched_trace_otel.transport import SendResult
 
-    def export(self, payload: bytes) -> "_DiscardingClient.Result":
-        return self.Result()
+        return SendResult(True)
 
-
-class _NoSocketExporter:
-    _client = _DiscardingClient()
-
-    def shutdown(self) -> None:
+    def close(self) -> None:
         pass
 
 
 def run_exporter(quick: bool) -> list[dict[str, Any]]:
     from sched_trace_otel.settings import OtelSettings
+    from sched_trace_otel.otel_env import OtlpTarget
     from sched_trace_otel.sinks import OtlpSink
 
     ranks, records = _records(50 if quick else 200, 64)
@@ -227,7 +223,8 @@ def run_exporter(quick: bool) -> list[dict[str, Any]]:
         file_case, spans = _pipeline_case(OtelSettings(directory=directory), frame)
         otlp_case, _ = _pipeline_case(
             OtelSettings(exporter="http/protobuf"), frame,
-            lambda: OtlpSink("http/protobuf", None, {"service.name": "bench"}, 1 << 30, exporter=_NoSocketExporter()))
+            lambda: OtlpSink(OtlpTarget("http/protobuf", "http://127.0.0.1:9/v1/traces"), {"service.name": "bench"},
+                             1 << 30, transport=_NoSocketTransport()))
         samples = interleave({"file": file_case, "otlp": otlp_case, "sdk": _sdk_case(spans)}, 1, 3 if quick else 7)
     finally:
         shutil.rmtree(directory, ignore_errors=True)

@@ -7,14 +7,12 @@ exporter thread (``process = false``).
 from __future__ import annotations
 
 import os
-import os
 import socket
 from typing import Any, Mapping
 
 from sched_trace.export import host_id, wall_offset_ns
 
 from .assemble import Assembler
-from .otel_env import resource_attributes
 from .otel_env import resource_attributes
 from .requests import RequestSpans, split_requests
 from .settings import OtelSettings

@@ -1,8 +1,13 @@
 """``[plugins.otel]`` settings and ``SCHED_TRACE_OTEL_*`` variables, validated up front.
 
-OTLP endpoint, headers, TLS, timeout and protocol stay with the standard
-``OTEL_EXPORTER_OTLP_*`` variables, read by the standard exporters themselves;
-``OTEL_SERVICE_NAME`` names the service. Only sched-trace's own choices live here.
+Precedence, highest first: ``SCHED_TRACE_OTEL_<KEY>``, ``OtelPlugin(key=...)``,
+``[plugins.otel]`` in the configuration file, then the standard ``OTEL_*``
+variables (``OTEL_TRACES_EXPORTER``, ``OTEL_TRACES_SAMPLER[_ARG]``,
+``OTEL_SERVICE_NAME``), then the defaults. sched-trace's own settings are choices
+made for this tool; ``OTEL_*`` are often set for every SDK in a container, so they
+fill in what sched-trace was not told. OTLP endpoint, headers, TLS, timeout and
+compression come only from ``OTEL_EXPORTER_OTLP_*`` (:mod:`.otel_env`), so a
+secret never sits in a configuration file.
 """
 
 from __future__ import annotations
@@ -14,7 +19,10 @@ from typing import Any, Mapping, Optional
 
 from sched_trace import ConfigError
 
-EXPORTERS = ("file", "otlp", "http/protobuf", "grpc", "none")
+from . import otel_env
+
+EXPORTERS = ("file", "otlp", "http/protobuf", "http/json", "grpc", "console", "none")
+SAMPLING_KEYS = ("batch_ratio", "batch_every", "request_ratio", "request_every")
 REQUEST_MODES = ("spans", "links", "off")
 
 
@@ -22,7 +30,7 @@ REQUEST_MODES = ("spans", "links", "off")
 class OtelSettings:
     """What the otel plugin does; every field has a ``[plugins.otel]`` key of the same name."""
 
-    exporter: str = "file"                    # file | otlp (protocol from OTEL_*) | http/protobuf | grpc | none
+    exporter: str = "file"                    # comma list of EXPORTERS or SDK exporter names; see parse()
     directory: str = "sched-trace-out/otel"   # where the OTLP-JSON lines files go
     endpoint: Optional[str] = None            # else OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT
     service_name: Optional[str] = None        # else OTEL_SERVICE_NAME, else "sched-trace"
@@ -41,18 +49,21 @@ class OtelSettings:
 
     @property
     def resolved_service_name(self) -> str:
+        """This setting, else ``OTEL_SERVICE_NAME``, else ``service.name`` of ``OTEL_RESOURCE_ATTRIBUTES``."""
         if self.sglang_compat:
             return "sglang"
-        return self.service_name or os.environ.get("OTEL_SERVICE_NAME") or "sched-trace"
+        return self.service_name or otel_env.resource_attributes(os.environ).get("service.name") or "sched-trace"
+
+    @property
+    def exporters(self) -> tuple[str, ...]:
+        """Each destination: ``file``, ``none``, an OTLP protocol, or an SDK exporter name (``console``)."""
+        return tuple(resolve_exporters(self.exporter, os.environ, "<settings>", "exporter").split(","))
 
     @property
     def protocol(self) -> str:
-        """``file``, ``none``, ``http/protobuf`` or ``grpc`` (``otlp`` resolved from OTEL_*)."""
-        if self.exporter != "otlp":
-            return self.exporter
-        raw = (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-               or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf")
-        return "grpc" if raw.strip() == "grpc" else "http/protobuf"
+        """The first OTLP protocol among the exporters, else the first exporter."""
+        names = self.exporters
+        return next((name for name in names if name in otel_env.PROTOCOLS), names[0])
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,8 +110,6 @@ def _check(key: str, value: Any, source: str) -> None:
     if not ok:
         raise ConfigError(f"{value!r} is a {type(value).__name__}; expected a {expected.__name__}",
                           source=source, key=where)
-    if key == "exporter" and value not in EXPORTERS:
-        raise ConfigError(f"{value!r} is not an exporter; use one of {', '.join(EXPORTERS)}", source=source, key=where)
     if key == "requests" and value not in REQUEST_MODES:
         raise ConfigError(f"{value!r} is not a request mode; use one of {', '.join(REQUEST_MODES)}",
                           source=source, key=where)
@@ -113,9 +122,50 @@ def _check(key: str, value: Any, source: str) -> None:
         raise ConfigError(f"{value!r} must be 0 or more", source=source, key=where)
 
 
+def resolve_exporters(value: str, environ: Mapping[str, str], source: str, key: str) -> str:
+    """A comma list of exporter names made concrete: ``otlp`` becomes its protocol; unknown names fail."""
+    resolved = []
+    for name in (part.strip() for part in value.split(",")):
+        if name == "otlp" or name in otel_env.OTLP_NAMES:
+            name = otel_env.otlp_protocol(environ, name)
+        elif name not in EXPORTERS and not _sdk_exporter_installed(name):
+            raise ConfigError(f"{value!r}: {name!r} is not an exporter; use {', '.join(EXPORTERS)}, "
+                              "otlp_proto_http, otlp_proto_grpc, or the name of an installed "
+                              "opentelemetry_traces_exporter entry point", source=source, key=key)
+        if name not in resolved:
+            resolved.append(name)
+    if len(resolved) > 1 and "none" in resolved:
+        raise ConfigError(f"{value!r}: 'none' cannot be combined with other exporters", source=source, key=key)
+    return ",".join(resolved)
+
+
+def _sdk_exporter_installed(name: str) -> bool:
+    from importlib.metadata import entry_points
+
+    return bool(name) and any(True for _ in entry_points(group="opentelemetry_traces_exporter", name=name))
+
+
+def _apply_standard_env(values: dict[str, Any], environ: Mapping[str, str]) -> None:
+    """Fill what sched-trace's own settings left unset from ``OTEL_TRACES_EXPORTER`` and ``OTEL_TRACES_SAMPLER``."""
+    if "exporter" not in values:
+        names = otel_env.traces_exporter_names(environ)
+        if names is not None:
+            if "file" in names:
+                raise ConfigError("'file' is sched-trace's own exporter, not an OpenTelemetry one; "
+                                  "set SCHED_TRACE_OTEL_EXPORTER=file (or exporter = \"file\") instead",
+                                  source="environment", key="OTEL_TRACES_EXPORTER")
+            values["exporter"] = ",".join(names) if names else "none"
+            values["_exporter_source"] = ("environment", "OTEL_TRACES_EXPORTER")
+    if not any(key in values for key in SAMPLING_KEYS):
+        ratio = otel_env.sampler_ratio(environ)
+        if ratio is not None and ratio < 1.0:
+            values["batch_ratio"] = values["request_ratio"] = ratio
+
+
 def parse(table: Mapping[str, Any], source: str = "<config>",
           environ: Optional[Mapping[str, str]] = None) -> OtelSettings:
-    """Validate ``[plugins.otel]`` plus ``SCHED_TRACE_OTEL_*``; raise ConfigError naming key and value."""
+    """Validate ``[plugins.otel]`` plus ``SCHED_TRACE_OTEL_*`` and ``OTEL_*``; raise ConfigError naming key and value."""
+    environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     for key, value in table.items():
         if key == "file":  # the core's documented spelling: ``file = "traces/"`` is the directory
@@ -130,7 +180,17 @@ def parse(table: Mapping[str, Any], source: str = "<config>",
     for key, value in {**values, **env_values}.items():
         _check(key, value, "environment" if key in env_values else source)
     values.update(env_values)
+    _apply_standard_env(values, environ)
+    where = values.pop("_exporter_source", None) or (
+        ("environment", "SCHED_TRACE_OTEL_EXPORTER") if "exporter" in env_values else (source, "plugins.otel.exporter"))
+    if "exporter" in values:
+        values["exporter"] = resolve_exporters(values["exporter"], environ, *where)
     for key in ("batch_ratio", "request_ratio"):
         if key in values:
             values[key] = float(values[key])
-    return OtelSettings(**values)
+    settings = OtelSettings(**values)
+    for name in settings.exporter.split(","):
+        if name in otel_env.PROTOCOLS:  # endpoint, headers, TLS files, timeout: checked now, not at first send
+            otel_env.otlp_target(name, settings.endpoint, environ)
+    otel_env.resource_attributes(environ)
+    return settings

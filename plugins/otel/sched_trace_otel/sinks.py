@@ -1,4 +1,4 @@
-"""Where spans go: an OTLP-JSON lines file, an OTLP receiver (http/protobuf or gRPC), or nowhere.
+"""Where spans go: an OTLP-JSON lines file, an OTLP receiver, an SDK exporter (``console``), or nowhere.
 
 The OTLP sink keeps spans that failed to send (receiver down) in a bounded
 retry list and tries again with backoff; what does not fit is dropped and
@@ -16,7 +16,9 @@ from typing import Any, Mapping, Optional, Sequence
 
 from .assemble import SpanRecord
 from .encode import SdkSpanBuilder, traces_json_line
+from .otel_env import PROTOCOLS, OtlpTarget, otlp_target
 from .protowire import WireEncoder
+from .transport import SendResult, make_transport
 
 log = logging.getLogger("sched_trace.otel")
 LINE_SPANS = 2048   # spans per JSON line, as the Collector batches them
@@ -71,63 +73,27 @@ class FileSink(NullSink):
             self._file.close()
 
 
-def make_otlp_exporter(protocol: str, endpoint: Optional[str]) -> Any:
-    """The standard exporter; endpoint, headers, TLS, timeout come from OTEL_EXPORTER_OTLP_*."""
-    kwargs = {"endpoint": endpoint} if endpoint else {}
-    if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-        if hasattr(OTLPSpanExporter, "_translate_data") and hasattr(OTLPSpanExporter, "_count_data"):
-            return _pre_encoded_grpc(OTLPSpanExporter)(**kwargs)
-        return OTLPSpanExporter(**kwargs)
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-    return OTLPSpanExporter(**kwargs)
-
-
-def _pre_encoded_grpc(base: type) -> type:
-    """The standard gRPC exporter, fed ``(bytes, span_count)`` we encoded ourselves."""
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
-    class PreEncodedGrpcExporter(base):  # type: ignore[misc, valid-type]
-        def _translate_data(self, data: Any) -> Any:
-            return ExportTraceServiceRequest.FromString(data[0])
-
-        def _count_data(self, data: Any) -> int:
-            return data[1]
-
-    return PreEncodedGrpcExporter
-
-
-def send_encoded(exporter: Any, payload: bytes, count: int) -> Optional[bool]:
-    """Send pre-encoded OTLP bytes through the standard exporter's own transport.
-
-    Returns None when this exporter version offers no way in (then SDK spans are used).
-    """
-    from opentelemetry.sdk.trace.export import SpanExportResult
-
-    if type(exporter).__name__ == "PreEncodedGrpcExporter":
-        return exporter.export((payload, count)) == SpanExportResult.SUCCESS
-    client = getattr(exporter, "_client", None)
-    if client is not None and callable(getattr(client, "export", None)) and not hasattr(client, "Export"):
-        return bool(getattr(client.export(payload), "success", False))
-    return None
-
-
 class OtlpSink(NullSink):
-    """Sends through the standard OTLP exporter; keeps failed spans for retry, bounded."""
+    """Encodes spans once and sends the bytes (:mod:`.transport`); keeps failed spans for retry, bounded.
 
-    def __init__(self, protocol: str, endpoint: Optional[str], resource: Mapping[str, Any],
-                 retry_capacity: int = 65536, exporter: Any = None) -> None:
+    A retryable failure (receiver down, 429/503, gRPC UNAVAILABLE) keeps the spans
+    and backs off; a refusal (400, 401, gRPC INVALID_ARGUMENT) drops them, counted
+    in ``spans_rejected``, as the OTLP specification says.
+    """
+
+    def __init__(self, target: OtlpTarget, resource: Mapping[str, Any],
+                 retry_capacity: int = 65536, transport: Any = None) -> None:
         super().__init__()
-        self.builder = SdkSpanBuilder(resource)
+        self.target = target
+        self.resource = dict(resource)
         self.wire = WireEncoder(resource)
-        self.exporter = exporter if exporter is not None else make_otlp_exporter(protocol, endpoint)
-        self.pre_encoded = True  # until the exporter turns out to offer no way in for bytes
+        self.transport = transport if transport is not None else make_transport(target)
         self.retry_capacity = retry_capacity
+        self.rejected = 0
         self._waiting: deque = deque()
         self._backoff = 0.0
         self._next_try = 0.0
+        self._logged: set = set()
 
     def export(self, spans: Sequence[SpanRecord]) -> None:
         self._waiting.extend(spans)
@@ -139,30 +105,44 @@ class OtlpSink(NullSink):
         if time.monotonic() >= self._next_try:
             self._send()
 
-    def _send(self) -> bool:
-        from opentelemetry.sdk.trace.export import SpanExportResult
+    def _encode(self, chunk: list) -> bytes:
+        if self.target.protocol == "http/json":
+            return traces_json_line(self.resource, chunk).encode()
+        return self.wire.request(chunk)
 
+    def _send(self) -> bool:
         while self._waiting:
             count = min(SEND_SPANS, len(self._waiting))
             chunk = [self._waiting[i] for i in range(count)]
             try:
-                ok = send_encoded(self.exporter, self.wire.request(chunk), count) if self.pre_encoded else None
-                if ok is None:
-                    self.pre_encoded = False
-                    ok = self.exporter.export([self.builder.build(s) for s in chunk]) == SpanExportResult.SUCCESS
-            except Exception as exc:  # an exporter bug must not kill the exporter process
-                log.warning("sched-trace otel: OTLP export raised: %s", exc)
-                ok = False
-            if not ok:
+                result = self.transport.send(self._encode(chunk))
+            except Exception as exc:  # a transport bug must not kill the exporter process
+                result = SendResult(False, False, reason=f"{type(exc).__name__}: {exc}")
+            if not result.ok and result.retryable:
                 self.failures += 1
+                self._log_once(result.reason, "will retry")
                 self._backoff = min(max(self._backoff * 2, 0.5), 5.0)
                 self._next_try = time.monotonic() + self._backoff
                 return False
             for _ in range(count):
                 self._waiting.popleft()
-            self.exported += count
+            if result.ok:
+                self.exported += count - result.rejected
+                self.rejected += result.rejected
+            else:
+                self.failures += 1
+                self.rejected += count
+                self._log_once(result.reason, f"dropped {count} spans")
             self._backoff = 0.0
         return True
+
+    def _log_once(self, reason: str, outcome: str) -> None:
+        """One line per kind of failure; never a header value (redacted, whatever the reason says)."""
+        if reason in self._logged or len(self._logged) > 32:
+            return
+        self._logged.add(reason)
+        log.warning("sched-trace otel: OTLP export to %s failed (%s); %s",
+                    self.target.redact(self.target.endpoint), self.target.redact(reason), outcome)
 
     def flush(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -173,18 +153,102 @@ class OtlpSink(NullSink):
         return not self._waiting
 
     def close(self) -> None:
-        self.exporter.shutdown()
+        self.transport.close()
 
     def stats(self) -> dict[str, int]:
-        return {**super().stats(), "spans_waiting": len(self._waiting)}
+        return {**super().stats(), "spans_waiting": len(self._waiting), "spans_rejected": self.rejected}
+
+
+class SdkExporterSink(NullSink):
+    """Any OpenTelemetry SDK span exporter (``console``, or one from the ``opentelemetry_traces_exporter``
+    entry points), fed SDK ``ReadableSpan`` objects through its public ``export()``."""
+
+    def __init__(self, name: str, resource: Mapping[str, Any], exporter: Any = None) -> None:
+        super().__init__()
+        self.name = name
+        self.builder = SdkSpanBuilder(resource)
+        self.exporter = exporter if exporter is not None else load_sdk_exporter(name)()
+
+    def export(self, spans: Sequence[SpanRecord]) -> None:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        try:
+            ok = self.exporter.export([self.builder.build(span) for span in spans]) == SpanExportResult.SUCCESS
+        except Exception as exc:  # an exporter bug must not kill the exporter process
+            log.warning("sched-trace otel: %s exporter raised: %s", self.name, type(exc).__name__)
+            ok = False
+        if ok:
+            self.exported += len(spans)
+        else:
+            self.failures += 1
+            self.dropped += len(spans)
+
+    def flush(self, timeout: float) -> bool:
+        return bool(self.exporter.force_flush(int(timeout * 1000)))
+
+    def close(self) -> None:
+        self.exporter.shutdown()
+
+
+def load_sdk_exporter(name: str) -> Any:
+    """The ``SpanExporter`` class the SDK's autoconfiguration would load for ``name``."""
+    from importlib.metadata import entry_points
+
+    for entry_point in entry_points(group="opentelemetry_traces_exporter", name=name):
+        return entry_point.load()
+    raise LookupError(name)
+
+
+class FanoutSink(NullSink):
+    """Several sinks (``OTEL_TRACES_EXPORTER=otlp,console``): each gets every span."""
+
+    def __init__(self, sinks: Sequence[NullSink], names: Sequence[str]) -> None:
+        super().__init__()
+        self.sinks = list(sinks)
+        self.names = list(names)
+
+    def export(self, spans: Sequence[SpanRecord]) -> None:
+        for sink in self.sinks:
+            sink.export(spans)
+
+    def flush(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        return all([sink.flush(max(0.0, deadline - time.monotonic())) for sink in self.sinks])
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+
+    def stats(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        exported = []
+        for name, sink in zip(self.names, self.sinks):
+            for key, value in sink.stats().items():
+                total[f"{name}.{key}"] = value
+                if key == "spans_exported":
+                    exported.append(value)
+                else:
+                    total[key] = total.get(key, 0) + value
+        total["spans_exported"] = min(exported)  # what reached every destination
+        return total
 
 
 def make_sink(settings: Any, meta: Mapping[str, Any]) -> NullSink:
+    """The sink (or sinks) ``settings.exporters`` names; OTLP details from the OTEL_* variables."""
     resource = meta["resource"]
-    protocol = settings.protocol
-    if protocol == "file":
-        name = f"traces-{meta['host']}-{meta['pid']}.jsonl"
-        return FileSink(os.path.join(settings.directory, name), resource)
-    if protocol == "none":
+    sinks, names = [], []
+    for name in settings.exporters:
+        if name == "none":
+            continue
+        if name == "file":
+            sink: NullSink = FileSink(os.path.join(settings.directory, f"traces-{meta['host']}-{meta['pid']}.jsonl"),
+                                      resource)
+        elif name in PROTOCOLS:
+            sink = OtlpSink(otlp_target(name, settings.endpoint), resource, settings.retry_capacity)
+        else:
+            sink = SdkExporterSink(name, resource)
+        sinks.append(sink)
+        names.append(name)
+    if not sinks:
         return NullSink()
-    return OtlpSink(protocol, settings.endpoint, resource, settings.retry_capacity)
+    return sinks[0] if len(sinks) == 1 else FanoutSink(sinks, names)
