@@ -225,6 +225,7 @@ class RequestEvent(_RequestFields):
 
     __slots__ = ()
     kind = "request"
+    __reduce__ = reduce_event  # attrs may be the shared mapping proxy
 
     @property
     def name(self) -> str:
