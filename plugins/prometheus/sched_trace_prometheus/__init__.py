@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .collector import SchedTraceCollector, health_families
 from .metrics import NAMESPACE, StageMetrics
+from .multiprocess import multiprocess_registry, serve_multiprocess
 from .plugin import PrometheusPlugin
 from .settings import (
     DEFAULT_BATCH_SIZE_BUCKETS,
@@ -22,5 +23,5 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_BATCH_SIZE_BUCKETS", "DEFAULT_BUCKETS", "DEFAULT_RANK_LABELS", "NAMESPACE",
     "PrometheusPlugin", "SchedTraceCollector", "Settings", "StageMetrics", "health_families",
-    "parse_settings",
+    "multiprocess_registry", "parse_settings", "serve_multiprocess",
 ]
