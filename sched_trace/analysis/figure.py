@@ -29,11 +29,12 @@ def render(report: PipelineReport, events: Sequence[Any], path: Path) -> Path:
     grid = figure.add_gridspec(2, 1, height_ratios=[1.5, 1])
     top = grid[0].subgridspec(1, max(len(steps), 1))
     panels = [figure.add_subplot(top[0, i]) for i in range(max(len(steps), 1))]
+    drawn: set[str] = set()
     for i, (axes, step) in enumerate(zip(panels, steps)):
-        _timeline(axes, step, events, lanes, first=i == 0, roles=report.roles)
+        drawn |= _timeline(axes, step, events, lanes, first=i == 0, report=report)
     if not steps:
         panels[0].set_axis_off()
-    _legend(figure)
+    _legend(figure, drawn)
     bottom = grid[1].subgridspec(1, 2)
     _bubbles(figure.add_subplot(bottom[0, 0]), report)
     _latencies(figure.add_subplot(bottom[0, 1]), report)
@@ -50,7 +51,8 @@ def shown_steps(report: PipelineReport) -> list[StepSummary]:
 
 
 def _timeline(axes: Any, step: StepSummary, events: Sequence[Any], lanes: list, first: bool,
-              roles: dict) -> None:
+              report: PipelineReport) -> set[str]:
+    """One step's timeline; returns the stage roles it drew (the legend lists only those)."""
     row = {(lane.host_id, lane.pid, lane.tid): i for i, lane in enumerate(lanes)}
     for rank in step.ranks:  # the bubble is whatever the stage bars leave uncovered
         y = row.get((rank.lane.host_id, rank.lane.pid, rank.lane.tid))
@@ -59,16 +61,21 @@ def _timeline(axes: Any, step: StepSummary, events: Sequence[Any], lanes: list, 
                              facecolors=BUBBLE_COLOR, alpha=BUBBLE_ALPHA, linewidth=0)
             axes.text(step.duration_ns / 1e6, y + 0.42, f"{rank.bubble_ratio:.0%} ", fontsize=7,
                       ha="right", va="bottom", color="#8b1a0e")
-    _stage_bars(axes, step, events, row, roles)
+    drawn = _stage_bars(axes, step, events, row, report.roles)
     axes.set_yticks(range(len(lanes)), [lane.label for lane in lanes] if first else [])
     axes.set_ylim(len(lanes) - 0.5, -0.5)
     axes.set_xlim(0, step.duration_ns / 1e6)
     axes.set_xlabel(f"ms into step {step.index}")
     theory = f", theory {step.theory_bubble_ratio:.1%}" if step.theory_bubble_ratio is not None else ""
-    axes.set_title(f"{step.label.replace('Schedule', '')}: bubble {step.bubble_ratio:.1%}{theory}", fontsize=10)
+    # The tables give the mean over a schedule's steps; say which number this panel shows.
+    mean = next((s for s in report.schedules if s.schedule == step.label), None)
+    over = f" (mean of {mean.steps} steps {mean.bubble_ratio:.1%})" if mean is not None and mean.steps > 1 else ""
+    axes.set_title(f"{step.label.replace('Schedule', '')}, step {step.index}: bubble {step.bubble_ratio:.1%}"
+                   f"{over}{theory}", fontsize=9)
+    return drawn
 
 
-def _stage_bars(axes: Any, step: StepSummary, events: Sequence[Any], row: dict, roles: dict) -> None:
+def _stage_bars(axes: Any, step: StepSummary, events: Sequence[Any], row: dict, roles: dict) -> set[str]:
     bars: dict[tuple, list] = defaultdict(list)
     labels = []
     origin, end = step.start_ns, step.end_ns
@@ -89,14 +96,15 @@ def _stage_bars(axes: Any, step: StepSummary, events: Sequence[Any], row: dict, 
                          edgecolors="white", linewidth=0 if role == "comm" else 0.6)
     for x, y, text in labels:
         axes.text(x, y, text, ha="center", va="center", fontsize=7, color="white")
+    return {role for role, _ in bars}
 
 
-def _legend(figure: Any) -> None:
+def _legend(figure: Any, drawn: set[str]) -> None:
     from matplotlib.patches import Patch
 
     handles = [Patch(color=COLORS[r], label=n) for r, n in (
         ("forward", "forward"), ("backward", "backward"), ("weight", "weight grad"),
-        ("compute", "other compute"), ("comm", "P2P wait/post"))]
+        ("compute", "other compute"), ("comm", "P2P wait/post")) if r in drawn]
     handles.append(Patch(color=BUBBLE_COLOR, alpha=BUBBLE_ALPHA, label="bubble (idle)"))
     figure.legend(handles=handles, loc="outside upper center", ncols=len(handles), fontsize=8, frameon=False)
 

@@ -22,4 +22,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return combine(args.files, args.output, args.format, align=True, only="otlp-json")
+    return combine(args.files, args.output, args.format, align=True, only="otlp-json", command="convert")

@@ -11,13 +11,14 @@ with its PNG, then says where they are and how to open them.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
 
+from ._console import escape, installed, make_console, require
+from .report import REPORT_NEEDS, analyse
 from .run import child_environment
 
 DEFAULT_OUT = "sched-trace-out"
@@ -28,14 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help="output directory (default: %(default)s)")
     parser.add_argument("--ranks", type=int, default=4, help="pipeline ranks, one process each (2-4)")
     parser.add_argument("--microbatches", type=int, default=8, help="micro-batches per step")
-    parser.add_argument("--steps", type=int, default=3, help="steps per schedule; the first is warm-up")
+    parser.add_argument("--steps", type=int, default=3,
+                        help="steps per schedule; the report leaves out the first of each (warm-up)")
     parser.add_argument("--schedules", default="gpipe,1f1b", help="comma-separated: gpipe, 1f1b")
     parser.add_argument("--stage-ms", type=float, default=10.0,
                         help="simulated device time of one forward (backward: twice that)")
-
-
-def installed(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
 
 
 def write_config(out: Path) -> Path:
@@ -67,9 +65,11 @@ def run_pipeline(args: argparse.Namespace, config: Path, console: Any) -> int:
                "--microbatches", str(args.microbatches), "--steps", str(args.steps),
                "--schedules", args.schedules, "--stage-ms", str(args.stage_ms)]
     env = child_environment(str(config), [], None)
-    console.print(f"[bold]running[/] {args.ranks} pipeline ranks (gloo, CPU), {args.schedules}, "
-                  f"{args.microbatches} micro-batches, {args.steps} steps each, traced from outside:")
-    console.print(f"  sched-trace run --config {config} -- python -m sched_trace._demo.pipeline ...")
+    schedules = [name.strip() for name in args.schedules.split(",") if name.strip()]
+    console.print(f"[bold]running[/] {args.ranks} pipeline ranks (gloo, CPU): {args.steps} steps of each of "
+                  f"{', '.join(schedules)} ({args.steps * len(schedules)} in all), {args.microbatches} "
+                  "micro-batches per step, traced from outside:")
+    console.print(f"  sched-trace run --config {escape(config)} -- python -m sched_trace._demo.pipeline ...")
     started = time.monotonic()
     status = subprocess.run(command, env=env).returncode
     console.print(f"  finished in {time.monotonic() - started:.1f} s (exit status {status})")
@@ -90,18 +90,18 @@ def merge_perfetto(out: Path, console: Any) -> Optional[Path]:
     return target
 
 
-def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
+DEMO_NEEDS = (("torch", "torch"),) + REPORT_NEEDS
 
-    console = Console()
-    if not installed("torch"):
-        print("sched-trace demo needs torch (CPU is enough): pip install torch", file=sys.stderr)
+
+def run(args: argparse.Namespace) -> int:
+    if not require("demo", DEMO_NEEDS):
         return 2
     exporters = [name for name, module in (("perfetto", "sched_trace_perfetto"), ("otel", "sched_trace_otel"))
                  if installed(module)]
     if not exporters:
-        print("sched-trace demo needs a file exporter: pip install 'sched-trace[perfetto]'", file=sys.stderr)
+        print("sched-trace demo needs a file exporter: pip install 'sched-trace[perfetto,otel]'", file=sys.stderr)
         return 2
+    console = make_console()
     out = Path(args.out).resolve()
     (out / "perfetto").mkdir(parents=True, exist_ok=True)
     clear_old_traces(out)
@@ -110,21 +110,22 @@ def run(args: argparse.Namespace) -> int:
         return 1
     merged = merge_perfetto(out, console) if "perfetto" in exporters else None
     source = out / ("perfetto" if merged is not None else "otel")
-    from .report import analyse
-
-    analyse([str(source)], out, console, skip_steps=1)
-    _where(out, merged, exporters, console)
+    analyse([str(source)], out, console)  # the report command's defaults: `report` prints the same
+    _where(out, merged, exporters, source, console)
     return 0
 
 
-def _where(out: Path, merged: Optional[Path], exporters: list, console: Any) -> None:
+def _where(out: Path, merged: Optional[Path], exporters: list, source: Path, console: Any) -> None:
+    """What was written, and the commands that use it, each on one line to copy."""
     console.print("\n[bold]What was written[/]")
     if merged is not None:
-        console.print(f"  Perfetto timeline  {merged}\n"
-                      f"                     open https://ui.perfetto.dev and drop the file in "
-                      f"(per-rank files: {out / 'perfetto'})")
+        console.print(f"  Perfetto timeline  {escape(merged)}")
+        console.print(f"                     open https://ui.perfetto.dev and drop the file in "
+                      f"(per-rank files: {escape(out / 'perfetto')})")
     if "otel" in exporters:
-        console.print(f"  OTLP-JSON spans    {out / 'otel'}\n"
-                      f"                     sched-trace convert {out / 'otel'} -o spans.perfetto-trace")
-    console.print(f"  report             {out / 'report.png'}  and  {out / 'report.json'}\n"
-                  f"                     again: sched-trace report {out / 'perfetto'} --skip-steps 1 --out {out}")
+        console.print(f"  OTLP-JSON spans    {escape(out / 'otel')}")
+        console.print(f"                     sched-trace convert {escape(out / 'otel')} -o spans.perfetto-trace")
+    console.print(f"  report             {escape(out / 'report.png')}  and  {escape(out / 'report.json')}")
+    console.print(f"                     again: sched-trace report {escape(source)} --out {escape(out)}")
+    console.print(f"                     one timeline of everything: sched-trace merge {escape(out)} "
+                  "-o everything.perfetto-trace")

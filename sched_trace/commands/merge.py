@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import Optional, Sequence
 
 from .. import traceio
+from ..errors import SchedTraceWarning
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,23 +28,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep each file's wall-clock timestamps as recorded")
 
 
+def read_noting(files: Sequence[str], command: str) -> list:
+    """Every trace in ``files``; each file skipped (empty, or no trace) is named on stderr."""
+    with warnings.catch_warnings(record=True) as skipped:
+        warnings.simplefilter("always", SchedTraceWarning)
+        traces = traceio.read_traces(files)
+    for warning in skipped:
+        if issubclass(warning.category, SchedTraceWarning):
+            print(f"sched-trace {command}: note: {warning.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+    return traces
+
+
 def combine(files: Sequence[str], output: str, out_format: Optional[str], align: bool,
-            only: Optional[str] = None) -> int:
-    """Read, merge and write; shared with ``convert``. Returns the exit status."""
+            only: Optional[str] = None, command: str = "merge") -> int:
+    """Read, merge and write; shared with ``convert``. Returns the exit status.
+
+    Nothing is written unless there is at least one event to write.
+    """
     try:
-        paths = traceio.expand_paths(files)
-        if not paths:
-            raise traceio.TraceFormatError(f"no trace files in {', '.join(files)}")
-        traces = []
-        for path in paths:
-            trace = traceio.read_trace(path)
+        traces = read_noting(files, command)
+        for trace in traces:
             if only is not None and trace.format != only:
-                raise traceio.TraceFormatError(f"{path}: is {trace.format}, expected {only}")
-            traces.append(trace)
+                raise traceio.TraceFormatError(f"{trace.path}: is {trace.format}, expected {only}")
         merged = traceio.merge_traces(traces, align=align)
+        if not merged.events:
+            raise traceio.TraceFormatError(f"no events in {', '.join(files)}; nothing written")
         written = traceio.write_trace(merged.events, output, out_format, merged.clock_offsets)
     except (OSError, ValueError, ImportError) as exc:
-        print(f"sched-trace: {exc}", file=sys.stderr)
+        print(f"sched-trace {command}: {exc}", file=sys.stderr)
         return 2
     processes = len({(e.rank.host_id, e.rank.pid) for e in merged.events})
     print(f"{written} slices from {len(traces)} files ({processes} processes, "

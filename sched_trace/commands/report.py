@@ -17,9 +17,19 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..analysis import PipelineReport, load_events, pipeline_report
+from ..errors import AnalysisError
+from ._console import escape, make_console, require
 
 DEFAULT_OUT = "sched-trace-out"
+# The first step of each schedule runs torch's shape inference and P2P set-up; the demo
+# and this command leave it out alike, so both print the same numbers for one trace.
+DEFAULT_SKIP_STEPS = 1
 LARGE_INPUT_BYTES = 4 << 20  # show a progress bar from here on
+REPORT_NEEDS = (("rich", "'sched-trace[report]'"), ("matplotlib", "'sched-trace[report]'"))
+
+
+class NothingToReport(ValueError):
+    """The input holds no step to analyse: refuse before writing anything."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,8 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="trace files or directories (Perfetto, Chrome JSON, OTLP-JSON)")
     parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
                         help="where report.png and report.json go (default: %(default)s)")
-    parser.add_argument("--skip-steps", type=int, default=0, metavar="N",
-                        help="leave out the first N steps of each schedule (warm-up, shape inference)")
+    parser.add_argument("--skip-steps", type=int, default=None, metavar="N",
+                        help=f"leave out the first N steps of each schedule (warm-up, shape inference; "
+                             f"default: {DEFAULT_SKIP_STEPS}, or 0 when a schedule has only one step)")
     parser.add_argument("--step", default=None, metavar="NAME",
                         help="the batch event that is one step (default: the most common top-level one)")
     parser.add_argument("--no-png", dest="png", action="store_false", help="tables only")
@@ -66,12 +77,12 @@ def print_report(report: PipelineReport, console: Any) -> None:
     """The analysis as rich tables."""
     from rich.table import Table
 
-    ranks = Table(title=f"Pipeline ranks ({sum(1 for _ in report.steps)} steps of {report.step_name})")
-    for column in ("rank", "steps", "step ms", "busy ms", "comm ms", "idle ms", "bubble"):
+    ranks = Table(title=f"Pipeline ranks (sums over {len(report.steps)} steps of {report.step_name})")
+    for column in ("rank", "steps", "total ms", "ms/step", "busy ms", "comm ms", "idle ms", "bubble"):
         ranks.add_column(column, justify="left" if column == "rank" else "right")
     for r in report.ranks:
-        ranks.add_row(r.lane.label, str(r.steps), _ms(r.step_ns), _ms(r.busy_ns),
-                      _ms(r.comm_ns), _ms(r.idle_ns), _pct(r.bubble_ratio))
+        ranks.add_row(r.lane.label, str(r.steps), _ms(r.step_ns), _ms(r.step_ns / r.steps if r.steps else 0),
+                      _ms(r.busy_ns), _ms(r.comm_ns), _ms(r.idle_ns), _pct(r.bubble_ratio))
     console.print(ranks)
     schedules = Table(title="Bubble ratio by schedule (idle / step time, all ranks)")
     for column in ("schedule", "steps", "mean step ms", "bubble", "theory (p-1)/(m+p-1)"):
@@ -85,8 +96,24 @@ def print_report(report: PipelineReport, console: Any) -> None:
     for step in _last_step_per_schedule(report):
         path = step.critical_path
         if path is not None:
-            console.print(f"[bold]critical path[/] step {step.index} ({_short(step.label)}): {_ms(path.length_ns)} ms, "
-                          f"{_ms(path.wait_ns)} ms waiting: {path.describe()}")
+            console.print(f"[bold]critical path[/] step {step.index} ({escape(_short(step.label))}): "
+                          f"{_ms(path.length_ns)} ms, {_ms(path.wait_ns)} ms waiting: {escape(path.describe())}")
+    print_left_out(report, console)
+
+
+def print_left_out(report: PipelineReport, console: Any) -> None:
+    """Which steps the numbers leave out, and what the analysis assumed."""
+    kept = ", ".join(str(step.index) for step in report.steps)
+    if report.skipped_steps:
+        left_out = ", ".join(str(k) for k in report.skipped_steps)
+        first = "first step" if report.skip_steps == 1 else f"first {report.skip_steps} steps"
+        console.print(f"steps analysed: {kept}; left out: {left_out} (the {first} of each schedule: "
+                      f"--skip-steps {report.skip_steps}; --skip-steps 0 keeps them)")
+    else:
+        console.print(f"steps analysed: {kept or 'none'}; none left out")
+    for note in report.notes:
+        if not note.startswith("left out "):  # said above, with the step numbers
+            console.print(f"note: {escape(note)}")
 
 
 def _last_step_per_schedule(report: PipelineReport) -> list[Any]:
@@ -139,28 +166,49 @@ def write_outputs(report: PipelineReport, events: Sequence[Any], out_dir: Path, 
     return written
 
 
-def analyse(files: Sequence[str], out_dir: Path, console: Any, *, skip_steps: int = 0,
+def build_report(events: Sequence[Any], *, skip_steps: Optional[int] = None,
+                 step_name: Optional[str] = None) -> PipelineReport:
+    """The analysis with the command's defaults: skip the first step of each schedule
+    unless told otherwise, or unless that would leave no step at all."""
+    if not events:
+        raise NothingToReport("no events in these files")
+    chosen = DEFAULT_SKIP_STEPS if skip_steps is None else skip_steps
+    try:
+        report = pipeline_report(events, step_name=step_name, skip_steps=chosen)
+    except AnalysisError:
+        if skip_steps is not None or chosen == 0:
+            raise
+        report = pipeline_report(events, step_name=step_name, skip_steps=0)  # a one-step trace
+    if not report.steps:
+        raise NothingToReport("no finished stage events in these files")
+    return report
+
+
+def analyse(files: Sequence[str], out_dir: Path, console: Any, *, skip_steps: Optional[int] = None,
             step_name: Optional[str] = None, png: bool = True) -> tuple[PipelineReport, list[Path]]:
-    """Read, analyse, print and write: what ``sched-trace report`` and the demo do."""
+    """Read, analyse, print and write: what ``sched-trace report`` and the demo do.
+
+    Raises before anything is written when there is nothing to report.
+    """
     events = read_with_progress(files, console)
-    report = pipeline_report(events, step_name=step_name, skip_steps=skip_steps)
+    report = build_report(events, skip_steps=skip_steps, step_name=step_name)
     print_report(report, console)
     return report, write_outputs(report, events, out_dir, png)
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    console = Console()
+    if not require("report", REPORT_NEEDS if args.png else REPORT_NEEDS[:1]):
+        return 2
+    console = make_console()
     try:
         report, written = analyse(args.files, Path(args.out), console, skip_steps=args.skip_steps,
                                   step_name=args.step, png=args.png)
+    except NothingToReport as exc:
+        print(f"sched-trace report: {exc}; nothing written", file=sys.stderr)
+        return 1
     except (OSError, ValueError, ImportError) as exc:
         print(f"sched-trace report: {exc}", file=sys.stderr)
         return 2
-    if not report.steps:
-        print("sched-trace report: no finished stage events in these files", file=sys.stderr)
-        return 1
     for path in written:
-        console.print(f"wrote {path}")
+        console.print(f"wrote {escape(path)}")
     return 0

@@ -1,0 +1,54 @@
+"""What ``demo`` and ``report`` share: the install hint for missing extras, and the console."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from typing import Any, Optional, Sequence
+
+# Wide enough that no path or command printed is ever cut in two when output is piped.
+PIPED_WIDTH = 200
+
+
+def installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package that fails to import, or a module set to None
+        return False
+
+
+def missing_hint(command: str, needs: Sequence[tuple[str, str]]) -> Optional[str]:
+    """One line naming what to install, or None. ``needs``: (module, pip requirement) pairs."""
+    missing = [(module, requirement) for module, requirement in needs if not installed(module)]
+    if not missing:
+        return None
+    extras = sorted({r.split("[", 1)[1].rstrip("]'") for _, r in missing if r.startswith("'sched-trace[")})
+    others = sorted({r for _, r in missing if not r.startswith("'sched-trace[")})
+    install = ([f"'sched-trace[{','.join(extras)}]'"] if extras else []) + others
+    names = ", ".join(module for module, _ in missing)
+    return f"sched-trace {command} needs {names}: pip install {' '.join(install)}"
+
+
+def require(command: str, needs: Sequence[tuple[str, str]]) -> bool:
+    """Print the install hint and return False when something is missing."""
+    hint = missing_hint(command, needs)
+    if hint is not None:
+        print(hint, file=sys.stderr)
+    return hint is None
+
+
+def make_console() -> Any:
+    """A rich console that never hard-wraps: paths and commands stay copyable when piped."""
+    from rich.console import Console
+
+    console = Console(soft_wrap=True)
+    if not console.is_terminal:
+        console = Console(soft_wrap=True, width=PIPED_WIDTH)
+    return console
+
+
+def escape(text: Any) -> str:
+    """``text`` safe to embed in rich markup (a path may contain ``[``)."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(str(text))
