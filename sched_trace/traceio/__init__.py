@@ -23,7 +23,7 @@ from typing import Iterable, Mapping, Optional, Sequence, Union
 from ._chrome import ChromeWriter, read_chrome
 from ._model import (
     Event, ProcessKey, RecordedError, TraceFile, TraceFormatError, event_key, flow_id,
-    stable_id, track_uuid,
+    stable_id, track_rank, track_uuid,
 )
 from ._otlp import read_otlp_json
 from ._perfetto import PerfettoEncoder, perfetto_sequence_id, read_perfetto
@@ -37,7 +37,7 @@ __all__ = [
     "ChromeWriter", "Event", "FORMATS", "MergedTrace", "PerfettoEncoder", "ProcessKey",
     "RecordedError", "TraceFile", "TraceFormatError", "align_offsets", "detect_format",
     "event_key", "expand_paths", "flow_id", "merge_traces", "perfetto_sequence_id",
-    "read_events", "read_trace", "read_traces", "stable_id", "track_uuid", "write_chrome",
+    "read_events", "read_trace", "read_traces", "stable_id", "track_rank", "track_uuid", "write_chrome",
     "write_perfetto", "write_trace",
 ]
 
@@ -47,13 +47,18 @@ def detect_format(path: PathLike) -> str:
     with open(path, "rb") as handle:
         head = handle.read(65536)
     text = head.lstrip()[:1]
-    if text not in (b"{", b"["):
+    if text not in (b"{", b"[") or _binary(head[:512]):  # a packet of 123 bytes starts b"\n{"
         return "perfetto"
     if b'"resourceSpans"' in head or b'"resource_spans"' in head:
         return "otlp-json"
     if b'"traceEvents"' in head or text == b"[":
         return "chrome"
     raise TraceFormatError(f"{path}: JSON, but neither Chrome trace ('traceEvents') nor OTLP ('resourceSpans')")
+
+
+def _binary(head: bytes) -> bool:
+    """Control bytes JSON text never holds (protobuf tags and small varints are full of them)."""
+    return any(byte < 0x20 and byte not in (0x09, 0x0A, 0x0D) for byte in head)
 
 
 def read_trace(path: PathLike, format: Optional[str] = None) -> TraceFile:
@@ -145,10 +150,13 @@ def read_events(paths: Iterable[PathLike], align: bool = True) -> list[Event]:
 
 def write_perfetto(events: Iterable[Event], path: PathLike,
                    clock_offsets: Optional[Mapping[ProcessKey, int]] = None,
-                   counter_attrs: Iterable[str] = ("queue_depth",)) -> int:
-    """Write a Perfetto protobuf trace; returns the number of slices written."""
+                   counter_attrs: Iterable[str] = ("queue_depth",), track_keys: Iterable[str] = ()) -> int:
+    """Write a Perfetto protobuf trace; returns the number of slices written.
+
+    One track per rank thread; ``track_keys`` names extra rank keys that split it.
+    """
     events = [e for e in events if e.end_ns is not None]
-    encoder = PerfettoEncoder(sequence_id=1, counter_attrs=counter_attrs)
+    encoder = PerfettoEncoder(sequence_id=1, counter_attrs=counter_attrs, track_keys=track_keys)
     encoder.clock_offsets = dict(clock_offsets or {})
     with open(path, "wb") as handle:
         if len(encoder.clock_offsets) == 1 and events:
@@ -161,23 +169,23 @@ def write_perfetto(events: Iterable[Event], path: PathLike,
 def write_chrome(events: Iterable[Event], path: PathLike,
                  clock_offsets: Optional[Mapping[ProcessKey, int]] = None,
                  rank: Optional[int] = None, world_size: Optional[int] = None,
-                 counter_attrs: Iterable[str] = ("queue_depth",)) -> int:
+                 counter_attrs: Iterable[str] = ("queue_depth",), track_keys: Iterable[str] = ()) -> int:
     """Write a Chrome trace JSON file; returns the number of slices written."""
     events = [e for e in events if e.end_ns is not None]
     with open(path, "w", encoding="utf-8") as handle:
-        writer = ChromeWriter(handle, rank=rank, world_size=world_size,
-                              clock_offsets=clock_offsets or {}, counter_attrs=counter_attrs)
+        writer = ChromeWriter(handle, rank=rank, world_size=world_size, clock_offsets=clock_offsets or {},
+                              counter_attrs=counter_attrs, track_keys=track_keys)
         writer.write(events)
         writer.close()
     return len(events)
 
 
 def write_trace(events: Iterable[Event], path: PathLike, format: Optional[str] = None,
-                clock_offsets: Optional[Mapping[ProcessKey, int]] = None) -> int:
+                clock_offsets: Optional[Mapping[ProcessKey, int]] = None, track_keys: Iterable[str] = ()) -> int:
     """Perfetto or Chrome JSON, by ``format`` or by the suffix (``.json`` is Chrome)."""
     format = format or ("chrome" if os.fspath(path).endswith(".json") else "perfetto")
     if format == "chrome":
-        return write_chrome(events, path, clock_offsets)
+        return write_chrome(events, path, clock_offsets, track_keys=track_keys)
     if format == "perfetto":
-        return write_perfetto(events, path, clock_offsets)
+        return write_perfetto(events, path, clock_offsets, track_keys=track_keys)
     raise ValueError(f"cannot write {format!r}; use 'perfetto' or 'chrome'")

@@ -7,10 +7,11 @@ processes agree on them without talking to each other and merge cleanly.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Optional, Union
+from typing import AbstractSet, Any, Iterable, Mapping, Optional, Union
 
 from ..events import BatchEvent, RankInfo, StageEvent
 
@@ -21,6 +22,8 @@ ProcessKey = tuple[str, int]
 RANK_FIELDS = ("host_id", "pid", "tid", "thread_label", "tp_rank", "pp_rank", "dp_rank")
 #: Event fields stored as slice arguments (attrs go under ``attrs.``).
 ARG_FIELDS = ("microbatch", "batch_id", "batch_size", "level", "span_id", "parent_id")
+#: The slice argument that carries the rank's extra keys the track does not stand for.
+RANK_KEYS_ARG = "rank_keys"
 
 
 class TraceFormatError(ValueError):
@@ -70,13 +73,32 @@ def process_uuid(host_id: str, pid: int) -> int:
     return stable_id("process", host_id, pid)
 
 
-def track_uuid(rank: RankInfo) -> int:
-    return stable_id("track", rank.host_id, rank.pid, rank.tid, rank.thread_label,
-                     rank.tp_rank, rank.pp_rank, rank.dp_rank, rank.extra)
+def track_rank(rank: RankInfo, track_keys: AbstractSet[str] = frozenset()) -> RankInfo:
+    """The rank one track stands for: host, process, thread, label, TP/PP/DP ranks.
+
+    Extra rank keys (``stage_index``, ``rank``, ``world_size`` ...) are slice
+    arguments (:func:`event_args`), so one thread stays one track whatever keys a
+    call adds; only the extras named in ``track_keys`` split a thread into tracks.
+    """
+    if not rank.extra:
+        return rank
+    kept = tuple(item for item in rank.extra if item[0] in track_keys)
+    return rank if len(kept) == len(rank.extra) else dataclasses.replace(rank, extra=kept)
 
 
-def counter_uuid(rank: RankInfo, counter: str) -> int:
-    return stable_id("counter", track_uuid(rank), counter)
+def track_name(track: RankInfo, track_keys: AbstractSet[str] = frozenset()) -> str:
+    """``host:Label-PP1-DP0-TP0``, then ``key=value`` for each per-key track asked for."""
+    return track.track_name + "".join(f" {key}={value}" for key, value in track.extra if key in track_keys)
+
+
+def track_uuid(rank: RankInfo, track_keys: AbstractSet[str] = frozenset()) -> int:
+    track = track_rank(rank, track_keys)
+    return stable_id("track", track.host_id, track.pid, track.tid, track.thread_label,
+                     track.tp_rank, track.pp_rank, track.dp_rank, track.extra)
+
+
+def counter_uuid(rank: RankInfo, counter: str, track_keys: AbstractSet[str] = frozenset()) -> int:
+    return stable_id("counter", track_uuid(rank, track_keys), counter)
 
 
 def flow_id(event: Event) -> Optional[int]:
@@ -115,13 +137,17 @@ def rank_from_dict(values: Mapping[str, Any]) -> RankInfo:
     )
 
 
-def event_args(event: Event) -> dict[str, Any]:
-    """The arguments a slice carries: ids, sizes, level, error, extracted attrs."""
+def event_args(event: Event, track_keys: AbstractSet[str] = frozenset()) -> dict[str, Any]:
+    """The arguments a slice carries: ids, sizes, level, extra rank keys, error, attrs."""
     args: dict[str, Any] = {}
     for key in ARG_FIELDS:
         value = getattr(event, key)
         if value is not None:
             args[key] = value
+    if event.rank.extra:
+        rank_keys = {key: value for key, value in event.rank.extra if key not in track_keys}
+        if rank_keys:
+            args[RANK_KEYS_ARG] = rank_keys
     if event.error is not None:
         args["error"] = _error_text(event.error)
     if event.attrs:
@@ -141,6 +167,9 @@ def make_event(kind: str, name: str, start_ns: int, end_ns: int, rank: RankInfo,
     cls = BatchEvent if kind == "batch" else StageEvent
     error = args.get("error")
     attrs = args.get("attrs") or {}
+    rank_keys = args.get(RANK_KEYS_ARG)
+    if isinstance(rank_keys, Mapping) and rank_keys:  # extras the track does not stand for
+        rank = dataclasses.replace(rank, extra=tuple(sorted({**rank.extras, **rank_keys}.items())))
     return cls(
         name=name,
         level=int(args.get("level", 0)),

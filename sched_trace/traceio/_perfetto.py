@@ -23,7 +23,7 @@ from . import _protowire as _wire
 from ._model import (
     Event, ProcessKey, TraceFile, TraceFormatError, counter_uuid, counter_values,
     event_args, flow_id, make_event, process_uuid, rank_from_dict, rank_to_dict,
-    stable_id, track_uuid,
+    stable_id, track_name, track_rank, track_uuid,
 )
 
 REALTIME, MONOTONIC, BOOTTIME = 1, 3, 6
@@ -47,15 +47,17 @@ class PerfettoEncoder:
 
     Stateful: each process, rank track and counter track is described once, in
     the first chunk that uses it. ``clock_offsets`` is consulted when a process is
-    first seen; ``counter_attrs`` names attrs plotted as counters.
+    first seen; ``counter_attrs`` names attrs plotted as counters; ``track_keys``
+    names extra rank keys that get a track per value (others are slice arguments).
     """
 
     def __init__(self, sequence_id: int = 1, counter_attrs: Iterable[str] = ("queue_depth",),
-                 flows: bool = True) -> None:
+                 flows: bool = True, track_keys: Iterable[str] = ()) -> None:
         self.pb = protos()
         self.sequence_id = sequence_id & 0x7FFF_FFFF or 1
         self.counter_attrs = tuple(counter_attrs)
         self.flows = flows
+        self.track_keys = frozenset(track_keys)
         self.clock_offsets: dict[ProcessKey, int] = {}
         self._described: set[int] = set()
         self._pids: dict[ProcessKey, int] = {}
@@ -88,7 +90,7 @@ class PerfettoEncoder:
             start = _wire.timestamp_field(event.start_ns)
             chunks.append(_wire.slice_packets(
                 head, self._first_flags(), track[1], self._field(_wire.category_field, event.kind),
-                self._field(_wire.name_field, event.name), event_args(event),
+                self._field(_wire.name_field, event.name), event_args(event, self.track_keys),
                 flow_id(event) if self.flows else None, start, event.end_ns))
             for name, value in counter_values(event, self.counter_attrs).items():
                 uuid = self._counter_track(chunks, rank, track[2], name)
@@ -124,7 +126,7 @@ class PerfettoEncoder:
 
     def _track(self, chunks: list, rank: RankInfo) -> tuple[RankInfo, bytes, int]:
         """Describe the rank's tracks if new (protobuf, once); its uuid as an encoded field."""
-        uuid = track_uuid(rank)
+        uuid = track_uuid(rank, self.track_keys)
         if uuid not in self._described or process_uuid(rank.host_id, rank.pid) not in self._described:
             trace = self.pb.Trace()
             self._describe(trace, rank)
@@ -135,7 +137,7 @@ class PerfettoEncoder:
         """The counter track's uuid as an encoded field; described (protobuf) the first time."""
         field = self._counter_uuids.get((track, name))
         if field is None:
-            uuid = counter_uuid(rank, name)
+            uuid = counter_uuid(rank, name, self.track_keys)
             if uuid not in self._described:
                 trace = self.pb.Trace()
                 self._describe_counter(trace, rank, name, uuid)
@@ -169,13 +171,14 @@ class PerfettoEncoder:
             descriptor.child_ordering = self.pb.TrackDescriptor.EXPLICIT
             meta = {"host_id": rank.host_id, "pid": rank.pid, "clock_offset_ns": self.clock_offsets.get(key)}
             descriptor.description = json.dumps({"sched_trace_process": meta})
-        uuid = track_uuid(rank)
+        uuid = track_uuid(rank, self.track_keys)
         if uuid not in self._described:
             self._described.add(uuid)
+            track = track_rank(rank, self.track_keys)
             descriptor = self._packet(trace).track_descriptor
             descriptor.uuid, descriptor.parent_uuid = uuid, parent
-            descriptor.name = rank.track_name
-            descriptor.description = json.dumps({"sched_trace_rank": rank_to_dict(rank)}, default=str)
+            descriptor.name = track_name(track, self.track_keys)
+            descriptor.description = json.dumps({"sched_trace_rank": rank_to_dict(track)}, default=str)
             descriptor.sibling_order_rank = _order(rank)
 
     def _descriptor_pid(self, key: ProcessKey) -> int:
@@ -191,10 +194,10 @@ class PerfettoEncoder:
         begin = self._packet(trace, event.start_ns)
         track_event = begin.track_event
         track_event.type = SLICE_BEGIN
-        track_event.track_uuid = track_uuid(event.rank)
+        track_event.track_uuid = track_uuid(event.rank, self.track_keys)
         track_event.name = event.name
         track_event.categories.append(event.kind)
-        for name, value in event_args(event).items():
+        for name, value in event_args(event, self.track_keys).items():
             set_annotation(track_event.debug_annotations.add(), name, value)
         flow = flow_id(event) if self.flows else None
         if flow is not None:
@@ -207,12 +210,12 @@ class PerfettoEncoder:
         self._described.add(uuid)
         descriptor = self._packet(trace).track_descriptor
         descriptor.uuid, descriptor.parent_uuid = uuid, process_uuid(rank.host_id, rank.pid)
-        descriptor.name = f"{rank.track_name} {name}"
+        descriptor.name = f"{track_name(track_rank(rank, self.track_keys), self.track_keys)} {name}"
         descriptor.counter.unit = self.pb.CounterDescriptor.UNIT_COUNT
         descriptor.sibling_order_rank = _order(rank) + 1
 
     def _counter(self, trace: Any, rank: RankInfo, name: str, value: float, timestamp: int) -> None:
-        uuid = counter_uuid(rank, name)
+        uuid = counter_uuid(rank, name, self.track_keys)
         if uuid not in self._described:
             self._describe_counter(trace, rank, name, uuid)
         track_event = self._packet(trace, timestamp).track_event

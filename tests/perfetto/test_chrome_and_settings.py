@@ -24,8 +24,10 @@ def test_chrome_json_loads_with_distributed_rank(tmp_path, run_pipeline, monkeyp
     assert "-rank3-" in path.name and plugin.paths == [str(path)]
     document = json.loads(path.read_text())  # what HTA does: a plain json.load
     assert document["distributedInfo"]["rank"] == 3
-    slices = [e for e in document["traceEvents"] if e["ph"] == "X"]
+    slices = [e for e in document["traceEvents"] if e["ph"] == "X" and e["cat"] != "user_annotation"]
     assert len(slices) == 26
+    steps = [e for e in document["traceEvents"] if e["ph"] == "X" and e["cat"] == "user_annotation"]
+    assert [e["name"] for e in steps] == ["ProfilerStep#1", "ProfilerStep#2"]  # HTA's iterations
     forward = next(e for e in slices if e["name"] == "forward")
     assert {"microbatch", "batch_id", "span_id"} <= set(forward["args"])
     tracks = {e["args"]["name"] for e in document["traceEvents"] if e.get("name") == "thread_name"}

@@ -7,6 +7,8 @@
     flows = true                             # arrows following a micro-batch across PP ranks
     capacity = 131072                        # events buffered before dropping (counted)
     process = true                           # encode and write in a separate exporter process
+    track_keys = []                          # extra rank keys that get a track per value, e.g.
+                                             # ["stage_index"]; others become slice arguments
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class PerfettoSettings:
     flows: bool = True
     capacity: int = 131072
     process: bool = True
+    track_keys: tuple[str, ...] = ()
 
     @property
     def suffix(self) -> str:
@@ -39,7 +42,9 @@ class PerfettoSettings:
 
 _FIELDS = {f.name: f for f in dataclasses.fields(PerfettoSettings)}
 _TYPES: dict[str, type] = {"directory": str, "format": str, "counters": list, "flows": bool, "capacity": int,
-                          "process": bool}
+                          "process": bool, "track_keys": list}
+#: Always part of a track's identity: naming them in track_keys is a mistake.
+_IDENTITY = ("host_id", "pid", "tid", "thread_label", "tp_rank", "pp_rank", "dp_rank")
 
 
 def _check(key: str, value: Any, source: str) -> Any:
@@ -61,12 +66,25 @@ def _check(key: str, value: Any, source: str) -> Any:
             if not isinstance(item, str) or not item:
                 raise ConfigError(f"{item!r} in {value!r} is not an attribute name", source=source, key=where)
         return tuple(value)
+    if key == "track_keys":
+        return _track_keys(value, source, where)
     return value
+
+
+def _track_keys(value: list, source: str, where: str) -> tuple[str, ...]:
+    for item in value:
+        if not isinstance(item, str) or not item.strip():
+            raise ConfigError(f"{item!r} in {value!r} is not a rank key name (e.g. \"stage_index\")",
+                              source=source, key=where)
+        if item in _IDENTITY:
+            raise ConfigError(f"{item!r} in {value!r} is always part of a track; list only extra rank keys "
+                              "such as \"stage_index\"", source=source, key=where)
+    return tuple(value)
 
 
 def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     found: dict[str, Any] = {}
-    for key in ("directory", "format", "flows", "counters", "process"):
+    for key in ("directory", "format", "flows", "counters", "process", "track_keys"):
         raw = environ.get(f"SCHED_TRACE_PERFETTO_{key.upper()}")
         if raw in (None, ""):
             continue
@@ -75,7 +93,7 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
                 raise ConfigError(f"{raw!r} is not a boolean (use 1/0, true/false)", source="environment",
                                   key=f"SCHED_TRACE_PERFETTO_{key.upper()}")
             found[key] = raw.lower() in ("1", "true", "yes", "on")
-        elif key == "counters":
+        elif key in ("counters", "track_keys"):
             found[key] = [name.strip() for name in raw.split(",") if name.strip()]
         else:
             found[key] = raw
