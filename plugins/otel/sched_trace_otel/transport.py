@@ -48,10 +48,12 @@ class HttpTransport:
 
         self.target = target
         self._session = requests.Session()
-        self._session.verify = target.certificate or True
+        # Per request, not on the session: REQUESTS_CA_BUNDLE would override a session's verify.
+        self._verify: Any = target.certificate or True
+        self._cert: Any = None
         if target.client_certificate:
-            self._session.cert = ((target.client_certificate, target.client_key) if target.client_key
-                                  else target.client_certificate)
+            self._cert = ((target.client_certificate, target.client_key) if target.client_key
+                          else target.client_certificate)
         json = target.protocol == "http/json"
         self._headers = {"Content-Type": "application/json" if json else "application/x-protobuf",
                          "User-Agent": "sched-trace-otel"}
@@ -68,7 +70,7 @@ class HttpTransport:
             payload = zlib.compress(payload)
         try:
             response = self._session.post(self.target.endpoint, data=payload, headers=self._headers,
-                                          timeout=self.target.timeout)
+                                          timeout=self.target.timeout, verify=self._verify, cert=self._cert)
         except requests.RequestException as exc:  # refused, reset, timed out, TLS
             return SendResult(False, True, reason=type(exc).__name__)
         status = response.status_code
