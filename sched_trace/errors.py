@@ -39,6 +39,33 @@ class PluginError(SchedTraceError):
         super().__init__(message)
 
 
+class TraceFormatError(SchedTraceError, ValueError):
+    """A file is not a trace sched-trace can read, or is damaged: names the file and the spot.
+
+    ``detail`` is the problem alone; ``path`` and ``where`` (``line 3``,
+    ``traceEvents[7]``, ``packet 12``) are prefixed to the message when known.
+    """
+
+    def __init__(self, detail: str, *, path: Optional[str] = None, where: Optional[str] = None) -> None:
+        self.detail, self.path, self.where = detail, path, where
+        prefix = (f"{path}: " if path else "") + (f"{where}: " if where else "")
+        super().__init__(prefix + detail)
+
+    def located(self, path: str, where: Optional[str] = None) -> "TraceFormatError":
+        """The same error naming ``path`` (and ``where``, unless it already names a spot)."""
+        if self.path is not None:
+            return self
+        return type(self)(self.detail, path=path, where=self.where or where)
+
+
+class EmptyTraceError(TraceFormatError):
+    """The file holds nothing (0 bytes, or only whitespace): callers reading many files skip it."""
+
+
+class NotATraceError(TraceFormatError):
+    """The file is readable but is no trace at all (``report.json``): skipped inside directories."""
+
+
 class SchedTraceWarning(UserWarning):
     """Something was skipped that the user probably wanted (an unresolved target ...)."""
 

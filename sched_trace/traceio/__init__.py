@@ -20,78 +20,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence, Union
 
-from ._chrome import ChromeWriter, read_chrome
+from ._chrome import ChromeWriter
+from ._chrome_read import read_chrome
 from ._model import (
-    Event, ProcessKey, RecordedError, TraceFile, TraceFormatError, event_key, flow_id,
+    EmptyTraceError, Event, NotATraceError, ProcessKey, RecordedError, TraceFile,
+    TraceFormatError, event_key, flow_id,
     stable_id, track_rank, track_uuid,
 )
+from ._files import (
+    FORMATS, PERFETTO_SUFFIXES, TRACE_SUFFIXES, detect_format, expand_paths, read_trace, read_traces,
+)
 from ._otlp import read_otlp_json
-from ._perfetto import PerfettoEncoder, perfetto_sequence_id, read_perfetto
+from ._perfetto import PerfettoEncoder, perfetto_sequence_id
+from ._perfetto_read import read_perfetto
 
 PathLike = Union[str, "os.PathLike[str]"]
-FORMATS = ("perfetto", "chrome", "otlp-json")
-PERFETTO_SUFFIXES = (".perfetto-trace", ".pftrace", ".pb", ".perfetto")
-TRACE_SUFFIXES = PERFETTO_SUFFIXES + (".json", ".jsonl")
 
 __all__ = [
-    "ChromeWriter", "Event", "FORMATS", "MergedTrace", "PerfettoEncoder", "ProcessKey",
+    "ChromeWriter", "EmptyTraceError", "Event", "FORMATS", "MergedTrace", "NotATraceError",
+    "PerfettoEncoder", "ProcessKey",
     "RecordedError", "TraceFile", "TraceFormatError", "align_offsets", "detect_format",
     "event_key", "expand_paths", "flow_id", "merge_traces", "perfetto_sequence_id",
     "read_events", "read_trace", "read_traces", "stable_id", "track_rank", "track_uuid", "write_chrome",
     "write_perfetto", "write_trace",
 ]
-
-
-def detect_format(path: PathLike) -> str:
-    """``"perfetto"``, ``"chrome"`` or ``"otlp-json"``, from the file's first bytes."""
-    with open(path, "rb") as handle:
-        head = handle.read(65536)
-    text = head.lstrip()[:1]
-    if text not in (b"{", b"[") or _binary(head[:512]):  # a packet of 123 bytes starts b"\n{"
-        return "perfetto"
-    if b'"resourceSpans"' in head or b'"resource_spans"' in head:
-        return "otlp-json"
-    if b'"traceEvents"' in head or text == b"[":
-        return "chrome"
-    raise TraceFormatError(f"{path}: JSON, but neither Chrome trace ('traceEvents') nor OTLP ('resourceSpans')")
-
-
-def _binary(head: bytes) -> bool:
-    """Control bytes JSON text never holds (protobuf tags and small varints are full of them)."""
-    return any(byte < 0x20 and byte not in (0x09, 0x0A, 0x0D) for byte in head)
-
-
-def read_trace(path: PathLike, format: Optional[str] = None) -> TraceFile:
-    """Read one trace file (format detected when not given)."""
-    path = os.fspath(path)
-    format = format or detect_format(path)
-    if format == "perfetto":
-        return read_perfetto(path, Path(path).read_bytes())
-    text = Path(path).read_text(encoding="utf-8")
-    if format == "chrome":
-        return read_chrome(path, text)
-    if format == "otlp-json":
-        return read_otlp_json(path, text)
-    raise ValueError(f"unknown trace format {format!r}; use one of {', '.join(FORMATS)}")
-
-
-def expand_paths(paths: Iterable[PathLike]) -> list[str]:
-    """Files as given; directories become the trace files under them, sorted."""
-    found: list[str] = []
-    for path in paths:
-        path = os.fspath(path)
-        if os.path.isdir(path):
-            found.extend(sorted(str(p) for p in Path(path).rglob("*")
-                                if p.is_file() and p.name.endswith(TRACE_SUFFIXES)))
-        elif os.path.exists(path):
-            found.append(path)
-        else:
-            raise FileNotFoundError(f"{path}: no such trace file or directory")
-    return found
-
-
-def read_traces(paths: Iterable[PathLike]) -> list[TraceFile]:
-    return [read_trace(path) for path in expand_paths(paths)]
 
 
 @dataclass

@@ -141,66 +141,6 @@ class ChromeWriter:
         self.handle.flush()
 
 
-def _load(path: str, text: str) -> dict:
-    try:
-        return json.loads(text, parse_float=Decimal)
-    except ValueError:
-        # A writer that died mid-run leaves the event array open: close it and retry.
-        trimmed = text.rstrip().rstrip(",")
-        try:
-            return json.loads(trimmed + "\n]}", parse_float=Decimal)
-        except ValueError as exc:
-            raise TraceFormatError(f"{path}: not a Chrome trace JSON file ({exc})") from None
-
-
-def _ns(value: Any) -> int:
-    return int(Decimal(value) * 1000)
-
-
-def read_chrome(path: str, text: str) -> TraceFile:
-    document = _load(path, text)
-    if isinstance(document, list):  # the bare-array form of the format
-        document = {"traceEvents": document}
-    if not isinstance(document, dict) or "traceEvents" not in document:
-        raise TraceFormatError(f"{path}: no 'traceEvents' array; not a Chrome trace JSON file")
-    result = TraceFile(path=path, format="chrome")
-    for item in (document.get("sched_trace") or {}).get("clock_offsets", []):
-        result.clock_offsets[(str(item["host_id"]), int(item["pid"]))] = int(item["clock_offset_ns"])
-    ranks: dict[tuple[Any, Any], RankInfo] = {}
-    records = document["traceEvents"]
-    for record in records:
-        if record.get("ph") == "M" and record.get("name") == "thread_name":
-            args = record.get("args") or {}
-            stored = args.get("sched_trace_rank")
-            key = (record.get("pid"), record.get("tid"))
-            if stored is not None:
-                ranks[key] = rank_from_dict(_plain(stored))
-            else:
-                ranks[key] = RankInfo("unknown", int(record.get("pid") or 0), int(record.get("tid") or 0),
-                                      str(args.get("name", "thread")))
-    for record in records:
-        if record.get("ph") != "X" or "dur" not in record or _is_profiler_step(record):
-            continue
-        key = (record.get("pid"), record.get("tid"))
-        rank = ranks.get(key) or RankInfo("unknown", int(key[0] or 0), int(key[1] or 0), f"tid-{key[1]}")
-        start = _ns(record["ts"])
-        kind = "batch" if record.get("cat") == "batch" else "stage"
-        result.events.append(make_event(kind, str(record.get("name", "")), start,
-                                        start + _ns(record["dur"]), rank, _plain(record.get("args") or {})))
-    return result
-
-
 def _is_profiler_step(record: Mapping[str, Any]) -> bool:
     """A ``ProfilerStep#N`` that ChromeWriter drew over a batch (a torch.profiler one stays an event)."""
     return record.get("cat") == PROFILER_STEP_CATEGORY and "sched_trace_batch" in (record.get("args") or {})
-
-
-def _plain(value: Any) -> Any:
-    """Decimals back to float, recursively."""
-    if isinstance(value, Decimal):  # only non-integer literals become Decimal
-        return float(value)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value

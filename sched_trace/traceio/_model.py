@@ -13,7 +13,8 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import AbstractSet, Any, Iterable, Mapping, Optional, Union
 
-from ..events import BatchEvent, RankInfo, StageEvent
+from ..errors import EmptyTraceError, NotATraceError, TraceFormatError  # noqa: F401 (re-exported)
+from ..events import BatchEvent, RankInfo, StageEvent, request_ids
 
 Event = Union[StageEvent, BatchEvent]
 #: (host_id, pid): the key of one process, and of its clock offset.
@@ -24,10 +25,6 @@ RANK_FIELDS = ("host_id", "pid", "tid", "thread_label", "tp_rank", "pp_rank", "d
 ARG_FIELDS = ("microbatch", "batch_id", "batch_size", "level", "span_id", "parent_id")
 #: The slice argument that carries the rank's extra keys the track does not stand for.
 RANK_KEYS_ARG = "rank_keys"
-
-
-class TraceFormatError(ValueError):
-    """A file is not a trace sched-trace can read, or is damaged; names the file."""
 
 
 class RecordedError(Exception):
@@ -152,6 +149,8 @@ def event_args(event: Event, track_keys: AbstractSet[str] = frozenset()) -> dict
         args["error"] = _error_text(event.error)
     if event.attrs:
         args["attrs"] = {str(k): v for k, v in event.attrs.items() if v is not None}
+        if "requests" in args["attrs"]:  # request objects carry prompts: only their ids are written
+            args["attrs"]["requests"] = request_ids(args["attrs"]["requests"])
     return args
 
 

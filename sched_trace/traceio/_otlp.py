@@ -23,9 +23,15 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import warnings
 from typing import Any, Iterator, Mapping, Optional
 
-from ._model import RANK_FIELDS, Event, TraceFile, TraceFormatError, make_event, rank_from_dict
+from ..errors import SchedTraceWarning
+from ._checks import (
+    MAX_DEPTH, checked_event, checked_rank, expect_dict, expect_list, expect_str, optional_dict,
+    optional_list, to_float, to_int,
+)
+from ._model import RANK_FIELDS, Event, TraceFile, TraceFormatError
 
 #: span attribute -> event argument
 RENAMES = {"pp_mb_id": "microbatch", "bid": "batch_id", "batch_size": "batch_size",
@@ -35,35 +41,48 @@ KIND_KEYS = ("sched_trace.kind", "sched_trace.span_kind")
 OFFSET_KEYS = ("sched_trace.clock.wall_offset_ns", "sched_trace.clock_offset_ns", "clock_offset_ns")
 RANK_EXTRA_KEYS = ("rank", "world_size", "local_rank", "ep_rank")
 STAGE_MARKERS = ("pp_mb_id", "bid", "batch_size", "sched_trace.level", "sched_trace.kind")
+_RANK_KEYS = RANK_FIELDS + RANK_EXTRA_KEYS
+_OFFSET = "\0offset"  # where an inherited clock offset is kept among the rank keys
 
 
-def attribute_value(value: Mapping[str, Any]) -> Any:
+def attribute_value(value: Any, depth: int = 0) -> Any:
     """One OTLP AnyValue as a Python value."""
+    value = optional_dict(value, "an attribute value")
     if "stringValue" in value:
-        return value["stringValue"]
+        return expect_str(value["stringValue"], "stringValue")
     if "intValue" in value:
-        return int(value["intValue"])  # int64 travels as a string in JSON
+        return to_int(value["intValue"], "intValue")  # int64 travels as a string in JSON
     if "doubleValue" in value:
-        return float(value["doubleValue"])
+        return to_float(value["doubleValue"], "doubleValue")
     if "boolValue" in value:
-        return bool(value["boolValue"])
+        if not isinstance(value["boolValue"], bool):
+            raise TraceFormatError(f"boolValue must be true or false, got {value['boolValue']!r:.40}")
+        return value["boolValue"]
+    if depth >= MAX_DEPTH and ("arrayValue" in value or "kvlistValue" in value):
+        raise TraceFormatError(f"attribute values nested deeper than {MAX_DEPTH} levels")
     if "arrayValue" in value:
-        return [attribute_value(v) for v in value["arrayValue"].get("values", [])]
+        items = optional_dict(value["arrayValue"], "arrayValue").get("values")
+        return [attribute_value(v, depth + 1) for v in optional_list(items, "arrayValue.values")]
     if "kvlistValue" in value:
-        return attributes(value["kvlistValue"].get("values", []))
+        return attributes(optional_dict(value["kvlistValue"], "kvlistValue").get("values"), depth + 1)
     if "bytesValue" in value:
-        return value["bytesValue"]
+        return expect_str(value["bytesValue"], "bytesValue")
     return None
 
 
-def attributes(items: Any) -> dict[str, Any]:
-    return {item["key"]: attribute_value(item.get("value", {})) for item in items or []}
+def attributes(items: Any, depth: int = 0) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for item in optional_list(items, "attributes"):
+        item = expect_dict(item, "an attribute")
+        found[expect_str(item.get("key"), "an attribute key")] = attribute_value(item.get("value"), depth)
+    return found
 
 
-def span_id_int(raw: Optional[str]) -> int:
+def span_id_int(raw: Any) -> int:
     """An OTLP span id (hex per the spec, or base64 from MessageToJson) as an int."""
     if not raw:
         return 0
+    raw = expect_str(raw, "a span id")
     if len(raw) == 16:
         try:
             return int(raw, 16)
@@ -75,36 +94,55 @@ def span_id_int(raw: Optional[str]) -> int:
         return 0
 
 
-def _documents(path: str, text: str) -> Iterator[dict]:
+def _documents(path: str, text: str) -> Iterator[tuple[Optional[str], Any]]:
+    """``(where, document)``: one pretty-printed document, an array of them, or one per line."""
     stripped = text.strip()
     if not stripped:
         return
-    try:  # one document (pretty-printed) or an array of them
+    try:
         whole = json.loads(stripped)
-        yield from whole if isinstance(whole, list) else [whole]
-        return
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
-    for number, line in enumerate(stripped.splitlines(), 1):
+    else:
+        if isinstance(whole, list):
+            yield from ((f"document {index}", document) for index, document in enumerate(whole))
+        else:
+            yield None, whole
+        return
+    lines = stripped.splitlines()
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            yield json.loads(line)
-        except ValueError as exc:
-            raise TraceFormatError(f"{path}:{number}: not an OTLP-JSON line ({exc})") from None
+            yield f"line {number}", json.loads(line)
+        except (ValueError, RecursionError) as exc:
+            if number == len(lines) and not text.endswith("\n"):  # the writer died mid-line
+                warnings.warn(SchedTraceWarning(
+                    f"{path}: line {number}: cut short ({len(line.encode())} bytes of an incomplete "
+                    "line dropped); read up to the last complete line"), stacklevel=5)
+                return
+            detail = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            raise TraceFormatError(f"not an OTLP-JSON line ({detail})", path=path,
+                                   where=f"line {number}") from None
 
 
-def _spans(path: str, text: str) -> Iterator[tuple[dict, dict]]:
-    """(resource attributes, span) for every span in the file."""
-    for document in _documents(path, text):
-        if not isinstance(document, dict) or "resourceSpans" not in document:
-            raise TraceFormatError(f"{path}: no 'resourceSpans'; not an OTLP-JSON trace file")
-        for resource_spans in document["resourceSpans"]:
-            resource = attributes((resource_spans.get("resource") or {}).get("attributes"))
-            scopes = resource_spans.get("scopeSpans") or resource_spans.get("instrumentationLibrarySpans") or []
-            for scope in scopes:
-                for span in scope.get("spans", []):
-                    yield resource, span
+def _spans(path: str, text: str) -> Iterator[tuple[Optional[str], dict, dict]]:
+    """(where, resource attributes, span) for every span in the file."""
+    for where, document in _documents(path, text):
+        try:
+            document = expect_dict(document, "an OTLP-JSON document")
+            if "resourceSpans" not in document:
+                raise TraceFormatError("no 'resourceSpans'; not an OTLP-JSON trace")
+            for resource_spans in expect_list(document["resourceSpans"], "resourceSpans"):
+                resource_spans = expect_dict(resource_spans, "resourceSpans[]")
+                resource = optional_dict(resource_spans.get("resource"), "resource")
+                resource_attrs = attributes(resource.get("attributes"))
+                scopes = resource_spans.get("scopeSpans") or resource_spans.get("instrumentationLibrarySpans")
+                for scope in optional_list(scopes, "scopeSpans"):
+                    for span in optional_list(expect_dict(scope, "scopeSpans[]").get("spans"), "spans"):
+                        yield where, resource_attrs, expect_dict(span, "a span")
+        except TraceFormatError as exc:
+            raise exc.located(path, where) from None
 
 
 def _is_event(attrs: Mapping[str, Any], marked: bool = False) -> bool:
@@ -116,47 +154,54 @@ def _is_event(attrs: Mapping[str, Any], marked: bool = False) -> bool:
 
 
 def _is_request_copy(span: dict) -> bool:
-    for link in span.get("links") or []:
-        if attributes(link.get("attributes")).get("sched_trace.link") == "batch":
+    for link in optional_list(span.get("links"), "links"):
+        if attributes(expect_dict(link, "a link").get("attributes")).get("sched_trace.link") == "batch":
             return True
     return False
 
 
+class _Span:
+    __slots__ = ("where", "resource", "span", "attrs", "parent")
+
+    def __init__(self, where: Optional[str], resource: dict, span: dict) -> None:
+        self.where, self.resource, self.span = where, resource, span
+        self.attrs = attributes(span.get("attributes"))
+        self.parent = span_id_int(span.get("parentSpanId"))
+
+
 def read_otlp_json(path: str, text: str) -> TraceFile:
     result = TraceFile(path=path, format="otlp-json")
-    spans: dict[int, tuple[dict, dict, dict]] = {}
-    for resource, span in _spans(path, text):
-        spans[span_id_int(span.get("spanId"))] = (resource, span, attributes(span.get("attributes")))
-    marked = any(k in attrs for _, _, attrs in spans.values() for k in KIND_KEYS)
-    for span_id, (resource, span, attrs) in spans.items():
-        if not _is_event(attrs, marked) or _is_request_copy(span):
-            continue
-        rank_values, offset = _rank_values(span, attrs, resource, spans)
-        rank = rank_from_dict(rank_values)
-        if offset is not None:
-            result.clock_offsets[(rank.host_id, rank.pid)] = int(offset)
-        result.events.append(_event(span, span_id, attrs, rank, spans, marked))
+    spans: dict[int, _Span] = {}
+    for where, resource, span in _spans(path, text):
+        try:
+            spans[span_id_int(span.get("spanId"))] = _Span(where, resource, span)
+        except TraceFormatError as exc:
+            raise exc.located(path, where) from None
+    marked = any(k in item.attrs for item in spans.values() for k in KIND_KEYS)
+    inherited: dict[int, dict] = {}
+    for span_id, item in spans.items():
+        try:
+            if not _is_event(item.attrs, marked) or _is_request_copy(item.span):
+                continue
+            rank_values, offset = _rank_values(span_id, item.resource, spans, inherited)
+            rank = checked_rank(rank_values, "rank")
+            if offset is not None:
+                result.clock_offsets[(rank.host_id, rank.pid)] = to_int(offset, "clock offset")
+            result.events.append(_event(item, span_id, rank, spans, marked))
+        except TraceFormatError as exc:
+            where = f"span {str(item.span.get('name', ''))[:60]!r}"
+            raise exc.located(path, f"{item.where}: {where}" if item.where else where) from None
     result.events.sort(key=lambda e: (e.start_ns, e.end_ns))
     return result
 
 
-def _rank_values(span: dict, attrs: dict, resource: dict, spans: dict) -> tuple[dict, Optional[int]]:
+def _rank_values(span_id: int, resource: dict, spans: dict, inherited: dict) -> tuple[dict, Optional[Any]]:
     """Rank keys from resource, then ancestors (outermost first), then the span."""
-    chain = [attrs]
-    parent = span_id_int(span.get("parentSpanId"))
-    seen = set()
-    while parent in spans and parent not in seen:
-        seen.add(parent)
-        chain.append(spans[parent][2])
-        parent = span_id_int(spans[parent][1].get("parentSpanId"))
-    values: dict[str, Any] = {}
+    values = {key: resource[key] for key in _RANK_KEYS if key in resource}
     offset = next((resource[k] for k in OFFSET_KEYS if k in resource), None)
-    rank_keys = RANK_FIELDS + RANK_EXTRA_KEYS
-    for layer in [resource, *reversed(chain)]:
-        for key in rank_keys:
-            if key in layer:
-                values[key] = layer[key]
-        offset = next((layer[k] for k in OFFSET_KEYS if k in layer), offset)
+    from_spans = _inherited(span_id, spans, inherited)
+    offset = from_spans.get(_OFFSET, offset)
+    values.update((k, v) for k, v in from_spans.items() if k != _OFFSET)
     if "pid" not in values and "process.pid" in resource:
         values["pid"] = resource["process.pid"]
     if "host_id" not in values:
@@ -166,32 +211,53 @@ def _rank_values(span: dict, attrs: dict, resource: dict, spans: dict) -> tuple[
     return values, offset
 
 
-def _event(span: dict, span_id: int, attrs: dict, rank: Any, spans: dict, marked: bool) -> Event:
+def _inherited(span_id: int, spans: dict, memo: dict) -> dict:
+    """The rank keys (and clock offset) of a span and its ancestors, nearest winning; memoized."""
+    chain: list[int] = []
+    current = span_id
+    while current in spans and current not in memo and current not in chain:
+        chain.append(current)
+        current = spans[current].parent
+    below = {} if current in chain else memo.get(current, {})  # a cycle: start afresh
+    for link in reversed(chain):
+        attrs = spans[link].attrs
+        layer = dict(below)
+        layer.update((key, attrs[key]) for key in _RANK_KEYS if key in attrs)
+        offset = next((attrs[k] for k in OFFSET_KEYS if k in attrs), None)
+        if offset is not None:
+            layer[_OFFSET] = offset
+        memo[link] = below = layer
+    return memo.get(span_id, {})
+
+
+def _event(item: _Span, span_id: int, rank: Any, spans: dict, marked: bool) -> Event:
     args: dict[str, Any] = {"span_id": span_id}
     extra: dict[str, Any] = {}
     skip = set(RANK_FIELDS) | set(RANK_EXTRA_KEYS) | set(KIND_KEYS) | set(OFFSET_KEYS)
-    for key, value in attrs.items():
+    for key, value in item.attrs.items():
         if key in RENAMES:
             args[RENAMES[key]] = value
         elif key not in skip:
             extra[key.removeprefix("attrs.")] = value
     args["attrs"] = extra
-    parent = span_id_int(span.get("parentSpanId"))
     if "parent_id" not in args:
-        args["parent_id"] = parent if parent in spans and _is_event(spans[parent][2], marked) else 0
-    error = _error(span)
+        parent = item.parent
+        args["parent_id"] = parent if parent in spans and _is_event(spans[parent].attrs, marked) else 0
+    error = _error(item.span)
     if error is not None:
         args["error"] = error
-    kind = next((attrs[k] for k in KIND_KEYS if attrs.get(k) in ("stage", "batch")), "stage")
-    return make_event(kind, span.get("name", ""), int(span.get("startTimeUnixNano", 0)),
-                      int(span.get("endTimeUnixNano", 0)), rank, args)
+    kind = next((item.attrs[k] for k in KIND_KEYS if item.attrs.get(k) in ("stage", "batch")), "stage")
+    span = item.span
+    return checked_event(kind, span.get("name", ""), span.get("startTimeUnixNano", 0),
+                         span.get("endTimeUnixNano", 0), rank, args)
 
 
-def _error(span: dict) -> Optional[str]:
-    status = span.get("status") or {}
+def _error(span: dict) -> Optional[Any]:
+    status = optional_dict(span.get("status"), "status")
     if status.get("code") not in (2, "STATUS_CODE_ERROR"):
         return None
-    for item in span.get("events", []) or []:
+    for item in optional_list(span.get("events"), "events"):
+        item = expect_dict(item, "a span event")
         if item.get("name") == "exception":
             values = attributes(item.get("attributes"))
             return f"{values.get('exception.type', 'Exception')}: {values.get('exception.message', '')}"

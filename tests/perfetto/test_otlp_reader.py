@@ -83,7 +83,7 @@ def test_collector_file_from_another_tool_with_base64_ids_and_resource_ranks(tmp
 def test_unreadable_files_are_named_in_the_error(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"resourceSpans": []}\n{not json\n')
-    with pytest.raises(traceio.TraceFormatError, match="bad.jsonl:2"):
+    with pytest.raises(traceio.TraceFormatError, match="bad.jsonl: line 2: "):
         traceio.read_trace(bad)
     other = tmp_path / "other.json"
     other.write_text('{"hello": 1}')
