@@ -11,6 +11,7 @@ with its PNG, then says where they are and how to open them.
 from __future__ import annotations
 
 import argparse
+import shlex
 import subprocess
 import sys
 import time
@@ -34,6 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--schedules", default="gpipe,1f1b", help="comma-separated: gpipe, 1f1b")
     parser.add_argument("--stage-ms", type=float, default=10.0,
                         help="simulated device time of one forward (backward: twice that)")
+
+
+def _arg(path: Path) -> str:
+    """A path as one shell word, safe inside rich markup: printed commands run as copied."""
+    return escape(shlex.quote(str(path)))
 
 
 def write_config(out: Path) -> Path:
@@ -61,17 +67,17 @@ def clear_old_traces(out: Path) -> None:
 
 
 def run_pipeline(args: argparse.Namespace, config: Path, console: Any) -> int:
-    command = [sys.executable, "-m", "sched_trace._demo.pipeline", "--ranks", str(args.ranks),
-               "--microbatches", str(args.microbatches), "--steps", str(args.steps),
-               "--schedules", args.schedules, "--stage-ms", str(args.stage_ms)]
+    pipeline = ["-m", "sched_trace._demo.pipeline", "--ranks", str(args.ranks),
+                "--microbatches", str(args.microbatches), "--steps", str(args.steps),
+                "--schedules", args.schedules, "--stage-ms", str(args.stage_ms)]
     env = child_environment(str(config), [], None)
     schedules = [name.strip() for name in args.schedules.split(",") if name.strip()]
     console.print(f"[bold]running[/] {args.ranks} pipeline ranks (gloo, CPU): {args.steps} steps of each of "
                   f"{', '.join(schedules)} ({args.steps * len(schedules)} in all), {args.microbatches} "
                   "micro-batches per step, traced from outside:")
-    console.print(f"  sched-trace run --config {escape(config)} -- python -m sched_trace._demo.pipeline ...")
+    console.print(f"  sched-trace run --config {_arg(config)} -- python {escape(shlex.join(pipeline))}")
     started = time.monotonic()
-    status = subprocess.run(command, env=env).returncode
+    status = subprocess.run([sys.executable, *pipeline], env=env).returncode
     console.print(f"  finished in {time.monotonic() - started:.1f} s (exit status {status})")
     return status
 
@@ -124,8 +130,8 @@ def _where(out: Path, merged: Optional[Path], exporters: list, source: Path, con
                       f"(per-rank files: {escape(out / 'perfetto')})")
     if "otel" in exporters:
         console.print(f"  OTLP-JSON spans    {escape(out / 'otel')}")
-        console.print(f"                     sched-trace convert {escape(out / 'otel')} -o spans.perfetto-trace")
+        console.print(f"                     sched-trace convert {_arg(out / 'otel')} -o spans.perfetto-trace")
     console.print(f"  report             {escape(out / 'report.png')}  and  {escape(out / 'report.json')}")
-    console.print(f"                     again: sched-trace report {escape(source)} --out {escape(out)}")
-    console.print(f"                     one timeline of everything: sched-trace merge {escape(out)} "
+    console.print(f"                     again: sched-trace report {_arg(source)} --out {_arg(out)}")
+    console.print(f"                     one timeline of everything: sched-trace merge {_arg(out)} "
                   "-o everything.perfetto-trace")

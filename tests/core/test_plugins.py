@@ -138,7 +138,9 @@ def _run_with(site: Path, tmp_path: Path, **env: str) -> subprocess.CompletedPro
     for key in ("SCHED_TRACE_BLOCK", "SCHED_TRACE_DISABLE_PLUGIN_AUTOLOAD"):
         if key not in env:
             environment.pop(key, None)
-    return subprocess.run([sys.executable, "-c", script], env=environment, capture_output=True, text=True, check=True)
+    # cwd: the other installed plugins (perfetto, otel) write ./sched-trace-out/ there, not in the checkout
+    return subprocess.run([sys.executable, "-c", script], env=environment, cwd=tmp_path, capture_output=True,
+                          text=True, check=True)
 
 
 @pytest.fixture(scope="module")
