@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -17,34 +18,72 @@ from sched_trace_prometheus import PrometheusPlugin, serve_multiprocess
 
 from . import metrics_workload as workload
 from .prometheus_server import PrometheusServer
+from tests.prometheus.test_grafana_dashboard import METRIC_NAME, dashboard_expressions
 
 HERE = Path(__file__).parent
 RANK = {"pp_rank": "0", "tp_rank": "0", "dp_rank": "0", "thread_label": "Scheduler"}
 
 
+class FaultyPlugin:
+    """Raises in every stage_end: the health counters must show it."""
+
+    @sched_trace.hookimpl
+    def sched_trace_stage_end(self, event: Any) -> None:
+        raise RuntimeError("a broken plugin")
+
+
+def run_health_cases() -> None:
+    """A batch that raises, and an extractor that reads nothing: the error and health families get series.
+
+    On a thread of its own (label "Health"), so the scheduler rank's bubble ratio stays the workload's.
+    """
+    thread = threading.Thread(target=_health_cases)
+    thread.start()
+    thread.join(60)
+
+
+def _health_cases() -> None:
+    sched_trace.set_thread_info("Health", pp_rank=0, tp_rank=0, dp_rank=0)
+
+    @sched_trace.batch("bad_step", level=1)
+    def bad_step() -> None:
+        raise RuntimeError("the step failed")
+
+    @sched_trace.stage("lookup", level=2, batch_size="batch.size")
+    def lookup(batch: Any) -> None:
+        pass
+
+    with pytest.raises(RuntimeError):
+        bad_step()
+    lookup(object())
+
+
 @pytest.fixture(scope="module")
 def scraped(tmp_path_factory: Any) -> Iterator[tuple[PrometheusServer, Any]]:
     """The workload run once in this process; its registry served; a real server scraping it."""
-    plugin, recorder = PrometheusPlugin(), sched_trace.MemoryRecorder()
+    plugin, recorder, faulty = PrometheusPlugin(), sched_trace.MemoryRecorder(), FaultyPlugin()
     sched_trace.configure(level=9, plugins=[plugin, recorder], autoload=False)
     sched_trace.set_thread_info("Scheduler", pp_rank=0, tp_rank=0, dp_rank=0)
+    # Served apart from the plugin (its own server stops at shutdown), like an app's /metrics.
+    http, _ = prometheus_client.start_http_server(0, addr="127.0.0.1", registry=plugin.registry)
+    server = None
     try:
         workload.run()
+        report = sched_trace.analysis.pipeline_report(recorder.events)
+        sched_trace.register(faulty, name="faulty")
+        run_health_cases()
         sched_trace.flush()
-    finally:
+        server = PrometheusServer(tmp_path_factory.mktemp("prometheus"),
+                                  {"sched_trace": [f"127.0.0.1:{http.server_address[1]}"]})
+        # three scrapes while the plugins are live, so rate() has samples of every family
+        server.wait_for('count_over_time(up{job="sched_trace"}[5m])', lambda r: r and r[0]["value"] >= 3)
         sched_trace.shutdown()
-        sched_trace.unregister(plugin)
-        sched_trace.unregister(recorder)
-    # Served apart from the plugin (its own server stops at shutdown), like an app's /metrics.
-    http, thread = prometheus_client.start_http_server(0, addr="127.0.0.1", registry=plugin.registry)
-    server = PrometheusServer(tmp_path_factory.mktemp("prometheus"),
-                              {"sched_trace": [f"127.0.0.1:{http.server_address[1]}"]})
-    try:
-        server.wait_for('up{job="sched_trace"}', lambda r: r and r[0]["value"] == 1)
-        server.wait_for("sched_trace_rank_bubble_ratio", bool)
-        yield server, sched_trace.analysis.pipeline_report(recorder.events)
+        for each in (plugin, recorder, faulty):
+            sched_trace.unregister(each)
+        yield server, report
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
         http.shutdown()
         http.server_close()
 
@@ -52,6 +91,17 @@ def scraped(tmp_path_factory: Any) -> Iterator[tuple[PrometheusServer, Any]]:
 def only(result: list[dict[str, Any]]) -> dict[str, Any]:
     assert len(result) == 1, result
     return result[0]
+
+
+def test_grafana_dashboard_queries_run_on_the_real_server(scraped: Any) -> None:
+    """Every PromQL expression in docs/grafana/sched-trace.json parses and returns series here."""
+    server, _ = scraped
+    names = server.metric_names()
+    for panel, expr in dashboard_expressions():
+        used = set(METRIC_NAME.findall(expr))
+        assert used <= names, f"panel {panel!r} uses {sorted(used - names)}, which the server never scraped"
+        concrete = expr.replace("$__rate_interval", "5m").replace("$job", ".*").replace("$pp_rank", ".*")
+        assert server.query(concrete), f"panel {panel!r}: {concrete} returned no series"
 
 
 def test_stage_histograms_and_counters_with_rank_labels(scraped: Any) -> None:
@@ -67,7 +117,8 @@ def test_stage_histograms_and_counters_with_rank_labels(scraped: Any) -> None:
     buckets = server.query('sched_trace_stage_duration_seconds_bucket{stage="send_activations"}')
     assert {r["metric"]["le"] for r in buckets} >= {"0.001", "+Inf"}
     assert max(r["value"] for r in buckets) == workload.STEPS * workload.MICROBATCHES
-    p99 = only(server.query('histogram_quantile(0.99, sched_trace_batch_duration_seconds_bucket)'))
+    p99 = only(server.query(
+        'histogram_quantile(0.99, sched_trace_batch_duration_seconds_bucket{batch="engine_step"})'))
     assert 0 < p99["value"] <= 10
 
 
@@ -89,18 +140,23 @@ def test_request_histograms(scraped: Any) -> None:
 def test_bubble_ratio_gauge_agrees_with_pipeline_report(scraped: Any) -> None:
     server, report = scraped
     (rank,) = report.ranks
-    gauge = only(server.query("sched_trace_rank_bubble_ratio"))
+    gauge = only(server.query('sched_trace_rank_bubble_ratio{thread_label="Scheduler"}'))
     assert gauge["metric"] | RANK == gauge["metric"]
     assert gauge["value"] == pytest.approx(rank.bubble_ratio, abs=1e-9)
     # and PromQL over the two counters gives the same ratio
-    derived = only(server.query("1 - sched_trace_rank_busy_seconds_total / sched_trace_rank_window_seconds_total"))
+    derived = only(server.query('1 - sched_trace_rank_busy_seconds_total{thread_label="Scheduler"}'
+                                ' / sched_trace_rank_window_seconds_total'))
     assert derived["value"] == pytest.approx(rank.bubble_ratio, abs=1e-9)
 
 
 def test_health_counters_are_scraped(scraped: Any) -> None:
     server, _ = scraped
-    names = server.metric_names()
-    assert {"sched_trace_level", "sched_trace_plugin_errors_total", "sched_trace_events_dropped_total"} & names
+    errors = server.query('max_over_time(sched_trace_plugin_errors_total{plugin="faulty"}[5m])')
+    assert only(errors)["value"] >= 1
+    missing = server.query('max_over_time(sched_trace_extract_missing_total[5m])')
+    assert any("batch.size" in r["metric"]["extractor"] for r in missing)
+    batch_errors = only(server.query('sched_trace_batch_errors_total{batch="bad_step"}'))
+    assert (batch_errors["value"], batch_errors["metric"]["error_type"]) == (1, "RuntimeError")
 
 
 def test_ranks_in_multiprocess_mode_one_endpoint(tmp_path: Path) -> None:
