@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import sys
-from typing import Any, Optional, Sequence
+import warnings
+from typing import Any, Iterator, Optional, Sequence
+
+from ..errors import SchedTraceWarning
 
 # Wide enough that no path or command printed is ever cut in two when output is piped.
 PIPED_WIDTH = 200
@@ -52,3 +56,18 @@ def escape(text: Any) -> str:
     from rich.markup import escape as rich_escape
 
     return rich_escape(str(text))
+
+
+@contextlib.contextmanager
+def notes(command: str) -> Iterator[None]:
+    """Print each SchedTraceWarning raised inside (a file skipped ...) as one plain line."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SchedTraceWarning)
+        try:
+            yield
+        finally:
+            for warning in caught:
+                if issubclass(warning.category, SchedTraceWarning):
+                    print(f"sched-trace {command}: note: {warning.message}", file=sys.stderr)
+                else:
+                    warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)

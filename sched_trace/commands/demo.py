@@ -100,12 +100,11 @@ DEMO_NEEDS = (("torch", "torch"),) + REPORT_NEEDS
 
 
 def run(args: argparse.Namespace) -> int:
-    if not require("demo", DEMO_NEEDS):
-        return 2
     exporters = [name for name, module in (("perfetto", "sched_trace_perfetto"), ("otel", "sched_trace_otel"))
                  if installed(module)]
-    if not exporters:
-        print("sched-trace demo needs a file exporter: pip install 'sched-trace[perfetto,otel]'", file=sys.stderr)
+    # With neither file exporter there is nothing to show: ask for the Perfetto one.
+    needs = DEMO_NEEDS + (() if exporters else (("sched_trace_perfetto", "'sched-trace[perfetto]'"),))
+    if not require("demo", needs):
         return 2
     console = make_console()
     out = Path(args.out).resolve()

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from typing import Optional, Sequence
 
 from .. import traceio
-from ..errors import SchedTraceWarning
+from ._console import notes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,19 +27,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep each file's wall-clock timestamps as recorded")
 
 
-def read_noting(files: Sequence[str], command: str) -> list:
-    """Every trace in ``files``; each file skipped (empty, or no trace) is named on stderr."""
-    with warnings.catch_warnings(record=True) as skipped:
-        warnings.simplefilter("always", SchedTraceWarning)
-        traces = traceio.read_traces(files)
-    for warning in skipped:
-        if issubclass(warning.category, SchedTraceWarning):
-            print(f"sched-trace {command}: note: {warning.message}", file=sys.stderr)
-        else:
-            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
-    return traces
-
-
 def combine(files: Sequence[str], output: str, out_format: Optional[str], align: bool,
             only: Optional[str] = None, command: str = "merge") -> int:
     """Read, merge and write; shared with ``convert``. Returns the exit status.
@@ -48,7 +34,8 @@ def combine(files: Sequence[str], output: str, out_format: Optional[str], align:
     Nothing is written unless there is at least one event to write.
     """
     try:
-        traces = read_noting(files, command)
+        with notes(command):
+            traces = traceio.read_traces(files)
         for trace in traces:
             if only is not None and trace.format != only:
                 raise traceio.TraceFormatError(f"{trace.path}: is {trace.format}, expected {only}")

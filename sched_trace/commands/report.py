@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from ..analysis import PipelineReport, load_events, pipeline_report
+from ..analysis import PipelineReport, gpu_busy, load_events, pipeline_report
 from ..errors import AnalysisError
-from ._console import escape, make_console, require
+from ._console import escape, make_console, notes, require
 
 DEFAULT_OUT = "sched-trace-out"
 # The first step of each schedule runs torch's shape inference and P2P set-up; the demo
@@ -56,7 +56,7 @@ def read_with_progress(files: Sequence[str], console: Any) -> list[Any]:
     large = size >= LARGE_INPUT_BYTES or len(paths) > 16
     columns = (TextColumn("reading traces"), BarColumn(), TextColumn("{task.completed}/{task.total} files"),
                TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True, disable=not large) as progress:
+    with notes("report"), Progress(*columns, console=console, transient=True, disable=not large) as progress:
         task = progress.add_task("read", total=len(paths))
         return load_events(files, progress=lambda done, total: progress.update(task, completed=done))
 
@@ -91,6 +91,7 @@ def print_report(report: PipelineReport, console: Any) -> None:
         schedules.add_row(_short(s.schedule), str(s.steps), _ms(s.mean_step_ns), _pct(s.bubble_ratio),
                           _pct(s.theory_bubble_ratio))
     console.print(schedules)
+    _print_gpu(report, console)
     _print_phases(report, console)
     _print_latencies(report, console)
     for step in _last_step_per_schedule(report):
@@ -99,6 +100,23 @@ def print_report(report: PipelineReport, console: Any) -> None:
             console.print(f"[bold]critical path[/] step {step.index} ({escape(_short(step.label))}): "
                           f"{_ms(path.length_ns)} ms, {_ms(path.wait_ns)} ms waiting: {escape(path.describe())}")
     print_left_out(report, console)
+
+
+def _print_gpu(report: PipelineReport, console: Any) -> None:
+    """GPU busy per rank, when the trace has sched-trace-cuda's ``<stage>/gpu`` events."""
+    from rich.table import Table
+
+    rows = gpu_busy(report)
+    if not rows:
+        return
+    table = Table(title="GPU busy per rank (<stage>/gpu events, same steps)")
+    for column in ("rank", "device", "steps", "step ms", "GPU busy ms", "GPU busy", "CPU busy ms"):
+        table.add_column(column, justify="left" if column == "rank" else "right")
+    for row in rows:
+        table.add_row(row.cpu_lane.label if row.cpu_lane else row.lane.label, f"cuda:{row.device}", str(row.steps),
+                      _ms(row.step_ns), _ms(row.busy_ns), _pct(row.busy_ratio),
+                      "-" if row.cpu_busy_ns is None else _ms(row.cpu_busy_ns))
+    console.print(table)
 
 
 def print_left_out(report: PipelineReport, console: Any) -> None:

@@ -23,6 +23,7 @@ from .. import config as _config
 from .. import extract
 from ..errors import ConfigError, ExtractorError
 from ..instrument import parse_target
+from ..request_probe import parse_condition
 
 BOOTSTRAP_DIR = Path(__file__).resolve().parent.parent / "_bootstrap"
 
@@ -119,8 +120,10 @@ def check_targets(cfg: _config.Config, program: list[str]) -> None:
 
 
 def _check_extractors(options: Any, params: extract.Parameters) -> None:
-    for what in ("microbatch", "batch_size", "batch_id", "requests"):
+    for what in ("microbatch", "batch_size", "batch_id", "requests",
+                 "request_id", "prompt_tokens", "output_tokens", "status"):  # the last four: kind="request"
         extract.parse(options.get(what), what, params)
+    parse_condition(options.get("when"), params)
     for what in ("rank", "attrs"):
         extract.parse_mapping(options.get(what), what, params)
 
