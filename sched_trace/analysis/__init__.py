@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from ..errors import AnalysisError
 from .files import load_events
+from .gpu import GpuBusy, gpu_busy
 from .model import (
     CriticalPath, Lane, LatencyStats, PathSegment, PhaseStats, PipelineReport, RankStep,
     RankSummary, ScheduleSummary, StepSummary, gpipe_bubble_fraction,
@@ -36,8 +37,8 @@ from .pipeline import pipeline_report, stage_role
 from .requests import Percentiles, RequestLatency, RequestReport, RequestTimeline, request_report
 
 __all__ = [
-    "AnalysisError", "CriticalPath", "Lane", "LatencyStats", "PathSegment", "PhaseStats", "PipelineReport",
+    "AnalysisError", "CriticalPath", "GpuBusy", "Lane", "LatencyStats", "PathSegment", "PhaseStats", "PipelineReport",
     "Percentiles", "RankStep", "RankSummary", "RequestLatency", "RequestReport", "RequestTimeline",
-    "ScheduleSummary", "StepSummary", "gpipe_bubble_fraction", "load_events",
+    "ScheduleSummary", "StepSummary", "gpipe_bubble_fraction", "gpu_busy", "load_events",
     "pipeline_report", "request_report", "stage_role",
 ]

@@ -34,7 +34,10 @@ class Lane:
 
     @property
     def label(self) -> str:
-        return f"PP{self.pp_rank}" if self.pp_rank is not None else f"{self.thread_label}:{self.pid}"
+        device = self.thread_label.rpartition("/")[2] if "/cuda:" in self.thread_label else ""
+        if self.pp_rank is not None:  # a GPU track of sched-trace-cuda: "PP1/cuda:0"
+            return f"PP{self.pp_rank}/{device}" if device else f"PP{self.pp_rank}"
+        return f"{self.thread_label}:{self.pid}"
 
     @property
     def sort_key(self) -> tuple:
