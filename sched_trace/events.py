@@ -16,7 +16,7 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping, NamedTuple, Optional
+from typing import Any, Iterable, Mapping, NamedTuple, Optional
 
 #: The shared empty mapping used when a stage declares no extra attributes.
 NO_ATTRS: Mapping[str, Any] = MappingProxyType({})
@@ -135,6 +135,36 @@ def reduce_event(event: tuple) -> tuple:
     Any ``NamedTuple`` event class can use it: ``__reduce__ = reduce_event``.
     """
     return _unpickle_event, (type(event), tuple(_portable(value) for value in event))
+
+
+def request_ids(requests: Any) -> list[str]:
+    """What an exporter may record of a ``requests`` attribute: the requests' ids only.
+
+    The value is what the scheduler batched (request objects, mappings or bare ids);
+    request objects carry prompts and token ids, so they are never printed. An id is
+    a request's ``rid``, ``request_id`` or ``id`` (attribute or key); a request
+    without one is ``obj-<hex>``.
+    """
+    if requests is None:
+        return []
+    if isinstance(requests, (str, int)) or not isinstance(requests, Iterable):
+        requests = (requests,)
+    ids = []
+    for request in requests:
+        if isinstance(request, (str, int)):
+            ids.append(str(request))
+            continue
+        for key in ("rid", "request_id", "id"):
+            try:
+                value = request.get(key) if isinstance(request, Mapping) else getattr(request, key, None)
+            except Exception:  # a property that raises is no id
+                value = None
+            if isinstance(value, (str, int)):
+                ids.append(str(value))
+                break
+        else:
+            ids.append(f"obj-{id(request):x}")
+    return ids
 
 
 class _EventFields(NamedTuple):

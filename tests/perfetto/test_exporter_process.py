@@ -25,6 +25,8 @@ class Phase(enum.IntEnum):
 
 
 class Request:
+    rid = "req-7"  # in "requests" only the id is written, never the object's text
+
     def __str__(self) -> str:
         return "req-7"
 

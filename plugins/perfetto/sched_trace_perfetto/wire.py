@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any, Sequence
 
 from sched_trace import BatchEvent, RankInfo, StageEvent
+from sched_trace.events import request_ids
 from sched_trace.export import RecordedError
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
@@ -61,10 +62,17 @@ class EventPickler(pickle.Pickler):
         return str, (_text(obj),)
 
 
+def _fields(event: Any) -> tuple:
+    attrs = event.attrs
+    if attrs and "requests" in attrs:  # request objects carry prompts: only their ids leave
+        return tuple(event._replace(attrs={**attrs, "requests": request_ids(attrs["requests"])}))
+    return tuple(event)
+
+
 def pack_events(events: Sequence[Any]) -> bytes:
     """One ``events`` frame's payload for a batch of end events."""
     buffer = io.BytesIO()
-    EventPickler(buffer, _PROTOCOL).dump(("events", list(map(type, events)), list(map(tuple, events))))
+    EventPickler(buffer, _PROTOCOL).dump(("events", list(map(type, events)), list(map(_fields, events))))
     return buffer.getvalue()
 
 
