@@ -75,5 +75,17 @@ def rank_main() -> None:
     json.dump(truth, sys.stdout)
 
 
+def otel_rank_main() -> None:
+    """One rank process whose otel plugin is configured by the standard OTEL_* variables alone."""
+    from sched_trace_otel import OtelPlugin
+
+    pp_rank = int(os.environ["PP_RANK"])
+    sched_trace.configure(level=9, plugins=[OtelPlugin()], autoload=False)
+    sched_trace.set_thread_info("Scheduler", pp_rank=pp_rank, tp_rank=0, dp_rank=0)
+    run(prefix=f"pp{pp_rank}")
+    sched_trace.shutdown()
+    json.dump(next(iter(sched_trace.stats()["plugins"].values())), sys.stdout)
+
+
 if __name__ == "__main__":
-    rank_main()
+    otel_rank_main() if sys.argv[1:] == ["otel"] else rank_main()

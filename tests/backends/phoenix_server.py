@@ -67,14 +67,15 @@ class PhoenixServer:
                 return found
             params["cursor"] = body["next_cursor"]
 
-    def wait_for_spans(self, count: int, timeout: float = 120.0, **filters: Any) -> list[dict[str, Any]]:
+    def wait_for_spans(self, count: int, timeout: float = 120.0, project: str = "default",
+                       **filters: Any) -> list[dict[str, Any]]:
         """Poll until ``count`` spans match (ingestion is asynchronous); fail past ``timeout``."""
         found: list = []
 
         def enough() -> bool:
             nonlocal found
             try:
-                found = self.spans(**filters)
+                found = self.spans(project, **filters)
             except OSError:  # the project appears with the first span
                 return False
             return len(found) >= count

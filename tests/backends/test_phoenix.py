@@ -1,48 +1,58 @@
-"""The otel plugin's spans, sent over OTLP/HTTP to Arize Phoenix and found there by attribute."""
+"""The otel plugin's spans, sent over OTLP/HTTP (standard OTEL_* variables only) to Arize Phoenix and found
+there by attribute: the request spans by ``rid``, thread spans by ``pp_rank``, stage spans by ``pp_mb_id``."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-import sched_trace
-
 from . import metrics_workload as workload
 from .phoenix_server import PhoenixServer, attributes
 
+HERE = Path(__file__).parent
+PROJECT = "sched-trace-ranks"
 RANKS = (0, 1)
 PER_RANK_REQUESTS = workload.REQUESTS + workload.ABORTED
+SPANS_PER_RANK = (workload.STEPS * (2 + 2 * workload.MICROBATCHES)  # thread span, step, its stages
+                  + PER_RANK_REQUESTS + workload.REQUESTS * 3)      # request spans, their phases
 
 
 @pytest.fixture(scope="module")
 def phoenix(tmp_path_factory: Any) -> Iterator[PhoenixServer]:
-    """Phoenix up; the workload traced for two pipeline ranks and exported to it over OTLP/HTTP."""
-    from sched_trace_otel import OtelPlugin
-
+    """Phoenix up; two rank processes traced, their otel plugin configured only by OTEL_* variables."""
     server = PhoenixServer(tmp_path_factory.mktemp("phoenix"))
     try:
-        plugin = OtelPlugin(exporter="http/protobuf", endpoint=server.traces_endpoint,
-                            directory=str(tmp_path_factory.mktemp("otel-files")), requests="off")
-        sched_trace.configure(level=9, plugins=[plugin], autoload=False)
-        try:
-            for pp_rank in RANKS:
-                sched_trace.set_thread_info("Scheduler", pp_rank=pp_rank, tp_rank=0, dp_rank=0)
-                workload.run(prefix=f"pp{pp_rank}")
-        finally:
-            sched_trace.shutdown()
-            sched_trace.unregister(plugin)
-        expected = len(RANKS) * (workload.STEPS * (2 + 2 * workload.MICROBATCHES)  # thread, step, stages
-                                 + PER_RANK_REQUESTS + workload.REQUESTS * 3)      # request spans, phases
-        server.wait_for_spans(expected)
+        env = {key: value for key, value in os.environ.items()
+               if not key.startswith(("OTEL_", "SCHED_TRACE_"))}
+        env.update({
+            "PYTHONPATH": os.pathsep.join([str(HERE.parent.parent), os.environ.get("PYTHONPATH", "")]),
+            "OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": server.url,  # the SDK's rule: /v1/traces is appended
+            "OTEL_SERVICE_NAME": "sched-trace-ranks",
+            "OTEL_RESOURCE_ATTRIBUTES": f"openinference.project.name={PROJECT}",  # Phoenix's project key
+        })
+        for pp_rank in RANKS:
+            done = subprocess.run([sys.executable, str(HERE / "metrics_workload.py"), "otel"],
+                                  env={**env, "PP_RANK": str(pp_rank)}, cwd=tmp_path_factory.mktemp("rank"),
+                                  capture_output=True, text=True, timeout=180)
+            assert done.returncode == 0, done.stderr
+            stats = json.loads(done.stdout)
+            assert stats["spans_exported"] == SPANS_PER_RANK and stats["spans_dropped"] == 0, stats
+        server.wait_for_spans(len(RANKS) * SPANS_PER_RANK, project=PROJECT)
         yield server
     finally:
         server.stop()
 
 
 def test_spans_by_rid(phoenix: PhoenixServer) -> None:
-    spans = phoenix.spans(attribute=["rid:pp1-3"])
+    spans = phoenix.spans(project=PROJECT, attribute=["rid:pp1-3"])
     by_name = {s["name"]: s for s in spans}
     assert sorted(by_name) == ["decode", "prefill", "queue", "request"]
     request = attributes(by_name["request"])
@@ -55,13 +65,13 @@ def test_spans_by_rid(phoenix: PhoenixServer) -> None:
     for phase in ("queue", "prefill", "decode"):
         assert by_name[phase]["parent_span_id"] == by_name["request"]["span_id"]
         assert by_name[phase]["trace_id"] == by_name["request"]["trace_id"]
-    aborted = phoenix.spans(attribute=["rid:pp0-aborted-0"], name=["request"])
+    aborted = phoenix.spans(project=PROJECT, attribute=["rid:pp0-aborted-0"], name=["request"])
     assert [attributes(s)["sched_trace.request.outcome"] for s in aborted] == ["aborted"]
 
 
 def test_spans_by_pp_rank(phoenix: PhoenixServer) -> None:
     for pp_rank in RANKS:
-        spans = phoenix.spans(attribute=[f"pp_rank:{pp_rank}"])
+        spans = phoenix.spans(project=PROJECT, attribute=[f"pp_rank:{pp_rank}"])
         names = [s["name"] for s in spans]
         assert names.count("request") == PER_RANK_REQUESTS
         threads = [s for s in spans if s["name"] != "request"]
@@ -72,11 +82,11 @@ def test_spans_by_pp_rank(phoenix: PhoenixServer) -> None:
 
 def test_stage_spans_by_pp_mb_id_within_a_rank(phoenix: PhoenixServer) -> None:
     """pp_mb_id is on the stage spans, pp_rank on their thread span: join through the trace."""
-    rank1_traces = [s["trace_id"] for s in phoenix.spans(attribute=["pp_rank:1"]) if s["name"] != "request"]
-    spans = phoenix.spans(attribute=["pp_mb_id:2"], trace_id=rank1_traces)
+    rank1_traces = [s["trace_id"] for s in phoenix.spans(project=PROJECT, attribute=["pp_rank:1"]) if s["name"] != "request"]
+    spans = phoenix.spans(project=PROJECT, attribute=["pp_mb_id:2"], trace_id=rank1_traces)
     assert sorted(s["name"] for s in spans) == ["forward"] * workload.STEPS + ["send_activations"] * workload.STEPS
     assert all(attributes(s)["pp_mb_id"] == 2 for s in spans)
-    everywhere = phoenix.spans(attribute=["pp_mb_id:2"], name=["forward"])
+    everywhere = phoenix.spans(project=PROJECT, attribute=["pp_mb_id:2"], name=["forward"])
     assert len(everywhere) == len(RANKS) * workload.STEPS
-    failed = phoenix.spans(attribute=["pp_mb_id:0"], name=["forward"], status_code=["ERROR"])
+    failed = phoenix.spans(project=PROJECT, attribute=["pp_mb_id:0"], name=["forward"], status_code=["ERROR"])
     assert len(failed) == len(RANKS) * 1  # forward fails in micro-batches 0 and 1 of step 0, per rank
