@@ -28,7 +28,8 @@ from ._model import (
     stable_id, track_rank, track_uuid,
 )
 from ._files import (
-    FORMATS, PERFETTO_SUFFIXES, TRACE_SUFFIXES, detect_format, expand_paths, read_trace, read_traces,
+    FORMATS, PERFETTO_SUFFIXES, TRACE_SUFFIXES, detect_format, expand_paths, parse_trace, read_trace,
+    read_traces, sniff_format,
 )
 from ._otlp import read_otlp_json
 from ._perfetto import PerfettoEncoder, perfetto_sequence_id
@@ -40,8 +41,8 @@ __all__ = [
     "ChromeWriter", "EmptyTraceError", "Event", "FORMATS", "MergedTrace", "NotATraceError",
     "PerfettoEncoder", "ProcessKey",
     "RecordedError", "TraceFile", "TraceFormatError", "align_offsets", "detect_format",
-    "event_key", "expand_paths", "flow_id", "merge_traces", "perfetto_sequence_id",
-    "read_events", "read_trace", "read_traces", "stable_id", "track_rank", "track_uuid", "write_chrome",
+    "event_key", "expand_paths", "flow_id", "merge_traces", "parse_trace", "perfetto_sequence_id",
+    "read_events", "read_trace", "read_traces", "sniff_format", "stable_id", "track_rank", "track_uuid", "write_chrome",
     "write_perfetto", "write_trace",
 ]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Union
+from typing import BinaryIO, Callable, Iterable, Optional, Union
 
 from ..errors import SchedTraceWarning
 from ._chrome_read import read_chrome
@@ -40,13 +40,20 @@ def detect_format(path: PathLike) -> str:
     path = os.fspath(path)
     with open(path, "rb") as handle:
         head = handle.read(_HEAD)
-        if not head:
-            raise EmptyTraceError("empty file (0 bytes): nothing was recorded in it", path=path)
-        if _is_text(head) and not head.strip() and not _rest_has_content(handle):
-            raise EmptyTraceError("the file holds only whitespace: nothing was recorded in it", path=path)
+        blank = bool(head) and not head.strip() and not _rest_has_content(handle)
+    return sniff_format(path, b"" if blank else head)
+
+
+def sniff_format(path: str, data: bytes) -> str:
+    """:func:`detect_format` for bytes already read (the whole file, or its first 64 KiB)."""
+    if not data:
+        raise EmptyTraceError("empty file (0 bytes): nothing was recorded in it", path=path)
+    head = data[:_HEAD]
     if not _is_text(head):
         return "perfetto"  # binary: a Perfetto file starts with packet tag 0x0a and a length
     text = head.removeprefix(_BOM).lstrip()
+    if not text and not data.strip():
+        raise EmptyTraceError("the file holds only whitespace: nothing was recorded in it", path=path)
     if text[:1] not in (b"{", b"["):
         raise NotATraceError("text, but not JSON: neither a Chrome trace, OTLP-JSON nor Perfetto", path=path)
     if b'"resourceSpans"' in head or b'"resource_spans"' in head:
@@ -57,11 +64,18 @@ def detect_format(path: PathLike) -> str:
 
 
 def _is_text(head: bytes) -> bool:
+    """No control bytes but whitespace, and UTF-8 (the sample may end inside a character)."""
     sample = head[:4096]
-    return len(sample.translate(None, _CONTROL)) == len(sample)
+    if len(sample.translate(None, _CONTROL)) != len(sample):
+        return False
+    try:
+        sample.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.reason == "unexpected end of data"
+    return True
 
 
-def _rest_has_content(handle) -> bool:
+def _rest_has_content(handle: BinaryIO) -> bool:
     while True:
         chunk = handle.read(_HEAD)
         if not chunk:
@@ -78,10 +92,14 @@ def read_trace(path: PathLike, format: Optional[str] = None) -> TraceFile:
     complete record, with a :class:`~sched_trace.SchedTraceWarning` saying what was cut.
     """
     path = os.fspath(path)
-    format = format or detect_format(path)
+    return parse_trace(path, Path(path).read_bytes(), format)
+
+
+def parse_trace(path: str, data: bytes, format: Optional[str] = None) -> TraceFile:
+    """:func:`read_trace` for bytes in memory; ``path`` names them in errors."""
+    format = format or sniff_format(path, data)
     if format not in FORMATS:
         raise ValueError(f"unknown trace format {format!r}; use one of {', '.join(FORMATS)}")
-    data = Path(path).read_bytes()
     if format == "perfetto":
         return read_perfetto(path, data)
     text = _utf8(path, data)

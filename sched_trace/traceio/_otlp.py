@@ -107,7 +107,7 @@ def _documents(path: str, text: str) -> Iterator[tuple[Optional[str], Any]]:
         if isinstance(whole, list):
             yield from ((f"document {index}", document) for index, document in enumerate(whole))
         else:
-            yield None, whole
+            yield ("line 1" if "\n" not in stripped else None), whole
         return
     lines = stripped.splitlines()
     for number, line in enumerate(lines, 1):

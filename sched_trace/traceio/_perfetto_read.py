@@ -127,10 +127,11 @@ def _read_descriptor(descriptor: Any, tracks: dict, processes: dict, result: Tra
 
 def _description(descriptor: Any) -> dict:
     """The JSON sched-trace keeps in a track description; ``{}`` for other tools' text."""
-    if not descriptor.description.startswith("{"):
+    description = _text(descriptor.description)
+    if not description.startswith("{"):
         return {}
     try:
-        found = json.loads(descriptor.description)
+        found = json.loads(description)
     except (ValueError, RecursionError):
         return {}
     return found if isinstance(found, dict) else {}
@@ -146,9 +147,9 @@ def _track_rank(uuid: int, tracks: dict, processes: dict) -> RankInfo:
     host, pid = processes.get(descriptor.parent_uuid, ("unknown", 0))
     if descriptor.HasField("thread"):
         pid, tid = descriptor.thread.pid, descriptor.thread.tid
-        label = descriptor.thread.thread_name or descriptor.name or f"tid-{tid}"
+        label = _text(descriptor.thread.thread_name) or _text(descriptor.name) or f"tid-{tid}"
         return RankInfo(host_id=host, pid=pid, tid=tid, thread_label=label)
-    return RankInfo(host_id=host, pid=pid, tid=0, thread_label=descriptor.name or f"track-{uuid}")
+    return RankInfo(host_id=host, pid=pid, tid=0, thread_label=_text(descriptor.name) or f"track-{uuid}")
 
 
 def _read_track_event(packet: Any, tracks: dict, processes: dict, open_slices: dict,
@@ -159,25 +160,35 @@ def _read_track_event(packet: Any, tracks: dict, processes: dict, open_slices: d
         open_slices.setdefault(uuid, []).append(packet)
     elif track_event.type == SLICE_END and open_slices.get(uuid):
         begin = open_slices[uuid].pop()
-        args = {a.name: get_annotation(a) for a in begin.track_event.debug_annotations}
-        kind = "batch" if "batch" in begin.track_event.categories else "stage"
+        args = {_text(a.name): get_annotation(a) for a in begin.track_event.debug_annotations}
+        kind = "batch" if "batch" in map(_text, begin.track_event.categories) else "stage"
         rank = _track_rank(uuid, tracks, processes)
-        result.events.append(checked_event(kind, begin.track_event.name, begin.timestamp,
+        result.events.append(checked_event(kind, _text(begin.track_event.name), begin.timestamp,
                                            packet.timestamp, rank, args))
 
 
 def get_annotation(annotation: Any) -> Any:
     """A DebugAnnotation as the Python value ``set_annotation`` encoded."""
     if annotation.dict_entries:
-        return {entry.name: get_annotation(entry) for entry in annotation.dict_entries}
+        return {_text(entry.name): get_annotation(entry) for entry in annotation.dict_entries}
     if annotation.array_values:
         return [get_annotation(item) for item in annotation.array_values]
     which = annotation.WhichOneof("value")
     if which is None:
         return None
+    value = getattr(annotation, which)
+    if isinstance(value, bytes):
+        value = _text(value)
+    elif not isinstance(value, (bool, int, float, str)):  # a nested or proto value: its text
+        return str(value)
     if which == "legacy_json_value":
         try:
-            return json.loads(annotation.legacy_json_value)
+            return json.loads(value)
         except (ValueError, RecursionError):  # another tool's text: keep it as text
-            return annotation.legacy_json_value
-    return getattr(annotation, which)
+            return value
+    return value
+
+
+def _text(value: "str | bytes") -> str:
+    """A proto2 string field; protobuf hands out bytes when the file's bytes are not UTF-8."""
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
