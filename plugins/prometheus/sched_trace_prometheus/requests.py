@@ -19,6 +19,8 @@ from sched_trace.analysis import RequestTimeline
 
 from .settings import NAMESPACE, Settings
 
+# Positions in a label set's tuple of metric children.
+TTFT, TPOT, QUEUE, E2E, FINISHED, ABORTED, PROMPT, OUTPUT = range(8)
 RECENTLY_ENDED = 4096  # ended request ids remembered, to ignore their late phases
 
 
@@ -54,6 +56,7 @@ class RequestMetrics:
         self.metrics = (self.ttft, self.tpot, self.queue, self.e2e, self.requests,
                         self.prompt_tokens, self.output_tokens)
         self._live: dict[str, RequestTimeline] = {}
+        self._children: dict[tuple[str, ...], tuple] = {}  # labels -> metric children (labels() is slow)
         self._ended: dict[str, None] = {}  # recently ended ids: a late phase must not reopen one
         self.evicted = 0      # live requests forgotten because max_live_requests were open
         self.unknown_end = 0  # an end for a request never seen (or already ended)
@@ -72,12 +75,12 @@ class RequestMetrics:
                 del live[next(iter(live))]  # the oldest: most likely one whose end was lost
                 self.evicted += 1
             timeline = live[event.request_id] = RequestTimeline(event.request_id)
-        before = (timeline.scheduled_ns, timeline.first_token_ns)
+        scheduled, first_token = timeline.scheduled_ns, timeline.first_token_ns
         ended = timeline.add(event.phase, event.ts_ns, event.prompt_tokens, event.output_tokens)
-        if before[0] is None and timeline.scheduled_ns is not None:
-            _observe(self.queue, labels, timeline.queue_ns)
-        if before[1] is None and timeline.first_token_ns is not None:
-            _observe(self.ttft, labels, timeline.ttft_ns)
+        if scheduled is None and timeline.scheduled_ns is not None:
+            _observe(self._child(labels)[QUEUE], timeline.queue_ns)
+        if first_token is None and timeline.first_token_ns is not None:
+            _observe(self._child(labels)[TTFT], timeline.ttft_ns)
         if ended:
             del live[event.request_id]
             self._ended[event.request_id] = None
@@ -86,13 +89,24 @@ class RequestMetrics:
             self._end(timeline, labels)
 
     def _end(self, timeline: RequestTimeline, labels: tuple[str, ...]) -> None:
-        _observe(self.tpot, labels, timeline.tpot_ns)
-        _observe(self.e2e, labels, timeline.e2e_ns)
-        self.requests.labels(timeline.outcome, *labels).inc()
+        children = self._child(labels)
+        _observe(children[TPOT], timeline.tpot_ns)
+        _observe(children[E2E], timeline.e2e_ns)
+        (children[FINISHED] if timeline.outcome == "finished" else children[ABORTED]).inc()
         if timeline.prompt_tokens:
-            self.prompt_tokens.labels(*labels).inc(timeline.prompt_tokens)
+            children[PROMPT].inc(timeline.prompt_tokens)
         if timeline.output_tokens:
-            self.output_tokens.labels(*labels).inc(timeline.output_tokens)
+            children[OUTPUT].inc(timeline.output_tokens)
+
+    def _child(self, labels: tuple[str, ...]) -> tuple:
+        children = self._children.get(labels)
+        if children is None:
+            children = self._children[labels] = (
+                self.ttft.labels(*labels), self.tpot.labels(*labels), self.queue.labels(*labels),
+                self.e2e.labels(*labels), self.requests.labels("finished", *labels),
+                self.requests.labels("aborted", *labels), self.prompt_tokens.labels(*labels),
+                self.output_tokens.labels(*labels))
+        return children
 
     @property
     def live(self) -> int:
@@ -105,6 +119,6 @@ class RequestMetrics:
         return [family for metric in self.metrics for family in metric.describe()]
 
 
-def _observe(histogram: Histogram, labels: tuple[str, ...], value_ns: Optional[float]) -> None:
+def _observe(child: Any, value_ns: Optional[float]) -> None:
     if value_ns is not None:
-        histogram.labels(*labels).observe(value_ns / 1e9)
+        child.observe(value_ns / 1e9)

@@ -24,6 +24,7 @@ from .settings import NAMESPACE
 
 Interval = tuple[int, int]
 MAX_PENDING = 65536  # compute stages waiting for their top-level end, per lane
+MAX_LANES = 65536
 
 
 class _Lane:
@@ -68,6 +69,8 @@ class RankUtilization:
         key = (rank.host_id, rank.pid, rank.tid)
         lane = self._lanes.get(key)
         if lane is None:
+            if len(self._lanes) >= MAX_LANES:
+                self._lanes.clear()  # threads come and go (pids, tids): forget the old ones
             lane = self._lanes[key] = _Lane()
         if event.kind == "stage" and self._is_compute(event.name):
             if len(lane.pending) < MAX_PENDING:
