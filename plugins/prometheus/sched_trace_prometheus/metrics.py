@@ -1,4 +1,4 @@
-"""Stage and batch metrics, observed in batches on the exporter thread.
+"""Stage, batch and request metrics and per-rank utilization, observed in batches on the exporter thread.
 
 Label sets are (stage or batch name, the configured rank keys): bounded by the
 code's stage names and the deployment's shape. Per-call identities (micro-batch,
