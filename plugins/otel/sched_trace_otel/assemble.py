@@ -27,6 +27,7 @@ from .wire import (ATTRS, BATCH_ID, BATCH_SIZE, END, ERROR, KIND, LEVEL, MICROBA
 STATUS_UNSET, STATUS_ERROR = 0, 2
 MAX_PENDING_PER_THREAD = 65536
 MAX_LINKS = 128
+MAX_REQUESTS_REMEMBERED = 65536
 
 
 class SpanRecord(NamedTuple):
@@ -54,6 +55,8 @@ class Assembler:
         self.ranks: dict[int, dict[str, Any]] = {}
         self.pending: dict[int, list] = {}
         self.previous: dict[int, tuple[int, int]] = {}
+        # sglang_compat: the last first-level copy per (request, thread), as SGLang links them
+        self.previous_request: dict[tuple[str, int], tuple[int, int]] = {}
         self.sampler = Sampler(settings.batch_ratio, settings.batch_every,
                                settings.request_ratio, settings.request_every)
         self._random = random.Random()
@@ -190,7 +193,9 @@ class Assembler:
         """Per request and scope: [root with module=sglang::request,] thread span, event spans.
 
         Each event span links to its copy in the batch trace, so the request trace
-        and the batch timeline point at each other.
+        and the batch timeline point at each other. With ``sglang_compat`` each
+        first-level copy also links to the request's previous one on this thread,
+        the link SGLang's own tracing makes and its converter draws as an arrow.
         """
         parsed = parse_traceparent(traceparent) if traceparent else None
         trace_id, parent = (parsed[0], parsed[1]) if parsed else (rid_hash(rid, 16), 0)
@@ -204,11 +209,26 @@ class Assembler:
         thread = self._thread_span(top, trace_id, parent, start, end, {"rid": rid})
         spans.append(thread)
         copies = {r[SPAN_ID]: self._random.getrandbits(64) or 1 for r in records}
+        previous = self._previous_copies(rid, top[TID], trace_id, records, copies) if self.settings.sglang_compat else {}
         for record in records:
             links = ((batch_trace, self._sid(record[SPAN_ID]), {"sched_trace.link": "batch"}),) if batch_trace else ()
+            links += previous.get(record[SPAN_ID], ())
             parent_copy = copies.get(record[PARENT_ID], thread.span_id)
             spans.append(self._stage_span(record, top, trace_id, copies[record[SPAN_ID]], parent_copy, links,
                                           {"rid": rid}))
+
+    def _previous_copies(self, rid: str, tid: int, trace_id: int, records: list, copies: dict) -> dict:
+        """Links from each first-level copy (child of the thread span) to the request's previous one."""
+        links: dict[int, tuple] = {}
+        key = (rid, tid)
+        for record in sorted((r for r in records if r[PARENT_ID] not in copies), key=lambda r: r[START]):
+            before = self.previous_request.pop(key, None)  # re-inserted last: the oldest request goes first
+            if before is not None:
+                links[record[SPAN_ID]] = ((before[0], before[1], {"sched_trace.link": "previous_stage"}),)
+            self.previous_request[key] = (trace_id, copies[record[SPAN_ID]])
+        while len(self.previous_request) > MAX_REQUESTS_REMEMBERED:  # finished requests are never asked for again
+            del self.previous_request[next(iter(self.previous_request))]
+        return links
 
     def _request_links(self, group: list, requests_of: Any, batch_trace: int, spans: list[SpanRecord]) -> None:
         """``requests = "links"``: batch-trace spans link to each request's incoming context."""
