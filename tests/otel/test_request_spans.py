@@ -196,3 +196,21 @@ def test_request_sampling_applies_to_request_spans(traced: Any) -> None:
     assert not files or not [s for s in file_spans(plugin) if s.name == "request"]
     (otel,) = [v for v in stats.values() if "request_spans" in v]
     assert otel["request_spans"] == 0 and otel["sampled_out_requests"] == 2
+
+
+def test_a_flush_exports_requests_waiting_for_a_sampled_out_batch(traced: Any) -> None:
+    """One batch in two is exported: a request that ended in a dropped one is not held until shutdown."""
+    plugin = traced(process=False, requests="off", batch_every=2)
+
+    @sched_trace.batch("engine_step", level=1)
+    def engine_step(phase: str) -> None:
+        sched_trace.request_event(phase, "w1")
+
+    sched_trace.request_event("arrived", "w1")
+    engine_step("scheduled")      # exported (1 of 2)
+    engine_step("finished")       # sampled out: its span never comes
+    sched_trace.flush()
+    (request,) = [s for s in file_spans(plugin) if s.name == "request"]
+    assert len(request.links) == 1  # the batch that was exported
+    sched_trace.shutdown()
+    assert len([s for s in file_spans(plugin) if s.name == "request"]) == 1  # not again at shutdown

@@ -64,6 +64,10 @@ class ExportPipeline:
                 self.sink.export(spans)
 
     def flush(self, timeout: float) -> bool:
+        spans = self.requests.settle()  # ended requests still waiting for a (sampled-out) batch span
+        if spans:
+            self.spans += len(spans)
+            self.sink.export(spans)
         return self.sink.flush(timeout)
 
     def close(self, timeout: float = 5.0) -> None:

@@ -131,6 +131,10 @@ class RequestSpans:
         self._live.clear()
         return built + self._settled(force=True)
 
+    def settle(self) -> list[assemble.SpanRecord]:
+        """The spans of every ended request now, with the batch links known so far (a flush)."""
+        return self._settled(force=True)
+
     def _index(self, bid: int, span: assemble.SpanRecord) -> None:
         if len(self._batch_spans) >= MAX_BATCH_INDEX:
             del self._batch_spans[next(iter(self._batch_spans))]
