@@ -1,4 +1,5 @@
-"""Docs that run: every ```python block in README.md and docs/ executes; hooks are documented."""
+"""Docs that run: every ```python block and every shell command in README.md and docs/ runs
+(shell commands in a fresh directory, checked for the traces they describe); hooks are documented."""
 
 from __future__ import annotations
 
