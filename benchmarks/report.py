@@ -185,5 +185,16 @@ def write_markdown(
             if rest:
                 lines += ["", "```text", rest.rstrip(), "```", ""]
     lines += ["", FINDINGS, READING]
+    lines += kept_gpu_section(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+
+
+def kept_gpu_section(path: Path) -> list[str]:
+    """The "GPU (H200)" section benchmarks/gpu_check.py writes: a CPU run of the suite keeps it."""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    start = text.find("\n## GPU (H200)")
+    if start < 0:
+        return []
+    following = text.find("\n## ", start + 1)
+    return ["", text[start + 1:following if following >= 0 else len(text)].rstrip()]
