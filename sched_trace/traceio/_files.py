@@ -49,9 +49,9 @@ def sniff_format(path: str, data: bytes) -> str:
     if not data:
         raise EmptyTraceError("empty file (0 bytes): nothing was recorded in it", path=path)
     head = data[:_HEAD]
-    if not _is_text(head):
-        return "perfetto"  # binary: a Perfetto file starts with packet tag 0x0a and a length
     text = head.removeprefix(_BOM).lstrip()
+    if not _is_text(head) and not (_no_control_bytes(head) and text[:1] in (b"{", b"[")):
+        return "perfetto"  # binary: a Perfetto file starts with packet tag 0x0a and a length
     if not text and not data.strip():
         raise EmptyTraceError("the file holds only whitespace: nothing was recorded in it", path=path)
     if text[:1] not in (b"{", b"["):
@@ -66,13 +66,18 @@ def sniff_format(path: str, data: bytes) -> str:
 def _is_text(head: bytes) -> bool:
     """No control bytes but whitespace, and UTF-8 (the sample may end inside a character)."""
     sample = head[:4096]
-    if len(sample.translate(None, _CONTROL)) != len(sample):
+    if not _no_control_bytes(sample):
         return False
     try:
         sample.decode("utf-8")
     except UnicodeDecodeError as exc:
         return exc.reason == "unexpected end of data"
     return True
+
+
+def _no_control_bytes(head: bytes) -> bool:
+    sample = head[:4096]
+    return len(sample.translate(None, _CONTROL)) == len(sample)
 
 
 def _rest_has_content(handle: BinaryIO) -> bool:
