@@ -195,7 +195,8 @@ def available_profiles() -> list[str]:
 
 def load_profile(name: str, source: str = "<profile>") -> Config:
     path = PROFILE_DIR / f"{name}.toml"
-    if not path.is_file():
+    # A profile is a shipped file, named: never a path to some other TOML file.
+    if name not in available_profiles() or not path.is_file():
         raise ConfigError(
             f"unknown profile {name!r}; shipped profiles: {', '.join(available_profiles()) or 'none'}",
             source=source, key="profiles",

@@ -3,8 +3,9 @@
 The grammar, parsed once when instrumentation is declared and never eval'd::
 
     extractor := path | "len(" path ")"
-    path      := root ("." attribute)*
+    path      := root ("." attribute)* [".__class__.__name__" | ".__class__.__qualname__"]
     root      := a parameter name of the wrapped function | "self"
+    attribute := a name not starting with "__" (dunders reach interpreter internals)
 
 or a callable ``(instance, args, kwargs) -> value``. At call time a value that
 cannot be read (missing attribute, ``None`` on the way) becomes ``None`` and is
@@ -28,6 +29,8 @@ from .errors import ExtractorError
 log = logging.getLogger("sched_trace")
 
 Extractor = Callable[[Any, tuple, dict], Any]
+#: The only dunder steps allowed, and only as a path's last two: the value's type name.
+TYPE_NAME_STEPS = (("__class__", "__name__"), ("__class__", "__qualname__"))
 missing: Counter[str] = Counter()
 _logged: set[str] = set()
 
@@ -98,9 +101,7 @@ def parse(spec: Any, what: str, params: Parameters) -> Optional[Extractor]:
         raise ExtractorError(f"{what}={spec!r} is malformed: {_HELP}")
     path = match.group("inner") or match.group("plain")
     steps = [step.strip() for step in path.split(".")]
-    for step in steps:
-        if keyword.iskeyword(step):
-            raise ExtractorError(f"{what}={spec!r}: {step!r} is a Python keyword, not a name")
+    _check_steps(steps, what, spec)
     root, attributes = steps[0], steps[1:]
     if root != "self":
         params.check(root, what, spec)
@@ -129,6 +130,23 @@ def parse(spec: Any, what: str, params: Parameters) -> Optional[Extractor]:
 
     extract.spec = spec  # type: ignore[attr-defined]
     return extract
+
+
+def _check_steps(steps: list[str], what: str, spec: str) -> None:
+    """Refuse keywords and dunder steps, except a type name as the last two steps."""
+    for index, step in enumerate(steps):
+        if keyword.iskeyword(step):
+            raise ExtractorError(f"{what}={spec!r}: {step!r} is a Python keyword, not a name")
+        if step.startswith("__"):
+            if index and tuple(steps[index:]) in TYPE_NAME_STEPS:
+                return
+            # Dunders reach interpreter internals: __class__.__init__.__globals__ is a module's globals.
+            raise ExtractorError(
+                f"{what}={spec!r}: {step!r} is a dunder attribute, which extractors refuse "
+                f"(it reaches interpreter internals such as a module's globals). To record a "
+                f"type name end the path with '.__class__.__name__' or '.__class__.__qualname__'; "
+                f"for anything else pass a callable (instance, args, kwargs) -> value"
+            )
 
 
 def _root_reader(root: str, params: Parameters) -> Callable[[Any, tuple, dict], Any]:
