@@ -126,6 +126,7 @@ def stats() -> dict[str, Any]:
         "level": stages.get_level(),
         "plugin_errors": dict(manager.errors),
         "plugin_late": dict(manager.late),
+        "plugins_quarantined": dict(manager.quarantined),
         "extract_missing": dict(extract.missing),
         "unresolved_targets": list(_instrument.unresolved),
         "plugins": per_plugin,
@@ -135,5 +136,6 @@ def stats() -> dict[str, Any]:
 def reset_stats() -> None:
     get_manager().errors.clear()
     get_manager().late.clear()
+    get_manager()._logged.clear()  # so an error logged before the reset is logged again
     extract.missing.clear()
     del _instrument.unresolved[:]

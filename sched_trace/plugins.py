@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 import pluggy
 
 from . import hookspecs
+from .watchdog import HookWatchdog, budget_from_env, code_of
 from .errors import ConfigError, PluginError
 from .stages import LEVEL
 
@@ -60,7 +61,9 @@ class PluginManager:
         self._lock = threading.RLock()
         self.errors: Counter[str] = Counter()
         self.late: Counter[str] = Counter()  # flush/shutdown calls that overran their deadline
-        self._logged: set[tuple[str, str]] = set()
+        self.quarantined: dict[str, float] = {}  # plugin -> seconds its blocked hook had run
+        self._watchdog = HookWatchdog(self.quarantine, budget_from_env())
+        self._logged: set[tuple[str, str, str]] = set()
         self._config: Any = None
         # Guarded call lists of the four event hooks, in EVENT_HOOKS order, updated in
         # place, so probes hold the list and read their hook's calls with one subscript.
@@ -111,9 +114,23 @@ class PluginManager:
 
     def unregister(self, plugin: object = None, name: Optional[str] = None) -> Any:
         with self._lock:
+            name = name if name is not None else self._pm.get_name(plugin)
             removed = self._pm.unregister(plugin, name)
+            self.quarantined.pop(name, None)  # registering it again starts it afresh
             self._rebuild()
             return removed
+
+    def quarantine(self, name: str, blocked_s: float) -> None:
+        """Take a plugin whose event hook blocked past the budget out of event dispatch."""
+        with self._lock:
+            if name in self.quarantined or self._pm.get_plugin(name) is None:
+                return
+            self.quarantined[name] = blocked_s
+            self._rebuild()
+        log.error("sched-trace plugin %r blocked the scheduler thread in an event hook for %.2f s; "
+                  "it gets no more events (sched_trace.stats()['plugins_quarantined']). Event hooks "
+                  "must only append and return; do slow work on a thread of the plugin's own.",
+                  name, blocked_s)
 
     def set_blocked(self, name: str) -> None:
         with self._lock:
@@ -159,13 +176,18 @@ class PluginManager:
 
     def _rebuild(self) -> None:
         hook = self._pm.hook
+        codes: dict[Any, list[tuple[object, str]]] = {}
         for index, hook_name in enumerate(EVENT_HOOKS):
-            self.event_calls[index] = tuple(
-                (_positional(impl), impl.plugin_name)
-                for impl in reversed(getattr(hook, hook_name).get_hookimpls())
-            )
+            impls = [impl for impl in reversed(getattr(hook, hook_name).get_hookimpls())
+                     if impl.plugin_name not in self.quarantined]
+            self.event_calls[index] = tuple((_positional(impl), impl.plugin_name) for impl in impls)
+            for impl in impls:
+                code = code_of(impl.function)
+                if code is not None and (impl.plugin, impl.plugin_name) not in codes.get(code, ()):
+                    codes.setdefault(code, []).append((impl.plugin, impl.plugin_name))
         LEVEL.listening = any(self.event_calls)
         LEVEL.update()
+        self._watchdog.watch(codes)
 
     # Named views of event_calls, for code off the hot path.
     batch_start = property(lambda self: self.event_calls[BATCH_START])
@@ -232,7 +254,7 @@ class PluginManager:
 
     def _count_error(self, plugin_name: str, where: str, exc: BaseException) -> None:
         self.errors[plugin_name] += 1
-        key = (plugin_name, where)
+        key = (plugin_name, where, type(exc).__name__)  # once per kind of error, then counted
         if key not in self._logged:
             self._logged.add(key)
             log.error(

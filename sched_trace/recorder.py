@@ -88,6 +88,7 @@ class BackgroundExporter:
         self.exported = 0
         self.failed = 0
         self.abandoned = 0  # left in the buffer when shutdown's deadline passed
+        self.in_flight = 0  # taken from the buffer, in export() now: neither exported nor failed yet
         self._wake = threading.Event()
         self._idle = threading.Condition()
         self._busy = False
@@ -136,6 +137,7 @@ class BackgroundExporter:
             with self._idle:
                 batch = self.buffer.drain(self.max_batch)
                 self._busy = bool(batch)
+                self.in_flight = len(batch)
             if not batch:
                 with self._idle:
                     self._idle.notify_all()
@@ -150,6 +152,7 @@ class BackgroundExporter:
             finally:
                 with self._idle:
                     self._busy = False
+                    self.in_flight = 0
             # Hand the GIL back between batches: an encoder in C (pickle, protobuf)
             # holds it for the whole call, and the scheduler thread is waiting.
             time.sleep(0)
@@ -191,6 +194,7 @@ class BackgroundExporter:
             "dropped": self.buffer.dropped,
             "failed": self.failed,
             "abandoned": self.abandoned,
+            "in_flight": self.in_flight,
         }
 
 

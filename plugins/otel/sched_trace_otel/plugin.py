@@ -137,7 +137,7 @@ class OtelPlugin:
             self._pipeline.flush(remaining)
 
     @hookimpl
-    def sched_trace_shutdown(self, timeout: float = 5.0) -> None:
+    def sched_trace_shutdown(self, timeout: float) -> None:
         self.stop(timeout)
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -150,7 +150,7 @@ class OtelPlugin:
             if exporter is None:
                 return
             exporter.shutdown(timeout)
-            self._final = exporter.stats()
+            self._final = exporter  # its counters still move while a stuck batch fails
             remaining = max(0.0, deadline - time.monotonic())
             if self._process is not None:
                 self._process.close(remaining)
@@ -162,13 +162,15 @@ class OtelPlugin:
     @hookimpl
     def sched_trace_collect_stats(self) -> Mapping[str, Any]:
         exporter = self._exporter
-        events = exporter.stats() if exporter is not None else getattr(self, "_final", {})
+        final = getattr(self, "_final", None)
+        events = exporter.stats() if exporter is not None else final.stats() if final is not None else {}
         stats: dict[str, Any] = {
             "buffered": events.get("buffered", 0),
             "events_exported": events.get("exported", 0),
             "dropped": events.get("dropped", 0),
             "failed": events.get("failed", 0),
             "abandoned": events.get("abandoned", 0),
+            "in_flight": events.get("in_flight", 0),
             "truncated_requests": self._encoder.truncated_requests if self._encoder else 0,
         }
         if self._process is not None:

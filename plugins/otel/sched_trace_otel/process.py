@@ -42,9 +42,6 @@ class ExporterProcess(_Base):
     def _stop_frame(self, timeout: float) -> Any:
         return ("stop", timeout)
 
-    def _write_failed(self, count: int) -> None:
-        self.lost += count
-
     def _forked(self) -> None:
         from .pipeline import process_meta
 

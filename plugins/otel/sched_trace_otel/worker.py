@@ -98,7 +98,11 @@ def serve(stdin: BinaryIO, stdout: int) -> int:
                 reply(stdout, ("ack", frame[1], counters()))
             elif kind == "stop":
                 pipeline.close(frame[1])
-                reply(stdout, ("ack", -1, counters()))
+                final = counters()
+                # Spans still waiting for the receiver now never get there: say so in a
+                # counter that outlives this process (spans_waiting is a gauge).
+                final["spans_undelivered"] = final.get("spans_waiting", 0)
+                reply(stdout, ("ack", -1, final))
                 return 0
         if time.monotonic() - last_stats >= STATS_INTERVAL:
             last_stats = time.monotonic()

@@ -177,7 +177,7 @@ class PerfettoPlugin:
                 self._process.flush(max(0.0, deadline - time.monotonic()))
 
     @hookimpl
-    def sched_trace_shutdown(self, timeout: float = 5.0) -> None:
+    def sched_trace_shutdown(self, timeout: float) -> None:
         self.stop(timeout)
 
     @hookimpl
