@@ -240,7 +240,25 @@ def _expression(module_name: str, scope: dict, node: ast.expr, depth: int) -> An
     return UNDECIDED
 
 
-def _lookup_in_source(module_name: str, path: list[str], key: Optional[str]) -> Optional[str]:
+def static_status(target: str) -> str:
+    """How the installed source, read without importing it, answers for ``target``:
+    ``"found"``, ``"missing"``, ``"undecided"`` (left to the post-import hook) or
+    ``"not installed"``. For tests that must know a profile was really checked."""
+    from .instrument import parse_target
+
+    module_name, path, key = parse_target(target)
+    origin = find_source(module_name)
+    if origin is None:
+        return "not installed"
+    if origin == "":
+        return "missing"
+    undecided: list[bool] = []
+    message = _lookup_in_source(module_name, path, key, undecided)
+    return "missing" if message is not None else "undecided" if undecided else "found"
+
+
+def _lookup_in_source(module_name: str, path: list[str], key: Optional[str],
+                      undecided: Optional[list] = None) -> Optional[str]:
     loaded = _module_scope(module_name)
     if loaded is None:
         return None
@@ -249,6 +267,8 @@ def _lookup_in_source(module_name: str, path: list[str], key: Optional[str]) -> 
     for name in path:
         found = _member(current, name)
         if found == UNDECIDED:
+            if undecided is not None:
+                undecided.append(True)
             return None
         if found is None:
             names = list(current[1]) if current[2] == "module" else list(_scope(current[2].body, ""))

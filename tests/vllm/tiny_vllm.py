@@ -1,0 +1,164 @@
+"""A real vLLM V1 engine on the CPU with a tiny random-weight model (no download).
+
+Run by the vLLM venv's python (``.venv-vllm``), never imported by the project's tests:
+``python tiny_vllm.py MODEL_DIR OUT.json [--requests N] [--tokens T] [--trace]``.
+It writes a local ``config.json`` for a 2-layer LlamaForCausalLM, loads it with
+``load_format="dummy"`` and ``skip_tokenizer_init=True``, sends prompts as token ids
+through ``LLM.generate``, and writes what vLLM returned (and, with ``--trace``, what
+sched-trace recorded) as JSON for the test to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# Small and CPU-friendly; set before vLLM is imported (it reads them at import).
+ENV = {
+    "VLLM_CPU_KVCACHE_SPACE": "1",          # GiB of KV cache
+    "VLLM_CPU_OMP_THREADS_BIND": "nobind",  # the CI's cores are shared: do not pin
+    "VLLM_LOGGING_LEVEL": "WARNING",
+    "VLLM_NO_USAGE_STATS": "1",
+    "VLLM_DO_NOT_TRACK": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+MODEL = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+    "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
+    "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 64,
+    "vocab_size": 512, "max_position_embeddings": 256, "rms_norm_eps": 1e-5,
+    "rope_theta": 10000.0, "hidden_act": "silu", "tie_word_embeddings": False,
+    "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float32",
+}
+PROMPT_LEN = 8
+
+
+def write_model(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(MODEL, indent=1))
+    return directory
+
+
+def make_llm(model_dir: Path, max_num_seqs: int = 32) -> Any:
+    for key, value in ENV.items():
+        os.environ.setdefault(key, value)
+    from vllm import LLM
+
+    return LLM(
+        model=str(model_dir), load_format="dummy", skip_tokenizer_init=True, dtype="float32",
+        max_model_len=128, max_num_seqs=max_num_seqs, max_num_batched_tokens=512,
+        enforce_eager=True, seed=0, disable_log_stats=True,
+    )
+
+
+def prompts(count: int) -> list[dict[str, list[int]]]:
+    """Distinct token-id prompts, so prefix caching cannot merge them."""
+    return [{"prompt_token_ids": [3 + (i * 7 + j) % 500 for j in range(PROMPT_LEN)]} for i in range(count)]
+
+
+def generate(llm: Any, count: int, tokens: int) -> list[Any]:
+    from vllm import SamplingParams
+
+    params = SamplingParams(max_tokens=tokens, min_tokens=tokens, ignore_eos=True, temperature=0.0, detokenize=False)
+    return llm.generate(prompts(count), params, use_tqdm=False)
+
+
+def outputs_json(outputs: list[Any]) -> list[dict[str, Any]]:
+    return [{"request_id": o.request_id, "prompt_tokens": len(o.prompt_token_ids),
+             "output_tokens": len(o.outputs[0].token_ids), "finish_reason": o.outputs[0].finish_reason}
+            for o in outputs]
+
+
+def engine_core(llm: Any) -> Any:
+    """The EngineCore of an in-process engine (VLLM_ENABLE_V1_MULTIPROCESSING=0)."""
+    return llm.llm_engine.engine_core.engine_core
+
+
+def count_steps(core: Any) -> list[bool]:
+    """An oracle independent of sched-trace: one entry per engine step (model executed?)."""
+    steps: list[bool] = []
+    step = core.step_fn
+
+    def counted() -> Any:
+        outputs, executed = step()
+        steps.append(bool(executed))
+        return outputs, executed
+
+    core.step_fn = counted
+    return steps
+
+
+def rebind_step(core: Any) -> None:
+    # EngineCore binds step_fn once, at init: look the (un)instrumented method up again.
+    core.step_fn = core.step if core.batch_queue is None else core.step_with_batch_queue
+
+
+def bench(llm: Any, rounds: int, count: int, tokens: int, trace_dir: Path) -> dict[str, Any]:
+    """Alternate untraced / traced rounds on the same engine; tokens per second of each."""
+    import sched_trace
+
+    core = engine_core(llm)
+    config = {"plugins": {"otel": {"directory": str(trace_dir)}}}
+    rates: dict[str, list[float]] = {"untraced": [], "traced": []}
+    generate(llm, count, tokens)  # warm-up
+    for index in range(2 * rounds):
+        traced = (index % 2 == 1) != (index // 2 % 2 == 1)  # order rotated every pair
+        if traced:
+            sched_trace.configure(profile="vllm", config=config)
+        else:
+            sched_trace.uninstrument()
+        rebind_step(core)
+        started = time.perf_counter()
+        outputs = generate(llm, count, tokens)
+        elapsed = time.perf_counter() - started
+        if traced:
+            sched_trace.flush()  # exported between rounds, as a long-running server would keep up
+        rates["traced" if traced else "untraced"].append(sum(len(o.outputs[0].token_ids) for o in outputs) / elapsed)
+    sched_trace.shutdown()
+    return {"tokens_per_s": rates, "stats": sched_trace.stats().get("plugins", {})}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("model_dir", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--requests", type=int, default=32)
+    parser.add_argument("--tokens", type=int, default=16)
+    parser.add_argument("--trace", action="store_true", help="configure(profile='vllm') with a MemoryRecorder")
+    parser.add_argument("--bench", type=int, metavar="ROUNDS", help="alternate untraced/traced rounds")
+    args = parser.parse_args(argv)
+    recorder = None
+    if args.trace:
+        import sched_trace
+
+        recorder = sched_trace.MemoryRecorder()
+        sched_trace.configure(profile="vllm", plugins=[recorder], autoload=False)
+    llm = make_llm(write_model(args.model_dir))
+    if args.bench:
+        result = bench(llm, args.bench, args.requests, args.tokens, args.out.with_suffix(".otel"))
+        args.out.write_text(json.dumps(result))
+        return 0
+    steps = count_steps(engine_core(llm)) if recorder is not None else None
+    started = time.perf_counter()
+    outputs = generate(llm, args.requests, args.tokens)
+    elapsed = time.perf_counter() - started
+    result: dict[str, Any] = {"outputs": outputs_json(outputs), "elapsed_s": elapsed, "pid": os.getpid()}
+    if recorder is not None:
+        result["steps"] = steps
+        result["requests"] = [[e.phase, e.request_id, e.ts_ns, e.prompt_tokens, e.output_tokens, e.batch_id,
+                               dict(e.attrs)] for e in recorder.requests()]
+        result["spans"] = [[e.kind, e.name, e.start_ns, e.end_ns, e.batch_id, e.batch_size, e.rank.pid,
+                            {k: v for k, v in e.attrs.items() if isinstance(v, (int, str))}]
+                           for e in recorder.events]
+    args.out.write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
