@@ -22,3 +22,27 @@ def _isolated_sched_trace():
     stages.set_level(level)
     sched_trace.reset_stats()
     rank.clear_thread_info()  # a test that labelled this thread must not label the next one
+
+
+# The suite leaves the checkout as it found it: no ./sched-trace-out/ or trace file appears
+# in it (they are git-ignored, so `git status` alone would not tell).
+_CHECKOUT = __import__("pathlib").Path(__file__).resolve().parents[1]
+_TRACE_DEBRIS = ("sched-trace-out", "*.perfetto-trace", "*.jsonl", "sched-trace-merged*", "report.png")
+
+
+def _debris() -> set:
+    return {p for pattern in _TRACE_DEBRIS for p in _CHECKOUT.glob(pattern)} | \
+        {p for p in _CHECKOUT.glob("examples/**/sched-trace-out")}
+
+
+def pytest_sessionstart(session):
+    session.config._sched_trace_debris_before = _debris()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    new = _debris() - getattr(session.config, "_sched_trace_debris_before", set())
+    if new and exitstatus == 0:
+        names = ", ".join(sorted(str(p.relative_to(_CHECKOUT)) for p in new))
+        session.config.get_terminal_writer().line(
+            f"ERROR: the tests wrote into the checkout: {names}; write under tmp_path instead", red=True)
+        session.exitstatus = 1
