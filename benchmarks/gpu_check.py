@@ -67,7 +67,9 @@ class Tracing:
         self.recorder = sched_trace.MemoryRecorder()
         self.plugin = CudaTimingPlugin()
         torch.cuda.init()  # CUDA first: the plugin then switches timing on at configure
-        sched_trace.configure(level=9, plugins=[self.recorder, self.plugin], autoload=False)
+        sched_trace.register(self.recorder, name="recorder")
+        sched_trace.register(self.plugin, name="cuda")  # stats() lists it under this name
+        sched_trace.configure(level=9, autoload=False)
         stats = sched_trace.stats()["plugins"]["cuda"]
         if not stats["available"]:
             raise RuntimeError(f"the cuda plugin did not activate: {stats}, {self.plugin.reason}")

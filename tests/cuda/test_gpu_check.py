@@ -121,3 +121,30 @@ def test_the_doc_section_is_replaced_in_place(tmp_path: Path) -> None:
     assert "keep\n" in text and text.rstrip().endswith("keep too")
     assert "| w (1.200 ms/step) | batch | 0.9980 (met) | >= 0.995 |" in text
     assert "0.80% (met) | 0 / 0 | 12.0 / 30.0 | 0 of 50 |" in text
+
+
+def test_the_plugin_path_of_the_script_on_the_simulated_gpu(monkeypatch: Any) -> None:
+    """Tracing, the traced modes and the clock check, end to end on fakes.FakeCuda."""
+    from benchmarks.gpu_models import Workload
+
+    from .fakes import FakeCuda, fake_torch
+
+    cuda = FakeCuda()
+    cuda.init = lambda: setattr(cuda, "initialized", True)  # what torch.cuda.init() does, as far as it matters
+    cuda.synchronize = lambda: None                          # the simulated GPU is done at once
+    fake = fake_torch(cuda)
+    monkeypatch.setitem(sys.modules, "torch", fake)          # the plugin looks torch up where programs import it
+    tracing = gpu_check.Tracing(fake)
+    try:
+        assert tracing.stats()["available"] == 1
+        workload = Workload("w", lambda index: None, lambda index, run_block: [run_block(abs, -1, index) for _ in range(2)])
+        modes = tracing.steps(workload)
+        seconds = gpu_check.throughput(fake, modes, steps=4, repeats=2, tracing=tracing)
+        assert sorted(seconds) == ["batch", "layer", "untraced"]
+        clock = gpu_check.clock_mapping(fake, tracing, modes["batch"], 5)
+        assert clock["stages"] == 5 and clock["end_after_host_sync"] == 0 and clock["start_before_cpu_start"] == 0
+        assert tracing.stats()["resolved"] >= 5 and tracing.stats()["dropped"] == 0
+    finally:
+        sched_trace.shutdown()
+        sched_trace.unregister(tracing.recorder)
+        sched_trace.unregister(tracing.plugin)
