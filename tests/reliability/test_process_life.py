@@ -31,6 +31,7 @@ def start_child(tmp_path: Path, ending: str, stages: int, receiver: Any = None, 
     environ = dict(os.environ, CHILD_OTEL_DIR=str(tmp_path / "otel"), CHILD_PERFETTO_DIR=str(tmp_path / "perfetto"),
                    PYTHONUNBUFFERED="1", **env)
     environ.pop("SCHED_TRACE_OTEL_EXPORTER", None)
+    environ.pop("OTEL_TRACES_EXPORTER", None)
     if receiver is not None:
         environ[exporter_variable] = "otlp"
         environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = receiver.endpoint
@@ -98,6 +99,16 @@ def test_every_ending_delivers_every_span_to_otlp_and_perfetto(tmp_path, receive
     assert code == status, output
     assert sorted(wait_for_spans(receiver, STAGES)) == list(range(STAGES))
     assert perfetto_microbatches(tmp_path) == list(range(STAGES))
+
+
+def test_sigterm_with_the_standard_otel_traces_exporter_variable(tmp_path, receiver):
+    """OTEL_TRACES_EXPORTER=otlp, as a user of any OpenTelemetry SDK sets it."""
+    child = start_child(tmp_path, "wait", STAGES, receiver, exporter_variable="OTEL_TRACES_EXPORTER")
+    wait_recorded(child)
+    child.send_signal(signal.SIGTERM)
+    code, output = finish(child)
+    assert code == -signal.SIGTERM, output
+    assert sorted(wait_for_spans(receiver, STAGES)) == list(range(STAGES))
 
 
 def test_sigterm_writes_complete_otlp_json_files(tmp_path):
