@@ -106,6 +106,7 @@ def bench(llm: Any, rounds: int, count: int, tokens: int, trace_dir: Path) -> di
     core = engine_core(llm)
     config = {"plugins": {"otel": {"directory": str(trace_dir)}}}
     rates: dict[str, list[float]] = {"untraced": [], "traced": []}
+    cpu_per_token: dict[str, list[float]] = {"untraced": [], "traced": []}  # the engine thread's CPU
     generate(llm, count, tokens)  # warm-up
     for index in range(2 * rounds):
         traced = (index % 2 == 1) != (index // 2 % 2 == 1)  # order rotated every pair
@@ -114,14 +115,16 @@ def bench(llm: Any, rounds: int, count: int, tokens: int, trace_dir: Path) -> di
         else:
             sched_trace.uninstrument()
         rebind_step(core)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.thread_time()
         outputs = generate(llm, count, tokens)
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.thread_time() - cpu
         if traced:
             sched_trace.flush()  # exported between rounds, as a long-running server would keep up
-        rates["traced" if traced else "untraced"].append(sum(len(o.outputs[0].token_ids) for o in outputs) / elapsed)
+        produced = sum(len(o.outputs[0].token_ids) for o in outputs)
+        rates["traced" if traced else "untraced"].append(produced / elapsed)
+        cpu_per_token["traced" if traced else "untraced"].append(cpu / produced)
     sched_trace.shutdown()
-    return {"tokens_per_s": rates, "stats": sched_trace.stats().get("plugins", {})}
+    return {"tokens_per_s": rates, "cpu_s_per_token": cpu_per_token, "stats": sched_trace.stats().get("plugins", {})}
 
 
 def main(argv: list[str]) -> int:
