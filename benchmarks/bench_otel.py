@@ -202,7 +202,7 @@ def _sdk_case(spans: int) -> Callable[[int], None]:
 class _NoSocketTransport:
     """Stands in for the network behind the OTLP sink: takes the encoded bytes, sends nothing."""
 
-    def send(self, payload: bytes) -> Any:
+    def send(self, payload: bytes, timeout: Any = None) -> Any:
         from sched_trace_otel.transport import SendResult
 
         return SendResult(True)

@@ -26,7 +26,7 @@ from sched_trace_otel.settings import parse
 SECRET = "s3cr3t-t0ken-4f9a"
 STEPS, MICROBATCHES = 4, 3
 SCHEDULER = textwrap.dedent(f"""
-    import json, logging, sys
+    import json, logging, sys, time
     logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)  # everything any library logs
     import sched_trace
 
@@ -44,6 +44,11 @@ SCHEDULER = textwrap.dedent(f"""
     for _ in range({STEPS}):
         decode_step()
     sched_trace.flush(timeout=float(sys.argv[1]))
+    waited = time.monotonic() + 60
+    while sys.argv[2:] == ["until-failure"] and time.monotonic() < waited:  # the child reports every 0.5 s
+        if sched_trace.stats()["plugins"]["otel"].get("export_failures"):
+            break
+        time.sleep(0.1)
     print("STATS " + json.dumps(sched_trace.stats(), default=repr))
     sched_trace.shutdown(timeout=float(sys.argv[1]))
 """)
@@ -54,13 +59,14 @@ def attrs(message: Any) -> dict[str, Any]:
     return {kv.key: getattr(kv.value, kv.value.WhichOneof("value")) for kv in message.attributes}
 
 
-def run_scheduler(tmp_path: Path, env: dict[str, str], flush_s: float = 30.0) -> subprocess.CompletedProcess:
+def run_scheduler(tmp_path: Path, env: dict[str, str], flush_s: float = 30.0,
+                  *options: str) -> subprocess.CompletedProcess:
     """The scheduler as a user runs it: a fresh process, only the given variables on top."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "SCHED_TRACE_"))}
     clean["SCHED_TRACE_BLOCK"] = "perfetto,prometheus,cuda"  # keep this test to the otel plugin
     script = tmp_path / "scheduler.py"
     script.write_text(SCHEDULER)
-    return subprocess.run([sys.executable, str(script), str(flush_s)], cwd=tmp_path, env={**clean, **env},
+    return subprocess.run([sys.executable, str(script), str(flush_s), *options], cwd=tmp_path, env={**clean, **env},
                           capture_output=True, text=True, timeout=120)
 
 
@@ -147,7 +153,7 @@ def test_secrets_stay_out_of_logs_errors_stats_and_files(tmp_path: Path) -> None
     assert '"name": "run_batch_cpu"' in refused.stderr  # ... and the console exporter printed the spans
     down = run_scheduler(tmp_path, {
         "OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint,
-        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "0.5", "OTEL_EXPORTER_OTLP_HEADERS": headers}, flush_s=2.0)
+        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "0.5", "OTEL_EXPORTER_OTLP_HEADERS": headers}, 0.5, "until-failure")
     assert down.returncode == 0, down.stderr
     assert stats_of(down)["export_failures"] >= 1 and "will retry" in down.stderr
     with pytest.raises(ConfigError) as malformed:

@@ -110,12 +110,18 @@ class OtlpSink(NullSink):
             return traces_json_line(self.resource, chunk).encode()
         return self.wire.request(chunk)
 
-    def _send(self) -> bool:
+    def _send(self, deadline: Optional[float] = None) -> bool:
+        """Send what waits, oldest first; with a ``deadline`` (monotonic), no request outlasts it."""
         while self._waiting:
+            timeout = self.target.timeout
+            if deadline is not None:
+                timeout = min(timeout, deadline - time.monotonic())
+                if timeout <= 0.01:
+                    return False
             count = min(SEND_SPANS, len(self._waiting))
             chunk = [self._waiting[i] for i in range(count)]
             try:
-                result = self.transport.send(self._encode(chunk))
+                result = self.transport.send(self._encode(chunk), timeout)
             except Exception as exc:  # a transport bug must not kill the exporter process
                 result = SendResult(False, False, reason=f"{type(exc).__name__}: {exc}")
             if not result.ok and result.retryable:
@@ -147,7 +153,7 @@ class OtlpSink(NullSink):
     def flush(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while self._waiting and time.monotonic() < deadline:
-            if self._send():
+            if self._send(deadline):
                 break
             time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
         return not self._waiting

@@ -61,7 +61,7 @@ class HttpTransport:
         if target.compression != "none":
             self._headers["Content-Encoding"] = target.compression
 
-    def send(self, payload: bytes) -> SendResult:
+    def send(self, payload: bytes, timeout: Optional[float] = None) -> SendResult:
         import requests
 
         if self.target.compression == "gzip":
@@ -70,7 +70,8 @@ class HttpTransport:
             payload = zlib.compress(payload)
         try:
             response = self._session.post(self.target.endpoint, data=payload, headers=self._headers,
-                                          timeout=self.target.timeout, verify=self._verify, cert=self._cert)
+                                          timeout=timeout or self.target.timeout, verify=self._verify,
+                                          cert=self._cert)
         except requests.RequestException as exc:  # refused, reset, timed out, TLS
             return SendResult(False, True, reason=type(exc).__name__)
         status = response.status_code
@@ -103,11 +104,11 @@ class GrpcTransport:
         self._compression = {"gzip": grpc.Compression.Gzip, "deflate": grpc.Compression.Deflate}.get(
             target.compression, grpc.Compression.NoCompression)
 
-    def send(self, payload: bytes) -> SendResult:
+    def send(self, payload: bytes, timeout: Optional[float] = None) -> SendResult:
         import grpc
 
         try:
-            body = self._export(payload, timeout=self.target.timeout, metadata=self._metadata,
+            body = self._export(payload, timeout=timeout or self.target.timeout, metadata=self._metadata,
                                 compression=self._compression)
         except grpc.RpcError as exc:
             code: Any = exc.code() if callable(getattr(exc, "code", None)) else None
