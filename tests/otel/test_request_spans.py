@@ -214,3 +214,23 @@ def test_a_flush_exports_requests_waiting_for_a_sampled_out_batch(traced: Any) -
     assert len(request.links) == 1  # the batch that was exported
     sched_trace.shutdown()
     assert len([s for s in file_spans(plugin) if s.name == "request"]) == 1  # not again at shutdown
+
+
+def test_a_long_request_links_at_most_max_links_batches() -> None:
+    from sched_trace_otel.assemble import SpanRecord
+    from sched_trace_otel.requests import MAX_LINKS, RequestSpans, request_record
+    from sched_trace_otel.sampling import Sampler
+
+    rank = RankInfo("h", 1, 1, "Scheduler", pp_rank=0)
+    follower = RequestSpans({0: rank.as_attributes()}, Sampler())
+    follower.add([request_record(RequestEvent("arrived", 0, "long", rank, 1, None, None, NO_ATTRS), 0)])
+    for bid in range(300):  # one decode step per batch, each a batch span naming the request
+        follower.add([request_record(RequestEvent("first_token", bid + 1, "long", rank, None, None, bid,
+                                                  NO_ATTRS), 0)])
+        follower.spans([SpanRecord(7, 1000 + bid, 0, "engine_step", bid, bid + 1,
+                                   {"sched_trace.kind": "batch", "bid": bid})])
+    follower.add([request_record(RequestEvent("finished", 400, "long", rank, None, 300, 299, NO_ATTRS), 0)])
+    spans = follower.spans([])
+    (request,) = [s for s in spans if s.name == "request"]
+    assert [link[1] for link in request.links] == [1000 + bid for bid in range(MAX_LINKS)]
+    assert request.attributes["gen_ai.usage.output_tokens"] == 300

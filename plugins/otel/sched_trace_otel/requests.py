@@ -71,6 +71,11 @@ class _Request:
         self.rank_index = rank_index
         self.batch_ids: dict[int, None] = {}  # ordered, unique
 
+    def ride(self, batch_id: int) -> None:
+        """This request was part of batch ``batch_id`` (the first MAX_LINKS batches are linked)."""
+        if len(self.batch_ids) < MAX_LINKS:
+            self.batch_ids[batch_id] = None
+
 
 class RequestSpans:
     """Follows requests through their records and builds their spans once their batches are known."""
@@ -101,7 +106,7 @@ class RequestSpans:
                     self.evicted += 1
                 request = live[rid] = _Request(rid, record[_RANK])
             if record[_BATCH_ID] is not None:
-                request.batch_ids[record[_BATCH_ID]] = None
+                request.ride(record[_BATCH_ID])
             ended = request.timeline.add(record[_PHASE], record[_TS], record[_PROMPT], record[_OUTPUT],
                                          None, dict(record[_ATTRS]) if record[_ATTRS] else None)
             if ended and rid in live:
@@ -121,7 +126,7 @@ class RequestSpans:
             else:  # its per-request copy: this request rode in that batch
                 request = self._live.get(rid) or self._waiting.get(rid)
                 if request is not None:
-                    request.batch_ids[bid] = None
+                    request.ride(bid)
         return self._settled(force=False)
 
     def finish(self, batch_spans: Iterable[assemble.SpanRecord] = ()) -> list[assemble.SpanRecord]:
