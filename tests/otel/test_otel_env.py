@@ -141,8 +141,8 @@ def test_secrets_stay_out_of_logs_errors_stats_and_files(tmp_path: Path) -> None
     receiver.status = 401
     headers = f"authorization=Bearer%20{SECRET}"
     try:
-        refused = run_scheduler(tmp_path, {
-            "OTEL_TRACES_EXPORTER": "otlp,console", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint,
+        refused = run_scheduler(tmp_path, {  # a trace file as well, to grep
+            "SCHED_TRACE_OTEL_EXPORTER": "file,otlp,console", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint,
             "OTEL_EXPORTER_OTLP_HEADERS": headers})
     finally:
         receiver.stop()
@@ -163,6 +163,7 @@ def test_secrets_stay_out_of_logs_errors_stats_and_files(tmp_path: Path) -> None
     target = otel_env.otlp_target("grpc", environ={"OTEL_EXPORTER_OTLP_HEADERS": headers})
     files = "".join(path.read_text(errors="replace") for path in tmp_path.rglob("*") if path.is_file()
                     and path.name != "scheduler.py")
+    assert files.count('"name":"run_batch_cpu"') == STEPS * MICROBATCHES  # the file sink wrote every span
     for where, text in {"refused run output": refused.stdout + refused.stderr,
                         "unreachable run output": down.stdout + down.stderr,
                         "the ConfigError": str(malformed.value), "repr(OtlpTarget)": repr(target),
