@@ -17,6 +17,8 @@ An exporter process
 Identity and clocks
     :func:`current_rank`, :func:`host_id`, :func:`wall_offset_ns`, :func:`now_ns`,
     :func:`parse_traceparent`, :func:`format_traceparent`.
+What may be recorded
+    :func:`request_ids`: a ``requests`` attribute as ids only, never payloads.
 Trace files (imported on first use)
     :class:`ChromeWriter`, :class:`PerfettoEncoder`, :func:`perfetto_sequence_id`,
     :class:`RecordedError`.
@@ -28,7 +30,7 @@ import importlib
 from typing import TYPE_CHECKING, Any, Iterable, Union
 
 from .clock import now_ns, wall_offset_ns
-from .events import BatchEvent, RankInfo, StageEvent
+from .events import BatchEvent, RankInfo, StageEvent, request_ids
 from .exporter_process import ExporterProcess, read_frame, reply, worker_main, write_frame
 from .plugins import get_manager as _get_manager
 from .rank import current as current_rank
@@ -42,7 +44,7 @@ __all__ = [
     "BackgroundExporter", "BatchEvent", "ChromeWriter", "EventBuffer", "ExporterProcess",
     "PerfettoEncoder", "RankInfo", "RecordedError", "StageEvent", "current_rank", "emit",
     "format_traceparent", "host_id", "is_registered", "now_ns", "parse_traceparent",
-    "perfetto_sequence_id", "read_frame", "reply", "wall_offset_ns", "worker_main", "write_frame",
+    "perfetto_sequence_id", "read_frame", "reply", "request_ids", "wall_offset_ns", "worker_main", "write_frame",
 ]
 
 _TRACE_FILE_NAMES = frozenset(("ChromeWriter", "PerfettoEncoder", "RecordedError", "perfetto_sequence_id"))

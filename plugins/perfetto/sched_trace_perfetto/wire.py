@@ -18,8 +18,7 @@ from collections.abc import Mapping
 from typing import Any, Sequence
 
 from sched_trace import BatchEvent, RankInfo, StageEvent
-from sched_trace.events import request_ids
-from sched_trace.export import RecordedError
+from sched_trace.export import RecordedError, request_ids
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 
