@@ -127,11 +127,13 @@ def find_source(module_name: str) -> Optional[str]:
     search: Optional[list[str]] = None
     spec = None
     for depth in range(len(parts)):
-        spec = importlib.machinery.PathFinder.find_spec(".".join(parts[: depth + 1]), search)
+        # By its own name in its parent's directories: with the dotted name a namespace
+        # package (no __init__.py, like sglang.srt) needs its parent imported.
+        spec = importlib.machinery.PathFinder.find_spec(parts[depth], search)
         if spec is None:
             return None if depth == 0 else ""
         if depth < len(parts) - 1:
-            if not spec.submodule_search_locations:
+            if spec.submodule_search_locations is None:
                 return None  # an extension or plain module with attributes posing as submodules
             search = list(spec.submodule_search_locations)
     origin = getattr(spec, "origin", None)

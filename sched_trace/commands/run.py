@@ -55,7 +55,8 @@ def _module_file(module: str, search: list[str]) -> "str | None":
     spec = None
     parts = module.split(".")
     for index in range(len(parts)):
-        spec = importlib.machinery.PathFinder.find_spec(".".join(parts[:index + 1]), locations)
+        # By its own name: a namespace package's dotted name needs its parent imported.
+        spec = importlib.machinery.PathFinder.find_spec(parts[index], locations)
         if spec is None:
             return None
         locations = list(spec.submodule_search_locations or [])
