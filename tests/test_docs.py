@@ -66,6 +66,8 @@ NOT_RUN = {  # commands the tests exercise elsewhere, and why they are not run h
     "python -m benchmarks": "the full benchmark suite; tests/benchmarks/test_suite.py runs it with --quick",
     "export ": "environment for a remote OTLP collector; tests/otel/test_otel_env.py uses the same "
                "variables against a real receiver",
+    "sched-trace run --profile vllm": "needs vLLM (.venv-vllm); tests/vllm/test_vllm_engine.py runs the "
+                                      "profile under sched-trace run there",
 }
 # A placeholder a doc names (`train.py`): a real torch.distributed.pipelining job standing in for it.
 TRAIN_PY = '''

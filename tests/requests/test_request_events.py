@@ -161,3 +161,13 @@ def test_bad_toml_request_entries_name_the_entry() -> None:
     bad["instrument"][0].update(phase="arrived", when="len(")
     with pytest.raises(ConfigError, match=r"instrument\[0\].*when="):
         sched_trace.config.parse(bad, "engine.toml")
+
+
+def test_the_shipped_vllm_profile_declares_every_request_phase() -> None:
+    profile = sched_trace.config.load_profile("vllm")  # vLLM need not be installed to read it
+    by_phase = {spec.options["phase"]: spec for spec in profile.instrument if spec.options.get("kind") == "request"}
+    assert set(by_phase) == {"arrived", "queued", "scheduled", "first_token", "finished"}
+    assert by_phase["finished"].options["aborted_statuses"] == ["FINISHED_ABORTED"]
+    assert by_phase["first_token"].options["when"] == "not request.num_output_tokens"
+    batches = [spec.target for spec in profile.instrument if spec.options.get("kind") == "batch"]
+    assert batches == ["vllm.v1.engine.core:EngineCore.step", "vllm.v1.engine.core:EngineCore.step_with_batch_queue"]

@@ -187,3 +187,14 @@ def test_engine_core_child_process_traced_through_sched_trace_run(tmp_path: Path
                 and int(attributes(s)["scheduled_tokens"]) > 0]
     assert TOKENS <= len(executes) <= len(steps)
     assert sum(int(attributes(s)["scheduled_tokens"]) for _, s in executes) == REQUESTS * (PROMPT_LEN + TOKENS - 1)
+
+
+def test_the_in_process_example_of_docs_vllm_md_runs_on_real_vllm(tmp_path: Path) -> None:
+    text = (REPO / "docs" / "vllm.md").read_text()
+    (block,) = [b for b in re.findall(r"^```python\n(.*?)^```", text, re.S | re.M)
+                if b.startswith("# not-run: needs vLLM")]
+    done = run_in_venv([str(VENV_PYTHON), "-c", block], tmp_path, timeout=600)
+    lines = [line for line in done.stdout.splitlines() if " ttft " in line or line.endswith(" engine steps")]
+    assert len(lines) == 5 and lines[-1].endswith("engine steps") and int(lines[-1].split()[0]) >= 8
+    for line in lines[:4]:
+        assert "['arrived', 'queued', 'scheduled', 'first_token', 'finished'] 8 ttft" in line
