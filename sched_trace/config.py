@@ -78,7 +78,7 @@ class Config:
 
 
 def _unknown(key: str, valid: Any, source: str, where: str) -> ConfigError:
-    close = difflib.get_close_matches(key, list(valid), n=1)
+    close = difflib.get_close_matches(key, list(valid), n=1) if isinstance(key, str) else []
     hint = f"did you mean {close[0]!r}? " if close else ""
     return ConfigError(
         f"unknown key {key!r}: {hint}valid keys are {', '.join(sorted(valid))}",
@@ -186,6 +186,11 @@ def load(path: "str | os.PathLike[str]") -> Config:
         raise ConfigError("file not found (pass an existing path to --config or SCHED_TRACE_CONFIG)", source=str(path)) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", source=str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not valid TOML: not UTF-8 text (byte {exc.start})", source=str(path)) from None
+    except (OSError, ValueError) as exc:  # a directory, unreadable, a NUL in the name
+        raise ConfigError(f"cannot read it: {exc.strerror if isinstance(exc, OSError) else exc}",
+                          source=repr(str(path))[1:-1]) from None
     return parse(data, str(path))
 
 

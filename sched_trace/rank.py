@@ -177,13 +177,21 @@ os.register_at_fork(after_in_child=refresh)
 
 # --- W3C trace context -------------------------------------------------------
 
-_TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+# Version 00 is exactly four fields; a later version may append "-..." fields (W3C: ignore them).
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-[^\s]*)?")
+_MAX_TRACEPARENT = 512  # a header longer than this is no traceparent: never scanned
 
 
 def parse_traceparent(value: str) -> Optional[tuple[int, int, int]]:
-    """``(trace_id, parent_span_id, flags)`` from a W3C ``traceparent``, or None if invalid."""
-    match = _TRACEPARENT.match(value.strip().lower()) if isinstance(value, str) else None
-    if match is None or match.group(1) == "ff":
+    """``(trace_id, parent_span_id, flags)`` from a W3C ``traceparent``, or None if invalid.
+
+    Never raises: any other value (not a string, too long, malformed, version ``ff``,
+    an all-zero id) is None.
+    """
+    if not isinstance(value, str) or len(value) > _MAX_TRACEPARENT:
+        return None
+    match = _TRACEPARENT.fullmatch(value.strip().lower())
+    if match is None or match.group(1) == "ff" or (match.group(1) == "00" and match.group(5)):
         return None
     trace_id, span_id = int(match.group(2), 16), int(match.group(3), 16)
     if trace_id == 0 or span_id == 0:
