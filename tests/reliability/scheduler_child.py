@@ -5,7 +5,8 @@ records STAGES ``run_batch_cpu`` stages through the otel and perfetto plugins
 (settings from the environment), prints ``recorded N`` and then ends by ENDING:
 ``return``, ``sys_exit``, ``raise``, ``wait`` (sleep until a signal arrives) or
 ``stream`` (keep recording, one stage a millisecond, until killed; the count so
-far is kept in the 8-byte file ``CHILD_COUNTER``, which survives SIGKILL).
+far, then how many of them the otel plugin has handed to its exporter process,
+are kept in the 16-byte file ``CHILD_COUNTER``, which survives SIGKILL).
 With ``--handler`` (``--handler-after``) the program installs its own SIGTERM
 handler before (after) ``configure``; it prints ``own handler`` and exits 3.
 """
@@ -59,17 +60,19 @@ def main() -> None:
         while True:
             time.sleep(0.05)
     if ending == "stream":
-        stream(batch)
+        stream(batch, plugins[0])
 
 
-def stream(batch: list) -> None:
+def stream(batch: list, otel: object) -> None:
     with open(os.environ["CHILD_COUNTER"], "r+b") as handle:
-        counter = mmap.mmap(handle.fileno(), 8)
+        counter = mmap.mmap(handle.fileno(), 16)
         mb_id = 0
         while True:
             run_batch(batch, mb_id)
             mb_id += 1
             counter[:8] = struct.pack("<q", mb_id)  # after the stage returned: recorded
+            if mb_id % 16 == 0:  # the witness of what the exporter process already holds
+                counter[8:16] = struct.pack("<q", otel.sched_trace_collect_stats()["events_exported"])
             time.sleep(0.001)
 
 

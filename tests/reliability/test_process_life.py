@@ -161,26 +161,28 @@ def test_sigkill_loses_at_most_the_tail_recorded_last(tmp_path, receiver, record
     """The exporter process keeps what it was handed; only the last drain interval can be lost.
 
     What arrives is a prefix of what was recorded (no holes), and it contains every
-    stage recorded more than a second before the SIGKILL (the drain interval is 0.2 s;
-    the rest is slack for a busy machine). The measured loss is printed.
+    stage the scheduler process had handed to its exporter process before the SIGKILL
+    (its own count, read from the child: no assumption about how fast a busy machine
+    drains). The measured loss is printed.
     """
     counter = tmp_path / "counter"
-    counter.write_bytes(bytes(8))
+    counter.write_bytes(bytes(16))
     child = start_child(tmp_path, "stream", 0, receiver, CHILD_COUNTER=str(counter))
     wait_recorded(child)
     while len(receiver.microbatches()) < 500:  # the exporter process is up and sending
         assert child.poll() is None, child.stderr.read()
         time.sleep(0.05)
     time.sleep(1.0)
-    recorded_a_second_before = struct.unpack("<q", counter.read_bytes())[0]
+    recorded_a_second_before = struct.unpack("<q", counter.read_bytes()[:8])[0]
     time.sleep(1.0)
-    before_kill = struct.unpack("<q", counter.read_bytes())[0]
+    before_kill, handed = struct.unpack("<qq", counter.read_bytes())
     child.send_signal(signal.SIGKILL)
     child.wait(30)
-    recorded = struct.unpack("<q", counter.read_bytes())[0]
-    received = sorted(wait_for_spans(receiver, recorded, limit=10.0))
+    recorded = struct.unpack("<q", counter.read_bytes()[:8])[0]
+    wait_for_spans(receiver, handed, limit=60.0)  # hang guard: what was handed must arrive
+    received = sorted(wait_for_spans(receiver, recorded, limit=2.0))  # and what else was on its way
     assert received == list(range(len(received)))
-    assert recorded_a_second_before <= len(received) <= recorded
+    assert 0 < handed <= len(received) <= recorded
     rate = (before_kill - recorded_a_second_before) / 1.0
     lost = recorded - len(received)
     record_property("sigkill_lost", lost)
