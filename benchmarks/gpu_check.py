@@ -269,7 +269,8 @@ def summary_lines(cases: list[dict[str, Any]]) -> list[str]:
             f"| {case['workload']} | {_fmt(acc['gpu_stage_ms_per_step'])} | {_fmt(acc['kernel_span_ms_per_step'])} | "
             f"{_fmt(acc['kernel_busy_ms_per_step'])} | {_fmt(error * 100 if error == error else None, '.2f')}% "
             f"({'met' if error <= 0.03 else 'NOT met'}) | {traced_syncs} / {untraced_syncs} | "
-            f"{_fmt(clock['end_before_host_sync_us_median'], '.1f')} / {_fmt(clock['end_before_host_sync_us_max'], '.1f')}"
+            f"{_fmt(clock['end_before_host_sync_us_median'], '.1f')} / "
+            f"{_fmt(clock['end_before_host_sync_us_max'], '.1f')}"
             f" | {clock['start_before_cpu_start']} of {clock['stages']} |")
     return lines
 

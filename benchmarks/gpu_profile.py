@@ -89,7 +89,8 @@ def sync_calls(trace: Mapping[str, Any], tid: Optional[int] = None) -> dict[str,
     """How many ``cudaStreamSynchronize``/``cudaEventSynchronize`` calls (on thread ``tid``, or anywhere)."""
     counts = {name: 0 for name in SYNC_CALLS}
     for event in _events(trace):
-        if event.get("cat") == "cuda_runtime" and event.get("name") in counts and (tid is None or event.get("tid") == tid):
+        name, thread = event.get("name"), event.get("tid")
+        if event.get("cat") == "cuda_runtime" and name in counts and (tid is None or thread == tid):
             counts[str(event["name"])] += 1
     return counts
 

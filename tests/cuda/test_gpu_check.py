@@ -137,7 +137,8 @@ def test_the_plugin_path_of_the_script_on_the_simulated_gpu(monkeypatch: Any) ->
     tracing = gpu_check.Tracing(fake)
     try:
         assert tracing.stats()["available"] == 1
-        workload = Workload("w", lambda index: None, lambda index, run_block: [run_block(abs, -1, index) for _ in range(2)])
+        layers = lambda index, run_block: [run_block(abs, -1, index) for _ in range(2)]  # noqa: E731
+        workload = Workload("w", lambda index: None, layers)
         modes = tracing.steps(workload)
         seconds = gpu_check.throughput(fake, modes, steps=4, repeats=2, tracing=tracing)
         assert sorted(seconds) == ["batch", "layer", "untraced"]

@@ -164,7 +164,7 @@ def _apply_standard_env(values: dict[str, Any], environ: Mapping[str, str]) -> N
 
 def parse(table: Mapping[str, Any], source: str = "<config>",
           environ: Optional[Mapping[str, str]] = None) -> OtelSettings:
-    """Validate ``[plugins.otel]`` plus ``SCHED_TRACE_OTEL_*`` and ``OTEL_*``; raise ConfigError naming key and value."""
+    """Validate ``[plugins.otel]``, ``SCHED_TRACE_OTEL_*`` and ``OTEL_*``; a ConfigError names key and value."""
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     for key, value in table.items():
