@@ -122,13 +122,16 @@ def test_traces_endpoint_grpc_and_gzip(tmp_path: Path) -> None:
         receiver.stop()
 
 
-def test_http_json_protocol(tmp_path: Path) -> None:
+def test_http_json_protocol_gzipped(tmp_path: Path) -> None:
     receiver = HttpReceiver().start()
     try:
         env = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json",
-               "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint}
+               "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint,
+               "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION": "gzip"}
         result = run_scheduler(tmp_path, env)
         assert result.returncode == 0, result.stderr
+        assert {(h["content-type"], h["content-encoding"]) for h in receiver.store.headers} == {
+            ("application/json", "gzip")}
         names = sorted(span.name for _, span in receiver.store.spans)
         assert names.count("run_batch_cpu") == STEPS * MICROBATCHES and names.count("decode_step") == STEPS
     finally:
