@@ -108,6 +108,7 @@ def test_in_process_every_request_has_one_lifecycle_matching_what_vllm_returned(
         by = {e[0]: e for e in events}
         truth = returned[external_id(rid)]
         assert by["arrived"][2] == by["finished"][2] == truth["prompt_tokens"]
+        assert by["arrived"][5]["model"] == in_process["model"]
         assert by["finished"][3] == truth["output_tokens"] == TOKENS
         assert by["finished"][5]["status"] == "FINISHED_LENGTH_CAPPED" and truth["finish_reason"] == "length"
         ts = [e[1] for e in events]

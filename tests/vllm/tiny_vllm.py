@@ -151,7 +151,8 @@ def main(argv: list[str]) -> int:
     started = time.perf_counter()
     outputs = generate(llm, args.requests, args.tokens)
     elapsed = time.perf_counter() - started
-    result: dict[str, Any] = {"outputs": outputs_json(outputs), "elapsed_s": elapsed, "pid": os.getpid()}
+    result: dict[str, Any] = {"outputs": outputs_json(outputs), "elapsed_s": elapsed, "pid": os.getpid(),
+                              "model": str(args.model_dir)}
     if recorder is not None:
         result["steps"] = steps
         result["requests"] = [[e.phase, e.request_id, e.ts_ns, e.prompt_tokens, e.output_tokens, e.batch_id,
