@@ -81,7 +81,7 @@ def test_only_standard_variables_deliver_to_an_http_receiver_with_headers(tmp_pa
         env = {
             "OTEL_TRACES_EXPORTER": "otlp",
             "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",  # base: /v1/traces added
-            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            # no protocol: http/protobuf, the specification's default
             "OTEL_EXPORTER_OTLP_HEADERS": f"authorization=Bearer%20{SECRET},x-tenant=team-a",
             "OTEL_SERVICE_NAME": "llm-serving",
             "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=staging,k8s.pod.name=engine-0",
