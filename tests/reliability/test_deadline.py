@@ -113,6 +113,9 @@ def test_shutdown_counts_spans_the_refusing_receiver_never_got(tmp_path, receive
     otel, _ = configure(tmp_path, receiver.endpoint, monkeypatch)
     receiver.stop()
     record(0, STAGES)
+    # The exporter process is up and holds every record (on a busy machine it may take
+    # longer than T just to start, and then it could not report its counters in time).
+    wait_until(lambda: otel.sched_trace_collect_stats().get("records", 0) == STAGES, limit=60.0)
     assert timed(sched_trace.shutdown, timeout=T) < T + SLACK
     stats = otel.sched_trace_collect_stats()
     assert_otel_counted(stats, STAGES)
