@@ -158,3 +158,12 @@ def test_rank_info_and_reports_pickle_and_stay_frozen():
         field = dataclasses.fields(part)[0].name
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(part, field, None)
+
+
+def test_every_result_type_of_the_analysis_is_a_frozen_dataclass():
+    from sched_trace import analysis
+
+    results = [getattr(analysis, name) for name in analysis.__all__ if dataclasses.is_dataclass(getattr(analysis, name))]
+    assert {cls.__name__ for cls in results} >= {"PipelineReport", "RankSummary", "StepSummary", "RankStep"}
+    for cls in results:
+        assert cls.__dataclass_params__.frozen, cls.__name__

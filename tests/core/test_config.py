@@ -106,3 +106,21 @@ def test_bad_level_env_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("SCHED_TRACE_LEVEL", "loud")
     with pytest.raises(ValueError, match="SCHED_TRACE_LEVEL must be an integer from 0"):
         sched_trace.configure(autoload=False)
+
+
+def test_a_file_that_cannot_be_read_as_toml_is_a_config_error_naming_it(tmp_path):
+    not_utf8 = tmp_path / "latin1.toml"
+    not_utf8.write_bytes(b'level = 4 # caf\xe9\n')
+    with pytest.raises(sched_trace.ConfigError, match=rf"^{not_utf8}: not valid TOML: not UTF-8 text \(byte 15\)"):
+        config.load(not_utf8)
+    with pytest.raises(sched_trace.ConfigError, match=rf"^{tmp_path}: cannot read it: Is a directory"):
+        config.load(tmp_path)
+    with pytest.raises(sched_trace.ConfigError, match=r"^bad\\x00name.toml: cannot read it"):
+        config.load("bad\0name.toml")
+
+
+def test_keys_that_are_not_strings_are_named_not_a_crash():
+    with pytest.raises(sched_trace.ConfigError, match=r"unknown key 3"):
+        config.parse({3: "x"}, "dict.toml")
+    with pytest.raises(sched_trace.ConfigError, match=r"instrument\[0\]\.7.*unknown key 7"):
+        config.parse({"instrument": [{"target": "a:b", 7: 1}]}, "dict.toml")
