@@ -20,6 +20,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from typing import Any, Callable, Optional
 
 DEFAULT_BUDGET_S = 0.5
@@ -60,6 +61,7 @@ class HookWatchdog:
         self._thread: Optional[threading.Thread] = None
         self._wake = threading.Event()
         self._pid = os.getpid()
+        _live.add(self)
 
     def watch(self, codes: CodeMap) -> None:
         """Watch these hook implementations (none: let the thread end)."""
@@ -105,3 +107,16 @@ def _owner(owners: list[tuple[object, str]], frame: Any) -> str:
             if plugin is instance:
                 return name
     return owners[0][1]
+
+
+_live: "weakref.WeakSet[HookWatchdog]" = weakref.WeakSet()
+
+
+def _restart_after_fork() -> None:
+    # The parent's sampling thread does not exist in a fork child: start the child's own.
+    for watchdog in list(_live):
+        watchdog._seen = {}
+        watchdog.watch(watchdog._codes)
+
+
+os.register_at_fork(after_in_child=_restart_after_fork)

@@ -10,6 +10,7 @@ already running, not by the number of events (counted, not timed).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
@@ -144,3 +145,20 @@ def test_a_fast_plugin_is_never_quarantined():
     while time.monotonic() < deadline:
         schedule(100)
     assert sched_trace.stats()["plugins_quarantined"] == {}
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_the_watchdog_also_runs_in_a_fork_child():
+    blocking = Blocking(1)
+    sched_trace.configure(level=9, autoload=False)
+    sched_trace.register(blocking, name="blocking")
+    pid = os.fork()
+    if pid == 0:  # the child: its own watchdog must catch the blocking plugin
+        code = 1
+        try:
+            schedule(20)
+            code = 0 if blocking.blocked == 1 and "blocking" in sched_trace.stats()["plugins_quarantined"] else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
