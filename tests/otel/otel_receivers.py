@@ -54,6 +54,7 @@ class HttpReceiver:
         self.port = port
         self.tls = tls            # (certificate file, key file): serve HTTPS
         self.status = 200         # what to answer; 401 etc. refuse (spans not stored)
+        self.rejected = 0         # > 0: answer a partial success that rejects this many spans
         self._server: ThreadingHTTPServer | None = None
 
     @property
@@ -82,7 +83,11 @@ class HttpReceiver:
                 else:
                     request.ParseFromString(body)
                 store.add(request, self.headers.items())
-                reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+                reply = trace_service_pb2.ExportTraceServiceResponse()
+                if receiver.rejected:
+                    reply.partial_success.rejected_spans = receiver.rejected
+                    reply.partial_success.error_message = "over quota"
+                reply = reply.SerializeToString()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.send_header("Content-Length", str(len(reply)))

@@ -283,3 +283,31 @@ def test_service_name_precedence(monkeypatch: Any) -> None:
     monkeypatch.setenv("OTEL_SERVICE_NAME", "from-service-name")
     assert parse({}, environ={}).resolved_service_name == "from-service-name"
     assert parse({"service_name": "from-config"}, environ={}).resolved_service_name == "from-config"
+
+
+@pytest.mark.parametrize("environ, insecure", [
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317"}, True),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "https://c:4317", "OTEL_EXPORTER_OTLP_INSECURE": "true"}, False),  # scheme wins
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "c:4317"}, False),                                           # TLS unless told
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "c:4317", "OTEL_EXPORTER_OTLP_TRACES_INSECURE": "true"}, True),
+])
+def test_grpc_plaintext_or_tls(environ: dict, insecure: bool) -> None:
+    assert otel_env.otlp_target("grpc", environ=environ).insecure is insecure
+
+
+def test_a_partial_success_counts_the_rejected_spans(traced: Any) -> None:
+    from otel_scheduler import Batch, run_steps
+
+    receiver = HttpReceiver().start()
+    receiver.rejected = 2
+    try:
+        plugin = traced(exporter="http/protobuf", endpoint=receiver.endpoint, process=False)
+        run_steps([Batch()], 2)  # one batch scope: thread, batch and two stage spans, in one request
+        import sched_trace
+
+        sched_trace.flush()
+        stats = plugin.sched_trace_collect_stats()
+        assert receiver.store.requests == 1 and len(receiver.store.spans) == 4
+        assert (stats["spans_exported"], stats["spans_rejected"]) == (2, 2)
+    finally:
+        receiver.stop()
