@@ -7,13 +7,12 @@ once per distinct per-call rank override) and shared by reference.
 Events are plain data: they pickle (``gather_object``, multiprocessing queues, files
 for a later ``pipeline_report``) and compare equal after the round trip. What does
 not pickle as is is converted only when pickled, never on the hot path: a mapping
-proxy travels as a dict and comes back as a proxy; an exception that would not
-survive the trip travels as :class:`RemoteError`.
+proxy travels as a dict and comes back as a proxy; a recorded exception travels as
+a :class:`RemoteError` (type name and message) that compares equal to it.
 """
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping, NamedTuple, Optional
@@ -83,9 +82,12 @@ class RankInfo:
 
 
 class RemoteError(Exception):
-    """Stands in for a recorded exception that cannot be pickled (or unpickled).
+    """A recorded exception after pickling: its type's name and its message, as plain data.
 
-    ``type_name`` is the original's qualified class name; ``str()`` is its message.
+    A live exception is no plain data: its arguments may be live objects (a batch, a
+    lock), and it may not survive unpickling in another process. So an event's
+    ``error`` travels as this; it compares equal to the exception it stands for
+    (same type name and message), so a round-tripped event equals the original.
     """
 
     def __init__(self, type_name: str, message: str) -> None:
@@ -93,25 +95,41 @@ class RemoteError(Exception):
         self.type_name = type_name
         self.message = message
 
+    @classmethod
+    def of(cls, error: BaseException) -> "RemoteError":
+        if isinstance(error, RemoteError):
+            return error
+        return cls(_type_name(type(error)), _message(error))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, BaseException):
+            other = RemoteError.of(other)
+            return (self.type_name, self.message) == (other.type_name, other.message)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((self.type_name, self.message))
+
     def __str__(self) -> str:
         return f"{self.type_name}: {self.message}"
 
 
-def _portable_error(error: BaseException) -> BaseException:
-    """``error`` if it survives a pickle round trip, else a :class:`RemoteError`."""
+def _type_name(cls: type) -> str:
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _message(error: BaseException) -> str:
     try:
-        pickle.loads(pickle.dumps(error))
-        return error
-    except Exception:
-        cls = type(error)
-        return RemoteError(f"{cls.__module__}.{cls.__qualname__}", str(error))
+        return str(error)
+    except Exception:  # a broken __str__ must not make the event unpicklable
+        return f"<unprintable {type(error).__name__}>"
 
 
 def _portable(value: Any) -> Any:
     if type(value) is MappingProxyType:
         return _Proxied(value)
     if isinstance(value, BaseException):
-        return _portable_error(value)
+        return RemoteError.of(value)
     return value
 
 
