@@ -134,24 +134,45 @@ def rank_from_dict(values: Mapping[str, Any]) -> RankInfo:
     )
 
 
-def event_args(event: Event, track_keys: AbstractSet[str] = frozenset()) -> dict[str, Any]:
-    """The arguments a slice carries: ids, sizes, level, extra rank keys, error, attrs."""
+def event_args(event: Event, track_keys: AbstractSet[str] = frozenset(),
+               with_rank_keys: bool = True) -> dict[str, Any]:
+    """The arguments a slice carries: ids, sizes, level, error, attrs, then the extra rank keys
+    (last, so an encoder can append them pre-encoded: ``with_rank_keys=False`` leaves them out)."""
     args: dict[str, Any] = {}
     for key in ARG_FIELDS:
         value = getattr(event, key)
         if value is not None:
             args[key] = value
-    if event.rank.extra:
-        rank_keys = {key: value for key, value in event.rank.extra if key not in track_keys}
-        if rank_keys:
-            args[RANK_KEYS_ARG] = rank_keys
     if event.error is not None:
         args["error"] = _error_text(event.error)
     if event.attrs:
         args["attrs"] = {str(k): v for k, v in event.attrs.items() if v is not None}
         if "requests" in args["attrs"]:  # request objects carry prompts: only their ids are written
             args["attrs"]["requests"] = request_ids(args["attrs"]["requests"])
+    if with_rank_keys and event.rank.extra:
+        rank_keys = slice_rank_keys(event.rank.extra, track_keys)
+        if rank_keys:
+            args[RANK_KEYS_ARG] = rank_keys
     return args
+
+
+_RANK_KEYS: dict[tuple, dict[str, Any]] = {}
+
+
+def slice_rank_keys(extra: tuple, track_keys: AbstractSet[str]) -> dict[str, Any]:
+    """The extras a slice carries, built once per rank (every event of a thread repeats them).
+
+    The dict is shared: encoders only read it.
+    """
+    try:
+        found = _RANK_KEYS.get((extra, track_keys))
+    except TypeError:  # an unhashable extra value: build it afresh
+        return {key: value for key, value in extra if key not in track_keys}
+    if found is None:
+        if len(_RANK_KEYS) >= 4096:
+            _RANK_KEYS.clear()
+        found = _RANK_KEYS[(extra, frozenset(track_keys))] = {k: v for k, v in extra if k not in track_keys}
+    return found
 
 
 def _error_text(error: BaseException) -> str:

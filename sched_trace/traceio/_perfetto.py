@@ -23,10 +23,11 @@ from . import _protowire as _wire
 from ._model import (
     Event, ProcessKey, TraceFile, TraceFormatError, counter_uuid, counter_values,
     event_args, flow_id, make_event, process_uuid, rank_from_dict, rank_to_dict,
-    stable_id, track_name, track_rank, track_uuid,
+    RANK_KEYS_ARG, slice_rank_keys, stable_id, track_name, track_rank, track_uuid,
 )
 
 REALTIME, MONOTONIC, BOOTTIME = 1, 3, 6
+INT32_LIMIT = 1 << 31
 SLICE_BEGIN, SLICE_END, COUNTER = 1, 2, 4
 
 
@@ -79,7 +80,7 @@ class PerfettoEncoder:
         """Slices and counters as hand-written wire bytes (``_protowire``), descriptors via protobuf."""
         chunks: list[bytes] = []
         head = _wire.sequence_field(self.sequence_id)
-        tracks: dict[int, tuple[RankInfo, bytes, int]] = {}  # by id(): RankInfo hashes slowly
+        tracks: dict[int, tuple[RankInfo, bytes, int, bytes]] = {}  # by id(): RankInfo hashes slowly
         for event in events:
             if event.end_ns is None:
                 continue
@@ -90,8 +91,8 @@ class PerfettoEncoder:
             start = _wire.timestamp_field(event.start_ns)
             chunks.append(_wire.slice_packets(
                 head, self._first_flags(), track[1], self._field(_wire.category_field, event.kind),
-                self._field(_wire.name_field, event.name), event_args(event, self.track_keys),
-                flow_id(event) if self.flows else None, start, event.end_ns))
+                self._field(_wire.name_field, event.name), event_args(event, self.track_keys, False),
+                flow_id(event) if self.flows else None, start, event.end_ns, track[3]))
             for name, value in counter_values(event, self.counter_attrs).items():
                 uuid = self._counter_track(chunks, rank, track[2], name)
                 chunks.append(_wire.counter_packet(head, self._first_flags(), uuid, value, start))
@@ -124,14 +125,17 @@ class PerfettoEncoder:
             encoded = self._fields[(text, make)] = make(text)
         return encoded
 
-    def _track(self, chunks: list, rank: RankInfo) -> tuple[RankInfo, bytes, int]:
-        """Describe the rank's tracks if new (protobuf, once); its uuid as an encoded field."""
+    def _track(self, chunks: list, rank: RankInfo) -> tuple[RankInfo, bytes, int, bytes]:
+        """Describe the rank's tracks if new (protobuf, once); its uuid as an encoded field,
+        and its extra rank keys as an encoded slice argument (every slice of it repeats them)."""
         uuid = track_uuid(rank, self.track_keys)
         if uuid not in self._described or process_uuid(rank.host_id, rank.pid) not in self._described:
             trace = self.pb.Trace()
             self._describe(trace, rank)
             chunks.append(trace.SerializeToString())
-        return rank, _wire.uuid_field(uuid), uuid
+        rank_keys = slice_rank_keys(rank.extra, self.track_keys) if rank.extra else None
+        encoded = _wire.annotation_field(b"\x22", RANK_KEYS_ARG, rank_keys) if rank_keys else b""
+        return rank, _wire.uuid_field(uuid), uuid, encoded
 
     def _counter_track(self, chunks: list, rank: RankInfo, track: int, name: str) -> bytes:
         """The counter track's uuid as an encoded field; described (protobuf) the first time."""
@@ -183,10 +187,11 @@ class PerfettoEncoder:
 
     def _descriptor_pid(self, key: ProcessKey) -> int:
         # Two hosts may reuse a pid; the viewer keys processes by pid, so shift collisions.
-        pid = key[1]
+        # The descriptor's pid is an int32 (the real pid is in the description).
+        pid = key[1] % INT32_LIMIT
         used = set(self._pids.values())
         while pid in used:
-            pid += 1 << 22
+            pid = (pid + (1 << 22)) % INT32_LIMIT
         self._pids[key] = pid
         return pid
 

@@ -129,10 +129,11 @@ def _packet(timestamp: bytes, head: bytes, track_event: bytes, tail: bytes) -> b
 
 
 def slice_packets(head: bytes, tail: bytes, uuid: bytes, kind: bytes, name: bytes, args: Mapping[str, Any],
-                  flow: Optional[int], start: bytes, end_ns: int) -> bytes:
-    """BEGIN and END packets of one slice; every ``bytes`` argument is an encoded field."""
+                  flow: Optional[int], start: bytes, end_ns: int, more_args: bytes = b"") -> bytes:
+    """BEGIN and END packets of one slice; every ``bytes`` argument is an encoded field
+    (``more_args``: annotations encoded already, written after ``args``)."""
     begin = b"".join([annotation_field(b"\x22", key, value) for key, value in args.items()])
-    begin += b"\x48\x01" + uuid + kind + name
+    begin += more_args + b"\x48\x01" + uuid + kind + name
     if flow is not None:
         begin += b"\xf9\x02" + _FIXED64(flow)
     return _packet(start, head, begin, tail) + _packet(timestamp_field(end_ns), head, b"\x48\x02" + uuid, b"")
