@@ -115,8 +115,9 @@ def test_a_blocking_plugin_is_quarantined_after_one_blocked_call(every):
     sched_trace.register(blocking, name="blocking")
     assert schedule() == EXPECTED
     assert len(recorder.stages("run_batch_cpu")) == STEPS  # the others still got every event
-    assert blocking.blocked == 1  # caught during its first block: no second one
-    assert blocking.calls == every
+    # Caught during its first block (a second one only if a starved machine kept the
+    # watchdog from sampling for the whole second): a bound, not one block per event.
+    assert blocking.blocked <= 2 and blocking.calls <= 2 * every
     stats = sched_trace.stats()
     assert list(stats["plugins_quarantined"]) == ["blocking"]
     assert stats["plugins_quarantined"]["blocking"] >= 0.5
