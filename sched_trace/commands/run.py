@@ -91,7 +91,10 @@ def _static_function(source_file: str, path: list[str]) -> "object | None":
     stub = ast.FunctionDef(name=node.name, args=arguments, body=[ast.Pass()], decorator_list=[], returns=None)
     module = ast.fix_missing_locations(ast.Module(body=[stub], type_ignores=[]))
     namespace: dict = {}
-    exec(compile(module, source_file, "exec"), namespace)  # only a def with an empty body
+    try:
+        exec(compile(module, source_file, "exec"), namespace)  # only a def with an empty body
+    except (SyntaxError, TypeError, ValueError):  # syntax this Python cannot rebuild: check at import
+        return None
     return namespace[node.name]
 
 
@@ -105,7 +108,8 @@ def check_targets(cfg: _config.Config, program: list[str]) -> None:
         source, _, key = spec.where.partition(": ")
         module, path, table_key = parse_target(spec.target)
         top = module.split(".")[0]
-        if top not in sys.modules and importlib.util.find_spec(top) is None and not any(importlib.machinery.PathFinder.find_spec(top, [p]) for p in search):
+        importable = top in sys.modules or importlib.util.find_spec(top) is not None
+        if not importable and not any(importlib.machinery.PathFinder.find_spec(top, [p]) for p in search):
             raise ConfigError(
                 f"target {spec.target!r}: no module named {top!r} is importable from here "
                 "(check the spelling, the working directory, or PYTHONPATH)",
