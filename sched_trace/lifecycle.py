@@ -79,17 +79,15 @@ def uninstall() -> None:
 
 def _signal(signalnum: int, handler: Handler) -> Handler:
     """``signal.signal`` while sched-trace holds SIGTERM: the program's handler is chained."""
-    if signalnum != signal.SIGTERM or not _state["installed"] or handler == signal.SIG_IGN:
-        if signalnum == signal.SIGTERM and _state["installed"]:  # SIG_IGN: the program opts out
-            previous = _state["program_handler"]
-            uninstall()
-            _original_signal(signal.SIGTERM, handler)
-            return previous
-        return _original_signal(signalnum, handler)
-    if threading.current_thread() is not threading.main_thread():
-        return _original_signal(signalnum, handler)  # raises ValueError, as it would have
+    holding = signalnum == signal.SIGTERM and _state["installed"]
+    if not holding or threading.current_thread() is not threading.main_thread():
+        return _original_signal(signalnum, handler)  # off the main thread: its ValueError
     previous = _state["program_handler"]
-    _state["program_handler"] = handler
+    if handler == signal.SIG_IGN:  # the program opts out of SIGTERM: sched-trace lets go too
+        uninstall()
+        _original_signal(signal.SIGTERM, handler)
+    else:
+        _state["program_handler"] = handler
     return previous
 
 
