@@ -259,7 +259,7 @@ def test_sampler_ratio_reaches_the_exported_batches(traced: Any, monkeypatch: An
     run_steps([Batch() for _ in range(5)], 2)
     import sched_trace
 
-    sched_trace.flush()
+    sched_trace.flush(timeout=60.0)  # returns once done; the bound only guards a hang
     assert plugin.sched_trace_collect_stats()["sampled_out_batches"] == 5
     files = list(Path(plugin.settings.directory).glob("*.jsonl"))
     assert not files or not [s for f in files for _, s in proto_spans(read_otlp_json(f))]
@@ -305,7 +305,7 @@ def test_a_partial_success_counts_the_rejected_spans(traced: Any) -> None:
         run_steps([Batch()], 2)  # one batch scope: thread, batch and two stage spans, in one request
         import sched_trace
 
-        sched_trace.flush()
+        sched_trace.flush(timeout=60.0)  # returns once done; the bound only guards a hang
         stats = plugin.sched_trace_collect_stats()
         assert receiver.store.requests == 1 and len(receiver.store.spans) == 4
         assert (stats["spans_exported"], stats["spans_rejected"]) == (2, 2)
