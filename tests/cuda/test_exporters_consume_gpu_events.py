@@ -53,7 +53,7 @@ def test_otel_and_perfetto_put_gpu_events_on_their_own_track(tmp_path):
     thread.start()
     thread.join()
     assert resolver.flush(timeout=10.0)
-    sched_trace.shutdown()
+    sched_trace.shutdown(timeout=60.0)  # the files complete; the bound only guards a hang
 
     (otel_file,) = glob.glob(str(tmp_path / "otel" / "*.jsonl"))
     spans = [span for _, span in otel.proto_spans(otel.read_otlp_json(otel_file))]

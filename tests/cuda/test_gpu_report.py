@@ -95,7 +95,7 @@ def test_report_command_shows_gpu_busy_from_perfetto_files(tmp_path: Path, capsy
     thread.start()
     thread.join()
     assert resolver.flush(timeout=10.0)
-    sched_trace.shutdown()
+    sched_trace.shutdown(timeout=60.0)  # the files complete; the bound only guards a hang
     sched_trace.unregister(hooks)
     capsys.readouterr()
     assert cli.main(["report", str(tmp_path / "t"), "--out", str(tmp_path / "out"), "--no-png",
