@@ -152,3 +152,49 @@ def test_track_keys_are_validated(value: Any, words: str) -> None:
 def test_track_keys_from_the_environment() -> None:
     settings = parse({}, environ={"SCHED_TRACE_PERFETTO_TRACK_KEYS": "stage_index, ep_rank"})
     assert settings.track_keys == ("stage_index", "ep_rank")
+
+
+@pytest.mark.parametrize("process", [True, False], ids=["exporter-process", "exporter-thread"])
+@pytest.mark.parametrize("track_keys, tracks", [([], 1), (["stage_index"], 3)])
+def test_the_plugin_draws_a_thread_as_one_track_unless_asked(tmp_path: Path, process: bool, track_keys: list,
+                                                             tracks: int) -> None:
+    """Through the plugin (settings to the exporter process too): stages that add a rank key."""
+    import sched_trace
+    from sched_trace_perfetto import PerfettoPlugin
+
+    plugin = PerfettoPlugin(directory=str(tmp_path), process=process, track_keys=track_keys)
+    sched_trace.configure(level=9, plugins=[plugin], autoload=False)
+    sched_trace.set_thread_info("Scheduler", pp_rank=0, dp_rank=0, tp_rank=0)
+
+    @sched_trace.stage("pp_forward", level=2, microbatch="mb", rank={"stage_index": "stage"})
+    def forward(stage: int, mb: int) -> None:
+        pass
+
+    @sched_trace.batch("pp_step")
+    def step() -> None:
+        for mb in range(2):
+            for stage in (0, 2):  # an interleaved rank runs two stages
+                forward(stage, mb)
+
+    try:
+        step()
+        step()
+    finally:
+        sched_trace.shutdown()
+        sched_trace.unregister(plugin)
+    (path,) = tmp_path.glob("*.perfetto-trace")
+    descriptors, slices = perfetto_tracks(path)
+    assert len(slices) == tracks
+    if tracks == 1:
+        (track,) = slices.values()
+        assert_nested(track, "pp_forward", "pp_step")
+        keys = {tuple((e.name, e.int_value) for e in {a.name: a for a in s[3].track_event.debug_annotations}
+                      ["rank_keys"].dict_entries if e.name == "stage_index") for s in track if s[0] == "pp_forward"}
+        assert keys == {(("stage_index", 0),), (("stage_index", 2),)}
+    else:
+        names = sorted(descriptors[uuid].name.split(":", 1)[1] for uuid in slices)
+        assert names == ["Scheduler-PP0-DP0-TP0", "Scheduler-PP0-DP0-TP0 stage_index=0",
+                         "Scheduler-PP0-DP0-TP0 stage_index=2"]
+    events = read_back(path)
+    assert sorted(e.rank.extras["stage_index"] for e in events if e.name == "pp_forward") == [0, 0, 2, 2] * 2
+    assert [e.rank.extras.get("stage_index") for e in events if e.name == "pp_step"] == [None, None]
