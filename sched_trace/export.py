@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Union
 from .clock import now_ns, wall_offset_ns
 from .events import BatchEvent, RankInfo, StageEvent, request_ids
 from .exporter_process import ExporterProcess, read_frame, reply, worker_main, write_frame
+from .plugins import REQUEST as _REQUEST
 from .plugins import get_manager as _get_manager
 from .rank import current as current_rank
 from .rank import format_traceparent, host_id, parse_traceparent
@@ -50,11 +51,11 @@ __all__ = [
 _TRACE_FILE_NAMES = frozenset(("ChromeWriter", "PerfettoEncoder", "RecordedError", "perfetto_sequence_id"))
 
 
-def emit(events: Iterable[Union[StageEvent, BatchEvent]]) -> int:
+def emit(events: Iterable[Union[StageEvent, BatchEvent, Any]]) -> int:
     """Deliver finished events to every plugin's end hook, as if the scheduler had recorded them.
 
     A :class:`StageEvent` goes to ``sched_trace_stage_end``, a :class:`BatchEvent` to
-    ``sched_trace_batch_end``. A plugin that raises is counted in
+    ``sched_trace_batch_end``, a ``sched_trace.RequestEvent`` to ``sched_trace_request``. A plugin that raises is counted in
     ``sched_trace.stats()["plugin_errors"]`` and the others still get the event; only a
     value that is not an event raises (``TypeError``). Call it off the scheduler thread (it runs every exporter's hook).
     Give produced events span ids of their own (``parent_id`` 0 puts one on a track
@@ -64,9 +65,14 @@ def emit(events: Iterable[Union[StageEvent, BatchEvent]]) -> int:
     count = 0
     for event in events:
         kind = getattr(event, "kind", None)
-        if kind not in ("stage", "batch"):
-            raise TypeError(f"emit() takes StageEvent and BatchEvent objects, not {type(event).__name__}")
-        manager.fire(manager.batch_end if kind == "batch" else manager.stage_end, event)
+        if kind == "stage":
+            manager.fire(manager.stage_end, event)
+        elif kind == "batch":
+            manager.fire(manager.batch_end, event)
+        elif kind == "request":
+            manager.fire(manager.event_calls[_REQUEST], event)
+        else:
+            raise TypeError(f"emit() takes StageEvent, BatchEvent and RequestEvent objects, not {type(event).__name__}")
         count += 1
     return count
 

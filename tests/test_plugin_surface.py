@@ -89,3 +89,31 @@ def test_every_export_name_is_documented_and_importable() -> None:
         assert f"`{name}" in page, f"docs/plugins.md does not document sched_trace.export.{name}"
         value = getattr(export, name)
         assert value.__doc__, f"sched_trace.export.{name} has no docstring"
+
+
+def test_emit_delivers_each_kind_to_its_hook_and_counts_a_faulty_plugin() -> None:
+    from sched_trace import BatchEvent, MemoryRecorder, RequestEvent, StageEvent
+
+    class Faulty:
+        def sched_trace_stage_end(self, event: object) -> None:
+            raise RuntimeError("exporter bug")
+
+    recorder, faulty = MemoryRecorder(), Faulty()
+    sched_trace.register(recorder, name="surface-recorder")
+    sched_trace.register(faulty, name="surface-faulty")
+    try:
+        rank = export.current_rank()
+        now = export.now_ns()
+        stage = StageEvent("forward/gpu", 2, now, now + 10, rank, 0, None, None, {}, None, 1 << 62, 0)
+        batch = BatchEvent("step", 1, now, now + 20, rank, None, 7, 8, {}, None, (1 << 62) + 1, 0)
+        request = RequestEvent("finished", now, "req-1", rank, 3, 5, 7, {})
+        assert export.emit([stage, batch, request]) == 3
+        assert recorder.events == [stage, batch] and recorder.request_events == [request]
+        assert sched_trace.stats()["plugin_errors"]["surface-faulty"] == 1  # counted; the others still served
+        with pytest.raises(TypeError):
+            export.emit(["not an event"])
+        assert export.is_registered(recorder) and not export.is_registered(object())
+    finally:
+        sched_trace.unregister(recorder)
+        sched_trace.unregister(faulty)
+        sched_trace.reset_stats()
