@@ -34,9 +34,10 @@ from typing import Any, Callable, Optional
 from benchmarks import gpu_profile
 from benchmarks.gpu_models import Workload, mlp_workload, transformer_workload
 
+ROOT = Path(__file__).resolve().parent.parent
 SECTION = "## GPU (H200)"
 STEP, LAYER = "gpu_check_step", "gpu_check_layer"
-COMMAND = "python -m benchmarks.gpu_check --doc docs/performance.md --json gpu-check.json"
+COMMAND = "python3 -m benchmarks.gpu_check --doc docs/performance.md --json gpu-check.json"
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
@@ -289,6 +290,13 @@ def write_doc(path: Path, lines: list[str], machine: dict[str, str]) -> None:
     path.write_text(text.rstrip() + "\n", encoding="utf-8")
 
 
+def _importable_from_the_checkout() -> None:
+    """A GPU machine may have torch, pluggy and wrapt but not this project installed: use the source tree."""
+    for path in (ROOT, ROOT / "plugins" / "cuda"):
+        if str(path) not in sys.path:
+            sys.path.append(str(path))
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     try:
@@ -300,6 +308,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"gpu_check: no CUDA device: skipped (torch {torch.__version__}, CUDA build: {torch.version.cuda})")
         return 0
     torch.set_grad_enabled(False)
+    _importable_from_the_checkout()
     tracing = Tracing(torch)
     machine = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": str(torch.version.cuda),
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
