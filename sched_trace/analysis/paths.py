@@ -12,6 +12,11 @@ def _lane_key(event: Any) -> tuple:
     return (event.rank.host_id, event.rank.pid, event.rank.tid)
 
 
+def microbatch_key(microbatch: Any) -> Any:
+    """A micro-batch id usable as a key and sortable: ints and strings as they are, others as text."""
+    return microbatch if microbatch is None or isinstance(microbatch, (int, float, str)) else repr(microbatch)
+
+
 def stage_index(event: Any) -> Optional[int]:
     """Which pipeline stage ran the event: the ``stage_index`` rank key, else ``pp_rank``."""
     for key, value in event.rank.extra:
@@ -39,10 +44,10 @@ class _Dependencies:
             events.sort(key=lambda e: e.start_ns)
             for before, after in zip(events, events[1:]):
                 self.previous[id(after)] = before
-        self.by_work = {(role_of[e.name], stage_index(e), e.microbatch): e for e in compute}
+        self.by_work = {(role_of[e.name], stage_index(e), microbatch_key(e.microbatch)): e for e in compute}
 
     def data_source(self, event: Any) -> Optional[Any]:
-        role, stage, microbatch = self.role_of[event.name], stage_index(event), event.microbatch
+        role, stage, microbatch = self.role_of[event.name], stage_index(event), microbatch_key(event.microbatch)
         if stage is None or microbatch is None:
             return None
         if role == "forward":
@@ -111,7 +116,7 @@ def latency_table(events: Sequence[Any], lanes: Mapping[tuple, Lane]) -> tuple[L
         groups[(event.name, "stage", None)].append(duration)
         groups[(event.name, "rank", rank)].append(duration)
         if event.microbatch is not None:
-            groups[(event.name, "microbatch", event.microbatch)].append(duration)
+            groups[(event.name, "microbatch", microbatch_key(event.microbatch))].append(duration)
     order = {"stage": 0, "rank": 1, "microbatch": 2}
     keys = sorted(groups, key=lambda k: (k[0], order[k[1]], str(type(k[2])), k[2] if k[2] is not None else 0))
     return tuple(_stats(stage, by, key, groups[(stage, by, key)]) for stage, by, key in keys)
