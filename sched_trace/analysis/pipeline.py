@@ -5,6 +5,7 @@ The definitions are in the package docstring (``sched_trace.analysis``).
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter, defaultdict
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
@@ -137,12 +138,13 @@ def _inferred_windows(lanes: Mapping[Lane, list[Any]], role_of: Mapping[str, str
     if not starts:
         return []
     stages = sorted((e for evs in lanes.values() for e in evs if e.kind == "stage"), key=lambda e: e.start_ns)
-    cuts = [stages[0].start_ns] + starts[1:] + [max(e.end_ns for e in stages) + 1]
+    begins = [e.start_ns for e in stages]
+    cuts = [begins[0]] + starts[1:] + [max(e.end_ns for e in stages) + 1]
     windows = []
     for low, high in zip(cuts, cuts[1:]):
-        inside = [e.end_ns for e in stages if low <= e.start_ns < high]
+        inside = stages[bisect.bisect_left(begins, low):bisect.bisect_left(begins, high)]
         # A step ends when its last stage does, not when the next step starts (optimizer time).
-        windows.append((low, min(high, max(inside)) if inside else high))
+        windows.append((low, min(high, max(e.end_ns for e in inside)) if inside else high))
     return windows
 
 
@@ -165,6 +167,8 @@ def _assign(events: Sequence[Any], lane_steps: Sequence[Any], windows: Sequence[
     """Stage events of one lane per step index: by inherited batch_id, else by time."""
     per_step: list[list[Any]] = [[] for _ in windows]
     spans = [(s.start_ns, s.end_ns) for s in lane_steps] or list(windows)
+    disjoint = all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+    starts = [start for start, _ in spans] if disjoint else None
     by_batch_id: dict[Any, list[int]] = defaultdict(list)
     for k, step in enumerate(lane_steps):
         if step.batch_id is not None:
@@ -174,17 +178,18 @@ def _assign(events: Sequence[Any], lane_steps: Sequence[Any], windows: Sequence[
             continue
         candidates = by_batch_id.get(event.batch_id, ()) if event.batch_id is not None else ()
         # A batch id seen twice (two runs in one file) is settled by time.
-        k = candidates[0] if len(candidates) == 1 else _containing(event, spans)
+        k = candidates[0] if len(candidates) == 1 else _containing(event, spans, starts)
         if k is not None and k < len(per_step):
             per_step[k].append(event)
     return per_step
 
 
-def _containing(event: Any, spans: Sequence[Interval]) -> Optional[int]:
-    for k, (start, end) in enumerate(spans):
-        if start <= event.start_ns < end:
-            return k
-    return None
+def _containing(event: Any, spans: Sequence[Interval], starts: Optional[Sequence[int]]) -> Optional[int]:
+    """The first span (in start order) the event starts in; ``starts`` when none overlap."""
+    if starts is not None:  # the usual case: a binary search
+        k = bisect.bisect_right(starts, event.start_ns) - 1
+        return k if k >= 0 and event.start_ns < spans[k][1] else None
+    return next((k for k, (start, end) in enumerate(spans) if start <= event.start_ns < end), None)
 
 
 # --- per rank and step ---------------------------------------------------------------
