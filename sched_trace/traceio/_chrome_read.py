@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import warnings
 from decimal import Decimal
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from ..errors import SchedTraceWarning
 from ..events import RankInfo
@@ -102,15 +102,26 @@ def _load(path: str, text: str) -> Any:
     # A writer that died mid-run leaves the event array open, maybe mid-event: close it.
     closing = "]" if text.lstrip().startswith("[") else "\n]}"
     body = text.rstrip()
-    last_line = body.rfind("\n")
-    for kept in (body, body[:last_line] if last_line > 0 else None):
-        if kept is None:
-            continue
+    for kept in _cut_points(body):
         document = _try_parse(kept.rstrip().rstrip(",") + closing)
         if document is not None:
             _warn_cut(path, len(text.encode()) - len(kept.encode()))
             return document
     raise TraceFormatError(f"not a Chrome trace JSON file ({first})", path=path)
+
+
+def _cut_points(body: str, tries: int = 8) -> Iterator[str]:
+    """The text as is, before its last line, then before each of its last few ``}`` (one-line files)."""
+    yield body
+    last_line = body.rfind("\n")
+    if last_line > 0:
+        yield body[:last_line]
+    end = len(body)
+    for _ in range(tries):
+        end = body.rfind("}", 0, end)
+        if end <= 0:
+            return
+        yield body[:end + 1]
 
 
 def _parse(text: str) -> Any:

@@ -109,7 +109,7 @@ def _documents(path: str, text: str) -> Iterator[tuple[Optional[str], Any]]:
         else:
             yield ("line 1" if "\n" not in stripped else None), whole
         return
-    lines = stripped.splitlines()
+    lines = stripped.split("\n")  # not splitlines(): U+0085 and U+2028 may sit raw inside JSON strings
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
