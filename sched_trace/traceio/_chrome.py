@@ -17,13 +17,11 @@ extra rank keys in each slice's ``rank_keys`` argument.
 from __future__ import annotations
 
 import json
-from decimal import Decimal
 from typing import IO, Any, Iterable, Mapping, Optional
 
 from ..events import RankInfo
 from ._model import (
-    Event, ProcessKey, TraceFile, TraceFormatError, counter_values, event_args,
-    flow_id, make_event, rank_from_dict, rank_to_dict, track_name, track_rank,
+    Event, ProcessKey, counter_values, event_args, flow_id, rank_to_dict, track_name, track_rank,
 )
 
 

@@ -21,8 +21,7 @@ from typing import Any, Iterable, Mapping, Optional
 from ..events import RankInfo
 from . import _protowire as _wire
 from ._model import (
-    Event, ProcessKey, TraceFile, TraceFormatError, counter_uuid, counter_values,
-    event_args, flow_id, make_event, process_uuid, rank_from_dict, rank_to_dict,
+    Event, ProcessKey, counter_uuid, counter_values, event_args, flow_id, process_uuid, rank_to_dict,
     RANK_KEYS_ARG, slice_rank_keys, stable_id, track_name, track_rank, track_uuid,
 )
 
