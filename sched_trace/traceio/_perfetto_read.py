@@ -18,7 +18,7 @@ from ._checks import checked_event, checked_rank, expect_dict, hashable, optiona
 from ._model import ProcessKey, TraceFile, TraceFormatError
 from ._perfetto import MONOTONIC, REALTIME, SLICE_BEGIN, SLICE_END, protos
 
-_LENGTH_DELIMITED, _VARINT, _FIXED64, _FIXED32 = 2, 0, 1, 5
+_PACKET_TAG = 0x0A  # Trace.packet: field 1, length-delimited; a Trace has no other field
 
 
 def read_perfetto(path: str, data: bytes) -> TraceFile:
@@ -58,7 +58,7 @@ def _parse(path: str, data: bytes) -> Any:
     except Exception as exc:  # protobuf raises DecodeError (or RuntimeError); any failure means the same
         first = exc
     end, packets = complete_prefix(data)
-    if 0 < end < len(data):
+    if 0 < end < len(data) and _cut_inside_packet(data, end):
         trace = protos().Trace()
         try:
             trace.ParseFromString(data[:end])
@@ -69,35 +69,29 @@ def _parse(path: str, data: bytes) -> Any:
                 f"{path}: cut short: read {packets} complete packets, dropped the last "
                 f"{len(data) - end} bytes (an incomplete packet; was the writer killed?)"), stacklevel=4)
             return trace
-    raise TraceFormatError(f"not a Perfetto protobuf trace ({first or 'corrupt'})", path=path)
+    if end == 0 and _cut_inside_packet(data, 0):
+        raise TraceFormatError("cut short inside its first packet: no complete packet to read", path=path)
+    where = f" after {packets} complete packets (byte {end})" if packets else ""
+    raise TraceFormatError(f"not a Perfetto protobuf trace, or corrupt{where} ({first})", path=path)
 
 
 def complete_prefix(data: bytes) -> tuple[int, int]:
-    """``(end, count)`` of the top-level fields that are complete; ``(0, 0)`` if not protobuf at all."""
+    """``(end, count)`` of the complete packets (``Trace.packet``, field 1) the data starts with."""
     position = count = 0
-    size = len(data)
-    while position < size:
-        tag, cursor = _varint(data, position)
-        if tag is None:
+    while position < len(data) and data[position] == _PACKET_TAG:
+        length, cursor = _varint(data, position + 1)
+        if length is None or cursor + length > len(data):
             break
-        wire = tag & 7
-        if tag >> 3 == 0 or wire not in (_LENGTH_DELIMITED, _VARINT, _FIXED64, _FIXED32):
-            return (0, 0) if count == 0 else (position, count)  # garbage after good packets: cut there
-        if wire == _LENGTH_DELIMITED:
-            length, cursor = _varint(data, cursor)
-            if length is None:
-                break
-            cursor += length
-        elif wire == _VARINT:
-            value, cursor = _varint(data, cursor)
-            if value is None:
-                break
-        else:
-            cursor += 8 if wire == _FIXED64 else 4
-        if cursor > size:
-            break
-        position, count = cursor, count + 1
+        position, count = cursor + length, count + 1
     return position, count
+
+
+def _cut_inside_packet(data: bytes, position: int) -> bool:
+    """A packet starts at ``position`` and the file ends before it does: the writer was stopped."""
+    if position >= len(data) or data[position] != _PACKET_TAG:
+        return False
+    length, cursor = _varint(data, position + 1)
+    return length is None and len(data) - position < 11 or length is not None and cursor + length > len(data)
 
 
 def _varint(data: bytes, position: int) -> tuple[Optional[int], int]:
