@@ -68,6 +68,8 @@ NOT_RUN = {  # commands the tests exercise elsewhere, and why they are not run h
                "variables against a real receiver",
     "sched-trace run --profile vllm": "needs vLLM (.venv-vllm); tests/vllm/test_vllm_engine.py runs the "
                                       "profile under sched-trace run there",
+    "PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_check": "needs a CUDA device and writes docs/performance.md; "
+                                                          "tests/cuda/test_gpu_check.py runs it (it skips here)",
 }
 # A placeholder a doc names (`train.py`): a real torch.distributed.pipelining job standing in for it.
 TRAIN_PY = '''
