@@ -17,8 +17,10 @@ The seeds are the same small trace in each format (``tests/traceio/samples.py``)
 
 from __future__ import annotations
 
+import atexit
 import io
 import os
+import shutil
 import sys
 import tempfile
 import warnings
@@ -35,6 +37,7 @@ with atheris.instrument_imports(include=["sched_trace"]):
     from sched_trace.traceio._perfetto_read import read_perfetto
 
 OUT = Path(tempfile.mkdtemp(prefix="sched-trace-fuzz-"))
+atexit.register(shutil.rmtree, OUT, True)
 
 
 def read(data: bytes) -> traceio.TraceFile:
@@ -76,6 +79,7 @@ def main(argv: list[str]) -> None:
     corpus = [arg for arg in argv[1:] if not arg.startswith("-")]
     if not corpus:  # no corpus given: a temporary one holding the seeds
         seeds = Path(tempfile.mkdtemp(prefix="sched-trace-fuzz-seeds-"))
+        atexit.register(shutil.rmtree, seeds, True)
         seed_corpus(seeds)
         argv = [*argv, str(seeds)]
     else:

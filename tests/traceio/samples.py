@@ -38,18 +38,18 @@ def sample_events(ranks: int = 2, steps: int = 2, microbatches: int = 2) -> list
 
 
 def perfetto_bytes(events: Sequence[Any]) -> bytes:
-    return _written(traceio.write_perfetto, events, ".perfetto-trace").read_bytes()
+    return _written(traceio.write_perfetto, events, ".perfetto-trace")
 
 
 def chrome_text(events: Sequence[Any]) -> str:
-    return _written(traceio.write_chrome, events, ".json").read_text(encoding="utf-8")
+    return _written(traceio.write_chrome, events, ".json").decode("utf-8")
 
 
-def _written(write: Any, events: Sequence[Any], suffix: str) -> Path:
-    directory = Path(tempfile.mkdtemp(prefix="sched-trace-sample-"))
-    path = directory / f"sample{suffix}"
-    write(events, path, clock_offsets={(HOST, PID): OFFSET})
-    return path
+def _written(write: Any, events: Sequence[Any], suffix: str) -> bytes:
+    with tempfile.TemporaryDirectory(prefix="sched-trace-sample-") as directory:
+        path = Path(directory) / f"sample{suffix}"
+        write(events, path, clock_offsets={(HOST, PID): OFFSET})
+        return path.read_bytes()
 
 
 def _value(value: Any) -> dict:
