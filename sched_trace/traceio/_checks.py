@@ -26,6 +26,8 @@ _SCALARS = (str, int, float, bool, type(None))
 
 def kind_of(value: Any) -> str:
     """The type named as the file's format would: ``list``, ``str``, ``dict`` ..."""
+    if isinstance(value, Decimal):
+        return "number"
     return "null" if value is None else type(value).__name__
 
 
@@ -150,7 +152,7 @@ def checked_event(kind: str, name: Any, start_ns: Any, end_ns: Any, rank: RankIn
     start = to_int(start_ns, "start time")
     end = to_int(end_ns, "end time")
     if end < start:
-        raise TraceFormatError(f"slice {_short(name)} ends ({end}) before it starts ({start})")
+        raise TraceFormatError(f"slice {_text(name, '')[:60]!r} ends ({end}) before it starts ({start})")
     args = dict(expect_dict(args, "slice arguments"))
     if "level" in args:
         args["level"] = to_int(args["level"], "level") if args["level"] is not None else 0
@@ -192,5 +194,5 @@ def _finite(value: Any) -> bool:
 
 def _short(value: Any) -> str:
     """A value for a message: its type, and its text when short."""
-    text = repr(value)
+    text = str(value) if isinstance(value, Decimal) else repr(value)
     return f"{kind_of(value)} {text}" if len(text) <= 40 else kind_of(value)

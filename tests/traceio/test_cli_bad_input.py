@@ -32,6 +32,14 @@ BAD = {
                   "pid.jsonl: line 1: intValue must be an integer, got 'many'"),
     "deep.json": (b"[" * 100_000, "deep.json: not a Chrome trace JSON file (JSON nested too deeply)"),
     "junk.perfetto-trace": (bytes(range(256)) * 4, "junk.perfetto-trace: not a Perfetto protobuf trace"),
+    "digits.json": (b'{"traceEvents": [{"ph": "X", "ts": 1' + b"0" * 5000 + b', "dur": 1}]}',
+                    "digits.json: not a Chrome trace JSON file (Exceeds the limit (4300 digits)"),
+    "negative.json": (b'{"traceEvents": [{"ph": "X", "name": "fwd", "ts": 5, "dur": -1}]}',
+                      "negative.json: traceEvents[0]: slice 'fwd' ends (4000) before it starts (5000)"),
+    "rank.json": (b'{"traceEvents": [{"ph": "M", "name": "thread_name", "args": {"sched_trace_rank": {"pid": "x"}}}]}',
+                  "rank.json: traceEvents[0]: sched_trace_rank.pid must be an integer, got 'x'"),
+    "offset.json": (b'{"traceEvents": [], "sched_trace": {"clock_offsets": [{"host_id": "h", "pid": 1, '
+                    b'"clock_offset_ns": 1e30}]}}', "offset.json: clock_offset_ns must be an integer, got number 1E+30"),
     "latin1.json": ('{"traceEvents": [], "x": "\u00e9"}'.encode("latin-1") + b" " * 8,
                     "latin1.json: not UTF-8 text"),
 }
