@@ -119,6 +119,17 @@ def test_in_process_every_request_has_one_lifecycle_matching_what_vllm_returned(
         assert {by["scheduled"][4], by["first_token"][4], by["finished"][4]} <= step_ids
 
 
+def test_in_process_an_aborted_request_reports_aborted_with_the_tokens_it_got(in_process: dict[str, Any]) -> None:
+    returned = in_process["abort_outputs"]
+    ends = {external_id(rid): (phase, output, attrs["status"])
+            for phase, rid, ts_ns, prompt, output, batch_id, attrs in in_process["abort_requests"]
+            if phase in ("finished", "aborted")}
+    assert ends["keep"] == ("finished", TOKENS, "FINISHED_LENGTH_CAPPED") and returned["keep"] == TOKENS
+    phase, output, status = ends["cut"]
+    assert (phase, status) == ("aborted", "FINISHED_ABORTED")
+    assert 0 < output < TOKENS and output >= returned["cut"]  # vLLM may not have streamed its last tokens out
+
+
 def test_in_process_every_engine_step_is_one_batch_with_its_stages_inside(in_process: dict[str, Any]) -> None:
     spans = in_process["spans"]
     steps = [s for s in spans if s[0] == "batch"]

@@ -75,6 +75,11 @@ def outputs_json(outputs: list[Any]) -> list[dict[str, Any]]:
             for o in outputs]
 
 
+def request_rows(recorder: Any) -> list[list[Any]]:
+    return [[e.phase, e.request_id, e.ts_ns, e.prompt_tokens, e.output_tokens, e.batch_id, dict(e.attrs)]
+            for e in recorder.requests()]
+
+
 def engine_core(llm: Any) -> Any:
     """The EngineCore of an in-process engine (VLLM_ENABLE_V1_MULTIPROCESSING=0)."""
     return llm.llm_engine.engine_core.engine_core
@@ -127,6 +132,26 @@ def bench(llm: Any, rounds: int, count: int, tokens: int, trace_dir: Path) -> di
     return {"tokens_per_s": rates, "cpu_s_per_token": cpu_per_token, "stats": sched_trace.stats().get("plugins", {})}
 
 
+def abort_one(llm: Any, tokens: int) -> dict[str, int]:
+    """Two requests through the engine's own API; one aborted after a few steps.
+    Returns the output tokens vLLM gave each."""
+    from vllm import SamplingParams
+
+    engine = llm.llm_engine
+    params = SamplingParams(max_tokens=tokens, ignore_eos=True, detokenize=False)
+    for request_id, start in (("keep", 11), ("cut", 13)):
+        engine.add_request(request_id, {"prompt_token_ids": list(range(start, start + PROMPT_LEN))}, params)
+    produced = {"keep": 0, "cut": 0}
+    steps = 0
+    while engine.has_unfinished_requests():
+        for output in engine.step():
+            produced[output.request_id] = len(output.outputs[0].token_ids)
+        steps += 1
+        if steps == 4:
+            engine.abort_request(["cut"])
+    return produced
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("model_dir", type=Path)
@@ -154,12 +179,14 @@ def main(argv: list[str]) -> int:
     result: dict[str, Any] = {"outputs": outputs_json(outputs), "elapsed_s": elapsed, "pid": os.getpid(),
                               "model": str(args.model_dir)}
     if recorder is not None:
-        result["steps"] = steps
-        result["requests"] = [[e.phase, e.request_id, e.ts_ns, e.prompt_tokens, e.output_tokens, e.batch_id,
-                               dict(e.attrs)] for e in recorder.requests()]
+        result["steps"] = list(steps)  # type: ignore[arg-type]
+        result["requests"] = request_rows(recorder)
         result["spans"] = [[e.kind, e.name, e.start_ns, e.end_ns, e.batch_id, e.batch_size, e.rank.pid,
                             {k: v for k, v in e.attrs.items() if isinstance(v, (int, str))}]
                            for e in recorder.events]
+        recorder.clear()
+        result["abort_outputs"] = abort_one(llm, args.tokens)
+        result["abort_requests"] = request_rows(recorder)
     args.out.write_text(json.dumps(result))
     return 0
 
