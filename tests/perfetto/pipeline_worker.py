@@ -17,6 +17,9 @@ def run_rank(rank: int, world_size: int, directories: dict[str, str], steps: int
              links: dict[str, Any]) -> None:
     """``links``: ``fwd_in``/``fwd_out``/``bwd_in``/``bwd_out`` pipe ends (absent at the edges)."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size))
+    # Exit waits this long for the exporter processes (a hang guard): the fixture reads the
+    # files as soon as the ranks exit, and on a loaded machine the 5 s default is not enough.
+    os.environ.setdefault("SCHED_TRACE_EXIT_TIMEOUT", "120")
     import sched_trace
 
     plugins: list[Any] = []
