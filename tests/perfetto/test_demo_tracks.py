@@ -43,7 +43,8 @@ format = "chrome"
 def demo_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("demo")
     (home / "sched_trace.toml").write_text(CONFIG.format(directory=home / "ranks"))
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # The files are read once the ranks exit: let exit wait for their exporter processes.
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SCHED_TRACE_EXIT_TIMEOUT": "120"}
     done = subprocess.run(
         [sys.executable, "-m", "sched_trace.cli", "run", "--config", str(home / "sched_trace.toml"), "--",
          sys.executable, "-m", "sched_trace._demo.pipeline", "--ranks", "2", "--microbatches", str(MICROBATCHES),

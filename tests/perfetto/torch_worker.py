@@ -19,6 +19,7 @@ def free_port() -> int:
 def run_rank(rank: int, world: int, port: int, directory: str, schedule_name: str,
              microbatches: int, steps: int) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world))
+    os.environ.setdefault("SCHED_TRACE_EXIT_TIMEOUT", "120")  # files are read once the ranks exit
     import sched_trace
     from sched_trace_perfetto import PerfettoPlugin
 
