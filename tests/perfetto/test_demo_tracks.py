@@ -101,7 +101,8 @@ def test_merged_perfetto_one_track_per_rank_thread_with_stages_in_their_step(dem
 
 
 @pytest.mark.torch
-@pytest.mark.skipif(not HTA_PYTHON.exists(), reason="Holistic Trace Analysis not installed (.ci/backends/hta.sh)")
+@pytest.mark.skipif(not (REPO / ".venv-hta" / ".sched-trace-hta").exists(),  # written once HTA imports
+                    reason="Holistic Trace Analysis not installed: run `bash .ci/backends/hta.sh`")
 def test_holistic_trace_analysis_finds_the_steps(demo_files: Path) -> None:
     """HTA loads the per-rank Chrome files and numbers each event's iteration by ProfilerStep#N."""
     script = (
