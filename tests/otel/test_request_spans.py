@@ -234,3 +234,16 @@ def test_a_long_request_links_at_most_max_links_batches() -> None:
     (request,) = [s for s in spans if s.name == "request"]
     assert [link[1] for link in request.links] == [1000 + bid for bid in range(MAX_LINKS)]
     assert request.attributes["gen_ai.usage.output_tokens"] == 300
+
+
+def test_a_model_attribute_becomes_gen_ai_request_model(traced: Any) -> None:
+    """The vllm and sglang profiles record the served model as ``model``: the span says it the GenAI way."""
+    plugin = traced(process=False)
+    sched_trace.request_event("arrived", "m1", prompt_tokens=3, model="tiny-llama")
+    sched_trace.request_event("finished", "m1", output_tokens=1)
+    sched_trace.request_event("arrived", "m2", model="alias", **{"gen_ai.request.model": "explicit"})
+    sched_trace.request_event("finished", "m2", output_tokens=1)
+    sched_trace.shutdown()
+    by_rid = {attrs(s)["rid"]: attrs(s) for s in file_spans(plugin) if s.name == "request"}
+    assert by_rid["m1"]["gen_ai.request.model"] == "tiny-llama"
+    assert by_rid["m2"]["gen_ai.request.model"] == "explicit"  # an explicit GenAI name wins

@@ -187,6 +187,7 @@ def test_engine_core_child_process_traced_through_sched_trace_run(tmp_path: Path
         assert int(attrs["gen_ai.usage.input_tokens"]) == truth["prompt_tokens"]
         assert int(attrs["gen_ai.usage.output_tokens"]) == truth["output_tokens"] == TOKENS
         assert attrs["sched_trace.request.outcome"] == "finished"
+        assert attrs["gen_ai.request.model"] == result["model"]
         assert 0 < attrs["gen_ai.server.time_to_first_token"] <= attrs["gen_ai.server.request.duration"]
     (core_pid,) = {pid for pid, s in requests}
     steps = [s for pid, s in spans if s.name == "engine_step"]

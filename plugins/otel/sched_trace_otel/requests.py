@@ -211,6 +211,8 @@ class RequestSpans:
         extra = {k: v for k, v in timeline.attrs.items() if k != "traceparent"}
         if "finish_reason" in extra:
             attrs["gen_ai.response.finish_reasons"] = [str(extra["finish_reason"])]
+        if "model" in extra and "gen_ai.request.model" not in extra:  # the vllm/sglang profiles' key
+            attrs["gen_ai.request.model"] = str(extra["model"])
         attrs.update(extra)
         return attrs
 
