@@ -163,6 +163,7 @@ class ExporterProcess:
         self._ack_seq = 0
         self._seq = 0
         self._pid = os.getpid()
+        self._child_died = False  # the next start is a restart (counted, limited)
 
     # --- what a plugin says ---------------------------------------------------------
 
@@ -229,17 +230,27 @@ class ExporterProcess:
         if self._pid != os.getpid():
             self._after_fork()
         proc = self._proc
-        if proc is not None and proc.poll() is None:
+        if proc is not None and self._alive(proc):
             return True
         if proc is not None:
             self._died(proc)
+        if self.closed:
+            return False
+        if self._child_died:  # also when a broken pipe found the death first (send, flush)
             if self.restarts >= self.restart_limit:
                 self.gave_up = True
                 self._log.error("sched-trace %s: exporter process died %d times; giving up",
                                 self.label, self.restarts + 1)
                 return False
             self.restarts += 1
+            self._child_died = False
         return self._start()
+
+    def _alive(self, proc: subprocess.Popen) -> bool:
+        # poll() answers None while another thread polls or waits (Popen's waitpid lock), even
+        # for a dead child; the reader thread meets end of file when the child is gone.
+        reader = self._readers.get(proc.pid)
+        return proc.poll() is None and (reader is None or reader.is_alive())
 
     def _retire(self, proc: subprocess.Popen, wait: float = 2.0) -> None:
         """Fold a finished child's counters into the totals; count what it never processed."""
@@ -265,6 +276,7 @@ class ExporterProcess:
             proc.wait()
         self._retire(proc)
         self._proc = None
+        self._child_died = True
         with self._acked:
             self._acked.notify_all()
 
@@ -286,16 +298,21 @@ class ExporterProcess:
         """One frame of ``count`` records, from the exporter thread; False when no exporter
         process could take it."""
         with self._write_lock:
-            if not self._ensure():
-                return False
-            try:
-                write_frame(self._proc.stdin.fileno(), frame)
-            except (OSError, ValueError):
-                self._write_failed(count)
-                self._died(self._proc)
-                return False
-            self.sent += count
-            return True
+            # A child can die between the liveness check and the write: one retry on a new one.
+            for attempt in (1, 2):
+                if not self._ensure():
+                    return False
+                try:
+                    write_frame(self._proc.stdin.fileno(), frame)
+                except (OSError, ValueError):
+                    self._died(self._proc)
+                    if attempt == 2:
+                        self._write_failed(count)
+                        return False
+                    continue
+                self.sent += count
+                return True
+            return False
 
     def _read_replies(self, proc: subprocess.Popen) -> None:
         while True:
@@ -321,7 +338,7 @@ class ExporterProcess:
             return False
         try:
             proc = self._proc
-            if proc is None or proc.poll() is not None or self._pid != os.getpid():
+            if proc is None or not self._alive(proc) or self._pid != os.getpid():
                 return proc is None and not self.sent
             self._seq += 1
             seq = self._seq
