@@ -43,7 +43,7 @@ def measure(rounds: int, requests: int, tokens: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-vllm-") as work:
         out = Path(work) / "bench.json"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SCHED_TRACE_", "VIRTUAL_ENV"))}
-        env.pop("PYTHONPATH", None)
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "plugins" / "otel")])  # this checkout's code
         env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         done = subprocess.run(
             [str(VENV_PYTHON), str(DRIVER), str(Path(work) / "model"), str(out), "--bench", str(rounds),

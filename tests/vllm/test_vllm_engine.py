@@ -33,7 +33,9 @@ pytestmark = pytest.mark.skipif(
 
 def vllm_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SCHED_TRACE_", "VIRTUAL_ENV"))}
-    env.pop("PYTHONPATH", None)
+    # This checkout's code, whichever checkout the venv's editable install points at
+    # (a second worktree can share one .venv-vllm).
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "plugins" / "otel")])
     env.update(extra)
     return env
 
