@@ -19,7 +19,8 @@ from .events import BatchEvent, RankInfo, RequestEvent, StageEvent
 from .hookspecs import hookimpl
 from .instrument import Handle, batch, instrument, stage, uninstrument
 from .rank import set_thread_info
-from .recorder import BackgroundExporter, EventBuffer, MemoryRecorder
+from .recorder import BackgroundExporter, EventBuffer
+from .testing import MemoryRecorder
 from .request_probe import request_event
 from .stages import get_level, set_level
 

@@ -20,7 +20,7 @@ def pytest_configure(config: Any) -> None:
 
 @pytest.fixture
 def sched_trace_recorder(request: Any) -> Iterator[Any]:
-    from sched_trace import api, recorder, stages
+    from sched_trace import api, stages
     from sched_trace.instrument import handles
     from sched_trace.plugins import get_manager
 
@@ -28,7 +28,9 @@ def sched_trace_recorder(request: Any) -> Iterator[Any]:
     level = marker.kwargs.get("level", stages.MAX_LEVEL) if marker else stages.MAX_LEVEL
     before = {id(h) for h in handles()}
     previous_level = stages.get_level()
-    memory = recorder.MemoryRecorder()
+    from sched_trace.testing import MemoryRecorder
+
+    memory = MemoryRecorder()
     manager = get_manager()
     manager.register(memory, name=f"sched_trace_recorder-{id(memory)}")
     stages.set_level(level)

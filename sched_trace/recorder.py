@@ -21,7 +21,6 @@ from collections import deque
 from itertools import repeat
 from typing import Any, Callable, Iterable, Optional, Sequence
 
-from .events import BatchEvent, RequestEvent, StageEvent
 
 log = logging.getLogger("sched_trace")
 _call: Callable[[Callable[[], Any]], Any] = getattr(operator, "call", lambda function: function())  # 3.10: no operator.call
@@ -207,88 +206,6 @@ def _reset_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
-
-
-class MemoryRecorder:
-    """A plugin that keeps every event in memory: for tests, demos and notebooks.
-
-    Not for production: it grows without bound unless ``capacity`` is set, in which
-    case further events are dropped and counted.
-    """
-
-    def __init__(self, capacity: Optional[int] = None, *, starts: bool = False) -> None:
-        self.events: list[Any] = []
-        self.request_events: list[RequestEvent] = []
-        self.capacity = capacity
-        self.dropped = 0
-        self._lock = threading.Lock()
-        if starts:
-            self.sched_trace_batch_start = self._record  # type: ignore[attr-defined]
-            self.sched_trace_stage_start = self._record  # type: ignore[attr-defined]
-
-    def _record(self, event: Any) -> None:
-        if self.capacity is not None and len(self.events) >= self.capacity:
-            self.dropped += 1
-            return
-        self.events.append(event)
-
-    def sched_trace_batch_end(self, event: BatchEvent) -> None:
-        self._record(event)
-
-    def sched_trace_stage_end(self, event: StageEvent) -> None:
-        self._record(event)
-
-    def sched_trace_request(self, event: RequestEvent) -> None:
-        # Kept apart from ``events`` (spans), which the pipeline analysis reads as stages.
-        if self.capacity is not None and len(self.request_events) >= self.capacity:
-            self.dropped += 1
-            return
-        self.request_events.append(event)
-
-    def sched_trace_collect_stats(self) -> dict[str, int]:
-        return {"recorded": len(self.events) + len(self.request_events), "dropped": self.dropped}
-
-    # --- queries ---------------------------------------------------------------
-
-    def requests(self, request_id: Optional[str] = None, phase: Optional[str] = None) -> list[RequestEvent]:
-        """Request events, optionally of one request and/or one phase, in arrival order."""
-        return [e for e in self.request_events
-                if (request_id is None or e.request_id == request_id) and (phase is None or e.phase == phase)]
-
-    def stages(self, name: Optional[str] = None) -> list[StageEvent]:
-        return [e for e in self.events if e.kind == "stage" and (name is None or e.name == name)]
-
-    def batches(self, name: Optional[str] = None) -> list[BatchEvent]:
-        return [e for e in self.events if e.kind == "batch" and (name is None or e.name == name)]
-
-    def by_stage(self, name: str) -> list[Any]:
-        return [e for e in self.events if e.name == name]
-
-    def by_rank(self, **ranks: Any) -> list[Any]:
-        """Events whose rank matches every key given (``pp_rank=1``, ``thread_label=...``)."""
-        def matches(event: Any) -> bool:
-            extras = None
-            for key, value in ranks.items():
-                if hasattr(event.rank, key) and key != "extra":
-                    if getattr(event.rank, key) != value:
-                        return False
-                else:
-                    extras = extras if extras is not None else event.rank.extras
-                    if extras.get(key) != value:
-                        return False
-            return True
-        return [e for e in self.events if matches(e)]
-
-    def by_microbatch(self, microbatch: Any) -> list[Any]:
-        return [e for e in self.events if e.microbatch == microbatch]
-
-    def names(self) -> list[str]:
-        return [e.name for e in self.events]
-
-    def clear(self) -> None:
-        self.events.clear()
-        self.request_events.clear()
-        self.dropped = 0
 
 
 def shutdown_all(timeout: float = 5.0, exporters: Optional[Iterable[BackgroundExporter]] = None) -> None:

@@ -1,7 +1,7 @@
 """Standard OpenTelemetry configuration: ``OTEL_*`` variables select, aim and secure the export.
 
 The receivers are real OTLP/HTTP and OTLP/gRPC servers on 127.0.0.1
-(otel_receivers.py); the scheduler runs as its own process with nothing but the
+(sched_trace.testing.OtlpReceiver); the scheduler runs as its own process with nothing but the
 standard variables set, and autoloads the plugin from its entry point.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from otel_receivers import GrpcReceiver, HttpReceiver
+from sched_trace.testing import OtlpReceiver
 from sched_trace import ConfigError
 from sched_trace_otel import otel_env
 from sched_trace_otel.settings import parse
@@ -76,7 +76,7 @@ def stats_of(result: subprocess.CompletedProcess) -> dict[str, Any]:
 
 
 def test_only_standard_variables_deliver_to_an_http_receiver_with_headers(tmp_path: Path) -> None:
-    receiver = HttpReceiver().start()
+    receiver = OtlpReceiver("http").start()
     try:
         env = {
             "OTEL_TRACES_EXPORTER": "otlp",
@@ -88,15 +88,15 @@ def test_only_standard_variables_deliver_to_an_http_receiver_with_headers(tmp_pa
         }
         result = run_scheduler(tmp_path, env)
         assert result.returncode == 0, result.stderr
-        spans = receiver.store.spans
+        spans = receiver.spans
         assert len(spans) == STEPS * SPANS_PER_STEP
         resource = attrs(spans[0][0])
         assert resource["service.name"] == "llm-serving"
         assert resource["deployment.environment"] == "staging" and resource["k8s.pod.name"] == "engine-0"
         stages = [span for _, span in spans if span.name == "run_batch_cpu"]
         assert sorted(attrs(s)["pp_mb_id"] for s in stages) == sorted(list(range(MICROBATCHES)) * STEPS)
-        assert {h["authorization"] for h in receiver.store.headers} == {f"Bearer {SECRET}"}
-        assert {h["x-tenant"] for h in receiver.store.headers} == {"team-a"}
+        assert {h["authorization"] for h in receiver.headers} == {f"Bearer {SECRET}"}
+        assert {h["x-tenant"] for h in receiver.headers} == {"team-a"}
         stats = stats_of(result)
         assert stats["spans_exported"] == len(spans) and stats["export_failures"] == 0
         assert not (tmp_path / "sched-trace-out").exists(), "OTLP was asked for, yet local files were written"
@@ -107,7 +107,7 @@ def test_only_standard_variables_deliver_to_an_http_receiver_with_headers(tmp_pa
 
 def test_traces_endpoint_grpc_and_gzip(tmp_path: Path) -> None:
     pytest.importorskip("grpc")
-    receiver = GrpcReceiver().start()
+    receiver = OtlpReceiver("grpc").start()
     try:
         env = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc",
                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint,
@@ -115,24 +115,24 @@ def test_traces_endpoint_grpc_and_gzip(tmp_path: Path) -> None:
                "OTEL_EXPORTER_OTLP_TRACES_HEADERS": f"authorization=Bearer {SECRET}"}
         result = run_scheduler(tmp_path, env)
         assert result.returncode == 0, result.stderr
-        assert len(receiver.store.spans) == STEPS * SPANS_PER_STEP
-        assert {h["authorization"] for h in receiver.store.headers} == {f"Bearer {SECRET}"}
+        assert len(receiver.spans) == STEPS * SPANS_PER_STEP
+        assert {h["authorization"] for h in receiver.headers} == {f"Bearer {SECRET}"}
         assert SECRET not in result.stdout + result.stderr
     finally:
         receiver.stop()
 
 
 def test_http_json_protocol_gzipped(tmp_path: Path) -> None:
-    receiver = HttpReceiver().start()
+    receiver = OtlpReceiver("http").start()
     try:
         env = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json",
                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint,
                "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION": "gzip"}
         result = run_scheduler(tmp_path, env)
         assert result.returncode == 0, result.stderr
-        assert {(h["content-type"], h["content-encoding"]) for h in receiver.store.headers} == {
+        assert {(h["content-type"], h["content-encoding"]) for h in receiver.headers} == {
             ("application/json", "gzip")}
-        names = sorted(span.name for _, span in receiver.store.spans)
+        names = sorted(span.name for _, span in receiver.spans)
         assert names.count("run_batch_cpu") == STEPS * MICROBATCHES and names.count("decode_step") == STEPS
     finally:
         receiver.stop()
@@ -140,7 +140,7 @@ def test_http_json_protocol_gzipped(tmp_path: Path) -> None:
 
 def test_secrets_stay_out_of_logs_errors_stats_and_files(tmp_path: Path) -> None:
     """Refused (401), then unreachable, then a malformed header: the token shows up nowhere."""
-    receiver = HttpReceiver().start()
+    receiver = OtlpReceiver("http").start()
     receiver.status = 401
     headers = f"authorization=Bearer%20{SECRET}"
     try:
@@ -181,16 +181,16 @@ def test_tls_trusts_the_certificate_named_by_the_standard_variable(tmp_path: Pat
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
                     "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
                     "-out", str(cert)], check=True, capture_output=True, timeout=60)
-    receiver = HttpReceiver(tls=(str(cert), str(key))).start()
+    receiver = OtlpReceiver("http", tls=(str(cert), str(key))).start()
     try:
         base = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint,
                 "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "2"}
         (tmp_path / "untrusted").mkdir()
         untrusted = run_scheduler(tmp_path / "untrusted", base, flush_s=2.0)
-        assert untrusted.returncode == 0 and not receiver.store.spans  # unknown CA: nothing is sent
+        assert untrusted.returncode == 0 and not receiver.spans  # unknown CA: nothing is sent
         trusted = run_scheduler(tmp_path, {**base, "OTEL_EXPORTER_OTLP_CERTIFICATE": str(cert)})
         assert trusted.returncode == 0, trusted.stderr
-        assert len(receiver.store.spans) == STEPS * SPANS_PER_STEP
+        assert len(receiver.spans) == STEPS * SPANS_PER_STEP
     finally:
         receiver.stop()
 
@@ -298,7 +298,7 @@ def test_grpc_plaintext_or_tls(environ: dict, insecure: bool) -> None:
 def test_a_partial_success_counts_the_rejected_spans(traced: Any) -> None:
     from otel_scheduler import Batch, run_steps
 
-    receiver = HttpReceiver().start()
+    receiver = OtlpReceiver("http").start()
     receiver.rejected = 2
     try:
         plugin = traced(exporter="http/protobuf", endpoint=receiver.endpoint, process=False)
@@ -307,7 +307,7 @@ def test_a_partial_success_counts_the_rejected_spans(traced: Any) -> None:
 
         sched_trace.flush(timeout=60.0)  # returns once done; the bound only guards a hang
         stats = plugin.sched_trace_collect_stats()
-        assert receiver.store.requests == 1 and len(receiver.store.spans) == 4
+        assert receiver.requests == 1 and len(receiver.spans) == 4
         assert (stats["spans_exported"], stats["spans_rejected"]) == (2, 2)
     finally:
         receiver.stop()

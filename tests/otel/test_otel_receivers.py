@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import sched_trace
-from otel_receivers import GrpcReceiver, HttpReceiver
+from sched_trace.testing import OtlpReceiver
 from otel_scheduler import Batch, Req, rank_main, run_steps
 from sched_trace_otel import new_traceparent
 
@@ -74,12 +74,12 @@ def check_ranks(spans: list, ranks: dict, outside: str) -> None:
 
 
 def test_http_receiver_several_ranks_standard_env() -> None:
-    receiver = HttpReceiver().start()
+    receiver = OtlpReceiver("http").start()
     try:
         outside = new_traceparent()
         env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint, "OTEL_SERVICE_NAME": "ranks-test"}
         ranks = run_ranks({"exporter": "otlp"}, env, [("r-outside", outside), ("r-plain", None)])
-        spans = receiver.store.spans
+        spans = receiver.spans
         assert {attrs(resource)["service.name"] for resource, _ in spans} == {"ranks-test"}
         check_ranks(spans, ranks, outside)
     finally:
@@ -88,12 +88,12 @@ def test_http_receiver_several_ranks_standard_env() -> None:
 
 def test_grpc_receiver_several_ranks() -> None:
     pytest.importorskip("grpc")
-    receiver = GrpcReceiver().start()
+    receiver = OtlpReceiver("grpc").start()
     try:
         outside = new_traceparent()
         ranks = run_ranks({"exporter": "grpc", "endpoint": receiver.endpoint}, {},
                           [("r-outside", outside), ("r-plain", None)])
-        check_ranks(receiver.store.spans, ranks, outside)
+        check_ranks(receiver.spans, ranks, outside)
     finally:
         receiver.stop()
 
@@ -109,7 +109,7 @@ def settled(plugin: Any, condition: Any, patience: float = 60.0) -> dict:
 
 
 def test_receiver_down_then_back(traced: Any, monkeypatch: Any) -> None:
-    receiver = HttpReceiver().start()
+    receiver = OtlpReceiver("http").start()
     receiver.stop()  # a port that refuses connections, for a while
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "1")
     plugin = traced(exporter="http/protobuf", endpoint=receiver.endpoint, requests="off", retry_capacity=40)
@@ -122,6 +122,6 @@ def test_receiver_down_then_back(traced: Any, monkeypatch: Any) -> None:
     sched_trace.flush(timeout=15.0)
     sched_trace.shutdown()
     stats = dict(plugin.sched_trace_collect_stats())
-    assert len(receiver.store.spans) == 40 == stats["spans_exported"]
+    assert len(receiver.spans) == 40 == stats["spans_exported"]
     assert stats["spans_dropped"] == 80
     receiver.stop()

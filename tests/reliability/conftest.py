@@ -4,13 +4,18 @@ from typing import Iterator
 
 import pytest
 
-from .receivers import FaultyReceiver
+from sched_trace.testing import OtlpReceiver
+
+
+class Receiver(OtlpReceiver):
+    def microbatches(self, name: str = "run_batch_cpu") -> list[int]:
+        """``pp_mb_id`` of every span named ``name`` received, in arrival order."""
+        return self.attribute_values(name, "pp_mb_id")
 
 
 @pytest.fixture
-def receiver() -> Iterator[FaultyReceiver]:
+def receiver() -> Iterator[Receiver]:
     """A real OTLP/HTTP receiver on 127.0.0.1 (answers 200 until told otherwise)."""
-    server = FaultyReceiver().start()
+    server = Receiver("http").start()
     yield server
-    server.released.set()
     server.stop()

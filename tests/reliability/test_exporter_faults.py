@@ -58,18 +58,11 @@ def otlp(tmp_path, receiver, monkeypatch):
 
 
 def fail(receiver, fault: str) -> None:
-    if fault == "refusing":
-        receiver.stop()
-    else:
-        receiver.released.clear()
-        receiver.mode = {"hanging": "hang", "503": "503"}[fault]
+    receiver.mode = {"refusing": "refuse", "hanging": "hang", "503": "503"}[fault]
 
 
 def recover(receiver, fault: str) -> None:
-    if fault == "refusing":
-        receiver.start()  # the same port again
-    receiver.mode = "ok"
-    receiver.released.set()
+    receiver.mode = "ok"  # a refusing receiver listens on the same port again
 
 
 def dead(pid: int) -> bool:

@@ -11,8 +11,6 @@ does name in an attribute must appear: the search can find what it looks for.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,8 +28,7 @@ from sched_trace_prometheus import PrometheusPlugin  # noqa: E402
 
 from tests.security.engine import Engine, Request  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "otel"))
-from otel_receivers import HttpReceiver  # noqa: E402
+from sched_trace.testing import OtlpReceiver  # noqa: E402
 
 MODULE = "tests.security.engine"
 SECRET_PROMPT = "ZEPHYR-QUOKKA prompt text"
@@ -73,7 +70,7 @@ def needles(text: str) -> set[str]:
 def exporters(tmp_path: Any):
     started: list = []
 
-    def start(process: bool, perfetto_format: str, receiver: HttpReceiver) -> dict:
+    def start(process: bool, perfetto_format: str, receiver: OtlpReceiver) -> dict:
         plugins = {
             "otel": OtelPlugin(directory=str(tmp_path / "otel"), exporter="file,http/protobuf",
                                endpoint=receiver.endpoint, process=process, requests="spans"),
@@ -98,7 +95,7 @@ def exporters(tmp_path: Any):
 @pytest.mark.parametrize("process,perfetto_format", [(True, "perfetto"), (False, "chrome")],
                          ids=["exporter-processes-perfetto", "exporter-threads-chrome"])
 def test_no_exporter_records_a_prompt_or_token_ids(exporters, tmp_path, process, perfetto_format):
-    receiver = HttpReceiver().start()
+    receiver = OtlpReceiver("http").start()
     try:
         plugins = exporters(process, perfetto_format, receiver)
         serve(Engine())
@@ -110,7 +107,7 @@ def test_no_exporter_records_a_prompt_or_token_ids(exporters, tmp_path, process,
     outputs = {str(path): path.read_bytes().decode("utf-8", "replace")
                for path in tmp_path.rglob("*") if path.is_file()}
     assert any("otel" in name for name in outputs) and any("perfetto" in name for name in outputs)
-    spans = [span for _, span in receiver.store.spans]
+    spans = [span for _, span in receiver.spans]
     # The per-request fan-out ran: stage spans copied per request carry its id.
     fanned_out = {kv.value.string_value for s in spans for kv in s.attributes if kv.key == "rid"}
     assert {"req-0", "req-1", "req-2"} <= fanned_out
