@@ -263,8 +263,8 @@ def pipeline_report(
         at each forward of micro-batch 0 after a backward on the first rank; without
         backward passes either, the whole trace is one step. ``report.step_source``
         and ``report.notes`` say which was done.
-    :param skip_steps: leave out the first N steps of each schedule (steps with the
-        same attributes); the first step of a torch.distributed.pipelining schedule
+    :param skip_steps: leave out the first N steps of each schedule (the same kind,
+        micro-batch count and rank count: :func:`schedule_key`); the first step of a torch.distributed.pipelining schedule
         also runs shape inference and P2P set-up. ``report.skipped_steps`` lists them.
     :raises AnalysisError: ``skip_steps`` leaves no step, ``step_name`` names no
         batch event, or a role is unknown.
@@ -308,18 +308,28 @@ def _notes(timeline: "_Timeline", skip_steps: int, kept: int) -> tuple[str, ...]
     return tuple(notes)
 
 
-def _kept_steps(timeline: "_Timeline", skip_steps: int) -> list[int]:
-    """Step indices left after dropping the first ``skip_steps`` of each schedule.
+def schedule_key(step_name: Optional[str], attrs: Mapping[str, Any], ranks: int) -> tuple:
+    """What names a schedule: its kind, its micro-batch count and how many ranks run it.
 
-    Steps with the same attributes (schedule class, micro-batch count) belong to
-    one schedule; each schedule's first step also runs torch's shape inference.
+    The kind is the step's ``schedule`` attribute (``ScheduleGPipe``), else the step's
+    name; the micro-batch count is its ``n_microbatches`` attribute (None when not
+    recorded); the rank count is how many ranks took part in the step. Every other
+    step attribute (a queue depth, a batch size) varies from step to step and never
+    starts a new schedule.
     """
+    kind = attrs.get("schedule", step_name)
+    return (str(kind), attrs.get("n_microbatches"), ranks)
+
+
+def _kept_steps(timeline: "_Timeline", skip_steps: int) -> list[int]:
+    """Step indices left after dropping the first ``skip_steps`` of each schedule
+    (:func:`schedule_key`); each schedule's first step also runs torch's shape inference."""
     seen: Counter = Counter()
     kept = []
     for k in range(len(timeline.windows)):
-        config = repr(sorted(timeline.step_attrs(k).items()))
-        seen[config] += 1
-        if seen[config] > skip_steps:
+        key = schedule_key(timeline.step_name, timeline.step_attrs(k), len(timeline.step_lanes(k)))
+        seen[key] += 1
+        if seen[key] > skip_steps:
             kept.append(k)
     return kept
 
@@ -379,8 +389,12 @@ class _Timeline:
         step_event = next((self.steps[lane][k] for lane in self.lanes if len(self.steps[lane]) > k), None)
         return dict(getattr(step_event, "attrs", None) or {})
 
+    def step_lanes(self, k: int) -> list[Lane]:
+        """The lanes that take part in step ``k``: a step marker or a stage in it."""
+        return [lane for lane in self.lanes if self.assigned[lane][k] or len(self.steps[lane]) > k]
+
     def step_summary(self, k: int) -> StepSummary:
-        lanes = [lane for lane in self.lanes if self.assigned[lane][k] or len(self.steps[lane]) > k]
+        lanes = self.step_lanes(k)
         ranks = tuple(_rank_step(lane, k, self.windows[k], self.assigned[lane][k], self.role_of) for lane in lanes)
         step_event = next((self.steps[lane][k] for lane in lanes if len(self.steps[lane]) > k), None)
         step_events = [e for lane in lanes for e in self.assigned[lane][k]]

@@ -93,3 +93,23 @@ def test_an_unknown_step_name_or_a_bad_skip_count_is_refused():
 def test_an_empty_trace_is_an_empty_report_not_an_error():
     report = pipeline_report([], skip_steps=1)
     assert report.steps == () and report.skipped_steps == ()
+
+
+def test_a_step_attribute_that_varies_does_not_start_a_new_schedule():
+    # issue 21: a queue depth on each step made every step its own "schedule" (23 left out, not 1)
+    events = simulate(2, 4, gpipe_order, steps=6)
+    steps = [e for e in events if e.kind == "batch"]
+    varied = [e._replace(attrs={**e.attrs, "queue_depth": e.batch_id * 3 + e.rank.pp_rank}) if e in steps else e
+              for e in events]
+    report = pipeline_report(varied, skip_steps=1)
+    assert report.skipped_steps == (0,) and [s.index for s in report.steps] == [1, 2, 3, 4, 5]
+
+
+def test_a_schedule_is_its_kind_and_its_microbatch_count():
+    gpipe = simulate(2, 4, gpipe_order, steps=2)
+    one_f = simulate(2, 4, one_f_one_b_order, steps=2, schedule="Schedule1F1B", start_ns=max(e.end_ns for e in gpipe))
+    more = simulate(2, 8, one_f_one_b_order, steps=2, schedule="Schedule1F1B", start_ns=max(e.end_ns for e in one_f))
+    events = gpipe + [e._replace(batch_id=e.batch_id + 2) for e in one_f] + [e._replace(batch_id=e.batch_id + 4)
+                                                                             for e in more]
+    report = pipeline_report(events, skip_steps=1)
+    assert report.skipped_steps == (0, 2, 4) and [s.index for s in report.steps] == [1, 3, 5]
