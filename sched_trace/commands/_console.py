@@ -51,6 +51,25 @@ def make_console() -> Any:
     return console
 
 
+def number_ranges(numbers: Sequence[int], limit: int = 8) -> str:
+    """``1-3, 5, 7-9``: runs of consecutive numbers; past ``limit`` runs, the first and last few."""
+    runs: list[list[int]] = []
+    for number in numbers:
+        if runs and number == runs[-1][1] + 1:
+            runs[-1][1] = number
+        else:
+            runs.append([number, number])
+    text = [f"{low}" if low == high else f"{low}-{high}" for low, high in runs]
+    if len(text) > limit:
+        text = text[: limit - 2] + [f"... ({len(runs) - limit + 1} more runs) ..."] + text[-1:]
+    return ", ".join(text)
+
+
+def counted(numbers: Sequence[int], noun: str = "step") -> str:
+    """``step 0`` or ``steps 0, 3`` or ``steps 1-32661``: a noun with its numbers, summarised."""
+    return f"{noun}{'' if len(numbers) == 1 else 's'} {number_ranges(numbers)}"
+
+
 def escape(text: Any) -> str:
     """``text`` safe to embed in rich markup (a path may contain ``[``)."""
     from rich.markup import escape as rich_escape

@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence
 
 from ..analysis import PipelineReport, gpu_busy, load_events, pipeline_report
 from ..errors import AnalysisError
-from ._console import escape, make_console, notes, require
+from ._console import counted, escape, make_console, notes, require
 
 DEFAULT_OUT = "sched-trace-out"
 # The first step of each schedule runs torch's shape inference and P2P set-up; the demo
@@ -120,15 +120,15 @@ def _print_gpu(report: PipelineReport, console: Any) -> None:
 
 
 def print_left_out(report: PipelineReport, console: Any) -> None:
-    """Which steps the numbers leave out, and what the analysis assumed."""
-    kept = ", ".join(str(step.index) for step in report.steps)
+    """Which steps the numbers cover and which they leave out, summarised; what the analysis assumed."""
+    kept = [step.index for step in report.steps]
+    analysed = f"{counted(kept)} ({len(kept):,} analysed" if kept else "no step (0 analysed"
     if report.skipped_steps:
-        left_out = ", ".join(str(k) for k in report.skipped_steps)
         first = "first step" if report.skip_steps == 1 else f"first {report.skip_steps} steps"
-        console.print(f"steps analysed: {kept}; left out: {left_out} (the {first} of each schedule: "
+        console.print(f"{analysed}; {counted(report.skipped_steps)} left out: the {first} of each schedule, "
                       f"--skip-steps {report.skip_steps}; --skip-steps 0 keeps them)")
     else:
-        console.print(f"steps analysed: {kept or 'none'}; none left out")
+        console.print(f"{analysed}; none left out)")
     for note in report.notes:
         if not note.startswith("left out "):  # said above, with the step numbers
             console.print(f"note: {escape(note)}")

@@ -51,7 +51,7 @@ def test_the_demo_says_which_steps_its_numbers_leave_out(demo):
     _, output = demo
     # 2 steps of each schedule: 0-1 GPipe, 2-3 1F1B; the first of each is warm-up
     assert "2 steps of each of gpipe, 1f1b (4 in all)" in output
-    assert "steps analysed: 1, 3; left out: 0, 2 (the first step of each schedule: --skip-steps 1" in output
+    assert "steps 1, 3 (2 analysed; steps 0, 2 left out: the first step of each schedule, --skip-steps 1;" in output
 
 
 def test_every_command_the_demo_prints_runs_as_printed(demo):
