@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any, Iterable, Optional
@@ -45,6 +46,10 @@ def configure(
         manager = get_manager()
         for name in (*_plugins.blocked_from_env(), *cfg.block):
             manager.set_blocked(name)
+        if os.environ.get("SCHED_TRACE_CAPTURE_DIR"):  # a test gathers this process's events
+            from . import capture
+
+            capture.install_from_env(manager)
         for plugin in plugins:
             if manager.get_name(plugin) is None:
                 manager.register(plugin)
