@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from sched_trace.contracts import Contract, Trace
+
 pytest.importorskip("torch")
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,6 +39,7 @@ def _environment(events_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SCHED_TRACE_", "OTEL_"))}
     env["PYTHONPATH"] = os.pathsep.join([str(RECORDER_SITE), str(REPO)])
     env["SERVING_TEST_EVENTS"] = str(events_dir)
+    env["SCHED_TRACE_CAPTURE_DIR"] = str(events_dir.parent / "capture")  # for the trace contract
     return env
 
 
@@ -203,6 +206,25 @@ def test_level_3_leaves_level_4_stages_untraced(tmp_path: Path) -> None:
     names = {e["name"] for e in run.events}
     assert names == {"scheduler_step", "get_next_batch_to_run"}
     assert {e["pp_rank"] for e in run.events} == set(range(PP_SIZE))
+
+
+# --- the trace contract and snapshot: a target the engine renamed fails here by name ----------
+
+#: What the example's config must keep producing on every rank (see docs/testing.md).
+SERVING_CONTRACT = (
+    Contract()
+    .stages("scheduler_step", "recv_requests", "get_next_batch_to_run", "run_batch_cpu",
+            "process_batch_result", ranks=[f"PP{r}" for r in range(PP_SIZE)])
+    .stages("pp_send_proxy", ranks=["PP0"]).stages("pp_recv_proxy", ranks=[f"PP{PP_SIZE - 1}"])
+    .nested("run_batch_cpu", inside="scheduler_step")
+    .attributes("run_batch_cpu", "pp_mb_id", "batch_size", "requests", "forward_mode")
+)
+
+
+def test_the_trace_keeps_its_contract_and_snapshot(traced_run: Run, sched_trace_snapshot) -> None:
+    trace = SERVING_CONTRACT.check(Trace.from_capture(traced_run.workdir / "capture"))
+    # How many steps run depends on when requests reach the ranks: the shape without counts.
+    sched_trace_snapshot.assert_match(trace, counts=False)
 
 
 # --- exporter plugins, when installed ----------------------------------------------------
