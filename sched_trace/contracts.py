@@ -93,8 +93,10 @@ class Trace:
             return source
         if hasattr(source, "trace") and callable(source.trace):
             return source.trace()
-        if hasattr(source, "request_events"):
+        if hasattr(source, "request_events"):  # a MemoryRecorder
             return cls(source.events, source.request_events)
+        if hasattr(source, "events") and hasattr(source, "requests"):  # a Trace of a reloaded module
+            return cls(source.events, source.requests, getattr(source, "notes", ()))
         return cls(source)
 
     @classmethod

@@ -15,6 +15,7 @@ import ast
 import importlib
 import importlib.util
 import json
+import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -72,6 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if os.getcwd() not in sys.path:  # a config's own modules resolve as for `python -m` from here
+        sys.path.insert(0, os.getcwd())
     try:
         configs = _load(args.profile, args.config)
     except ConfigError as exc:
