@@ -160,6 +160,32 @@ class Contract:
     def __init__(self) -> None:
         self._checks: list[Check] = []
 
+    @classmethod
+    def from_profile(cls, profile: Any, *, level: Optional[int] = None, ranks: Optional[Sequence[str]] = None,
+                     skip: Iterable[str] = ()) -> "Contract":
+        """Expect what a profile declares: each stage and batch name (at or below ``level``),
+        on ``ranks``, and every request's lifecycle when it declares request phases.
+        ``profile``: a shipped profile's name, a configuration file or a ``Config``;
+        ``skip``: names that this workload does not run (a zero-bubble-only stage)."""
+        from . import config as _config
+
+        if isinstance(profile, str) and profile in _config.available_profiles():
+            profile = _config.PROFILE_DIR / f"{profile}.toml"
+        cfg = profile if isinstance(profile, _config.Config) else _config.load(profile)
+        names: list[str] = []
+        phases: set[str] = set()
+        for spec in cfg.instrument:
+            options = spec.options
+            if options.get("kind") == "request":
+                phases.add(options["phase"])
+            elif level is None or options.get("level", 0) <= level:
+                name = options.get("stage") or spec.target.rsplit(".", 1)[-1].split("[")[0]
+                if name not in names and name not in set(skip):
+                    names.append(name)
+        contract = cls().stages(*names, ranks=ranks)
+        lifecycle = [p for p in LIFECYCLE if p in phases]
+        return contract.request_phases(*lifecycle) if lifecycle else contract
+
     def check(self, source: Any) -> Trace:
         """Raise :class:`ContractError` listing every violation; return the trace otherwise."""
         trace = Trace.of(source)
@@ -200,8 +226,9 @@ class Contract:
         return self
 
     def request_phases(self, *phases: str, requests: Optional[int] = None) -> "Contract":
-        """Every request reported each phase (default: arrived .. finished), in this order on
-        each rank that reported it; ``requests``: how many distinct requests there must be."""
+        """Every request reported each phase (default: arrived .. finished; ``aborted`` ends a
+        request as ``finished`` does), in this order on each rank that reported it;
+        ``requests``: how many distinct requests there must be."""
         order = phases or LIFECYCLE
         unknown = [p for p in order if p not in REQUEST_PHASES]
         if unknown:
@@ -320,15 +347,16 @@ def _phases(trace: Trace, order: Sequence[str], count: Optional[int]) -> list[st
     seen: dict[str, dict[str, Any]] = defaultdict(dict)  # request -> phase -> first event
     per_process: dict[tuple, dict[str, Any]] = defaultdict(dict)
     for event in trace.requests:
-        seen[event.request_id].setdefault(event.phase, event)
-        per_process[(event.request_id, event.rank.host_id, event.rank.pid)].setdefault(event.phase, event)
+        phase = "finished" if event.phase == "aborted" else event.phase  # either ends the request
+        seen[event.request_id].setdefault(phase, event)
+        per_process[(event.request_id, event.rank.host_id, event.rank.pid)].setdefault(phase, event)
     problems = []
     if count is not None and len(seen) != count:
         problems.append(f"expected {count} requests, saw {len(seen)}")
     for request_id, phases in seen.items():
         lacking = [p for p in order if p not in phases]
         if lacking:
-            had = ", ".join(sorted(phases, key=REQUEST_PHASES.index))
+            had = ", ".join(phases[p].phase for p in sorted(phases, key=REQUEST_PHASES.index))
             problems.append(f"request {request_id!r}: no {', '.join(lacking)} (reported: {had})")
     for (request_id, _, _), phases in per_process.items():
         present = [p for p in order if p in phases]

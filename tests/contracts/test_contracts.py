@@ -79,6 +79,10 @@ def test_request_phases_complete_and_in_order() -> None:
     assert "request 'b': no first_token (reported: arrived, queued, scheduled, finished)" in message
     assert "request 'c' on PP0: phases out of order: first_token < arrived < queued < scheduled < finished" in message
     assert failure(Contract().request_phases(requests=2), lifecycle("a")).count("expected 2 requests, saw 1") == 1
+    aborted = lifecycle("d", ("arrived", "queued", "scheduled", "first_token", "aborted"))
+    contract.check(Trace(lifecycle("a") + lifecycle("b") + aborted))  # aborted ends a request too
+    cut = lifecycle("e", ("arrived", "queued", "aborted"))
+    assert "request 'e': no scheduled, first_token (reported: arrived, queued, aborted)" in failure(contract, cut)
     with pytest.raises(ValueError, match="unknown request phase"):
         Contract().request_phases("arrived", "done")
 
@@ -117,3 +121,15 @@ def test_a_check_of_ones_own() -> None:
     contract = Contract().require(lambda trace: [] if len(trace.named("pp_step")) == 4 else ["wrong step count"])
     contract.check(Trace(pipeline()))
     assert "wrong step count" in failure(contract, pipeline(steps=1))
+
+
+def test_a_contract_from_a_profile_expects_each_stage_it_declares_and_the_request_lifecycle() -> None:
+    contract = Contract.from_profile("torch-pipelining", ranks=["PP0", "PP1"], level=2,
+                                     skip=["pp_backward", "pp_backward_weight"])
+    contract.check(Trace(pipeline()))
+    message = failure(Contract.from_profile("torch-pipelining", level=2), pipeline())
+    assert "stage 'pp_backward' was never emitted (emitted: pp_forward x16, pp_step x4)" in message
+    assert "pp_p2p_post" not in message  # level 3
+    requests = Contract.from_profile("vllm").violations(Trace(lifecycle("a")))
+    assert any("stage 'engine_step' was never emitted" in v for v in requests)
+    assert not any("request" in v for v in requests)  # arrived .. finished, all there
