@@ -1,0 +1,227 @@
+"""The ``sglang`` profile on a real SGLang 0.5.23 HTTP server (CPU engine, .venv-sglang).
+
+Each server starts once per parametrization (PP=1 with SGLang's overlap event loop, PP=2 with
+``event_loop_pp``) under ``sched-trace run --profile sglang`` with the otel plugin
+(``sglang_compat = true``) and the perfetto plugin, serves six requests of known prompt and
+output lengths concurrently while a seventh is streamed and aborted through
+``/abort_request``, idles 5 s, and is stopped as a user stops it (SIGINT or SIGTERM to the
+launcher; SGLang then SIGKILLs its scheduler processes). Ground truth: what SGLang answered
+(``meta_info`` per rid), a counter around SGLang's own ``Scheduler.run_batch``
+(step_counter.py) and a test plugin that writes every sched-trace event through to a file
+(plugin/); both survive the SIGKILL.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sched_trace import config
+
+from .converter_model import convert, engine_spans
+from .server import VENV_PYTHON, GenerateRequest, SGLangServer
+
+pytestmark = pytest.mark.skipif(
+    not VENV_PYTHON.exists(),
+    reason=f"no SGLang venv at {VENV_PYTHON.parent.parent}: run `bash .ci/backends/sglang.sh`",
+)
+
+LOAD = [GenerateRequest(f"r{i}", 8 + 4 * i, 8 + 2 * i) for i in range(6)]
+CUT = GenerateRequest("cut", 16, 1500)  # streamed, aborted after CUT_AFTER tokens
+CUT_AFTER = 10
+IDLE_S = 5.0
+STAGES = ("get_next_batch_to_run", "process_input_requests", "process_batch_result")
+PP_ONLY = {"SchedulerPPMixin._pp_launch_batch"}  # targets only event_loop_pp calls
+
+
+def is_health_check(rid: str) -> bool:
+    return rid.startswith("HEALTH_CHECK")  # /health_generate's request, sent while starting
+
+
+@pytest.fixture(scope="module", params=[1, 2], ids=["pp1-overlap", "pp2-event_loop_pp"])
+def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    pp = request.param
+    server = SGLangServer(tmp_path_factory.mktemp(f"sglang-pp{pp}"), pp_size=pp, count_steps=True, event_log=True)
+    try:
+        server.start()
+        answers = server.generate_many(LOAD, abort=(CUT, CUT_AFTER))
+        load_end_ns = time.time_ns()
+        time.sleep(IDLE_S)
+        idle_end_ns = time.time_ns()
+    finally:
+        server.stop(signal.SIGINT if pp == 1 else signal.SIGTERM)
+    otel = sorted(server.otel_dir.glob("*.jsonl"))
+    spans = [dict(span, pid=int(path.stem.rsplit("-", 1)[1])) for path in otel for span in engine_spans(path)]
+    return {"pp": pp, "server": server, "answers": answers, "steps": server.steps(), "events": server.events(),
+            "otel_files": otel, "spans": spans, "load_end_ns": load_end_ns, "idle_end_ns": idle_end_ns}
+
+
+def batch_spans(spans: list[dict], name: str = "run_batch") -> list[dict]:
+    """The batch's own spans, not their per-request copies under request roots (those carry ``rid``)."""
+    return [s for s in spans if s["name"] == name and "rid" not in s["attributes"]]
+
+
+def test_sglang_answered_every_request_as_asked(served: dict[str, Any]) -> None:
+    answers = served["answers"]
+    for request in LOAD:
+        meta = answers[request.rid]["meta_info"]
+        assert (meta["prompt_tokens"], meta["completion_tokens"]) == (request.prompt_tokens, request.max_new_tokens)
+        assert meta["finish_reason"]["type"] == "length"
+    cut = answers[CUT.rid]["meta_info"]
+    assert cut["finish_reason"]["type"] == "abort"
+    assert CUT_AFTER <= cut["completion_tokens"] < CUT.max_new_tokens
+
+
+def test_every_target_of_the_profile_fires(served: dict[str, Any]) -> None:
+    events = [e for per_process in served["events"].values() for e in per_process]
+    seen = {e["name"] for e in events if e["kind"] != "request"} | {e["phase"] for e in events if e["kind"] == "request"}
+    for spec in config.load_profile("sglang").instrument:
+        if served["pp"] == 1 and spec.target.split(":")[1] in PP_ONLY:
+            continue
+        fired = spec.options["phase"] if spec.options.get("kind") == "request" else spec.options["stage"]
+        assert fired in seen, f"{spec.target} ({fired}) never fired"
+    assert "aborted" in seen
+
+
+def test_every_request_has_its_lifecycle_in_order_on_each_rank(served: dict[str, Any]) -> None:
+    phases: dict[tuple[int, str], list[str]] = defaultdict(list)
+    for pid, events in served["events"].items():
+        for e in events:
+            if e["kind"] == "request" and not is_health_check(e["rid"]):
+                phases[pid, e["rid"]].append(e["phase"])
+    assert {rid for _, rid in phases} == set(served["answers"])
+    for (pid, rid), names in phases.items():
+        end = "aborted" if rid == CUT.rid else "finished"
+        assert names == ["arrived", "queued", "scheduled", "first_token", end], (pid, rid, names)
+
+
+def test_request_spans_carry_the_tokens_sglang_returned(served: dict[str, Any]) -> None:
+    requests = [s for s in served["spans"] if s["name"] == "request" and not is_health_check(s["attributes"]["rid"])]
+    by_rid: dict[str, list[dict]] = defaultdict(list)
+    for span in requests:
+        by_rid[span["attributes"]["rid"]].append(span)
+    assert set(by_rid) == set(served["answers"])
+    for rid, spans in by_rid.items():
+        meta = served["answers"][rid]["meta_info"]
+        for span in spans:
+            attrs = span["attributes"]
+            assert int(attrs["gen_ai.usage.input_tokens"]) == meta["prompt_tokens"], rid
+            assert int(attrs["gen_ai.usage.output_tokens"]) == meta["completion_tokens"], rid
+            assert attrs["sched_trace.request.outcome"] == ("aborted" if rid == CUT.rid else "finished")
+            assert 0 < attrs["gen_ai.server.time_to_first_token"] <= attrs["gen_ai.server.request.duration"]
+
+
+def test_every_run_batch_is_one_batch_span_per_sglang_step(served: dict[str, Any]) -> None:
+    steps = served["steps"]
+    assert len(steps) == served["pp"]  # one scheduler process per PP rank
+    spans = batch_spans(served["spans"])
+    per_pid = defaultdict(list)
+    for span in sorted(spans, key=lambda s: int(s["startTimeUnixNano"])):
+        per_pid[span["pid"]].append(span["attributes"]["forward_mode"])
+    assert dict(per_pid) == steps  # the same steps, in the same order, with the same forward mode
+    logged = Counter(pid for pid, events in served["events"].items() for e in events if e.get("name") == "run_batch")
+    assert logged == {pid: len(modes) for pid, modes in steps.items()}
+
+
+def test_each_run_batch_holds_its_stages_and_pp_microbatches(served: dict[str, Any]) -> None:
+    events = [e for per_process in served["events"].values() for e in per_process]
+    batches = [e for e in events if e.get("name") == "run_batch"]
+    results = [e for e in events if e.get("name") == "process_batch_result"]
+    assert len(results) == len(batches)  # every batch's result is processed once
+    launches = [e for e in events if e.get("name") == "pp_microbatch"]
+    if served["pp"] == 1:
+        assert launches == []
+        return
+    assert len(launches) == len(batches)  # event_loop_pp launches each run_batch as one micro-batch
+    for launch in launches:
+        assert launch["microbatch"] in (0, 1)  # pp_mb_id: SGLang keeps pp_size micro-batches in flight
+        inside = [b for b in batches if b["rank"]["pid"] == launch["rank"]["pid"]
+                  and launch["start_ns"] <= b["start_ns"] <= b["end_ns"] <= launch["end_ns"]]
+        assert len(inside) == 1, launch  # the run_batch it launched, on its rank
+
+
+def test_the_perfetto_files_hold_each_ranks_steps(served: dict[str, Any]) -> None:
+    from sched_trace.traceio import read_traces
+
+    traces = read_traces([served["server"].perfetto_dir])
+    per_pid = {}
+    for trace in traces:
+        runs = [e for e in trace.events if e.name == "run_batch"]
+        assert runs, trace.path
+        per_pid[runs[0].rank.pid] = len(runs)
+        assert {e.rank.pp_rank for e in runs} == {runs[0].rank.pp_rank}
+    assert per_pid == {pid: len(modes) for pid, modes in served["steps"].items()}
+
+
+def test_the_otlp_files_have_the_structure_sglangs_converter_walks(served: dict[str, Any]) -> None:
+    rids_seen: set[str] = set()
+    for path in served["otel_files"]:
+        converted = convert(path)
+        for root in converted.roots:
+            rids_seen.add(root["attributes"]["rid"])
+        pp_ranks = {name.rsplit("-PP", 1)[1].split("-")[0] for name in converted.tracks.values()}
+        assert len(pp_ranks) == 1, converted.tracks  # one process, one PP rank, one track name
+        for source, target in converted.flows:
+            assert source["attributes"]["rid"] == target["attributes"]["rid"]
+    assert set(served["answers"]) <= rids_seen
+
+
+def test_shutdown_as_sglang_does_it_leaves_the_files_readable(served: dict[str, Any]) -> None:
+    assert served["server"].returncode is not None
+    assert len(served["otel_files"]) == served["pp"]  # the scheduler processes' files; the launcher traces nothing
+
+
+# --- what the live server showed to be wrong, fixed with the core's new features ------------
+NEEDS_KEEP_IF = pytest.mark.xfail(strict=True, reason="needs keep_if in profiles (issue 16.2, core)")
+NEEDS_CONDITIONAL_ATTRS = pytest.mark.xfail(strict=True, reason="needs 'EXPR if CONDITION' attributes (issue 16.5, core)")
+NEEDS_ONE_REQUEST_ROOT = pytest.mark.xfail(strict=True, reason="needs one request root across ranks (issue 16.4, export)")
+NEEDS_THREAD_RANK = pytest.mark.xfail(strict=True, reason="needs kind='thread' rank identity (issue 16.3, core)")
+
+
+@NEEDS_KEEP_IF
+def test_an_idle_server_records_no_scheduling_spans(served: dict[str, Any]) -> None:
+    """SGLang's event loop busy-polls; idle polls are counted, not exported. The window starts
+    1 s after the last answer (the scheduler may still be finishing the last step's output)."""
+    window = (served["load_end_ns"] + 1_000_000_000, served["idle_end_ns"])
+    logged = Counter(e["name"] for events in served["events"].values() for e in events
+                     if e.get("name") in STAGES and window[0] <= e["start_ns"] <= window[1])
+    exported = Counter(s["name"] for s in served["spans"] if s["name"] in STAGES
+                       and window[0] <= int(s["startTimeUnixNano"]) <= window[1])
+    assert logged == exported == Counter()
+
+
+@NEEDS_KEEP_IF
+def test_seven_requests_write_under_2_mb_of_otlp_json(served: dict[str, Any]) -> None:
+    size = sum(path.stat().st_size for path in served["otel_files"])
+    assert size < 2_000_000, f"{size / 1e6:.1f} MB of OTLP-JSON for 7 requests and {IDLE_S} s idle"
+
+
+@NEEDS_CONDITIONAL_ATTRS
+def test_no_decode_batch_carries_extend_tokens(served: dict[str, Any]) -> None:
+    """SGLang leaves ``batch.extend_num_tokens`` set after a prefill; on a DECODE batch it is stale."""
+    modes = Counter((s["attributes"]["forward_mode"], "extend_tokens" in s["attributes"])
+                    for s in batch_spans(served["spans"]))
+    assert modes[("DECODE", False)] > 0 and modes[("EXTEND", True)] > 0
+    assert modes[("DECODE", True)] == 0
+
+
+def test_one_request_span_per_rid_across_all_ranks(served: dict[str, Any], request: pytest.FixtureRequest) -> None:
+    if served["pp"] > 1:
+        request.applymarker(NEEDS_ONE_REQUEST_ROOT)
+    counts = Counter(s["attributes"]["rid"] for s in served["spans"] if s["name"] == "request")
+    assert {rid: counts[rid] for rid in served["answers"]} == {rid: 1 for rid in served["answers"]}
+    traces: dict[str, set[str]] = defaultdict(set)
+    for span in served["spans"]:
+        rid = span["attributes"].get("rid")
+        if rid in served["answers"]:
+            traces[rid].add(span["traceId"])
+    assert all(len(ids) == 1 for ids in traces.values()), traces  # every rank's files agree on the trace
+    # every rank's work for the request hangs in that one trace, under its own rank's thread span
+    ranks = {rid: {s["attributes"].get("pp_rank") for s in served["spans"]
+                   if s["attributes"].get("rid") == rid and "thread_label" in s["attributes"]} for rid in served["answers"]}
+    assert all(r == {str(pp) for pp in range(served["pp"])} for r in ranks.values()), ranks
