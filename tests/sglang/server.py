@@ -43,6 +43,8 @@ HERE = Path(__file__).resolve().parent
 VENV = REPO / ".venv-sglang"
 VENV_PYTHON = VENV / "bin" / "python"
 STANDINS = HERE / "standins"
+NOT_RUNNABLE = (f"no runnable SGLang server in {VENV} (a source-only or unfinished install): "
+                "run `bash .ci/backends/sglang.sh`")
 SERVER_FLAGS = (
     "--device", "cpu", "--attention-backend", "torch_native", "--sampling-backend", "pytorch",
     "--disable-cuda-graph", "--load-format", "dummy", "--dtype", "bfloat16",
@@ -65,6 +67,11 @@ class GenerateRequest:
         return {"rid": self.rid, "input_ids": ids,
                 "sampling_params": {"max_new_tokens": self.max_new_tokens, "ignore_eos": True,
                                     "temperature": 0.0}}
+
+
+def runnable() -> bool:
+    """Whether .ci/backends/sglang.sh finished its install here (it writes this stamp last)."""
+    return VENV_PYTHON.exists() and (VENV / ".sched-trace-sglang").exists()
 
 
 def free_port() -> int:

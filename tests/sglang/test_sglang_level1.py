@@ -8,12 +8,9 @@ from typing import Any
 
 import pytest
 
-from .server import VENV_PYTHON, GenerateRequest, SGLangServer
+from .server import NOT_RUNNABLE, GenerateRequest, SGLangServer, runnable
 
-pytestmark = pytest.mark.skipif(
-    not VENV_PYTHON.exists(),
-    reason=f"no SGLang venv at {VENV_PYTHON.parent.parent}: run `bash .ci/backends/sglang.sh`",
-)
+pytestmark = pytest.mark.skipif(not runnable(), reason=NOT_RUNNABLE)
 
 LOAD = [GenerateRequest(f"l{i}", 12, 6) for i in range(3)]
 

@@ -1,10 +1,10 @@
 """The shipped ``sglang`` profile against the installed SGLang's source (sglang 0.5.23 in
-.venv-sglang, made by .ci/backends/sglang.sh with --no-deps), read without importing it,
+.venv-sglang, made by .ci/backends/sglang.sh), read without importing it,
 as profile_check reads torch's: every target exists, every extractor's root is a parameter
 of its target, and nothing of sglang or torch is imported to find that out.
 
-SGLang cannot run here (its dependencies are a GPU serving stack), so its scheduler is not
-driven; what is checked is that the profile names real code with the right parameters.
+This checks that the profile names real code with the right parameters; the profile on a
+running SGLang server is tested by test_sglang_server.py.
 """
 
 from __future__ import annotations

@@ -24,12 +24,9 @@ import pytest
 from sched_trace import config
 
 from .converter_model import convert, engine_spans
-from .server import VENV_PYTHON, GenerateRequest, SGLangServer
+from .server import NOT_RUNNABLE, GenerateRequest, SGLangServer, runnable
 
-pytestmark = pytest.mark.skipif(
-    not VENV_PYTHON.exists(),
-    reason=f"no SGLang venv at {VENV_PYTHON.parent.parent}: run `bash .ci/backends/sglang.sh`",
-)
+pytestmark = pytest.mark.skipif(not runnable(), reason=NOT_RUNNABLE)
 
 LOAD = [GenerateRequest(f"r{i}", 8 + 4 * i, 8 + 2 * i) for i in range(6)]
 CUT = GenerateRequest("cut", 16, 1500)  # streamed, aborted after CUT_AFTER tokens
