@@ -66,6 +66,8 @@ NOT_RUN = {  # commands the tests exercise elsewhere, and why they are not run h
     "python -m benchmarks": "the full benchmark suite; tests/benchmarks/test_suite.py runs it with --quick",
     "export ": "environment for a remote OTLP collector; tests/otel/test_otel_env.py uses the same "
                "variables against a real receiver",
+    "rotel-agent start": "per-host agent and gateway OTLP collectors; tests/fleet_net/test_collector_path.py "
+                         "runs docs/deployment.md's commands on hosts in network namespaces, into Phoenix",
     "sched-trace run --profile vllm": "needs vLLM (.venv-vllm); tests/vllm/test_vllm_engine.py runs the "
                                       "profile under sched-trace run there",
     "PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_check": "needs a CUDA device and writes docs/performance.md; "
