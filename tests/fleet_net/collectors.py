@@ -151,6 +151,11 @@ class Collector:
                 process.kill()
             process.wait(30)
 
+    def said(self, text: str) -> int:
+        """How often its output since its last start holds ``text``."""
+        log = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return log.rpartition(START_MARK)[2].count(text)
+
     def tail(self, chars: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
 

@@ -17,7 +17,7 @@ import sys
 import threading
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from .collectors import Collector, guide_command, guide_environment, replace_option, wait_until
 from .netns import Host, Network
@@ -160,6 +160,14 @@ class Fleet:
 def marks(ranks: Iterable[RankProcess]) -> dict[int, int]:
     """Each rank's step count, asked for now: every step numbered above it starts after this call."""
     return {rank.pp_rank: rank.ask("mark", "mark") for rank in ranks}
+
+
+def run_until(ranks: Iterable[RankProcess], done: Callable[[RankProcess, dict], bool], what: str,
+              timeout: float = 300.0) -> None:
+    """Let the (running) ranks step until ``done(rank, its otel counters)`` holds for each."""
+    for rank in ranks:
+        wait_until(lambda rank=rank: done(rank, rank.ask("mark", "stats")), f"rank {rank.pp_rank}: {what}",
+                   timeout, every=0.5)
 
 
 def run_on(ranks: Sequence[RankProcess], steps: int) -> None:

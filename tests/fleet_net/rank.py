@@ -4,8 +4,8 @@ Its otel plugin is configured by the standard ``OTEL_*`` variables alone. It is 
 lines on stdin and answers each with one JSON line on stdout:
 
 - ``run``: step continuously, paced, until ``halt`` (answers ``{"halted": steps}``);
-  ``mark`` meanwhile answers ``{"mark": steps}``: a step numbered above it started after
-  the mark was asked for. Progress lines ``{"step": n}`` come every few steps.
+  ``mark`` meanwhile answers ``{"mark": steps, "stats": counters}``: a step numbered above
+  it started after the mark was asked for. Progress lines ``{"step": n}`` come every few steps.
 - ``steps N``: N steps, then ``{"done": steps}``.
 - ``flush SECONDS``: ``sched_trace.flush``, then ``{"stats": <the otel plugin's counters>}``.
 - ``stop``: ``sched_trace.shutdown``, then ``{"final": counters, "produced": spans made}``; exits.
@@ -70,7 +70,7 @@ class Rank:
                 self.step()
                 continue
             if command == "mark":
-                say(mark=self.steps)
+                say(mark=self.steps, stats=otel_stats())
             elif command == "halt":
                 say(halted=self.steps)
                 return

@@ -22,10 +22,11 @@ from tests.backends.phoenix_server import PhoenixServer
 
 from . import netns
 from .collectors import binary, received_span_ids, wait_until
-from .fleet import Fleet, RankProcess, marks, run_on, span_count, spans_by_step, wait_until_found
+from .fleet import Fleet, RankProcess, marks, run_on, run_until, span_count, spans_by_step, wait_until_found
 from .rank import SPANS_PER_STEP
 
 STEPS = 10  # steps the ranks make between two events; every wait is on a condition
+EXPORT_FAILED = "Exporting failed"  # what rotel-agent logs when its next hop refused or was away
 
 
 @pytest.fixture(scope="module")
@@ -92,11 +93,19 @@ def test_collectors_restarted_while_ranks_run(fleet: Fleet, phoenix: PhoenixServ
     for rank in ranks:
         wait_until_found(phoenix, rank.project, 1)  # the whole path carries spans
 
-    fleet.agents[host0.name].stop(sig)  # host 0's ranks keep stepping: their spans wait in the plugin
+    # Host 0's agent goes away; its ranks step on, their spans wait in the plugin, retried.
+    failures = {rank.pp_rank: rank.ask("mark", "stats")["export_failures"] for rank in fleet.on(host0)}
+    fleet.agents[host0.name].stop(sig)
+    run_until(fleet.on(host0), lambda rank, stats: stats["export_failures"] > failures[rank.pp_rank],
+              "an export to its stopped agent failed")
     run_on(ranks, STEPS)
     fleet.agents[host0.name].start()
     run_on(ranks, STEPS)
-    fleet.gateway.stop(sig)             # every agent keeps what it gets, retrying
+    # The gateway goes away; every agent keeps what it gets, retried.
+    tried = {name: agent.said(EXPORT_FAILED) for name, agent in fleet.agents.items()}
+    fleet.gateway.stop(sig)
+    wait_until(lambda: all(agent.said(EXPORT_FAILED) > tried[name] for name, agent in fleet.agents.items()),
+               "every agent to fail an export to the stopped gateway", 300)
     run_on(ranks, STEPS)
     fleet.gateway.start()
     restarted = marks(ranks)            # steps above these began after the last restart
