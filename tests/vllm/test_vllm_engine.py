@@ -74,7 +74,7 @@ print(json.dumps({"statuses": statuses, "renamed": renamed, "bad_root": bad, "im
 """
     done = run_in_venv([str(VENV_PYTHON), "-c", check], tmp_path, timeout=300)
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert len(report["statuses"]) == 11
+    assert len(report["statuses"]) == 13
     assert set(report["statuses"].values()) == {"found"}, report["statuses"]
     assert "has no attribute 'add_requests'; close names: add_request" in report["renamed"]
     assert "installed: vllm" in report["renamed"]
@@ -119,6 +119,47 @@ def test_in_process_every_request_has_one_lifecycle_matching_what_vllm_returned(
         assert 0 < ttft <= e2e
         assert by["arrived"][4] is None  # LLM.generate adds requests between engine steps
         assert {by["scheduled"][4], by["first_token"][4], by["finished"][4]} <= step_ids
+
+
+def test_in_process_the_engine_thread_pays_per_step_and_per_request_never_per_token(
+        in_process: dict[str, Any]) -> None:
+    # Calls of sched-trace's wrappers, counted around them per target, for REQUESTS x TOKENS.
+    calls = {target.split(":")[1]: count for target, count in in_process["target_calls"].items()}
+    steps = len(in_process["steps"])
+    assert in_process["vllm_preemptions"] == 0  # vLLM's own counter: this workload fits the KV cache
+    per_step = ("EngineCore.step", "Scheduler.schedule", "GPUModelRunner.execute_model",
+                "GPUModelRunner.sample_tokens", "Scheduler.update_from_output")
+    assert {name: calls.pop(name) for name in per_step} == dict.fromkeys(per_step, steps)
+    assert calls.pop("EngineCore.step_with_batch_queue") == 0
+    # every request target once per request over its whole life; the preemption one never fired
+    assert calls.pop("Scheduler._preempt_request") == 0
+    assert calls == dict.fromkeys(
+        ("Scheduler.add_request", "Scheduler._enqueue_waiting_request", "NewRequestData.from_request",
+         "KVCacheManager.record_prefix_cache_stats", "KVCacheManager.estimate_cached_tokens",
+         "Scheduler._free_request"), REQUESTS)
+    assert 5 * steps + 6 * REQUESTS < REQUESTS * TOKENS  # what one wrapper per request per step would cost
+
+
+def test_in_process_a_preempted_request_is_queued_and_scheduled_again_as_often_as_vllm_preempted_it(
+        in_process: dict[str, Any]) -> None:
+    run = in_process["preemption"]
+    returned = {o["request_id"]: o for o in run["outputs"]}
+    phases: dict[str, list] = defaultdict(list)
+    for phase, rid, ts_ns, prompt, output, batch_id, attrs in run["requests"]:
+        phases[rid].append((phase, output, attrs))
+    assert sorted(external_id(rid) for rid in phases) == sorted(returned)
+    assert run["vllm_preemptions"] > 0  # the KV cache is small enough that vLLM preempts
+    preempted = 0
+    for rid, events in phases.items():
+        names = [name for name, _, _ in events]
+        (finished,) = [(output, attrs) for name, output, attrs in events if name == "finished"]
+        times = finished[1]["preemptions"]  # vLLM's own count for this request
+        preempted += times
+        assert [n for n in names if n != "first_token"] == ["arrived"] + ["queued", "scheduled"] * (1 + times) + [
+            "finished"], (rid, names)
+        assert names.count("first_token") == 1 and names.index("scheduled") < names.index("first_token"), names
+        assert finished[0] == returned[external_id(rid)]["output_tokens"]
+    assert preempted == run["vllm_preemptions"]  # vLLM's vllm:num_preemptions counter
 
 
 def test_in_process_an_aborted_request_reports_aborted_with_the_tokens_it_got(in_process: dict[str, Any]) -> None:

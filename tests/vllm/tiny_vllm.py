@@ -45,16 +45,24 @@ def write_model(directory: Path) -> Path:
     return directory
 
 
-def make_llm(model_dir: Path, max_num_seqs: int = 32) -> Any:
+#: The traced test engine: a KV cache of 40 blocks of 32 tokens. The 32 x (8 + 16) token
+#: workload fits (one block per request); PREEMPT's does not, so vLLM preempts.
+SMALL_KV_CACHE = {"block_size": 32, "num_gpu_blocks_override": 40}
+PREEMPT = {"requests": 24, "tokens": 88}  # 3 blocks per request at the end: 72 > 40
+
+
+def make_llm(model_dir: Path, max_num_seqs: int = 32, **options: Any) -> Any:
     for key, value in ENV.items():
         os.environ.setdefault(key, value)
     from vllm import LLM
 
-    return LLM(
+    settings: dict[str, Any] = dict(
         model=str(model_dir), load_format="dummy", skip_tokenizer_init=True, dtype="float32",
         max_model_len=128, max_num_seqs=max_num_seqs, max_num_batched_tokens=512,
         enforce_eager=True, seed=0, disable_log_stats=True,
     )
+    settings.update(options)
+    return LLM(**settings)
 
 
 def prompts(count: int) -> list[dict[str, list[int]]]:
@@ -97,6 +105,92 @@ def count_steps(core: Any) -> list[bool]:
 
     core.step_fn = counted
     return steps
+
+
+def vllm_preemptions(llm: Any) -> int:
+    """vLLM's own count of preemptions so far (its ``vllm:num_preemptions`` counter; needs
+    ``disable_log_stats=False``)."""
+    return int(sum(m.value for m in llm.get_metrics() if m.name == "vllm:num_preemptions"))
+
+
+def preempt_run(llm: Any, recorder: Any) -> dict[str, Any]:
+    """A workload that outgrows the small KV cache: vLLM preempts requests and resumes them."""
+    recorder.clear()
+    before = vllm_preemptions(llm)
+    outputs = generate(llm, PREEMPT["requests"], PREEMPT["tokens"])
+    return {"outputs": outputs_json(outputs), "requests": request_rows(recorder),
+            "vllm_preemptions": vllm_preemptions(llm) - before}
+
+
+class TargetMeter:
+    """Calls of sched-trace's wrapper per profile target, and with ``timed`` the calling
+    thread's CPU spent in it, the wrapped call itself left out.
+
+    Each active handle's proxy is swapped for an equivalent wrapt proxy whose wrapper
+    counts (and times) around sched-trace's; ``passthrough`` puts a plain passthrough
+    wrapper in its place instead (the calibration: the same shim, no sched-trace).
+    ``restore`` puts sched-trace's proxies back.
+    """
+
+    def __init__(self, timed: bool = False, passthrough: bool = False) -> None:
+        self.timed, self.passthrough = timed, passthrough
+        self.calls: dict[str, int] = {}
+        self.cpu_ns: dict[str, int] = {}
+        self.names: dict[str, str] = {}
+        self._swapped: list[tuple[Any, Any]] = []
+
+    def install(self) -> "TargetMeter":
+        import wrapt
+        from sched_trace.instrument import handles
+
+        for handle in handles():
+            if not handle.active:
+                continue
+            key = handle.target
+            self.calls[key], self.cpu_ns[key], self.names[key] = 0, 0, f"{handle.kind}:{handle.name}"
+            wrapper = _passthrough if self.passthrough else handle.probe.wrapper
+            setattr(handle.owner, handle.path[-1], wrapt.FunctionWrapper(handle.original, self._shim(key, wrapper)))
+            self._swapped.append((handle, handle.proxy))
+        return self
+
+    def restore(self) -> None:
+        for handle, proxy in self._swapped:
+            setattr(handle.owner, handle.path[-1], proxy)
+        self._swapped.clear()
+
+    def reset(self) -> None:
+        for key in self.calls:
+            self.calls[key] = self.cpu_ns[key] = 0
+
+    def _shim(self, key: str, wrapper: Any) -> Any:
+        calls, cpu_ns, clock = self.calls, self.cpu_ns, time.thread_time_ns
+
+        def counted(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+            calls[key] += 1
+            return wrapper(wrapped, instance, args, kwargs)
+
+        def timed(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+            inner = [0]
+
+            def call(*a: Any, **k: Any) -> Any:
+                start = clock()
+                try:
+                    return wrapped(*a, **k)
+                finally:
+                    inner[0] = clock() - start
+
+            start = clock()
+            try:
+                return wrapper(call, instance, args, kwargs)
+            finally:
+                cpu_ns[key] += clock() - start - inner[0]
+                calls[key] += 1
+
+        return timed if self.timed else counted
+
+
+def _passthrough(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    return wrapped(*args, **kwargs)
 
 
 def rebind_step(core: Any) -> None:
@@ -167,15 +261,23 @@ def main(argv: list[str]) -> int:
 
         recorder = sched_trace.MemoryRecorder()
         sched_trace.configure(profile="vllm", plugins=[recorder], autoload=False)
-    llm = make_llm(write_model(args.model_dir))
+    llm = make_llm(write_model(args.model_dir), **(dict(SMALL_KV_CACHE, disable_log_stats=False) if args.trace else {}))
     if args.bench:
         result = bench(llm, args.bench, args.requests, args.tokens, args.out.with_suffix(".otel"))
         args.out.write_text(json.dumps(result))
         return 0
+    meter = None
+    if recorder is not None:
+        meter = TargetMeter().install()  # every call of sched-trace's wrappers, per target
+        rebind_step(engine_core(llm))
     steps = count_steps(engine_core(llm)) if recorder is not None else None
     started = time.perf_counter()
     outputs = generate(llm, args.requests, args.tokens)
     elapsed = time.perf_counter() - started
+    if meter is not None:
+        target_calls = dict(meter.calls)
+        meter.restore()
+        result_preemptions = vllm_preemptions(llm)
     result: dict[str, Any] = {"outputs": outputs_json(outputs), "elapsed_s": elapsed, "pid": os.getpid(),
                               "model": str(args.model_dir)}
     if recorder is not None:
@@ -187,6 +289,10 @@ def main(argv: list[str]) -> int:
         recorder.clear()
         result["abort_outputs"] = abort_one(llm, args.tokens)
         result["abort_requests"] = request_rows(recorder)
+        result["target_calls"] = target_calls
+        result["vllm_preemptions"] = result_preemptions
+        result["target_names"] = meter.names
+        result["preemption"] = preempt_run(llm, recorder)
     args.out.write_text(json.dumps(result))
     return 0
 
