@@ -168,6 +168,8 @@ def test_the_shipped_vllm_profile_declares_every_request_phase() -> None:
     by_phase = {spec.options["phase"]: spec for spec in profile.instrument if spec.options.get("kind") == "request"}
     assert set(by_phase) == {"arrived", "queued", "scheduled", "first_token", "finished"}
     assert by_phase["finished"].options["aborted_statuses"] == ["FINISHED_ABORTED"]
-    assert by_phase["first_token"].options["when"] == "not request.num_output_tokens"
+    # once per request by construction: no target called per request per step, no `when` to evaluate
+    assert by_phase["first_token"].target == "vllm.v1.core.kv_cache_manager:KVCacheManager.estimate_cached_tokens"
+    assert not any("when" in spec.options for spec in by_phase.values())
     batches = [spec.target for spec in profile.instrument if spec.options.get("kind") == "batch"]
     assert batches == ["vllm.v1.engine.core:EngineCore.step", "vllm.v1.engine.core:EngineCore.step_with_batch_queue"]

@@ -1,7 +1,8 @@
 """A real vLLM V1 engine on the CPU with a tiny random-weight model (no download).
 
 Run by the vLLM venv's python (``.venv-vllm``), never imported by the project's tests:
-``python tiny_vllm.py MODEL_DIR OUT.json [--requests N] [--tokens T] [--trace]``.
+``python tiny_vllm.py MODEL_DIR OUT.json [--requests N] [--tokens T] [--trace]``
+(benchmarks/vllm_engine.py imports it for ``python -m benchmarks --only engines``).
 It writes a local ``config.json`` for a 2-layer LlamaForCausalLM, loads it with
 ``load_format="dummy"`` and ``skip_tokenizer_init=True``, sends prompts as token ids
 through ``LLM.generate``, and writes what vLLM returned (and, with ``--trace``, what
@@ -123,19 +124,21 @@ def preempt_run(llm: Any, recorder: Any) -> dict[str, Any]:
 
 
 class TargetMeter:
-    """Calls of sched-trace's wrapper per profile target, and with ``timed`` the calling
-    thread's CPU spent in it, the wrapped call itself left out.
+    """Calls of sched-trace's wrapper per profile target and, with ``timed``, the time each
+    call spent in it, the wrapped call itself left out.
 
     Each active handle's proxy is swapped for an equivalent wrapt proxy whose wrapper
     counts (and times) around sched-trace's; ``passthrough`` puts a plain passthrough
     wrapper in its place instead (the calibration: the same shim, no sched-trace).
-    ``restore`` puts sched-trace's proxies back.
+    ``restore`` puts sched-trace's proxies back. Times are ``perf_counter_ns`` per call
+    (the thread's CPU clock is a system call costing more than what it would measure);
+    read their median, which a preemption or a GIL hand-over inside one call cannot move.
     """
 
     def __init__(self, timed: bool = False, passthrough: bool = False) -> None:
         self.timed, self.passthrough = timed, passthrough
         self.calls: dict[str, int] = {}
-        self.cpu_ns: dict[str, int] = {}
+        self.samples_ns: dict[str, list[int]] = {}
         self.names: dict[str, str] = {}
         self._swapped: list[tuple[Any, Any]] = []
 
@@ -147,7 +150,7 @@ class TargetMeter:
             if not handle.active:
                 continue
             key = handle.target
-            self.calls[key], self.cpu_ns[key], self.names[key] = 0, 0, f"{handle.kind}:{handle.name}"
+            self.calls[key], self.samples_ns[key], self.names[key] = 0, [], f"{handle.kind}:{handle.name}"
             wrapper = _passthrough if self.passthrough else handle.probe.wrapper
             setattr(handle.owner, handle.path[-1], wrapt.FunctionWrapper(handle.original, self._shim(key, wrapper)))
             self._swapped.append((handle, handle.proxy))
@@ -158,12 +161,9 @@ class TargetMeter:
             setattr(handle.owner, handle.path[-1], proxy)
         self._swapped.clear()
 
-    def reset(self) -> None:
-        for key in self.calls:
-            self.calls[key] = self.cpu_ns[key] = 0
-
     def _shim(self, key: str, wrapper: Any) -> Any:
-        calls, cpu_ns, clock = self.calls, self.cpu_ns, time.thread_time_ns
+        calls, clock = self.calls, time.perf_counter_ns
+        record = self.samples_ns[key].append
 
         def counted(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
             calls[key] += 1
@@ -183,7 +183,7 @@ class TargetMeter:
             try:
                 return wrapper(call, instance, args, kwargs)
             finally:
-                cpu_ns[key] += clock() - start - inner[0]
+                record(clock() - start - inner[0])
                 calls[key] += 1
 
         return timed if self.timed else counted
@@ -196,34 +196,6 @@ def _passthrough(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
 def rebind_step(core: Any) -> None:
     # EngineCore binds step_fn once, at init: look the (un)instrumented method up again.
     core.step_fn = core.step if core.batch_queue is None else core.step_with_batch_queue
-
-
-def bench(llm: Any, rounds: int, count: int, tokens: int, trace_dir: Path) -> dict[str, Any]:
-    """Alternate untraced / traced rounds on the same engine; tokens per second of each."""
-    import sched_trace
-
-    core = engine_core(llm)
-    config = {"plugins": {"otel": {"directory": str(trace_dir)}}}
-    rates: dict[str, list[float]] = {"untraced": [], "traced": []}
-    cpu_per_token: dict[str, list[float]] = {"untraced": [], "traced": []}  # the engine thread's CPU
-    generate(llm, count, tokens)  # warm-up
-    for index in range(2 * rounds):
-        traced = (index % 2 == 1) != (index // 2 % 2 == 1)  # order rotated every pair
-        if traced:
-            sched_trace.configure(profile="vllm", config=config)
-        else:
-            sched_trace.uninstrument()
-        rebind_step(core)
-        started, cpu = time.perf_counter(), time.thread_time()
-        outputs = generate(llm, count, tokens)
-        elapsed, cpu = time.perf_counter() - started, time.thread_time() - cpu
-        if traced:
-            sched_trace.flush()  # exported between rounds, as a long-running server would keep up
-        produced = sum(len(o.outputs[0].token_ids) for o in outputs)
-        rates["traced" if traced else "untraced"].append(produced / elapsed)
-        cpu_per_token["traced" if traced else "untraced"].append(cpu / produced)
-    sched_trace.shutdown()
-    return {"tokens_per_s": rates, "cpu_s_per_token": cpu_per_token, "stats": sched_trace.stats().get("plugins", {})}
 
 
 def abort_one(llm: Any, tokens: int) -> dict[str, int]:
@@ -253,7 +225,6 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--trace", action="store_true", help="configure(profile='vllm') with a MemoryRecorder")
-    parser.add_argument("--bench", type=int, metavar="ROUNDS", help="alternate untraced/traced rounds")
     args = parser.parse_args(argv)
     recorder = None
     if args.trace:
@@ -262,10 +233,6 @@ def main(argv: list[str]) -> int:
         recorder = sched_trace.MemoryRecorder()
         sched_trace.configure(profile="vllm", plugins=[recorder], autoload=False)
     llm = make_llm(write_model(args.model_dir), **(dict(SMALL_KV_CACHE, disable_log_stats=False) if args.trace else {}))
-    if args.bench:
-        result = bench(llm, args.bench, args.requests, args.tokens, args.out.with_suffix(".otel"))
-        args.out.write_text(json.dumps(result))
-        return 0
     meter = None
     if recorder is not None:
         meter = TargetMeter().install()  # every call of sched-trace's wrappers, per target

