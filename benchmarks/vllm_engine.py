@@ -43,6 +43,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests" / "vllm"))
 
 import tiny_vllm  # noqa: E402  (the test's engine, model and step oracle)
+from sched_trace import hookimpl  # noqa: E402  (this checkout's, on PYTHONPATH)
 
 
 class GcClock:
@@ -96,14 +97,36 @@ def trace_config(directory: Path, profile_file: Optional[Path]) -> dict[str, Any
     return config
 
 
+class NullPlugin:
+    """Takes every event and does nothing: sched-trace's own cost, without an exporter's."""
+
+    @hookimpl
+    def sched_trace_stage_start(self, event: Any) -> None: ...
+
+    @hookimpl
+    def sched_trace_stage_end(self, event: Any) -> None: ...
+
+    @hookimpl
+    def sched_trace_batch_start(self, event: Any) -> None: ...
+
+    @hookimpl
+    def sched_trace_batch_end(self, event: Any) -> None: ...
+
+    @hookimpl
+    def sched_trace_request(self, event: Any) -> None: ...
+
+
 class Cases:
     """Switches one engine between untraced and traced at a level."""
 
-    def __init__(self, llm: Any, trace_dir: Path, profile_file: Optional[Path]) -> None:
+    def __init__(self, llm: Any, trace_dir: Path, profile_file: Optional[Path], plugin: str = "otel") -> None:
         self.llm, self.core = llm, tiny_vllm.engine_core(llm)
         self.config = trace_config(trace_dir, profile_file)
         self.profile = None if profile_file is not None else "vllm"
         self.meter: Optional[tiny_vllm.TargetMeter] = None
+        # "null": a plugin that does nothing, instead of the otel plugin exporting
+        self.plugins, self.autoload = ([NullPlugin()], False) if plugin == "null" else ((), True)
+        self.compile_check = True
 
     def untraced(self) -> None:
         import sched_trace
@@ -116,7 +139,12 @@ class Cases:
         import sched_trace
 
         self._unmeter()
-        sched_trace.configure(level=level, profile=self.profile, config=self.config)  # None: the default
+        sched_trace.configure(level=level, profile=self.profile, config=self.config,  # level None: the default
+                              plugins=self.plugins, autoload=self.autoload)
+        if not self.compile_check:
+            from sched_trace import probe
+
+            probe.compiling[0] = None  # what the probes would cost without torch.compiler.is_compiling()
         tiny_vllm.rebind_step(self.core)
 
     def metered(self, passthrough: bool) -> tiny_vllm.TargetMeter:
@@ -232,11 +260,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--batch", type=int, default=64, help="vLLM's max_num_seqs")
     parser.add_argument("--profile-file", type=Path, help="a profile TOML to use instead of the shipped one")
+    parser.add_argument("--plugin", choices=("otel", "null"), default="otel",
+                        help="null: a plugin that does nothing, to tell sched-trace's cost from the exporter's")
+    parser.add_argument("--no-compile-check", action="store_true",
+                        help="skip sched-trace's torch.compiler.is_compiling() check per call, to measure it")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-engines-") as work:
         llm = tiny_vllm.make_llm(tiny_vllm.write_model(Path(work) / "model"), max_num_seqs=args.batch,
                                  max_num_batched_tokens=max(512, args.batch * tiny_vllm.PROMPT_LEN))
-        cases = Cases(llm, Path(work) / "otel", args.profile_file)
+        cases = Cases(llm, Path(work) / "otel", args.profile_file, args.plugin)
+        cases.compile_check = not args.no_compile_check
         run = run_throughput if args.mode == "throughput" else run_targets
         result = run(llm, cases, args.groups, args.requests, args.tokens)
         result["wrapt_passthrough_ns"] = wrapt_passthrough_ns()
@@ -245,7 +278,7 @@ def main(argv: list[str]) -> int:
         sched_trace.shutdown()
         result["otel"] = sched_trace.stats().get("plugins", {}).get("otel", {})
         result["otel_bytes"] = sum(p.stat().st_size for p in (Path(work) / "otel").glob("*") if p.is_file())
-    result.update(mode=args.mode, requests=args.requests, tokens=args.tokens, batch=args.batch,
+    result.update(mode=args.mode, plugin=args.plugin, compile_check=not args.no_compile_check, requests=args.requests, tokens=args.tokens, batch=args.batch,
                   omp_threads=os.environ.get("OMP_NUM_THREADS"), torch_threads=_torch_threads(), vllm=_vllm_version())
     args.out.write_text(json.dumps(result))
     return 0
