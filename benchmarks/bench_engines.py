@@ -13,12 +13,15 @@ tiny random-weight Llama of tests/vllm/) and reads what it measured:
   times inside a timing shim, less the same shim around a passthrough), so the
   scheduler-thread cost per engine step is known per target and in total.
 
-The model is tiny, so an engine step costs about a millisecond and tracing's share is
+The model is tiny, so an engine step costs a few milliseconds and tracing's share is
 far larger than on a real model (see docs/performance.md, "Engines").
 
-``python -m benchmarks.bench_engines [--quick] [--table] [--profile-file FILE]``: with
-``--table`` it prints the per-target table as markdown; ``--profile-file`` measures
-another profile (e.g. an older ``vllm.toml``) in the targets mode.
+``python -m benchmarks.bench_engines`` runs the same and prints the per-target table as
+markdown; ``--table`` or ``--throughput`` runs one half, ``--profile-file FILE`` measures
+another profile (an older ``vllm.toml``), ``--plugin null`` a do-nothing plugin instead of
+otel (sched-trace's cost without the exporter's), ``--no-compile-check`` the probes
+without their per-call ``torch.compiler.is_compiling()``, ``--omp N`` the engine on N
+OpenMP threads (default 1), ``--json FILE`` keeps the raw measurements.
 """
 
 from __future__ import annotations
@@ -38,12 +41,13 @@ REPO = Path(__file__).resolve().parent.parent
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 VLLM_DRIVER = REPO / "benchmarks" / "vllm_engine.py"
 GROUP = "engines"
+EXTRA_ENV: dict[str, str] = {}  # main()'s --omp
 STEP_TARGET_US = 30.0
 PER_STEP_KINDS = ("batch", "stage")
 
 
 def vllm(mode: str, groups: int, requests: int, tokens: int, batch: int,
-         profile_file: Optional[Path] = None) -> dict[str, Any]:
+         profile_file: Optional[Path] = None, extra: tuple[str, ...] = ()) -> dict[str, Any]:
     if not VLLM_PYTHON.exists():
         raise RuntimeError(f"no vLLM venv at {VLLM_PYTHON.parent.parent}: run `bash .ci/backends/vllm.sh`")
     with tempfile.TemporaryDirectory(prefix="bench-engines-") as work:
@@ -54,10 +58,12 @@ def vllm(mode: str, groups: int, requests: int, tokens: int, batch: int,
         # One OpenMP thread: the engine thread's CPU is then its own work, not spinning at
         # OpenMP barriers while a worker thread waits for one of the 2 shared cores.
         env.setdefault("OMP_NUM_THREADS", "1")
+        env.update(EXTRA_ENV)
         command = [str(VLLM_PYTHON), str(VLLM_DRIVER), str(out), "--mode", mode, "--groups", str(groups),
                    "--requests", str(requests), "--tokens", str(tokens), "--batch", str(batch)]
         if profile_file is not None:
             command += ["--profile-file", str(profile_file)]
+        command += list(extra)
         done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=3600)
         if done.returncode != 0:
             raise RuntimeError(f"vllm_engine.py --mode {mode} exited {done.returncode}: {done.stderr[-3000:]}")
@@ -186,11 +192,14 @@ def table(by_batch: dict[int, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def measure(quick: bool, profile_file: Optional[Path] = None) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
-    groups = 4 if quick else 12
-    throughput = vllm("throughput", groups, 64 if quick else 128, 32, 64, profile_file)
-    by_batch = {batch: vllm("targets", 3 if quick else 6, batch, 32, batch, profile_file) for batch in (8, 64)}
-    return throughput, by_batch
+def measure(quick: bool, profile_file: Optional[Path] = None,
+            extra: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+    throughput = vllm("throughput", 4 if quick else 12, 64 if quick else 128, 32, 64, profile_file, extra)
+    return throughput, targets(quick, profile_file, extra)
+
+
+def targets(quick: bool, profile_file: Optional[Path] = None, extra: tuple[str, ...] = ()) -> dict[int, dict[str, Any]]:
+    return {batch: vllm("targets", 3 if quick else 6, batch, 32, batch, profile_file, extra) for batch in (8, 64)}
 
 
 def run(quick: bool) -> list[dict[str, Any]]:
@@ -199,19 +208,39 @@ def run(quick: bool) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str]) -> int:
-    quick = "--quick" in argv
-    profile_file = Path(argv[argv.index("--profile-file") + 1]) if "--profile-file" in argv else None
-    if "--table" in argv:
-        by_batch = {batch: vllm("targets", 3 if quick else 6, batch, 32, batch, profile_file) for batch in (8, 64)}
-        print(table(by_batch))
-        for result in step_rows(by_batch, "vLLM"):
-            print(f"{result['figure']}: {result['value']:.1f} {result['unit']} ({result['note']})")
-        return 0
-    throughput, by_batch = measure(quick, profile_file)
-    for result in throughput_rows(throughput, "vLLM") + step_rows(by_batch, "vLLM"):
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_engines", description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--table", action="store_true", help="only the per-target table (targets mode)")
+    parser.add_argument("--throughput", action="store_true", help="only the throughput triples")
+    parser.add_argument("--profile-file", type=Path, help="measure this profile TOML instead of the shipped one")
+    parser.add_argument("--plugin", choices=("otel", "null"), default="otel",
+                        help="null: a plugin that does nothing (sched-trace's cost without the exporter's)")
+    parser.add_argument("--no-compile-check", action="store_true",
+                        help="skip sched-trace's per-call torch.compiler.is_compiling() check")
+    parser.add_argument("--omp", type=int, default=1, help="OpenMP threads of the engine (default 1)")
+    parser.add_argument("--json", type=Path, help="also write the raw measurements here")
+    args = parser.parse_args(argv)
+    EXTRA_ENV["OMP_NUM_THREADS"] = str(args.omp)
+    extra = ("--plugin", args.plugin) + (("--no-compile-check",) if args.no_compile_check else ())
+    raw: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    if not args.table:
+        raw["throughput"] = vllm("throughput", 4 if args.quick else 12, 64 if args.quick else 128, 32, 64,
+                                 args.profile_file, extra)
+        rows += throughput_rows(raw["throughput"], "vLLM")
+    if not args.throughput:
+        by_batch = targets(args.quick, args.profile_file, extra)
+        raw["targets"] = {str(b): r for b, r in by_batch.items()}
+        rows += step_rows(by_batch, "vLLM")
+    for result in rows:
         print(f"{result['figure']}: {result['value']:.3g} vs {result['baseline']:.3g} {result['unit']} "
               f"ratio {result['ratio']:.3f}\n  {result.get('note', '')}")
-    print(table(by_batch))
+    if not args.throughput:
+        print(table(by_batch))
+    if args.json is not None:
+        args.json.write_text(json.dumps(raw))
     return 0
 
 

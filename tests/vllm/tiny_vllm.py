@@ -1,7 +1,7 @@
 """A real vLLM V1 engine on the CPU with a tiny random-weight model (no download).
 
 Run by the vLLM venv's python (``.venv-vllm``), never imported by the project's tests:
-``python tiny_vllm.py MODEL_DIR OUT.json [--requests N] [--tokens T] [--trace]``
+``python tiny_vllm.py MODEL_DIR OUT.json [--requests N] [--tokens T] [--trace [--preempt]]``
 (benchmarks/vllm_engine.py imports it for ``python -m benchmarks --only engines``).
 It writes a local ``config.json`` for a 2-layer LlamaForCausalLM, loads it with
 ``load_format="dummy"`` and ``skip_tokenizer_init=True``, sends prompts as token ids
@@ -46,7 +46,7 @@ def write_model(directory: Path) -> Path:
     return directory
 
 
-#: The traced test engine: a KV cache of 40 blocks of 32 tokens. The 32 x (8 + 16) token
+#: With --preempt: a KV cache of 40 blocks of 32 tokens. The tests' 32 x (8 + 16) token
 #: workload fits (one block per request); PREEMPT's does not, so vLLM preempts.
 SMALL_KV_CACHE = {"block_size": 32, "num_gpu_blocks_override": 40}
 PREEMPT = {"requests": 24, "tokens": 88}  # 3 blocks per request at the end: 72 > 40
@@ -225,6 +225,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--trace", action="store_true", help="configure(profile='vllm') with a MemoryRecorder")
+    parser.add_argument("--preempt", action="store_true",
+                        help="with --trace: a small KV cache, vLLM's stats on, and a workload that vLLM preempts")
     args = parser.parse_args(argv)
     recorder = None
     if args.trace:
@@ -232,7 +234,8 @@ def main(argv: list[str]) -> int:
 
         recorder = sched_trace.MemoryRecorder()
         sched_trace.configure(profile="vllm", plugins=[recorder], autoload=False)
-    llm = make_llm(write_model(args.model_dir), **(dict(SMALL_KV_CACHE, disable_log_stats=False) if args.trace else {}))
+    preempt = args.trace and args.preempt
+    llm = make_llm(write_model(args.model_dir), **(dict(SMALL_KV_CACHE, disable_log_stats=False) if preempt else {}))
     meter = None
     if recorder is not None:
         meter = TargetMeter().install()  # every call of sched-trace's wrappers, per target
@@ -241,13 +244,14 @@ def main(argv: list[str]) -> int:
     started = time.perf_counter()
     outputs = generate(llm, args.requests, args.tokens)
     elapsed = time.perf_counter() - started
-    if meter is not None:
-        target_calls = dict(meter.calls)
-        meter.restore()
-        result_preemptions = vllm_preemptions(llm)
     result: dict[str, Any] = {"outputs": outputs_json(outputs), "elapsed_s": elapsed, "pid": os.getpid(),
                               "model": str(args.model_dir)}
-    if recorder is not None:
+    if recorder is not None and meter is not None:
+        meter.restore()
+        rebind_step(engine_core(llm))  # sched-trace's own proxies from here on, the step counter off
+        result["target_calls"], result["target_names"] = dict(meter.calls), meter.names
+        if preempt:
+            result["vllm_preemptions"] = vllm_preemptions(llm)
         result["steps"] = list(steps)  # type: ignore[arg-type]
         result["requests"] = request_rows(recorder)
         result["spans"] = [[e.kind, e.name, e.start_ns, e.end_ns, e.batch_id, e.batch_size, e.rank.pid,
@@ -256,10 +260,8 @@ def main(argv: list[str]) -> int:
         recorder.clear()
         result["abort_outputs"] = abort_one(llm, args.tokens)
         result["abort_requests"] = request_rows(recorder)
-        result["target_calls"] = target_calls
-        result["vllm_preemptions"] = result_preemptions
-        result["target_names"] = meter.names
-        result["preemption"] = preempt_run(llm, recorder)
+        if preempt:
+            result["preemption"] = preempt_run(llm, recorder)
     args.out.write_text(json.dumps(result))
     return 0
 
