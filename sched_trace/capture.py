@@ -68,24 +68,28 @@ class CaptureWriter:
     def _write(self, event: Any) -> None:
         try:
             payload = pickle.dumps(plain(event), protocol=pickle.HIGHEST_PROTOCOL)
+            if self._pid != os.getpid():  # the first event, or the first in a forked child
+                self._open()
             with self._lock:
-                write_frame(self._file(), payload)
+                write_frame(self._fd, payload)  # type: ignore[arg-type]
             self.written += 1
         except Exception:  # a test harness must not break the traced program either
             self.failed += 1
 
-    def _file(self) -> int:
-        if self._pid != os.getpid():  # first event, or the first in a forked child
-            os.makedirs(self.directory, exist_ok=True)
-            name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}{SUFFIX}"
-            self._fd = os.open(os.path.join(self.directory, name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            self._pid = os.getpid()
-        assert self._fd is not None
-        return self._fd
+    def _open(self) -> None:
+        # A fresh lock too: a fork may have copied the parent's while another thread held it.
+        self._lock = threading.Lock()
+        os.makedirs(self.directory, exist_ok=True)
+        name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}{SUFFIX}"
+        self._fd = os.open(os.path.join(self.directory, name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._pid = os.getpid()
 
 
 def plain(event: Any) -> Any:
-    """The event with live attribute values replaced by what a contract may compare."""
+    """The event with live values (attributes, a micro-batch object) replaced by what a
+    contract may compare: type names, and request ids for ``requests``."""
+    if event.kind != "request" and type(event.microbatch) not in _PLAIN:
+        event = event._replace(microbatch=f"<{type(event.microbatch).__name__}>")
     attrs = event.attrs
     if all(type(value) in _PLAIN for value in attrs.values()):
         return event

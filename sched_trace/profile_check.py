@@ -162,7 +162,7 @@ def parse_file(origin: str) -> ast.Module:
 
 @lru_cache(maxsize=64)
 def _file_scope(origin: str, package: str) -> dict[str, Definition]:
-    return _scope(parse_file(origin).body, package)
+    return bound_names(parse_file(origin).body, package)
 
 
 def _module_scope(module_name: str) -> Optional[tuple[str, dict[str, Definition]]]:
@@ -173,7 +173,7 @@ def _module_scope(module_name: str) -> Optional[tuple[str, dict[str, Definition]
     return module_name, _file_scope(origin, package)
 
 
-def _scope(body: list[ast.stmt], package: str) -> dict[str, Definition]:
+def bound_names(body: list[ast.stmt], package: str) -> dict[str, Definition]:
     """Names bound at one level of a module or class body (first binding wins)."""
     scope: dict[str, Definition] = {}
     for node in body:
@@ -195,7 +195,7 @@ def _scope(body: list[ast.stmt], package: str) -> dict[str, Definition]:
                       for a in node.names]
         elif isinstance(node, (ast.If, ast.Try)):  # version-dependent definitions count too
             for branch in (node.body, node.orelse, getattr(node, "finalbody", [])):
-                names += list(_scope(branch, package).items())
+                names += list(bound_names(branch, package).items())
         for name, definition in names:
             scope.setdefault(name, definition)
     return scope
@@ -233,11 +233,11 @@ def _member(owner: Any, name: str, depth: int = 0) -> Any:
     if not isinstance(definition, ast.ClassDef):
         return UNDECIDED  # an attribute of some object: decided at import
     package = module_name if module_name else ""
-    own = _scope(definition.body, package)
+    own = bound_names(definition.body, package)
     if name in own:
         return _follow((module_name, scope, own[name]), depth)
     for base in definition.bases:
-        parent = _expression(module_name, scope, base, depth + 1)
+        parent = resolve_expression(module_name, scope, base, depth + 1)
         if parent == UNDECIDED or parent is None:
             return UNDECIDED
         found = _member(parent, name, depth + 1)
@@ -246,7 +246,7 @@ def _member(owner: Any, name: str, depth: int = 0) -> Any:
     return None
 
 
-def _expression(module_name: str, scope: dict, node: ast.expr, depth: int) -> Any:
+def resolve_expression(module_name: str, scope: dict, node: ast.expr, depth: int) -> Any:
     """A base-class expression (``Name`` or ``module.Name``) resolved statically."""
     if depth > 8:
         return UNDECIDED
@@ -255,7 +255,7 @@ def _expression(module_name: str, scope: dict, node: ast.expr, depth: int) -> An
             return module_name, {}, "module"  # no attributes a target could name
         return _member((module_name, scope, "module"), node.id, depth) or UNDECIDED
     if isinstance(node, ast.Attribute):
-        owner = _expression(module_name, scope, node.value, depth + 1)
+        owner = resolve_expression(module_name, scope, node.value, depth + 1)
         return UNDECIDED if owner == UNDECIDED else (_member(owner, node.attr, depth + 1) or UNDECIDED)
     return UNDECIDED
 
@@ -304,7 +304,7 @@ def lookup(module_name: str, path: list[str], key: Optional[str] = None) -> Sour
         if found == UNDECIDED:
             return SourceLookup("undecided")
         if found is None:
-            names = list(current[1]) if current[2] == "module" else list(_scope(current[2].body, ""))
+            names = list(current[1]) if current[2] == "module" else list(bound_names(current[2].body, ""))
             close = difflib.get_close_matches(name, names, n=3)
             hint = f"; close names: {', '.join(close)}" if close else ""
             return SourceLookup("missing", f"{owner_label} has no attribute {name!r}{hint}")

@@ -114,7 +114,7 @@ def annotation_class(module_name: str, scope: dict, node: Optional[ast.expr]) ->
         return None
     if not isinstance(node, (ast.Name, ast.Attribute)):
         return None
-    found = _source._expression(module_name, scope, node, 0)
+    found = _source.resolve_expression(module_name, scope, node, 0)
     if found in (None, UNDECIDED) or not isinstance(found[2], ast.ClassDef):
         return None
     return found
@@ -176,7 +176,7 @@ def _declared(klass: ClassTriple, name: str) -> Any:
             return False
         if isinstance(statement, ast.ClassDef) and statement.name == name:
             return False
-    own = _source._scope(node.body, "")
+    own = _source.bound_names(node.body, "")
     if name in own:  # bound in an if/try branch of the class body, or imported into it
         return False
     for method in node.body:
@@ -228,7 +228,7 @@ def _mro(cls: ClassTriple, depth: int = 0) -> Iterator[Any]:
     for base in node.bases:
         if isinstance(base, ast.Name) and base.id == "object":
             continue
-        parent = _source._expression(module_name, scope, base, depth + 1)
+        parent = _source.resolve_expression(module_name, scope, base, depth + 1)
         if parent in (None, UNDECIDED) or not isinstance(parent[2], ast.ClassDef):
             yield UNDECIDED
             continue
@@ -263,7 +263,7 @@ def _names_of(cls: ClassTriple) -> set[str]:
     for klass in _mro(cls):
         if klass is UNDECIDED:
             continue
-        names.update(_source._scope(klass[2].body, ""))
+        names.update(_source.bound_names(klass[2].body, ""))
         for method in klass[2].body:
             if isinstance(method, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 names.update(_self_names(method))

@@ -19,7 +19,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 PROFILES = REPO / "sched_trace" / "profiles"
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
-SGLANG_SITE = REPO / ".venv-sglang" / Path(sysconfig.get_paths()["purelib"]).relative_to(sys.prefix)
+# Whatever Python .venv-sglang was made with: the check only reads SGLang's source.
+SGLANG_SITE = next(iter(sorted((REPO / ".venv-sglang").glob("lib/python3*/site-packages"))),
+                   REPO / ".venv-sglang" / Path(sysconfig.get_paths()["purelib"]).relative_to(sys.prefix))
 
 
 def require(present: bool, what: str, script: str) -> None:
