@@ -22,6 +22,7 @@ from typing import Iterable, Mapping, Optional, Sequence, Union
 
 from ._chrome import ChromeWriter
 from ._chrome_read import read_chrome
+from ._columns import Catalog, SliceTable
 from ._model import (
     EmptyTraceError, Event, NotATraceError, ProcessKey, RecordedError, TraceFile,
     TraceFormatError, event_key, flow_id,
@@ -34,16 +35,17 @@ from ._files import (
 from ._otlp import read_otlp_json
 from ._perfetto import PerfettoEncoder, perfetto_sequence_id
 from ._perfetto_read import read_perfetto
+from ._scan import TraceScan, scan_traces
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 __all__ = [
-    "ChromeWriter", "EmptyTraceError", "Event", "FORMATS", "MergedTrace", "NotATraceError",
+    "Catalog", "ChromeWriter", "EmptyTraceError", "Event", "FORMATS", "MergedTrace", "NotATraceError",
     "PerfettoEncoder", "ProcessKey",
     "RecordedError", "TraceFile", "TraceFormatError", "align_offsets", "detect_format",
     "event_key", "expand_paths", "flow_id", "merge_traces", "parse_trace", "perfetto_sequence_id",
-    "read_events", "read_trace", "read_traces", "sniff_format", "stable_id", "track_rank", "track_uuid", "write_chrome",
-    "write_perfetto", "write_trace",
+    "read_events", "read_trace", "read_traces", "scan_traces", "sniff_format", "SliceTable", "stable_id",
+    "TraceScan", "track_rank", "track_uuid", "write_chrome", "write_perfetto", "write_trace",
 ]
 
 
@@ -114,7 +116,9 @@ def write_perfetto(events: Iterable[Event], path: PathLike,
     with open(path, "wb") as handle:
         if len(encoder.clock_offsets) == 1 and events:
             (offset,) = encoder.clock_offsets.values()
-            handle.write(encoder.clock_snapshot(offset, min(e.start_ns for e in events)))
+            first = min(e.start_ns for e in events)
+            if first >= offset >= 0:  # a clock snapshot holds unsigned times (the descriptors keep the offset)
+                handle.write(encoder.clock_snapshot(offset, first))
         handle.write(encoder.encode(events))
     return len(events)
 
