@@ -49,7 +49,8 @@ class ChromeWriter:
 
     def __init__(self, handle: IO[str], *, rank: Optional[int], world_size: Optional[int],
                  clock_offsets: Mapping[ProcessKey, int], counter_attrs: Iterable[str] = ("queue_depth",),
-                 flows: bool = True, track_keys: Iterable[str] = ()) -> None:
+                 flows: bool = True, track_keys: Iterable[str] = (),
+                 clock_alignment: Optional[Mapping[str, Any]] = None) -> None:
         self.handle = handle
         self.counter_attrs = tuple(counter_attrs)
         self.flows = flows
@@ -70,6 +71,8 @@ class ChromeWriter:
             "displayTimeUnit": "ns",
             "sched_trace": {"version": 1, "clock_offsets": offsets},
         }
+        if clock_alignment:  # per host: the shift the merge applied, and how sure it is
+            header["sched_trace"]["clock_alignment"] = dict(clock_alignment)
         handle.write(json.dumps(header)[:-1] + ',\n"traceEvents":[\n')
 
     def _emit(self, record: Mapping[str, Any], **times_ns: int) -> None:

@@ -59,6 +59,8 @@ class PerfettoEncoder:
         self.flows = flows
         self.track_keys = frozenset(track_keys)
         self.clock_offsets: dict[ProcessKey, int] = {}
+        #: Per host: how its clock was aligned in a merge (recorded in its process descriptors).
+        self.process_notes: dict[str, Any] = {}
         self._described: set[int] = set()
         self._pids: dict[ProcessKey, int] = {}
         self._first = True
@@ -173,6 +175,8 @@ class PerfettoEncoder:
             descriptor.process.process_name = f"{rank.host_id} pid {rank.pid}{suffix}"
             descriptor.child_ordering = self.pb.TrackDescriptor.EXPLICIT
             meta = {"host_id": rank.host_id, "pid": rank.pid, "clock_offset_ns": self.clock_offsets.get(key)}
+            if rank.host_id in self.process_notes:
+                meta["clock_alignment"] = self.process_notes[rank.host_id]
             descriptor.description = json.dumps({"sched_trace_process": meta})
         uuid = track_uuid(rank, self.track_keys)
         if uuid not in self._described:
