@@ -27,18 +27,19 @@ the picture):
 from __future__ import annotations
 
 from ..errors import AnalysisError
-from .files import load_events
+from .files import TraceSet, load_events, open_traces
 from .gpu import GpuBusy, gpu_busy
 from .model import (
     CriticalPath, Lane, LatencyStats, PathSegment, PhaseStats, PipelineReport, RankStep,
     RankSummary, ScheduleSummary, StepSummary, gpipe_bubble_fraction,
 )
 from .pipeline import pipeline_report, stage_role
+from .steps import StepSeries
 from .requests import Percentiles, RequestLatency, RequestReport, RequestTimeline, request_report
 
 __all__ = [
     "AnalysisError", "CriticalPath", "GpuBusy", "Lane", "LatencyStats", "PathSegment", "PhaseStats", "PipelineReport",
     "Percentiles", "RankStep", "RankSummary", "RequestLatency", "RequestReport", "RequestTimeline",
-    "ScheduleSummary", "StepSummary", "gpipe_bubble_fraction", "gpu_busy", "load_events",
+    "ScheduleSummary", "StepSeries", "StepSummary", "TraceSet", "gpipe_bubble_fraction", "gpu_busy", "load_events", "open_traces",
     "pipeline_report", "request_report", "stage_role",
 ]

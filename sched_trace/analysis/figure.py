@@ -24,14 +24,15 @@ def render(report: PipelineReport, events: Sequence[Any], path: Path) -> Path:
     from matplotlib.figure import Figure
 
     lanes = [r.lane for r in report.ranks]
-    steps = shown_steps(report)
+    shown = shown_steps(report)
+    steps = [step for step, _ in shown]
     figure = Figure(figsize=(15, 4.2 + 0.6 * max(len(lanes), 2)), dpi=110, layout="constrained")
     grid = figure.add_gridspec(2, 1, height_ratios=[1.5, 1])
     top = grid[0].subgridspec(1, max(len(steps), 1))
     panels = [figure.add_subplot(top[0, i]) for i in range(max(len(steps), 1))]
     drawn: set[str] = set()
-    for i, (axes, step) in enumerate(zip(panels, steps)):
-        drawn |= _timeline(axes, step, events, lanes, first=i == 0, report=report)
+    for i, (axes, (step, why)) in enumerate(zip(panels, shown)):
+        drawn |= _timeline(axes, step, why, events, lanes, first=i == 0, report=report)
     if not steps:
         panels[0].set_axis_off()
     _legend(figure, drawn)
@@ -42,15 +43,37 @@ def render(report: PipelineReport, events: Sequence[Any], path: Path) -> Path:
     return path
 
 
-def shown_steps(report: PipelineReport) -> list[StepSummary]:
-    """The last analysed step of each schedule (at most four): one timeline panel each."""
-    last: dict[str, StepSummary] = {}
-    for step in report.steps:
-        last[step.label] = step
-    return list(last.values())[-MAX_TIMELINE_PANELS:]
+def shown_steps(report: PipelineReport) -> list[tuple[StepSummary, str]]:
+    """The steps drawn, and why each: per schedule its median-bubble step, and its worst when
+    there is room (at most four panels)."""
+    ratios = _bubble_ratios(report)
+    groups: dict[str, list[int]] = {}
+    for position, label in enumerate(_labels(report)):
+        groups.setdefault(label, []).append(position)
+    picks: list[tuple[int, str]] = []
+    for members in groups.values():
+        ranked = sorted(members, key=lambda i: (ratios[i], i))
+        median = ranked[(len(ranked) - 1) // 2]
+        picks.append((median, "the only step" if len(members) == 1 else f"median bubble of {len(members):,} steps"))
+    for members in groups.values():
+        worst = max(members, key=lambda i: (ratios[i], -i))
+        if len(picks) < MAX_TIMELINE_PANELS and len(members) > 2 and worst not in {p for p, _ in picks}:
+            picks.append((worst, f"worst bubble of {len(members):,} steps"))
+    picks = sorted(picks[:MAX_TIMELINE_PANELS])
+    return [(report.steps[position], why) for position, why in picks]
 
 
-def _timeline(axes: Any, step: StepSummary, events: Sequence[Any], lanes: list, first: bool,
+def _bubble_ratios(report: PipelineReport) -> list[float]:
+    columns = getattr(report.steps, "bubble_ratios", None)
+    return columns().tolist() if columns is not None else [step.bubble_ratio for step in report.steps]
+
+
+def _labels(report: PipelineReport) -> list[str]:
+    columns = getattr(report.steps, "labels", None)
+    return columns() if columns is not None else [step.label for step in report.steps]
+
+
+def _timeline(axes: Any, step: StepSummary, why: str, events: Sequence[Any], lanes: list, first: bool,
               report: PipelineReport) -> set[str]:
     """One step's timeline; returns the stage roles it drew (the legend lists only those)."""
     row = {(lane.host_id, lane.pid, lane.tid): i for i, lane in enumerate(lanes)}
@@ -67,11 +90,11 @@ def _timeline(axes: Any, step: StepSummary, events: Sequence[Any], lanes: list, 
     axes.set_xlim(0, step.duration_ns / 1e6)
     axes.set_xlabel(f"ms into step {step.index}")
     theory = f", theory {step.theory_bubble_ratio:.1%}" if step.theory_bubble_ratio is not None else ""
-    # The tables give the mean over a schedule's steps; say which number this panel shows.
+    # The tables give the mean over a schedule's steps; say which step this panel shows, and why.
     mean = next((s for s in report.schedules if s.schedule == step.label), None)
-    over = f" (mean of {mean.steps} steps {mean.bubble_ratio:.1%})" if mean is not None and mean.steps > 1 else ""
-    axes.set_title(f"{step.label.replace('Schedule', '')}, step {step.index}: bubble {step.bubble_ratio:.1%}"
-                   f"{over}{theory}", fontsize=9)
+    over = f"; mean {mean.bubble_ratio:.1%}" if mean is not None and mean.steps > 1 else ""
+    axes.set_title(f"{step.label.replace('Schedule', '')}, step {step.index} ({why}):\n"
+                   f"bubble {step.bubble_ratio:.1%}{over}{theory}", fontsize=9)
     return drawn
 
 
@@ -113,13 +136,10 @@ def _bubbles(axes: Any, report: PipelineReport) -> None:
     """Bubble ratio per rank, one bar group per schedule, theory as a dashed line."""
     labels = [s.schedule for s in report.schedules]
     lanes = [r.lane for r in report.ranks]
+    ratios = lane_bubbles(report)
     width = 0.8 / max(len(lanes), 1)
     for i, lane in enumerate(lanes):
-        values = []
-        for schedule in report.schedules:
-            ranks = [r for s in report.steps if s.label == schedule.schedule for r in s.ranks if r.lane == lane]
-            total = sum(r.step_ns for r in ranks)
-            values.append(sum(r.idle_ns for r in ranks) / total if total else 0.0)
+        values = [ratios.get((schedule.schedule, lane), 0.0) for schedule in report.schedules]
         axes.bar([x + (i - (len(lanes) - 1) / 2) * width for x in range(len(labels))], values, width,
                  label=lane.label)
     for x, schedule in enumerate(report.schedules):
@@ -131,6 +151,33 @@ def _bubbles(axes: Any, report: PipelineReport) -> None:
     axes.set_ylim(0, 1)
     axes.set_title("Bubble ratio per rank (idle / step time)")
     axes.legend(fontsize=7, ncols=2)
+
+
+def lane_bubbles(report: PipelineReport) -> dict[tuple[str, Any], float]:
+    """Idle over step time per (schedule label, lane), over the report's steps."""
+    series = report.steps
+    if hasattr(series, "present"):  # a StepSeries: from its columns, building no step
+        import numpy as np
+
+        labels = np.asarray(series.labels(), dtype=object)
+        result = {}
+        for label in dict.fromkeys(labels.tolist()):
+            mine = labels == label
+            durations = series.durations[mine]
+            for position, lane in enumerate(series.lanes):
+                present = series.present[mine, position]
+                total = int(durations[present].sum())
+                busy = int(series.busy[mine, position][present].sum())
+                if present.any():
+                    result[(label, lane)] = (total - busy) / total if total else 0.0
+        return result
+    totals: dict[tuple[str, Any], list[int]] = defaultdict(lambda: [0, 0])
+    for step in series:
+        for rank in step.ranks:
+            total = totals[(step.label, rank.lane)]
+            total[0] += rank.step_ns
+            total[1] += rank.idle_ns
+    return {key: idle / step if step else 0.0 for key, (step, idle) in totals.items()}
 
 
 def _latencies(axes: Any, report: PipelineReport) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 
 def gpipe_bubble_fraction(stages: int, microbatches: int) -> float:
@@ -208,7 +208,9 @@ class PipelineReport:
     """What :func:`sched_trace.analysis.pipeline_report` returns."""
 
     ranks: tuple[RankSummary, ...]
-    steps: tuple[StepSummary, ...]
+    #: Every analysed step, in trace order: a tuple, or a :class:`~sched_trace.analysis.StepSeries`
+    #: (the same sequence, built on demand) for a long trace read from files.
+    steps: Sequence[StepSummary]
     latencies: tuple[LatencyStats, ...]
     step_name: Optional[str]
     skip_steps: int = 0
@@ -241,12 +243,30 @@ class PipelineReport:
         raise KeyError(f"no latency row for stage={stage!r} by={by!r} key={key!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["bubble_ratio"] = self.bubble_ratio
-        for step, source in zip(data["steps"], self.steps):
+        """Plain data for ``report.json``.
+
+        ``steps`` holds every analysed step in full, or, when the report keeps only
+        representative steps in detail (a long trace read from files), those;
+        ``step_table`` always has every analysed step's window, bubble ratio and
+        per-rank busy and communication time as columns.
+        """
+        data: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name != "steps":
+                data[f.name] = _plain(getattr(self, f.name))
+        detailed = getattr(self.steps, "detailed", None)
+        shown = [self.steps[i] for i in range(len(self.steps))] if detailed is None else \
+            [step for _, step in sorted(detailed.items())]
+        data["steps"] = []
+        for source in shown:
+            step = dataclasses.asdict(source)
             step["bubble_ratio"] = source.bubble_ratio
             for rank in step["ranks"]:
                 rank.pop("busy"), rank.pop("comm")
+            data["steps"].append(step)
+        data["steps_in_detail"] = "all" if detailed is None else "representative"
+        data["step_table"] = _step_table(self.steps)
+        data["bubble_ratio"] = self.bubble_ratio
         return data
 
     def __repr__(self) -> str:
@@ -265,3 +285,36 @@ class PipelineReport:
                          f"bubble {s.bubble_ratio:.1%}{theory}")
         lines.extend(f"note: {note}" for note in self.notes)
         return "\n".join(lines)
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _step_table(steps: Any) -> dict[str, Any]:
+    """Every analysed step as columns; ranks by label, -1 where a rank took no part."""
+    table = getattr(steps, "table", None)
+    if table is not None:
+        return table()
+    lanes: list[Lane] = []
+    for step in steps:
+        for rank in step.ranks:
+            if rank.lane not in lanes:
+                lanes.append(rank.lane)
+    column = {lane: i for i, lane in enumerate(lanes)}
+    busy = [[-1] * len(lanes) for _ in steps]
+    comm = [[-1] * len(lanes) for _ in steps]
+    for row, step in enumerate(steps):
+        for rank in step.ranks:
+            busy[row][column[rank.lane]] = rank.busy_ns
+            comm[row][column[rank.lane]] = rank.comm_ns
+    return {"lanes": [lane.label for lane in lanes], "index": [s.index for s in steps],
+            "schedule": [s.label for s in steps], "start_ns": [s.start_ns for s in steps],
+            "end_ns": [s.end_ns for s in steps], "bubble_ratio": [round(s.bubble_ratio, 6) for s in steps],
+            "busy_ns": busy, "comm_ns": comm}
