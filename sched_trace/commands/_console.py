@@ -14,6 +14,25 @@ from ..errors import SchedTraceWarning
 PIPED_WIDTH = 200
 
 
+#: Inputs smaller than this read in a moment: no progress bar for them.
+LARGE_INPUT_BYTES = 4 << 20
+
+
+@contextlib.contextmanager
+def progress_bar(console: Any, what: str, total_bytes: int) -> Iterator[Any]:
+    """A rich progress bar over bytes (``update(done, total)``), shown only on a terminal and
+    only for inputs that take more than a moment; elsewhere the update does nothing."""
+    if not getattr(console, "is_terminal", False) or total_bytes < LARGE_INPUT_BYTES:
+        yield lambda done, total: None
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = (TextColumn(what), BarColumn(), DownloadColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(what, total=total_bytes)
+        yield lambda done, total: progress.update(task, completed=done, total=total)
+
+
 def installed(module: str) -> bool:
     try:
         return importlib.util.find_spec(module) is not None

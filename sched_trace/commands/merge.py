@@ -1,19 +1,22 @@
 """``sched-trace merge FILES -o OUT``: per-rank trace files into one timeline.
 
 Reads Perfetto protobuf, Chrome JSON and OTLP-JSON files (directories are
-searched), aligns each process onto its host's clock with the offset it
-recorded, keeps every slice exactly once, and writes Perfetto (or Chrome JSON
-when OUT ends in ``.json`` or ``--format chrome``).
+searched), puts each process on its host's clock with the offset it recorded,
+aligns hosts from the pipeline's cross-host micro-batch order (``--no-align``
+keeps every recorded clock), keeps every slice exactly once, and writes Perfetto
+(or Chrome JSON when OUT ends in ``.json`` or ``--format chrome``). Reads and
+writes a chunk at a time (:func:`sched_trace.analysis.merge.merge_files`).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Optional, Sequence
 
 from .. import traceio
-from ._console import notes
+from ._console import make_console, notes, progress_bar
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,23 +36,31 @@ def combine(files: Sequence[str], output: str, out_format: Optional[str], align:
 
     Nothing is written unless there is at least one event to write.
     """
+    from ..analysis.merge import merge_files
+
+    console = _console()
     try:
-        with notes(command):
-            traces = traceio.read_traces(files)
-        for trace in traces:
-            if only is not None and trace.format != only:
-                raise traceio.TraceFormatError(f"{trace.path}: is {trace.format}, expected {only}")
-        merged = traceio.merge_traces(traces, align=align)
-        if not merged.events:
-            raise traceio.TraceFormatError(f"no events in {', '.join(files)}; nothing written")
-        written = traceio.write_trace(merged.events, output, out_format, merged.clock_offsets)
+        size = sum(os.path.getsize(p) for p in traceio.expand_paths(files))
+        with notes(command), progress_bar(console, "merging", 2 * size) as update:
+            result = merge_files(files, output, out_format, align=align, only=only, progress=update)
     except (OSError, ValueError, ImportError) as exc:
         print(f"sched-trace {command}: {exc}", file=sys.stderr)
         return 2
-    processes = len({(e.rank.host_id, e.rank.pid) for e in merged.events})
-    print(f"{written} slices from {len(traces)} files ({processes} processes, "
-          f"{merged.duplicates} duplicates dropped) -> {output}")
+    print(result.describe())
+    if result.alignment is not None and len(result.alignment.hosts) > 1:
+        print(result.alignment.describe())
     return 0
+
+
+def _console() -> object:
+    try:
+        return make_console()
+    except ImportError:  # rich is the report extra's; merging needs no progress bar
+        return _Plain()
+
+
+class _Plain:
+    is_terminal = False
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,15 +16,15 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from ..analysis import PipelineReport, gpu_busy, load_events, pipeline_report
+from ..analysis import PipelineReport, gpu_busy, pipeline_report
+from ..analysis.files import TraceSet, open_traces
 from ..errors import AnalysisError
-from ._console import counted, escape, make_console, notes, require
+from ._console import counted, escape, make_console, notes, progress_bar, require
 
 DEFAULT_OUT = "sched-trace-out"
 # The first step of each schedule runs torch's shape inference and P2P set-up; the demo
 # and this command leave it out alike, so both print the same numbers for one trace.
 DEFAULT_SKIP_STEPS = 1
-LARGE_INPUT_BYTES = 4 << 20  # show a progress bar from here on
 REPORT_NEEDS = (("rich", "'sched-trace[report]'"), ("matplotlib", "'sched-trace[report]'"))
 
 
@@ -43,22 +43,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--step", default=None, metavar="NAME",
                         help="the batch event that is one step (default: the most common top-level one)")
     parser.add_argument("--no-png", dest="png", action="store_false", help="tables only")
+    parser.add_argument("--no-align", dest="align", action="store_false",
+                        help="keep each host's recorded clock (default: align hosts from the pipeline's "
+                             "cross-host micro-batch order)")
 
 
-def read_with_progress(files: Sequence[str], console: Any) -> list[Any]:
-    """Events from the files; a progress bar when the input is large."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
+def read_with_progress(files: Sequence[str], console: Any) -> TraceSet:
+    """The files opened for the analysis (columns in a temporary directory); a progress bar on a
+    terminal when the input is large. The caller closes what it gets."""
     from .. import traceio
 
     paths = traceio.expand_paths(files)
     size = sum(os.path.getsize(p) for p in paths)
-    large = size >= LARGE_INPUT_BYTES or len(paths) > 16
-    columns = (TextColumn("reading traces"), BarColumn(), TextColumn("{task.completed}/{task.total} files"),
-               TimeElapsedColumn())
-    with notes("report"), Progress(*columns, console=console, transient=True, disable=not large) as progress:
-        task = progress.add_task("read", total=len(paths))
-        return load_events(files, progress=lambda done, total: progress.update(task, completed=done))
+    with notes("report"), progress_bar(console, "reading traces", size) as update:
+        return open_traces(files, progress=update)
 
 
 def _ms(ns: float) -> str:
@@ -135,10 +133,9 @@ def print_left_out(report: PipelineReport, console: Any) -> None:
 
 
 def _last_step_per_schedule(report: PipelineReport) -> list[Any]:
-    last: dict[str, Any] = {}
-    for step in report.steps:
-        last[step.label] = step
-    return list(last.values())
+    labels = report.steps.labels() if hasattr(report.steps, "labels") else [step.label for step in report.steps]
+    last = {label: position for position, label in enumerate(labels)}
+    return [report.steps[position] for position in last.values()]
 
 
 def _print_phases(report: PipelineReport, console: Any) -> None:
@@ -172,11 +169,15 @@ def _print_latencies(report: PipelineReport, console: Any) -> None:
     console.print(table)
 
 
-def write_outputs(report: PipelineReport, events: Sequence[Any], out_dir: Path, png: bool = True) -> list[Path]:
+def write_outputs(report: PipelineReport, events: Sequence[Any], out_dir: Path, png: bool = True,
+                  alignment: Any = None) -> list[Path]:
     """``report.json`` and (unless ``png`` is false) ``report.png`` under ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / "report.json"]
-    written[0].write_text(json.dumps(report.to_dict(), indent=1, default=str), encoding="utf-8")
+    data = report.to_dict()
+    if alignment is not None:
+        data["clock_alignment"] = alignment.to_dict()
+    written[0].write_text(json.dumps(data, indent=1, default=str), encoding="utf-8")
     if png:
         from ..analysis.figure import render
 
@@ -184,11 +185,11 @@ def write_outputs(report: PipelineReport, events: Sequence[Any], out_dir: Path, 
     return written
 
 
-def build_report(events: Sequence[Any], *, skip_steps: Optional[int] = None,
+def build_report(events: "Sequence[Any] | TraceSet", *, skip_steps: Optional[int] = None,
                  step_name: Optional[str] = None) -> PipelineReport:
     """The analysis with the command's defaults: skip the first step of each schedule
     unless told otherwise, or unless that would leave no step at all."""
-    if not events:
+    if not (events.store.count if isinstance(events, TraceSet) else events):
         raise NothingToReport("no events in these files")
     chosen = DEFAULT_SKIP_STEPS if skip_steps is None else skip_steps
     try:
@@ -203,15 +204,25 @@ def build_report(events: Sequence[Any], *, skip_steps: Optional[int] = None,
 
 
 def analyse(files: Sequence[str], out_dir: Path, console: Any, *, skip_steps: Optional[int] = None,
-            step_name: Optional[str] = None, png: bool = True) -> tuple[PipelineReport, list[Path]]:
+            step_name: Optional[str] = None, png: bool = True, align: bool = True
+            ) -> tuple[PipelineReport, list[Path]]:
     """Read, analyse, print and write: what ``sched-trace report`` and the demo do.
 
     Raises before anything is written when there is nothing to report.
     """
-    events = read_with_progress(files, console)
-    report = build_report(events, skip_steps=skip_steps, step_name=step_name)
-    print_report(report, console)
-    return report, write_outputs(report, events, out_dir, png)
+    with read_with_progress(files, console) as traces:
+        alignment = traces.align_hosts() if align else None
+        report = build_report(traces, skip_steps=skip_steps, step_name=step_name)
+        print_report(report, console)
+        if len({host for host, _ in traces.processes}) > 1:
+            console.print(escape(alignment.describe() if alignment is not None else
+                                 "clocks: each host's recorded clock kept (--no-align)"))
+        events: list = []
+        if png:
+            from ..analysis.figure import shown_steps
+
+            events = traces.events_between([(s.start_ns, s.end_ns) for s, _ in shown_steps(report)])
+        return report, write_outputs(report, events, out_dir, png, alignment)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -220,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
     console = make_console()
     try:
         report, written = analyse(args.files, Path(args.out), console, skip_steps=args.skip_steps,
-                                  step_name=args.step, png=args.png)
+                                  step_name=args.step, png=args.png, align=args.align)
     except NothingToReport as exc:
         print(f"sched-trace report: {exc}; nothing written", file=sys.stderr)
         return 1
