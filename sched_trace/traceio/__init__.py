@@ -22,7 +22,6 @@ from typing import Iterable, Mapping, Optional, Sequence, Union
 
 from ._chrome import ChromeWriter
 from ._chrome_read import read_chrome
-from ._columns import Catalog, SliceTable
 from ._model import (
     EmptyTraceError, Event, NotATraceError, ProcessKey, RecordedError, TraceFile,
     TraceFormatError, event_key, flow_id,
@@ -35,9 +34,18 @@ from ._files import (
 from ._otlp import read_otlp_json
 from ._perfetto import PerfettoEncoder, perfetto_sequence_id
 from ._perfetto_read import read_perfetto
-from ._scan import TraceScan, scan_traces
 
 PathLike = Union[str, "os.PathLike[str]"]
+#: Reading as columns needs numpy: imported on first use (the exporters' writers need none of it).
+_COLUMNAR = {"Catalog": "._columns", "SliceTable": "._columns", "TraceScan": "._scan", "scan_traces": "._scan"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _COLUMNAR:
+        import importlib
+
+        return getattr(importlib.import_module(_COLUMNAR[name], __name__), name)
+    raise AttributeError(f"module 'sched_trace.traceio' has no attribute {name!r}")
 
 __all__ = [
     "Catalog", "ChromeWriter", "EmptyTraceError", "Event", "FORMATS", "MergedTrace", "NotATraceError",
