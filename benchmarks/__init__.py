@@ -9,4 +9,5 @@ keys ``figure``, ``value``, ``baseline``, ``ratio`` and ``unit`` (and optionally
 from __future__ import annotations
 
 #: Bench modules in run order; a missing one is skipped, a failing one reported.
-MODULES = ("call", "dispatch", "threads", "memory", "ranks", "instructions", "otel", "serving", "bubbles", "faults", "engines")
+MODULES = ("call", "dispatch", "threads", "memory", "ranks", "instructions", "otel", "serving", "bubbles", "faults",
+           "engines", "fleet")

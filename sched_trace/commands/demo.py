@@ -84,15 +84,15 @@ def run_pipeline(args: argparse.Namespace, config: Path, console: Any) -> int:
 
 def merge_perfetto(out: Path, console: Any) -> Optional[Path]:
     from .. import traceio
+    from ..analysis.merge import merge_files
 
     files = traceio.expand_paths([out / "perfetto"]) if (out / "perfetto").is_dir() else []
     if not files:
         return None
-    # Unaligned: the slices keep the times of the per-rank files, so reading the
-    # whole output directory later counts each slice once (merge drops exact copies).
-    merged = traceio.merge_traces(traceio.read_traces(files), align=False)
+    # Unaligned: the slices keep the times of the per-rank files, so reading the whole
+    # output directory later counts each slice once (merge drops exact copies).
     target = out / "pipeline.perfetto-trace"
-    traceio.write_perfetto(merged.events, target, merged.clock_offsets)
+    merge_files(files, target, align=False)
     return target
 
 

@@ -31,7 +31,7 @@ from ._files import (
     FORMATS, PERFETTO_SUFFIXES, TRACE_SUFFIXES, detect_format, expand_paths, parse_trace, read_trace,
     read_traces, sniff_format,
 )
-from ._otlp import read_otlp_json
+from ._otlp import otlp_documents, read_otlp_json
 from ._perfetto import PerfettoEncoder, perfetto_sequence_id
 from ._perfetto_read import read_perfetto
 
@@ -51,7 +51,7 @@ __all__ = [
     "Catalog", "ChromeWriter", "EmptyTraceError", "Event", "FORMATS", "MergedTrace", "NotATraceError",
     "PerfettoEncoder", "ProcessKey",
     "RecordedError", "TraceFile", "TraceFormatError", "align_offsets", "detect_format",
-    "event_key", "expand_paths", "flow_id", "merge_traces", "parse_trace", "perfetto_sequence_id",
+    "event_key", "expand_paths", "flow_id", "merge_traces", "otlp_documents", "read_otlp_json", "parse_trace", "perfetto_sequence_id",
     "read_events", "read_trace", "read_traces", "scan_traces", "sniff_format", "SliceTable", "stable_id",
     "TraceScan", "track_rank", "track_uuid", "write_chrome", "write_perfetto", "write_trace",
 ]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 import warnings
 from typing import Any, Iterator, Mapping, Optional
 
@@ -94,8 +95,23 @@ def span_id_int(raw: Any) -> int:
         return 0
 
 
+def otlp_documents(path: "str | os.PathLike[str]", text: Optional[str] = None
+                   ) -> Iterator[tuple[Optional[str], Any]]:
+    """``(where, document)`` of an OTLP-JSON file: one pretty-printed document, an array of
+    them, or one per line (the Collector's file exporter). A last line cut short is dropped
+    with a :class:`~sched_trace.SchedTraceWarning`; a damaged one is a :class:`TraceFormatError`.
+
+    The one parser of the format: :func:`read_otlp_json` reads events through it, and
+    sched-trace-otel's tests read the spans it wrote through it.
+    """
+    path = os.fspath(path)
+    if text is None:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    yield from _documents(path, text)
+
+
 def _documents(path: str, text: str) -> Iterator[tuple[Optional[str], Any]]:
-    """``(where, document)``: one pretty-printed document, an array of them, or one per line."""
     stripped = text.strip()
     if not stripped:
         return
@@ -169,7 +185,13 @@ class _Span:
         self.parent = span_id_int(span.get("parentSpanId"))
 
 
-def read_otlp_json(path: str, text: str) -> TraceFile:
+def read_otlp_json(path: "str | os.PathLike[str]", text: Optional[str] = None) -> TraceFile:
+    """An OTLP-JSON file's stage and batch spans as events (see the module docstring);
+    ``text`` when its content is in memory already."""
+    path = os.fspath(path)
+    if text is None:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
     result = TraceFile(path=path, format="otlp-json")
     spans: dict[int, _Span] = {}
     for where, resource, span in _spans(path, text):

@@ -22,7 +22,8 @@ import numpy as np
 from ._model import ProcessKey
 from ._pbscan import LENGTH, VARINT, WireBuffer, field_table, packet_spans, scan_fields
 from ._perfetto import INT32_LIMIT, protos
-from ._perfetto_scan import CHUNK_BYTES, Unsupported, _parsed
+from ._pbscan import Unsupported, _parsed
+from ._perfetto_scan import CHUNK_BYTES
 
 _PACKET = field_table({8: (0, VARINT), 11: (1, LENGTH), 6: (2, LENGTH), 60: (3, LENGTH)})
 _TRACK = field_table({11: (0, VARINT)})  # TrackEvent.track_uuid

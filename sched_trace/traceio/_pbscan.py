@@ -22,7 +22,7 @@ reader, which names the problem.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import BinaryIO, Optional, Sequence
+from typing import Any, BinaryIO, Optional, Sequence
 
 import numpy as np
 
@@ -271,3 +271,96 @@ def packet_spans(buf: WireBuffer, final: bool) -> PacketSpans:
     picked = np.concatenate(chosen) if chosen else empty
     complete = int(following[picked[-1]]) if picked.size else 0
     return PacketSpans(body[picked], following[picked], complete, broken_at)
+
+
+# --- byte strings compared and grouped without decoding them -----------------------------------
+
+KEY_WORDS = 4
+KEY_BYTES = 8 * KEY_WORDS
+_TAIL_MASKS = np.array([(1 << (8 * k)) - 1 for k in range(8)] + [(1 << 64) - 1], dtype=np.uint64)
+
+
+def string_keys(names: "list[bytes]") -> dict[tuple, int]:
+    """The keys :func:`short_keys` gives these byte strings, mapped to their position."""
+    keys = {}
+    for index, name in enumerate(names):
+        padded = name.ljust(KEY_BYTES, b"\0")
+        keys[(len(name),) + tuple(int.from_bytes(padded[8 * k:8 * k + 8], "little") for k in range(KEY_WORDS))] = index
+    return keys
+
+
+def short_keys(buf: WireBuffer, start: np.ndarray, end: np.ndarray, words: int = KEY_WORDS) -> list[np.ndarray]:
+    """[length, word 0, ...] of byte strings up to ``8 * words`` bytes long, zero-padded (longer: cut)."""
+    length = end - start
+    keys = [length]
+    for k in range(words):
+        keys.append(buf.u64[start + 8 * k] & _TAIL_MASKS[np.clip(length - 8 * k, 0, 8)])
+    return keys
+
+
+def match_keys(keys: dict[tuple, int], found_keys: list[np.ndarray]) -> np.ndarray:
+    """Index of each string among ``keys`` (-1: none of them); ``keys`` hold at most ``len(found_keys) - 1`` words."""
+    found = np.full(found_keys[0].size, -1, np.int64)
+    for key, index in keys.items():
+        if any(key[len(found_keys):]):
+            continue  # longer than the words compared: no string here can be it
+        hit = found_keys[0] == key[0]
+        for column, word in zip(found_keys[1:], key[1:]):
+            hit &= column == np.uint64(word)
+        found[hit] = index
+    return found
+
+
+_MIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F))
+_FEW = 32
+
+
+def group_rows(keys: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """``(representative rows, inverse)``: rows with equal keys (columns of equal length) grouped.
+
+    The usual chunk has a handful of distinct slice names or ranks: they are peeled
+    off one by one; many distinct keys are sorted instead.
+    """
+    count = keys[0].size
+    digest = np.zeros(count, np.uint64)
+    for column in keys:
+        digest = (digest ^ column.astype(np.uint64, copy=False)) * _MIX[0]
+        digest ^= digest >> np.uint64(29)
+    inverse = np.empty(count, np.int64)
+    representatives: list[int] = []
+    remaining = np.arange(count)
+    while remaining.size and len(representatives) < _FEW:
+        first = int(remaining[0])
+        same = digest[remaining] == digest[first]
+        inverse[remaining[same]] = len(representatives)
+        representatives.append(first)
+        remaining = remaining[~same]
+    rows = np.asarray(representatives, np.int64)
+    if remaining.size:
+        _, first_of, grouped = np.unique(digest[remaining], return_index=True, return_inverse=True)
+        inverse[remaining] = grouped.reshape(-1) + rows.size
+        rows = np.concatenate([rows, remaining[first_of]])
+    for column in keys:  # equal digests of different keys would merge two names: never let them
+        if (column[rows[inverse]] != column).any():
+            exact, grouped = np.unique(np.rec.fromarrays(keys), return_inverse=True)
+            grouped = grouped.reshape(-1)
+            first_rows = np.full(exact.size, count, np.int64)
+            np.minimum.at(first_rows, grouped, np.arange(count))
+            return first_rows, grouped
+    return rows, inverse
+
+
+class Unsupported(Exception):
+    """What this reader does not decode; the message says what (and ``where``, a packet)."""
+
+    def __init__(self, detail: str, where: Optional[str] = None) -> None:
+        super().__init__(detail)
+        self.detail, self.where = detail, where
+
+
+def _parsed(message: Any, data: bytes, where: Optional[str] = None) -> Any:
+    """A protobuf message from bytes; what protobuf refuses is :class:`Unsupported`."""
+    try:
+        return message.FromString(data)
+    except Exception as exc:  # protobuf raises DecodeError (or RuntimeError): the same meaning
+        raise Unsupported(f"not a Perfetto protobuf trace, or corrupt ({exc})", where) from None

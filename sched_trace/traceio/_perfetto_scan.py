@@ -19,17 +19,21 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator
 
 import numpy as np
 
 from ..errors import SchedTraceWarning
-from ._checks import _json_text, hashable, to_int
-from ._columns import INT_MICROBATCH, NO_MICROBATCH, OBJECT_MICROBATCH, Catalog, SliceTable
+from ._checks import hashable
+from ._columns import Catalog, SliceTable
 from ._model import ProcessKey, RANK_KEYS_ARG, TraceFile, TraceFormatError
-from ._pbscan import FIXED64, LENGTH, VARINT, WireBuffer, as_int64, field_table, packet_spans, scan_fields
+from ._pbscan import (
+    KEY_BYTES, LENGTH, VARINT, Unsupported, WireBuffer, _parsed, as_int64, field_table, group_rows, match_keys,
+    packet_spans, scan_fields, short_keys, string_keys,
+)
 from ._perfetto import MONOTONIC, REALTIME, SLICE_BEGIN, SLICE_END, protos
-from ._perfetto_read import _read_descriptor, _track_rank, get_annotation, read_perfetto
+from ._perfetto_args import Args
+from ._perfetto_read import _read_descriptor, _track_rank, read_perfetto
 
 CHUNK_BYTES = 4 << 20
 #: Files up to this size are read whole first, so anything unusual can go to the protobuf reader.
@@ -43,113 +47,6 @@ _PACKET = field_table({8: (0, VARINT), 11: (1, LENGTH), 6: (2, LENGTH), 60: (3, 
 _EVENT = field_table({9: (0, VARINT), 11: (1, VARINT), 23: (2, LENGTH), 10: (3, VARINT), 3: (4, VARINT)},
                      repeated=(4, 22))
 _EVENT[(3 << 3) | LENGTH] = 4  # category_iids, packed
-# DebugAnnotation: name 10 and int_value 4 are read here; any other value (bool 2, uint 3, double 5,
-# string 6, pointer 7, nested 8, legacy_json 9, string_iid 17, proto_value 14, dict_entries 11,
-# array_values 12) sends the annotation to protobuf (slot 2 notes that one is there); name_iid 1
-# (slot 3) is not read at all.
-_OTHER = 2
-_ANNOTATION = field_table({10: (0, LENGTH), 4: (1, VARINT), 2: (_OTHER, VARINT), 3: (_OTHER, VARINT),
-                           5: (_OTHER, FIXED64), 6: (_OTHER, LENGTH), 7: (_OTHER, VARINT), 8: (_OTHER, LENGTH),
-                           9: (_OTHER, LENGTH), 17: (_OTHER, VARINT), 14: (_OTHER, LENGTH), 11: (_OTHER, LENGTH),
-                           12: (_OTHER, LENGTH), 16: (_OTHER, LENGTH), 13: (_OTHER, VARINT), 1: (3, VARINT)})
-_NAME, _INT = 0, 1
-ARGS = ("microbatch", "batch_id", "batch_size", "level", "span_id", "parent_id", "error", "attrs", RANK_KEYS_ARG)
-
-
-class Unsupported(Exception):
-    """What this reader does not decode; the message says what (and ``where``, a packet)."""
-
-    def __init__(self, detail: str, where: Optional[str] = None) -> None:
-        super().__init__(detail)
-        self.detail, self.where = detail, where
-
-
-_WORDS = 4
-_KEY_BYTES = 8 * _WORDS
-_TAIL_MASKS = np.array([(1 << (8 * k)) - 1 for k in range(8)] + [(1 << 64) - 1], dtype=np.uint64)
-
-
-def _name_words(names: "list[bytes]") -> dict[tuple, int]:
-    keys = {}
-    for index, name in enumerate(names):
-        padded = name.ljust(_KEY_BYTES, b"\0")
-        keys[(len(name),) + tuple(int.from_bytes(padded[8 * k:8 * k + 8], "little") for k in range(_WORDS))] = index
-    return keys
-
-
-_ARG_KEYS = _name_words([name.encode() for name in ARGS])
-_BATCH = _name_words([b"batch"])
-
-
-def _short_keys(buf: WireBuffer, start: np.ndarray, end: np.ndarray, words: int = _WORDS) -> list[np.ndarray]:
-    """[length, word 0, ...] of byte strings up to ``8 * words`` bytes long, zero-padded (longer: cut)."""
-    length = end - start
-    keys = [length]
-    for k in range(words):
-        keys.append(buf.u64[start + 8 * k] & _TAIL_MASKS[np.clip(length - 8 * k, 0, 8)])
-    return keys
-
-
-def _match_keys(keys: dict[tuple, int], found_keys: list[np.ndarray]) -> np.ndarray:
-    """Index of each string among ``keys`` (-1: none of them); ``keys`` hold at most ``len(found_keys) - 1`` words."""
-    found = np.full(found_keys[0].size, -1, np.int64)
-    for key, index in keys.items():
-        if any(key[len(found_keys):]):
-            continue  # longer than the words compared: no string here can be it
-        hit = found_keys[0] == key[0]
-        for column, word in zip(found_keys[1:], key[1:]):
-            hit &= column == np.uint64(word)
-        found[hit] = index
-    return found
-
-
-_MIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F))
-_FEW = 32
-
-
-def group_rows(keys: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """``(representative rows, inverse)``: rows with equal keys (columns of equal length) grouped.
-
-    The usual chunk has a handful of distinct slice names or ranks: they are peeled
-    off one by one; many distinct keys are sorted instead.
-    """
-    count = keys[0].size
-    digest = np.zeros(count, np.uint64)
-    for column in keys:
-        digest = (digest ^ column.astype(np.uint64, copy=False)) * _MIX[0]
-        digest ^= digest >> np.uint64(29)
-    inverse = np.empty(count, np.int64)
-    representatives: list[int] = []
-    remaining = np.arange(count)
-    while remaining.size and len(representatives) < _FEW:
-        first = int(remaining[0])
-        same = digest[remaining] == digest[first]
-        inverse[remaining[same]] = len(representatives)
-        representatives.append(first)
-        remaining = remaining[~same]
-    rows = np.asarray(representatives, np.int64)
-    if remaining.size:
-        _, first_of, grouped = np.unique(digest[remaining], return_index=True, return_inverse=True)
-        inverse[remaining] = grouped.reshape(-1) + rows.size
-        rows = np.concatenate([rows, remaining[first_of]])
-    for column in keys:  # equal digests of different keys would merge two names: never let them
-        if (column[rows[inverse]] != column).any():
-            exact, grouped = np.unique(np.rec.fromarrays(keys), return_inverse=True)
-            grouped = grouped.reshape(-1)
-            first_rows = np.full(exact.size, count, np.int64)
-            np.minimum.at(first_rows, grouped, np.arange(count))
-            return first_rows, grouped
-    return rows, inverse
-
-
-def _parsed(message: Any, data: bytes, where: Optional[str] = None) -> Any:
-    """A protobuf message from bytes; what protobuf refuses is :class:`Unsupported`."""
-    try:
-        return message.FromString(data)
-    except Exception as exc:  # protobuf raises DecodeError (or RuntimeError): the same meaning
-        raise Unsupported(f"not a Perfetto protobuf trace, or corrupt ({exc})", where) from None
-
-
 class PerfettoScan:
     """Iterate a Perfetto file's slices as tables; ``clock_offsets`` is complete once iterated."""
 
@@ -188,6 +85,9 @@ class PerfettoScan:
         self.clock_offsets = dict(trace.clock_offsets)
         self.processes = set(trace.processes())
         yield SliceTable.from_events(trace.events, self.catalog)
+
+
+_BATCH = string_keys([b"batch"])
 
 
 class _Decoder:
@@ -329,7 +229,7 @@ class _Decoder:
             has_batch_size=np.zeros(count, bool), level=np.zeros(count, np.int64),
             span_id=np.zeros(count, np.uint64), parent_id=np.zeros(count, np.uint64),
             attrs=np.full(count, -1, np.int32), error=np.full(count, -1, np.int32), objects=[])
-        rank_keys = _Args(self, buf, events.repeated[4], events.messages, begin).fill(table)
+        rank_keys = Args(self, buf, events.repeated[4], events.messages, begin).fill(table)
         table.rank = self._ranks(events.value[1][end], rank_keys)
         return table
 
@@ -337,8 +237,8 @@ class _Decoder:
         """Catalog name ids of byte strings (slice names): each distinct one decoded once."""
         if not start.size:
             return np.zeros(0, np.int32)
-        keys = _short_keys(buf, start, end)
-        long = np.flatnonzero(keys[0] > _KEY_BYTES)
+        keys = short_keys(buf, start, end)
+        long = np.flatnonzero(keys[0] > KEY_BYTES)
         if long.size:  # longer names: each row its own key, decoded on its own
             keys[0] = keys[0].copy()
             keys[0][long] = -1 - long
@@ -358,7 +258,7 @@ class _Decoder:
         owner, start, end = events.repeated[22]
         flagged = np.zeros(events.messages, bool)
         if owner.size:
-            batch = _match_keys(_BATCH, _short_keys(buf, start, np.minimum(end, start + 8), words=1)) == 0
+            batch = match_keys(_BATCH, short_keys(buf, start, np.minimum(end, start + 8), words=1)) == 0
             flagged[owner[batch & (end - start == 5)]] = True
         return flagged[begin]
 
@@ -404,139 +304,6 @@ class _Decoder:
             found = self.rank_key_index[encoded] = len(self.rank_keys)
             self.rank_keys.append(keys)
         return found
-
-
-class _Args:
-    """Debug annotations of the BEGIN packets into the table's columns."""
-
-    def __init__(self, decoder: _Decoder, buf: WireBuffer, annotations: tuple, events: int,
-                 begin: np.ndarray) -> None:
-        self.decoder, self.buf = decoder, buf
-        owner, start, end = annotations
-        slice_of = np.full(events, -1, np.int64)
-        slice_of[begin] = np.arange(begin.size)
-        row = slice_of[owner]
-        wanted = row >= 0
-        self.row, self.start, self.end = row[wanted], start[wanted], end[wanted]
-        self.count = begin.size
-
-    def fill(self, table: SliceTable) -> np.ndarray:
-        """Write the columns; returns each slice's rank_keys index (-1: none)."""
-        rank_keys = np.full(self.count, -1, np.int64)
-        if not self.row.size:
-            return rank_keys
-        buf = self.buf
-        fields = scan_fields(buf, self.start, self.end, _ANNOTATION, 4)
-        if fields.bad.any():
-            raise Unsupported("a debug annotation is not valid protobuf")
-        if fields.has(3).any():
-            raise Unsupported("interned debug annotation names (name_iid) are not read")
-        named = fields.has(_NAME)
-        name_end = np.where(named, np.minimum(fields.end[_NAME], fields.start[_NAME] + 16), fields.start[_NAME])
-        keys = _short_keys(buf, fields.start[_NAME], name_end, words=2)
-        keys[0] = np.where(named, fields.end[_NAME] - fields.start[_NAME], -1)
-        arg = _match_keys(_ARG_KEYS, keys)
-        plain_int = fields.has(_INT) & ~fields.has(_OTHER)
-        for index, name in enumerate(ARGS):
-            hits = np.flatnonzero(arg == index)
-            if not hits.size:
-                continue
-            plain = plain_int[hits] if name in _INT_ARGS else np.zeros(hits.size, bool)
-            ints = hits[plain]
-            if ints.size:
-                self._ints(table, name, ints, as_int64(fields.value[_INT][ints]))
-            others = hits[~plain]
-            if others.size:
-                self._others(table, name, others, rank_keys)
-        return rank_keys
-
-    def _others(self, table: SliceTable, name: str, hits: np.ndarray, rank_keys: np.ndarray) -> None:
-        """Annotations that are not plain ints (strings, dicts ...): each distinct one decoded once."""
-        start, end = self.start[hits], self.end[hits]
-        keys = _short_keys(self.buf, start, np.minimum(end, start + 64), words=8)
-        long = np.flatnonzero(end - start > 64)
-        if long.size:
-            keys[0] = keys[0].copy()
-            keys[0][long] = -1 - long
-        representatives, inverse = group_rows(keys)
-        order = np.argsort(inverse, kind="stable")
-        bounds = np.searchsorted(inverse[order], np.arange(representatives.size + 1))
-        for group, first in enumerate(representatives.tolist()):
-            rows = self.row[hits[order[bounds[group]:bounds[group + 1]]]]
-            value = self._value(int(start[first]), int(end[first]))
-            self._other(table, name, rows, value, rank_keys)
-
-    def _ints(self, table: SliceTable, name: str, hits: np.ndarray, values: np.ndarray) -> None:
-        rows = self.row[hits]
-        if name == "microbatch":
-            table.microbatch[rows] = values
-            table.microbatch_kind[rows] = INT_MICROBATCH
-        elif name in ("batch_id", "batch_size"):
-            getattr(table, name)[rows] = values
-            getattr(table, f"has_{name}")[rows] = True
-        elif name == "level":
-            table.level[rows] = values
-        else:
-            if (values < 0).any():
-                raise Unsupported(f"a negative {name}")
-            getattr(table, name)[rows] = values.view(np.uint64)
-
-    def _value(self, start: int, end: int) -> Any:
-        """One annotation's value, decoded by protobuf (strings, dicts, floats ...), cached by its bytes."""
-        data = self.buf.bytes_at(start, end)
-        cache = self.decoder.values
-        if data in cache:
-            return cache[data]
-        try:
-            value = get_annotation(_parsed(protos().DebugAnnotation, data))
-        except UnicodeDecodeError as exc:
-            raise Unsupported(f"a string field is not UTF-8 ({exc.reason})") from None
-        if len(cache) > 65536:
-            cache.clear()
-        cache[data] = value
-        return value
-
-    def _other(self, table: SliceTable, name: str, rows: np.ndarray, value: Any, rank_keys: np.ndarray) -> None:
-        """What ``checked_event`` and ``make_event`` make of an argument that is not a plain int,
-        for every slice (``rows``) that carries this same value."""
-        objects = table.objects
-        try:
-            if name == "microbatch":
-                if value is None:
-                    table.microbatch_kind[rows] = NO_MICROBATCH
-                elif type(value) is int and -(1 << 63) <= value < (1 << 63):
-                    table.microbatch[rows], table.microbatch_kind[rows] = value, INT_MICROBATCH
-                else:
-                    table.microbatch[rows], table.microbatch_kind[rows] = len(objects), OBJECT_MICROBATCH
-                    objects.append(value)
-            elif name in ("batch_id", "batch_size"):
-                getattr(table, name)[rows] = 0 if value is None else to_int(value, name)
-                getattr(table, f"has_{name}")[rows] = value is not None
-            elif name == "level":
-                table.level[rows] = 0 if value is None else to_int(value, "level")
-            elif name in ("span_id", "parent_id"):
-                number = 0 if value is None else to_int(value, name, high=(1 << 64) - 1)
-                if number < 0:
-                    raise Unsupported(f"a negative {name}")
-                getattr(table, name)[rows] = number
-            elif name == "error":
-                table.error[rows] = -1 if value is None else len(objects)
-                if value is not None:
-                    objects.append(value if isinstance(value, str) else _json_text(value)[:200])
-            elif name == "attrs":
-                if value is None or (isinstance(value, dict) and not value):
-                    table.attrs[rows] = -1
-                else:
-                    attrs = value if isinstance(value, dict) else {"value": value}
-                    table.attrs[rows] = len(objects)
-                    objects.append({str(key): item for key, item in attrs.items()})
-            elif value is not None:
-                rank_keys[rows] = self.decoder.rank_keys_index(value)
-        except TraceFormatError as exc:
-            raise Unsupported(exc.detail) from None
-
-
-_INT_ARGS = frozenset(("microbatch", "batch_id", "batch_size", "level", "span_id", "parent_id"))
 
 
 def _pair(is_begin: np.ndarray, uuid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
