@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from .harness import row
 
@@ -103,8 +103,9 @@ def _perfetto(directory: str) -> Any:
     return PerfettoPlugin(directory=directory)
 
 
-def generate(slices: int, root: Path = ROOT) -> Path:
+def generate(slices: int, root: Optional[Path] = None) -> Path:
     """Per-rank Perfetto files holding ``slices`` slices in all (reused when already there)."""
+    root = ROOT if root is None else root
     steps = max(1, slices // (RANKS * SLICES_PER_STEP))
     directory = root / f"{RANKS}x{steps}"
     marker = directory / "generated.txt"  # not *.json: report and merge read every trace file there
@@ -225,9 +226,9 @@ def run(quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
-def clean(root: Path = ROOT) -> None:
+def clean() -> None:
     """Remove the generated traces."""
-    shutil.rmtree(root, ignore_errors=True)
+    shutil.rmtree(ROOT, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -18,11 +18,11 @@ import shutil
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional
 
 import numpy as np
 
-from ..events import BatchEvent, RankInfo, StageEvent
+from ..events import BatchEvent, StageEvent
 from ..traceio._columns import INT_MICROBATCH, OBJECT_MICROBATCH, Catalog, SliceTable
 from .paths import microbatch_key  # noqa: F401 (canonical micro-batch ids)
 
@@ -95,7 +95,6 @@ class SliceStore:
         self.directory = directory
         self.ordered_by_time = ordered_by_time
         self.lanes: dict[tuple, LaneInfo] = {}
-        self._lane_of_rank: list[Optional[LaneInfo]] = []
         self.batches: list[np.ndarray] = []  # batch rows, with a lane column
         self.batch_lanes: list[np.ndarray] = []
         self.attrs: list[dict] = []  # batch events' attrs, by id
@@ -138,11 +137,10 @@ class SliceStore:
             self.batch_lanes.append(lane_ids[is_batch])
         self._extents(rows, is_batch)
         self.names_used.update(np.unique(table.name).tolist())
-        order_keys = self._order_keys(rows)
         for lane_index in np.unique(lane_ids).tolist():
             mine = lane_ids == lane_index
             lane = self._lanes_by_index[lane_index]
-            self._note_first(lane, rows[mine], table.rank[mine], order_keys[mine])
+            self._note_first(lane, rows[mine], table.rank[mine])
             if lane.spill is None:
                 path = None if self.directory is None else os.path.join(self.directory, f"lane{lane_index}.rows")
                 lane.spill = Spill(path)
@@ -196,25 +194,28 @@ class SliceStore:
             table.append(lane.index)
         return np.asarray(table, np.int64)[rank_ids]
 
-    def _order_keys(self, rows: np.ndarray) -> np.ndarray:
-        """Sortable input-order keys: the sequence number, or (start, longer first, sequence)."""
+    def _earliest(self, rows: np.ndarray) -> tuple[Any, int]:
+        """(input-order key, row) of the first row in input order: the sequence number, or for
+        files the time order merging them used (start, then the longer, then the sequence)."""
         if not self.ordered_by_time:
-            return rows["order"]
-        return np.rec.fromarrays([rows["start"], -rows["end"], rows["order"]])
+            first = int(np.argmin(rows["order"]))
+            return int(rows["order"][first]), first
+        candidates = np.flatnonzero(rows["start"] == rows["start"].min())
+        longest = candidates[rows["end"][candidates] == rows["end"][candidates].max()]
+        first = int(longest[np.argmin(rows["order"][longest])])
+        return (int(rows["start"][first]), -int(rows["end"][first]), int(rows["order"][first])), first
 
-    def _note_first(self, lane: LaneInfo, rows: np.ndarray, ranks: np.ndarray, keys: np.ndarray) -> None:
-        first = int(np.argmin(keys)) if not self.ordered_by_time else int(np.argsort(keys, kind="stable")[0])
-        key = _key(keys[first])
+    def _note_first(self, lane: LaneInfo, rows: np.ndarray, ranks: np.ndarray) -> None:
+        """The lane's first event (its label) and, per PP rank, its count and first event (ties)."""
+        key, first = self._earliest(rows)
         if lane.first is None or key < lane.first[0]:
             lane.first = (key, int(ranks[first]))
-        pp = np.array([-1 if r.pp_rank is None else r.pp_rank for r in self.catalog.ranks], np.int64)[ranks] \
-            if len(self.catalog.ranks) else np.zeros(0, np.int64)
-        known = pp >= 0
-        for value, count in zip(*np.unique(pp[known], return_counts=True)):
-            value = int(value)
-            lane.pp_ranks[value] += int(count)
-            rows_of = np.flatnonzero(known & (pp == value))
-            earliest = _key(keys[rows_of[_first_of(keys[rows_of])]])
+        pp_of_rank = np.array([-1 if r.pp_rank is None else r.pp_rank for r in self.catalog.ranks], np.int64)
+        pp = pp_of_rank[ranks]
+        for value in np.unique(pp[pp >= 0]).tolist():
+            mine = pp == value
+            lane.pp_ranks[value] += int(mine.sum())
+            earliest, _ = self._earliest(rows[mine])
             if value not in lane.pp_first or earliest < lane.pp_first[value]:
                 lane.pp_first[value] = earliest
 
@@ -279,14 +280,6 @@ class SliceStore:
         return built
 
 
-def _key(value: Any) -> Any:
-    return tuple(value.tolist()) if hasattr(value, "dtype") and value.dtype.names else int(value)
-
-
-def _first_of(keys: np.ndarray) -> int:
-    return int(np.argsort(keys, kind="stable")[0]) if keys.dtype.names else int(np.argmin(keys))
-
-
 class TemporaryStore:
     """A :class:`SliceStore` whose lane files live in a temporary directory removed on close."""
 
@@ -302,4 +295,4 @@ class TemporaryStore:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-__all__ = ["ROW", "SliceStore", "Spill", "TemporaryStore", "RankInfo", "Sequence"]
+__all__ = ["ROW", "SliceStore", "Spill", "TemporaryStore"]

@@ -58,6 +58,7 @@ class PerfettoScan:
         self.small = os.path.getsize(path) <= small_file_bytes
         self.clock_offsets: dict[ProcessKey, int] = {}
         self.processes: set[ProcessKey] = set()
+        self.bytes_read = 0  # of the file, once its tables so far were handed out
 
     def __iter__(self) -> Iterator[SliceTable]:
         if not self.small:
@@ -123,6 +124,7 @@ class _Decoder:
                 table, open_packets, open_count = self._decode(buf, spans)
                 self.packets += spans.body_start.size - self.carried
                 self.carried = open_count
+                self.scan.bytes_read = handle.tell()
                 if len(table):
                     yield table
                 rest = buf.u8[spans.complete_end:buf.size]

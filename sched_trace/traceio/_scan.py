@@ -39,17 +39,22 @@ PARALLEL_BYTES = 32 << 20
 class TraceScan:
     """One trace file as :class:`SliceTable` chunks; ``clock_offsets``/``processes`` once read."""
 
-    def __init__(self, path: PathLike, catalog: Catalog, format: Optional[str] = None) -> None:
+    def __init__(self, path: PathLike, catalog: Catalog, format: Optional[str] = None,
+                 progress: Optional[Callable[[int], None]] = None) -> None:
         self.path = os.fspath(path)
         self.catalog = catalog
         self.format = format or detect_format(self.path)
+        self.progress = progress  # called with the bytes of this file read so far
         self.clock_offsets: dict[ProcessKey, int] = {}
         self.processes: set[ProcessKey] = set()
 
     def __iter__(self) -> Iterator[SliceTable]:
         if self.format == "perfetto":
             scan = PerfettoScan(self.path, self.catalog)
-            yield from scan
+            for table in scan:
+                if self.progress is not None:
+                    self.progress(scan.bytes_read)
+                yield table
             self.clock_offsets, self.processes = scan.clock_offsets, scan.processes
             return
         with open(self.path, "rb") as handle:
@@ -90,6 +95,8 @@ def scan_traces(paths: Iterable[PathLike], catalog: Catalog,
         scans = (TraceScan(path, catalog, format) for path, format, _ in found)
     done = skipped
     for scan, (_, _, size) in zip(scans, found):
+        if progress is not None:
+            scan.progress = lambda read, before=done: progress(before + min(read, size), total)
         yield scan
         done += size
         if progress is not None:
@@ -104,6 +111,7 @@ class _DecodedScan:
 
     def __init__(self, path: str, format: str, catalog: Catalog, result: Any) -> None:
         self.path, self.format, self.catalog, self._result = path, format, catalog, result
+        self.progress: Optional[Callable[[int], None]] = None
         self.clock_offsets: dict[ProcessKey, int] = {}
         self.processes: set[ProcessKey] = set()
 
@@ -117,9 +125,11 @@ class _DecodedScan:
             with open(spool, "rb") as handle:
                 while True:
                     try:
-                        names, ranks, columns, objects = pickle.load(handle)
+                        names, ranks, columns, objects, read = pickle.load(handle)
                     except EOFError:
                         break
+                    if self.progress is not None:
+                        self.progress(read)
                     yield _renumbered(self.catalog, names, ranks, columns, objects)
             self.clock_offsets, self.processes = offsets, processes
         finally:
@@ -142,10 +152,11 @@ def _decode_to_spool(path: str, format: str, directory: str) -> tuple:
     try:
         with warnings.catch_warnings(record=True) as caught, handle:
             warnings.simplefilter("always", SchedTraceWarning)
-            scan = TraceScan(path, catalog, format)
+            read = [0]
+            scan = TraceScan(path, catalog, format, progress=lambda done: read.__setitem__(0, done))
             for table in scan:  # names and ranks so far: a chunk refers only to those
-                pickle.dump((list(catalog.names), list(catalog.ranks), table.columns(), table.objects), handle,
-                            protocol=pickle.HIGHEST_PROTOCOL)
+                pickle.dump((list(catalog.names), list(catalog.ranks), table.columns(), table.objects, read[0]),
+                            handle, protocol=pickle.HIGHEST_PROTOCOL)
         notes = [str(w.message) for w in caught if issubclass(w.category, SchedTraceWarning)]
         return handle.name, scan.clock_offsets, scan.processes, notes, None
     except Exception as exc:  # the reader's error goes back to be raised where it is read
