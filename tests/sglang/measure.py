@@ -7,7 +7,7 @@ let it idle ``--idle`` seconds, then serve ``--requests`` concurrent requests (3
 tokens, 32 output tokens each), then idle again and stop it with SIGINT as a user does.
 The OTLP-JSON bytes are read from the files as they grow (size sampled around each phase),
 so the idle and load rates are separate. Prints one JSON line per level. The lost-at-SIGKILL
-figure compares the event log (written through, see plugin/) with what reached the files.
+figure compares the capture (written through, sched_trace.capture) with what reached the files.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def settle(server: SGLangServer, seconds: float = 3.0) -> int:
 
 
 def measure(workdir: Path, model: Path, level: int, pp: int, idle_s: float, requests: int) -> dict[str, Any]:
-    server = SGLangServer(workdir, pp_size=pp, level=level, event_log=True, model=model)
+    server = SGLangServer(workdir, pp_size=pp, level=level, capture=True, model=model)
     result: dict[str, Any] = {"level": level, "pp": pp}
     try:
         server.start()
@@ -58,11 +58,21 @@ def measure(workdir: Path, model: Path, level: int, pp: int, idle_s: float, requ
                       output_tokens=sum(a["meta_info"]["completion_tokens"] for a in answers.values()))
     finally:
         server.stop(signal.SIGINT)
-    logged = sum(1 for events in server.events().values() for e in events if e["kind"] == "batch")
-    exported = sum(1 for p in server.otel_dir.glob("*.jsonl") for s in engine_spans(p)
-                   if s["name"] == "run_batch" and "rid" not in s["attributes"])
-    result.update(total_mb=round(otel_bytes(server) / 1e6, 3), run_batch_logged=logged, run_batch_in_files=exported)
+    result.update(total_mb=round(otel_bytes(server) / 1e6, 3), **lost_at_sigkill(server))
     return result
+
+
+def lost_at_sigkill(server: SGLangServer) -> dict[str, Any]:
+    """Spans the scheduler processes recorded (the capture, written through) that never reached
+    the OTLP-JSON files when SGLang SIGKILLed them, and the time they cover before the kill."""
+    recorded = [e for e in server.trace().events if e.rank.pp_rank is not None]
+    in_files = [s for p in server.otel_dir.glob("*.jsonl") for s in engine_spans(p)
+                if "rid" not in s["attributes"] and s["attributes"].get("sched_trace.kind") in ("stage", "batch")]
+    last_recorded = max((e.end_ns for e in recorded), default=0)
+    last_exported = max((int(s["endTimeUnixNano"]) for s in in_files), default=last_recorded)
+    return {"spans_recorded": len(recorded), "spans_in_files": len(in_files),
+            "spans_lost": len(recorded) - len(in_files),
+            "lost_window_ms": round(max(0, last_recorded - last_exported) / 1e6, 1)}
 
 
 def main() -> None:

@@ -18,8 +18,9 @@ Traced servers run under ``sched-trace run --profile sglang``; their OTLP-JSON f
 ``server.otel_dir`` and Perfetto files under ``server.perfetto_dir``. ``count_steps=True`` adds a
 counter around SGLang's own ``Scheduler.run_batch`` (:mod:`tests.sglang.step_counter`), one
 line per call in ``server.steps_dir``, written through so a SIGKILL loses none;
-``event_log=True`` loads a test plugin (plugin/) that writes every sched-trace event of every
-process to ``server.events_dir`` the same way.
+``capture=True`` sets ``SCHED_TRACE_CAPTURE_DIR`` (:mod:`sched_trace.capture`): every traced
+process appends each event to a file of its own there as it happens; ``server.trace()`` reads
+them back as a :class:`sched_trace.contracts.Trace`.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ class SGLangServer:
     """One SGLang server process group; never run two at once on a 2-core machine."""
 
     def __init__(self, workdir: Path, *, pp_size: int = 1, traced: bool = True, level: Optional[int] = None,
-                 config: str = "", count_steps: bool = False, event_log: bool = False, extra_args: Sequence[str] = (),
+                 config: str = "", count_steps: bool = False, capture: bool = False, extra_args: Sequence[str] = (),
                  env: Optional[dict[str, str]] = None, model: Optional[Path] = None) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -113,13 +114,13 @@ class SGLangServer:
         self.otel_dir = self.workdir / "otel"
         self.perfetto_dir = self.workdir / "perfetto"
         self.steps_dir = self.workdir / "steps"
-        self.events_dir = self.workdir / "events"
+        self.capture_dir = self.workdir / "capture"
         self.log_path = self.workdir / "server.log"
         self.config_path = self.workdir / "sched_trace.toml"
         self.config_path.write_text(config or (
             f'[plugins.otel]\ndirectory = "{self.otel_dir}"\nsglang_compat = true\n'
             f'[plugins.perfetto]\ndirectory = "{self.perfetto_dir}"\n'))
-        self.count_steps, self.event_log = count_steps, event_log
+        self.count_steps, self.capture = count_steps, capture
         self.extra_args = list(extra_args)
         self.extra_env = dict(env or {})
         self.process: Optional[subprocess.Popen] = None
@@ -148,9 +149,8 @@ class SGLangServer:
                                                                    for i in range(self.pp_size)))
         if self.count_steps:
             env["SGLANG_TEST_STEPS_DIR"] = str(self.steps_dir)
-        if self.event_log:  # the test plugin of plugin/, found through its entry point
-            env["PYTHONPATH"] += os.pathsep + str(HERE / "plugin")
-            env["SGLANG_TEST_EVENTS_DIR"] = str(self.events_dir)
+        if self.capture:
+            env["SCHED_TRACE_CAPTURE_DIR"] = str(self.capture_dir)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(self.command(), cwd=self.workdir, env=env, stdout=log,
                                         stderr=subprocess.STDOUT, start_new_session=True)
@@ -283,10 +283,11 @@ class SGLangServer:
         return {int(p.stem): p.read_text().split() for p in sorted(self.steps_dir.glob("*.txt"))}
 
 
-    def events(self) -> dict[int, list[dict[str, Any]]]:
-        """Per process, every sched-trace event the test plugin saw (``event_log=True``)."""
-        return {int(p.stem): [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
-                for p in sorted(self.events_dir.glob("*.jsonl"))}
+    def trace(self) -> Any:
+        """Every event every traced process recorded (``capture=True``), SIGKILL or not."""
+        from sched_trace.contracts import Trace
+
+        return Trace.from_capture(self.capture_dir)
 
 
 def _group_alive(pgid: int) -> bool:
