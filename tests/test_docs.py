@@ -70,6 +70,14 @@ NOT_RUN = {  # commands the tests exercise elsewhere, and why they are not run h
                          "runs docs/deployment.md's commands on hosts in network namespaces, into Phoenix",
     "sched-trace run --profile vllm": "needs vLLM (.venv-vllm); tests/vllm/test_vllm_engine.py runs the "
                                       "profile under sched-trace run there",
+    "sched-trace run --profile sglang": "needs SGLang (.venv-sglang); tests/sglang/test_sglang_server.py starts "
+                                        "that server under sched-trace run",
+    "python -m tests.sglang.measure": "starts real SGLang servers (.venv-sglang) for minutes; docs/sglang.md's "
+                                      "output volumes come from it",
+    "python sglang/scripts/convert_otel_2_perfetto.py": "SGLang's repository script (not in its wheel); tests/sglang "
+                                                        "holds the files to the structure it walks",
+    "bash .ci/backends/sglang.sh": "builds .venv-sglang (2.8 GB); .ci/setup-backends runs it",
+    "python -m pytest tests/sglang": "tests/sglang runs in the suite itself",
     "PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_check": "needs a CUDA device and writes docs/performance.md; "
                                                           "tests/cuda/test_gpu_check.py runs it (it skips here)",
 }

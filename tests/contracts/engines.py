@@ -25,10 +25,13 @@ def vllm_contract() -> Contract:
 
 def sglang_contract(pp_size: int = 1) -> Contract:
     """An SGLang server traced with the ``sglang`` profile: one scheduler per PP rank;
-    ``pp_microbatch`` (the PP event loop's micro-batch) only runs with ``pp_size`` > 1."""
+    ``run_batch_cpu`` (the PP event loop's micro-batch launch) only runs with ``pp_size`` > 1,
+    and ``tokenize`` runs in the HTTP server's process (the tokenizer manager), on no PP rank."""
     ranks = [f"PP{r}" for r in range(pp_size)]
-    contract = (Contract.from_profile("sglang", ranks=ranks, skip=() if pp_size > 1 else ("pp_microbatch",))
+    skip = ("tokenize",) if pp_size > 1 else ("tokenize", "run_batch_cpu")
+    contract = (Contract.from_profile("sglang", ranks=ranks, skip=skip)
+                .stages("tokenize")
                 .attributes("run_batch", "batch_size", "forward_mode"))
     if pp_size > 1:
-        contract.nested("run_batch", inside="pp_microbatch").attributes("pp_microbatch", "pp_mb_id")
+        contract.nested("run_batch", inside="run_batch_cpu").attributes("run_batch_cpu", "pp_mb_id")
     return contract

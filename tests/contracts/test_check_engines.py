@@ -73,13 +73,13 @@ def test_sglang_profile_holds_and_a_renamed_target_fails(tmp_path: Path) -> None
     # The source is enough: SGLang's dependencies (a GPU serving stack) need not import here.
     code, report = sched_trace_check(Path(sys.executable), ["--profile", "sglang"], tmp_path, SGLANG_SITE)
     assert code == 0, [r for r in report["targets"] if not r["ok"]]
-    assert len(report["targets"]) == 10 and {r["checked_by"] for r in report["targets"]} == {"source"}
+    assert len(report["targets"]) == 12 and {r["checked_by"] for r in report["targets"]} == {"source"}
 
     old = "sglang.srt.managers.scheduler_pp_mixin:SchedulerPPMixin._pp_launch_batch"
     copy = renamed_copy(tmp_path, "sglang", old, old.replace("_pp_launch_batch", "_pp_launch"))
     code, report = sched_trace_check(Path(sys.executable), ["--config", str(copy)], tmp_path, SGLANG_SITE)
     assert code == 1
     failed = [r for r in report["targets"] if not r["ok"]]
-    assert [(r["status"], r["stage"]) for r in failed] == [("missing", "pp_microbatch")]
+    assert [(r["status"], r["stage"]) for r in failed] == [("missing", "run_batch_cpu")]
     assert failed[0]["target"].endswith("SchedulerPPMixin._pp_launch")
     assert "has no attribute '_pp_launch'; close names: _pp_launch_batch" in failed[0]["problems"][0]

@@ -17,28 +17,29 @@ LOAD = [GenerateRequest(f"l{i}", 12, 6) for i in range(3)]
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    server = SGLangServer(tmp_path_factory.mktemp("sglang-level1"), pp_size=2, level=1, event_log=True)
+    server = SGLangServer(tmp_path_factory.mktemp("sglang-level1"), pp_size=2, level=1, capture=True)
     try:
         server.start()
         answers = server.generate_many(LOAD)
     finally:
         server.stop()
-    return {"answers": answers, "events": server.events(), "server": server}
+    return {"answers": answers, "trace": server.trace(), "server": server}
 
 
 def test_level_1_records_request_phases_and_batches_only(served: dict[str, Any]) -> None:
-    kinds = {(e["kind"], e.get("name")) for events in served["events"].values() for e in events}
-    assert kinds == {("request", None), ("batch", "run_batch")}
-    assert len(served["events"]) == 2  # both PP ranks' scheduler processes
+    trace = served["trace"]
+    assert {(e.kind, e.name) for e in trace.events} == {("batch", "run_batch"), ("stage", "tokenize")}
+    assert {r.phase for r in trace.requests} == {"arrived", "queued", "scheduled", "first_token", "finished"}
+    assert len({e.rank.pid for e in trace.named("run_batch")}) == 2  # both PP ranks' scheduler processes
 
 
 @pytest.mark.xfail(strict=True, reason="needs kind='thread' rank identity (issue 16.3, core)")
 def test_at_level_1_every_request_event_has_its_ranks(served: dict[str, Any]) -> None:
-    missing = defaultdict(list)
-    for pid, events in served["events"].items():
-        for e in events:
-            if e["kind"] == "request" and not {"pp_rank", "tp_rank"} <= set(e["rank"]):
-                missing[pid].append((e["rid"], e["phase"]))
+    trace = served["trace"]
+    missing = [(r.rank.pid, r.request_id, r.phase) for r in trace.requests
+               if r.rank.pp_rank is None or r.rank.tp_rank is None]
     assert not missing
-    pp_ranks = {pid: {e["rank"]["pp_rank"] for e in events} for pid, events in served["events"].items()}
+    pp_ranks = defaultdict(set)
+    for r in trace.requests:
+        pp_ranks[r.rank.pid].add(r.rank.pp_rank)
     assert sorted(map(sorted, pp_ranks.values())) == [[0], [1]]

@@ -44,7 +44,7 @@ check_targets(cfg, [])                       # extractor roots against the funct
 statuses = {spec.target: profile_check.static_status(spec.target) for spec in cfg.instrument}
 bad = {}
 for index, option, wrong in ((7, "prompt_tokens", "len(rq.origin_input_ids)"), (1, "microbatch", "mb"),
-                             (8, "request_id", "req.rid")):
+                             (9, "request_id", "request.rid")):
     entry = dict(cfg.instrument[index].options, target=cfg.instrument[index].target)
     entry[option] = wrong
     try:
@@ -63,12 +63,12 @@ def test_the_profile_matches_the_installed_sglang_source_without_importing_it(tm
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert len(report["statuses"]) == len(config.load_profile("sglang").instrument) == 10
+    assert len(report["statuses"]) == len(config.load_profile("sglang").instrument) == 12
     assert set(report["statuses"].values()) == {"found"}, report["statuses"]
     assert report["imported"] == []  # read from source, not imported
     assert "'rq' is not a parameter" in report["bad"]["prompt_tokens"]
     assert "'mb' is not a parameter" in report["bad"]["microbatch"]
-    assert "'req' is not a parameter" in report["bad"]["request_id"]  # Req.update_finish_state has self
+    assert "'request' is not a parameter" in report["bad"]["request_id"]  # checkpoint_kv_cache(req, tree_cache)
     assert report["renamed"] == "missing"  # a renamed method is caught from the source alone
 
 
@@ -96,9 +96,10 @@ def test_every_extractor_starts_from_a_parameter_of_its_target_in_the_source() -
         tree = ast.parse((site / (module.replace(".", "/") + ".py")).read_text())
         scope, node = tree.body, None
         for part in path.split("."):
-            node = next(n for n in scope if isinstance(n, (ast.ClassDef, ast.FunctionDef)) and n.name == part)
+            node = next(n for n in scope if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                        and n.name == part)
             scope = getattr(node, "body", [])
-        assert isinstance(node, ast.FunctionDef), spec.target
+        assert isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)), spec.target
         arguments = node.args
         params = {a.arg for a in arguments.posonlyargs + arguments.args + arguments.kwonlyargs}
         for decorator in node.decorator_list:  # SGLang's own decorators here keep the signature
@@ -110,7 +111,9 @@ def test_the_profile_declares_the_request_lifecycle_and_pp_microbatches() -> Non
     cfg = config.load_profile("sglang")
     by_target = {spec.target.split(":")[1]: spec for spec in cfg.instrument}
     phases = {name: spec.options["phase"] for name, spec in by_target.items() if spec.options.get("kind") == "request"}
-    assert sorted(phases.values()) == ["arrived", "finished", "first_token", "queued", "scheduled"]
+    assert sorted(phases.values()) == ["arrived", "finished", "first_token", "first_token", "queued", "scheduled"]
     assert by_target["Scheduler.run_batch"].options["kind"] == "batch"
     assert by_target["Scheduler.run_batch"].options["requests"] == "batch.reqs"
     assert by_target["SchedulerPPMixin._pp_launch_batch"].options["microbatch"] == "mb_id"
+    assert by_target["SchedulerPPMixin._pp_launch_batch"].options["stage"] == "run_batch_cpu"  # SGLang's name
+    assert by_target["SchedulerPPMixin._pp_launch_batch"].options["level"] == 4  # and SGLang's level

@@ -7,8 +7,8 @@ output lengths concurrently while a seventh is streamed and aborted through
 ``/abort_request``, idles 5 s, and is stopped as a user stops it (SIGINT or SIGTERM to the
 launcher; SGLang then SIGKILLs its scheduler processes). Ground truth: what SGLang answered
 (``meta_info`` per rid), a counter around SGLang's own ``Scheduler.run_batch``
-(step_counter.py) and a test plugin that writes every sched-trace event through to a file
-(plugin/); both survive the SIGKILL.
+(step_counter.py) and sched-trace's capture of every event (``SCHED_TRACE_CAPTURE_DIR``, written
+through as it happens); both survive the SIGKILL.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 
 from sched_trace import config
+
+from tests.contracts.engines import sglang_contract
 
 from .converter_model import convert, engine_spans
 from .server import NOT_RUNNABLE, GenerateRequest, SGLangServer, runnable
@@ -43,7 +45,7 @@ def is_health_check(rid: str) -> bool:
 @pytest.fixture(scope="module", params=[1, 2], ids=["pp1-overlap", "pp2-event_loop_pp"])
 def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     pp = request.param
-    server = SGLangServer(tmp_path_factory.mktemp(f"sglang-pp{pp}"), pp_size=pp, count_steps=True, event_log=True)
+    server = SGLangServer(tmp_path_factory.mktemp(f"sglang-pp{pp}"), pp_size=pp, count_steps=True, capture=True)
     try:
         server.start()
         answers = server.generate_many(LOAD, abort=(CUT, CUT_AFTER))
@@ -54,7 +56,7 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         server.stop(signal.SIGINT if pp == 1 else signal.SIGTERM)
     otel = sorted(server.otel_dir.glob("*.jsonl"))
     spans = [dict(span, pid=int(path.stem.rsplit("-", 1)[1])) for path in otel for span in engine_spans(path)]
-    return {"pp": pp, "server": server, "answers": answers, "steps": server.steps(), "events": server.events(),
+    return {"pp": pp, "server": server, "answers": answers, "steps": server.steps(), "trace": server.trace(),
             "otel_files": otel, "spans": spans, "load_end_ns": load_end_ns, "idle_end_ns": idle_end_ns}
 
 
@@ -75,22 +77,22 @@ def test_sglang_answered_every_request_as_asked(served: dict[str, Any]) -> None:
 
 
 def test_every_target_of_the_profile_fires(served: dict[str, Any]) -> None:
-    events = [e for per_process in served["events"].values() for e in per_process]
-    seen = {e["name"] for e in events if e["kind"] != "request"} | {e["phase"] for e in events if e["kind"] == "request"}
+    trace = served["trace"]
+    seen = {e.name for e in trace.events} | {r.phase for r in trace.requests}
     for spec in config.load_profile("sglang").instrument:
         if served["pp"] == 1 and spec.target.split(":")[1] in PP_ONLY:
             continue
         fired = spec.options["phase"] if spec.options.get("kind") == "request" else spec.options["stage"]
         assert fired in seen, f"{spec.target} ({fired}) never fired"
     assert "aborted" in seen
+    sglang_contract(served["pp"]).check(trace)  # the check helper's contract for the shipped profile
 
 
 def test_every_request_has_its_lifecycle_in_order_on_each_rank(served: dict[str, Any]) -> None:
     phases: dict[tuple[int, str], list[str]] = defaultdict(list)
-    for pid, events in served["events"].items():
-        for e in events:
-            if e["kind"] == "request" and not is_health_check(e["rid"]):
-                phases[pid, e["rid"]].append(e["phase"])
+    for r in served["trace"].requests:
+        if not is_health_check(r.request_id):
+            phases[r.rank.pid, r.request_id].append(r.phase)
     assert {rid for _, rid in phases} == set(served["answers"])
     for (pid, rid), names in phases.items():
         end = "aborted" if rid == CUT.rid else "finished"
@@ -121,24 +123,23 @@ def test_every_run_batch_is_one_batch_span_per_sglang_step(served: dict[str, Any
     for span in sorted(spans, key=lambda s: int(s["startTimeUnixNano"])):
         per_pid[span["pid"]].append(span["attributes"]["forward_mode"])
     assert dict(per_pid) == steps  # the same steps, in the same order, with the same forward mode
-    logged = Counter(pid for pid, events in served["events"].items() for e in events if e.get("name") == "run_batch")
+    logged = Counter(e.rank.pid for e in served["trace"].named("run_batch"))
     assert logged == {pid: len(modes) for pid, modes in steps.items()}
 
 
 def test_each_run_batch_holds_its_stages_and_pp_microbatches(served: dict[str, Any]) -> None:
-    events = [e for per_process in served["events"].values() for e in per_process]
-    batches = [e for e in events if e.get("name") == "run_batch"]
-    results = [e for e in events if e.get("name") == "process_batch_result"]
+    trace = served["trace"]
+    batches, results = trace.named("run_batch"), trace.named("process_batch_result")
     assert len(results) == len(batches)  # every batch's result is processed once
-    launches = [e for e in events if e.get("name") == "pp_microbatch"]
+    launches = trace.named("run_batch_cpu")
     if served["pp"] == 1:
         assert launches == []
         return
     assert len(launches) == len(batches)  # event_loop_pp launches each run_batch as one micro-batch
     for launch in launches:
-        assert launch["microbatch"] in (0, 1)  # pp_mb_id: SGLang keeps pp_size micro-batches in flight
-        inside = [b for b in batches if b["rank"]["pid"] == launch["rank"]["pid"]
-                  and launch["start_ns"] <= b["start_ns"] <= b["end_ns"] <= launch["end_ns"]]
+        assert launch.microbatch in (0, 1)  # pp_mb_id: SGLang keeps pp_size micro-batches in flight
+        inside = [b for b in batches if b.rank.pid == launch.rank.pid
+                  and launch.start_ns <= b.start_ns <= b.end_ns <= launch.end_ns]
         assert len(inside) == 1, launch  # the run_batch it launched, on its rank
 
 
@@ -146,13 +147,17 @@ def test_the_perfetto_files_hold_each_ranks_steps(served: dict[str, Any]) -> Non
     from sched_trace.traceio import read_traces
 
     traces = read_traces([served["server"].perfetto_dir])
-    per_pid = {}
+    per_pid, tokenized = {}, 0
     for trace in traces:
         runs = [e for e in trace.events if e.name == "run_batch"]
-        assert runs, trace.path
-        per_pid[runs[0].rank.pid] = len(runs)
-        assert {e.rank.pp_rank for e in runs} == {runs[0].rank.pp_rank}
+        tokenized += sum(1 for e in trace.events if e.name == "tokenize")
+        if runs:
+            per_pid[runs[0].rank.pid] = len(runs)
+            assert {e.rank.pp_rank for e in runs} == {runs[0].rank.pp_rank}
     assert per_pid == {pid: len(modes) for pid, modes in served["steps"].items()}
+    assert tokenized >= len(served["answers"])  # in the HTTP server's process (with /health_generate's)
+    tokenize = Counter(e.attrs.get("rid") for e in served["trace"].named("tokenize"))
+    assert all(tokenize[rid] == 1 for rid in served["answers"]), tokenize
 
 
 def test_the_otlp_files_have_the_structure_sglangs_converter_walks(served: dict[str, Any]) -> None:
@@ -162,7 +167,7 @@ def test_the_otlp_files_have_the_structure_sglangs_converter_walks(served: dict[
         for root in converted.roots:
             rids_seen.add(root["attributes"]["rid"])
         pp_ranks = {name.rsplit("-PP", 1)[1].split("-")[0] for name in converted.tracks.values()}
-        assert len(pp_ranks) == 1, converted.tracks  # one process, one PP rank, one track name
+        assert len(pp_ranks) == (1 if converted.roots else 0), converted.tracks  # a scheduler: one PP rank
         for source, target in converted.flows:
             assert source["attributes"]["rid"] == target["attributes"]["rid"]
     assert set(served["answers"]) <= rids_seen
@@ -170,7 +175,8 @@ def test_the_otlp_files_have_the_structure_sglangs_converter_walks(served: dict[
 
 def test_shutdown_as_sglang_does_it_leaves_the_files_readable(served: dict[str, Any]) -> None:
     assert served["server"].returncode is not None
-    assert len(served["otel_files"]) == served["pp"]  # the scheduler processes' files; the launcher traces nothing
+    # the scheduler processes' files, and the HTTP server's (its tokenizer manager: tokenize)
+    assert len(served["otel_files"]) == served["pp"] + 1
 
 
 # --- what the live server showed to be wrong, fixed with the core's new features ------------
@@ -185,8 +191,7 @@ def test_an_idle_server_records_no_scheduling_spans(served: dict[str, Any]) -> N
     """SGLang's event loop busy-polls; idle polls are counted, not exported. The window starts
     1 s after the last answer (the scheduler may still be finishing the last step's output)."""
     window = (served["load_end_ns"] + 1_000_000_000, served["idle_end_ns"])
-    logged = Counter(e["name"] for events in served["events"].values() for e in events
-                     if e.get("name") in STAGES and window[0] <= e["start_ns"] <= window[1])
+    logged = Counter(e.name for e in served["trace"].events if e.name in STAGES and window[0] <= e.start_ns <= window[1])
     exported = Counter(s["name"] for s in served["spans"] if s["name"] in STAGES
                        and window[0] <= int(s["startTimeUnixNano"]) <= window[1])
     assert logged == exported == Counter()
