@@ -4,9 +4,9 @@
 
 For each level: start the server traced (otel plugin, OTLP-JSON files, ``sglang_compat``),
 let it idle ``--idle`` seconds, then serve ``--requests`` concurrent requests (32 prompt
-tokens, 32 output tokens each), then idle again and stop it with SIGINT as a user does.
-The OTLP-JSON bytes are read from the files as they grow (size sampled around each phase),
-so the idle and load rates are separate. Prints one JSON line per level. The lost-at-SIGKILL
+tokens, 32 output tokens each), then stop it with SIGINT as a user does. The OTLP-JSON
+bytes of each phase are those of the spans that started in it (with their share of the
+files' envelope), so the idle and load rates are separate. Prints one JSON line per level. The lost-at-SIGKILL
 figure compares the capture (written through, sched_trace.capture) with what reached the files.
 """
 
@@ -28,16 +28,24 @@ def otel_bytes(server: SGLangServer) -> int:
     return sum(p.stat().st_size for p in server.otel_dir.glob("*.jsonl"))
 
 
-def settle(server: SGLangServer, seconds: float = 3.0) -> int:
-    """The files' size once the exporters have written what they were handed (it stops growing)."""
-    size, deadline = otel_bytes(server), time.monotonic() + 30
-    while time.monotonic() < deadline:
-        time.sleep(seconds)
-        now = otel_bytes(server)
-        if now == size:
-            return size
-        size = now
-    return size
+def span_bytes(server: SGLangServer, window: tuple[int, int]) -> int:
+    """OTLP-JSON bytes of the spans that started in ``window`` (unix ns), their share of each
+    file's envelope included: the exporters batch spans of all times into one line."""
+    total = 0.0
+    for path in server.otel_dir.glob("*.jsonl"):
+        sizes, inside = 0, 0
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                continue
+            for resource in json.loads(line)["resourceSpans"]:
+                for scope in resource["scopeSpans"]:
+                    for span in scope["spans"]:
+                        size = len(json.dumps(span, separators=(",", ":")))
+                        sizes += size
+                        if window[0] <= int(span["startTimeUnixNano"]) < window[1]:
+                            inside += size
+        total += inside * path.stat().st_size / sizes if sizes else 0
+    return int(total)
 
 
 def measure(workdir: Path, model: Path, level: int, pp: int, idle_s: float, requests: int) -> dict[str, Any]:
@@ -45,20 +53,22 @@ def measure(workdir: Path, model: Path, level: int, pp: int, idle_s: float, requ
     result: dict[str, Any] = {"level": level, "pp": pp}
     try:
         server.start()
-        base = settle(server)
+        time.sleep(2.0)  # the health check's request is done
+        idle_start = time.time_ns()
         time.sleep(idle_s)
-        idle = otel_bytes(server) - base
+        load_start = time.time_ns()
         load = [GenerateRequest(f"m{i}", 32, 32) for i in range(requests)]
-        start = time.monotonic()
         answers = server.generate_many(load)
-        load_s = time.monotonic() - start
-        loaded = settle(server) - base - idle
-        result.update(idle_mb_per_s=round(idle / idle_s / 1e6, 4), load_s=round(load_s, 2),
-                      load_mb=round(loaded / 1e6, 3), load_mb_per_s=round(loaded / load_s / 1e6, 4),
-                      output_tokens=sum(a["meta_info"]["completion_tokens"] for a in answers.values()))
+        load_end = time.time_ns()
+        time.sleep(2.0)  # the exporters write what the load handed them
     finally:
         server.stop(signal.SIGINT)
-    result.update(total_mb=round(otel_bytes(server) / 1e6, 3), **lost_at_sigkill(server))
+    idle, loaded = span_bytes(server, (idle_start, load_start)), span_bytes(server, (load_start, load_end))
+    load_s = (load_end - load_start) / 1e9
+    result.update(idle_mb_per_s=round(idle / idle_s / 1e6, 4), load_s=round(load_s, 2),
+                  load_mb=round(loaded / 1e6, 3), load_mb_per_s=round(loaded / load_s / 1e6, 4),
+                  output_tokens=sum(a["meta_info"]["completion_tokens"] for a in answers.values()),
+                  total_mb=round(otel_bytes(server) / 1e6, 3), **lost_at_sigkill(server))
     return result
 
 

@@ -283,6 +283,34 @@ class SGLangServer:
         return {int(p.stem): p.read_text().split() for p in sorted(self.steps_dir.glob("*.txt"))}
 
 
+    def scheduler_pids(self) -> list[int]:
+        """The scheduler processes (one per TP x PP rank): the launcher's children SGLang titles
+        ``sglang::scheduler...``, found in /proc (Linux)."""
+        if self.process is None:
+            return []
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                title = (stat.parent / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == self.process.pid and title.startswith("sglang::scheduler"):
+                found.append(int(stat.parent.name))
+        return sorted(found)
+
+    def scheduler_cpu_s(self) -> float:
+        """CPU seconds (user + system) the scheduler processes have used so far, all their threads."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for pid in self.scheduler_pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])
+        return total / ticks
+
     def trace(self) -> Any:
         """Every event every traced process recorded (``capture=True``), SIGKILL or not."""
         from sched_trace.contracts import Trace
