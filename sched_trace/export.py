@@ -5,20 +5,35 @@ from the top-level :mod:`sched_trace` API only; every name below is kept stable 
 documented in docs/plugins.md. ``tests/test_plugin_surface.py`` fails on a built-in
 plugin that reaches past it.
 
-Off the scheduler thread
+An exporter (one class; the core runs it in its own process or on a thread)
+    :class:`Exporter` (``export``, ``flush``, ``shutdown``, ``counters``),
+    :class:`ExporterPlugin` (a whole plugin from one Exporter class),
+    :class:`ExportProcessor` (buffer, exporter thread, exporter process: what
+    ExporterPlugin runs), :data:`DROPPED` (the marker event of dropped events).
+Off the scheduler thread, by hand
     :class:`BackgroundExporter` (bounded buffer + exporter thread; the hook appends),
     :class:`EventBuffer` (the bounded buffer alone).
+The one encoding
+    :class:`EventEncoder` and :func:`decode_events` (events to frame bytes and back),
+    :func:`plain_value` (what an attribute value becomes), :class:`RemoteError`
+    (a recorded exception as data).
 Producing events
     :func:`emit` delivers events a plugin made itself (GPU time, say) to every other
     plugin, guarded per plugin; :func:`is_registered` says whether a plugin is in.
-An exporter process
-    :class:`ExporterProcess` (subclass it in the scheduler process) and, in the child,
-    :func:`worker_main`, :func:`read_frame`, :func:`reply`, :func:`write_frame`.
 Identity and clocks
     :func:`current_rank`, :func:`host_id`, :func:`wall_offset_ns`, :func:`now_ns`,
     :func:`parse_traceparent`, :func:`format_traceparent`.
-What may be recorded
-    :func:`request_ids`: a ``requests`` attribute as ids only, never payloads.
+Requests
+    :func:`request_ids`: a ``requests`` attribute as ids only, never payloads;
+    :func:`request_context`, :func:`register_traceparent`, :func:`forget_traceparent`,
+    :func:`traceparent_of`: their W3C trace contexts.
+One request, many ranks
+    :func:`run_id`, :func:`request_trace`, :func:`rank_span_id` (ids every rank
+    derives alike), :class:`RequestOwner` (the one rank that writes a request's root
+    and counts it).
+Writing protobuf by hand
+    :mod:`protowire` (``varint``, ``tag``, ``field``, ``fixed64``, ``double``): the one
+    writer, shared with the Perfetto trace writer.
 Trace files (imported on first use)
     :class:`ChromeWriter`, :class:`PerfettoEncoder`, :func:`perfetto_sequence_id`,
     :class:`RecordedError`.
@@ -29,23 +44,31 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any, Iterable, Union
 
+from ._exporter.codec import EventEncoder, decode_events, plain_value
+from ._exporter.contexts import forget_traceparent, register_traceparent, request_context, traceparent_of
+from ._exporter.exporter import Exporter
+from ._exporter.plugin import ExporterPlugin
+from ._exporter.processor import ExportProcessor, ExporterUnavailable
+from ._exporter.request_trace import RequestOwner, rank_span_id, request_trace, run_id
+from . import _protowire as protowire
 from .clock import now_ns, wall_offset_ns
-from .events import BatchEvent, RankInfo, StageEvent, request_ids
-from .exporter_process import ExporterProcess, read_frame, reply, worker_main, write_frame
+from .events import BatchEvent, RankInfo, RemoteError, RequestEvent, StageEvent, request_ids
 from .plugins import REQUEST as _REQUEST
 from .plugins import get_manager as _get_manager
 from .rank import current as current_rank
 from .rank import format_traceparent, host_id, parse_traceparent
-from .recorder import BackgroundExporter, EventBuffer
+from .recorder import DROPPED, BackgroundExporter, EventBuffer
 
 if TYPE_CHECKING:  # the trace-file names load lazily (see __getattr__)
     from .traceio import ChromeWriter, PerfettoEncoder, RecordedError, perfetto_sequence_id
 
 __all__ = [
-    "BackgroundExporter", "BatchEvent", "ChromeWriter", "EventBuffer", "ExporterProcess",
-    "PerfettoEncoder", "RankInfo", "RecordedError", "StageEvent", "current_rank", "emit",
-    "format_traceparent", "host_id", "is_registered", "now_ns", "parse_traceparent",
-    "perfetto_sequence_id", "read_frame", "reply", "request_ids", "wall_offset_ns", "worker_main", "write_frame",
+    "DROPPED", "BackgroundExporter", "BatchEvent", "ChromeWriter", "EventBuffer", "EventEncoder", "ExportProcessor",
+    "Exporter", "ExporterPlugin", "ExporterUnavailable", "PerfettoEncoder", "RankInfo", "RecordedError",
+    "RemoteError", "RequestEvent", "StageEvent", "current_rank", "decode_events", "emit", "forget_traceparent",
+    "format_traceparent", "host_id", "is_registered", "now_ns", "parse_traceparent", "perfetto_sequence_id",
+    "plain_value", "protowire", "rank_span_id", "register_traceparent", "request_context", "request_ids",
+    "request_trace", "RequestOwner", "run_id", "traceparent_of", "wall_offset_ns",
 ]
 
 _TRACE_FILE_NAMES = frozenset(("ChromeWriter", "PerfettoEncoder", "RecordedError", "perfetto_sequence_id"))

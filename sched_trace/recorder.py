@@ -4,13 +4,17 @@ Event hooks run on the scheduler thread and must return at once. A plugin
 appends each event to an :class:`EventBuffer` (O(1), never blocks); a
 :class:`BackgroundExporter` thread drains the buffer in batches and calls the
 plugin's export function off the hot path. When the buffer is full the event is
-dropped and counted, never waited for. Buffers survive ``fork`` (the child
-starts empty, with its own thread).
+dropped and counted, never waited for; with ``drop_markers`` the exporter is also
+handed, per rank, a ``sched_trace.dropped`` stage event spanning the drops and
+saying how many (so a timeline shows the hole). Buffers survive ``fork`` (the child
+starts empty, with its own thread). At shutdown, an exporter that lost events says
+so in one warning line.
 """
 
 from __future__ import annotations
 
 import atexit
+import itertools
 import logging
 import operator
 import os
@@ -21,6 +25,7 @@ from collections import deque
 from itertools import repeat
 from typing import Any, Callable, Iterable, Optional, Sequence
 
+from .events import StageEvent
 
 log = logging.getLogger("sched_trace")
 _call: Callable[[Callable[[], Any]], Any] = getattr(operator, "call", lambda function: function())  # 3.10: no operator.call
@@ -62,12 +67,81 @@ class EventBuffer:
         return len(self._items)
 
 
+#: The name of the stage event that stands for events a full buffer dropped.
+DROPPED = "sched_trace.dropped"
+# Span ids of drop markers: from the top of the 63-bit range, apart from the probes' counter.
+_next_marker_id = itertools.count((1 << 63) - (1 << 32)).__next__
+
+
+class DropLog:
+    """Per rank: how many events a full buffer dropped, and from when to when."""
+
+    __slots__ = ("_ranks", "_lock", "_since")
+    EVERY = 1.0  # seconds: while drops go on, a marker at least this often
+
+    def __init__(self) -> None:
+        self._ranks: dict[Any, list] = {}
+        self._lock = threading.Lock()
+        self._since = 0.0
+
+    def note(self, event: Any) -> None:
+        """On the scheduler thread, for a dropped event only: the buffer is full, the run is overloaded."""
+        start = getattr(event, "start_ns", None)
+        if start is None:
+            start = event.ts_ns
+        end = getattr(event, "end_ns", None) or start
+        with self._lock:
+            if not self._ranks:
+                self._since = time.monotonic()
+            entry = self._ranks.get(event.rank)
+            if entry is None:
+                self._ranks[event.rank] = [1, start, end]
+            else:
+                entry[0] += 1
+                entry[1] = min(entry[1], start)
+                entry[2] = max(entry[2], end)
+
+    def markers(self, caught_up: bool) -> list:
+        """A ``sched_trace.dropped`` stage event per rank for the drops since the last markers:
+        once the buffer is drained (``caught_up``), or :attr:`EVERY` seconds after the first drop."""
+        if not self._ranks or (not caught_up and time.monotonic() - self._since < self.EVERY):
+            return []
+        with self._lock:
+            ranks, self._ranks = self._ranks, {}
+        return [StageEvent(DROPPED, 0, start, end, rank, None, None, None, {"dropped_events": count}, None,
+                           _next_marker_id(), 0) for rank, (count, start, end) in ranks.items()]
+
+
+def loss_warning(name: str, stats: dict, advice: str = "") -> Optional[str]:
+    """One line saying how many of how many events a plugin lost and what to change; None if none."""
+    lost = {reason: stats.get(key, 0) for reason, key in (
+        ("dropped (buffer full)", "dropped"), ("abandoned at the shutdown deadline", "abandoned"),
+        ("failed to export", "failed"), ("lost with an exporter process", "lost_in_exporter"))}
+    total = sum(lost.values())
+    if not total:
+        return None
+    received = stats.get("received", 0)
+    parts = ", ".join(f"{count:,} {reason}" for reason, count in lost.items() if count)
+    hints = []
+    if lost["dropped (buffer full)"]:
+        hints.append(advice or "raise the plugin's capacity")
+        hints.append("lower the level (SCHED_TRACE_LEVEL) or sample")
+    if lost["abandoned at the shutdown deadline"]:
+        hints.append("give shutdown more time (SCHED_TRACE_EXIT_TIMEOUT)")
+    if lost["failed to export"] or lost["lost with an exporter process"]:
+        hints.append("see the exporter's earlier warnings")
+    return (f"sched-trace {name}: lost {total:,} of {received:,} events: {parts}; "
+            f"to keep them: {'; '.join(hints)}")
+
+
 class BackgroundExporter:
     """Drains an EventBuffer on a daemon thread and passes batches to ``export``.
 
     ``export(batch)`` runs off the scheduler thread. If it raises, the batch is
     counted in ``failed`` and the thread carries on. ``flush`` waits until
-    everything appended so far went through ``export``.
+    everything appended so far went through ``export``. ``drop_markers``: see the
+    module; ``warn``: log :func:`loss_warning` at shutdown (off when the owner
+    reports losses of its own too, as :class:`~sched_trace.export.ExportProcessor` does).
     """
 
     def __init__(
@@ -78,8 +152,12 @@ class BackgroundExporter:
         capacity: int = DEFAULT_CAPACITY,
         max_batch: int = 256,
         interval: float = 0.2,
+        drop_markers: bool = False,
+        warn: bool = True,
     ) -> None:
         self.name = name
+        self.drops: Optional[DropLog] = DropLog() if drop_markers else None
+        self.warn = warn
         self.buffer = EventBuffer(capacity)
         self.export_batch = export
         self.max_batch = max_batch
@@ -102,6 +180,8 @@ class BackgroundExporter:
         items = buffer._items
         if len(items) >= buffer.capacity:
             buffer.dropped += 1
+            if self.drops is not None:
+                self.drops.note(event)
             return
         items.append(event)
         if self._thread is None:
@@ -135,14 +215,15 @@ class BackgroundExporter:
         while True:
             with self._idle:
                 batch = self.buffer.drain(self.max_batch)
-                self._busy = bool(batch)
+                markers = self.drops.markers(len(batch) < self.max_batch) if self.drops is not None else []
+                self._busy = bool(batch or markers)
                 self.in_flight = len(batch)
-            if not batch:
+            if not self._busy:
                 with self._idle:
                     self._idle.notify_all()
                 return
             try:
-                self.export_batch(batch)
+                self.export_batch(batch + markers if markers else batch)
                 self.exported += len(batch)
             except Exception as exc:
                 self.failed += len(batch)
@@ -180,17 +261,19 @@ class BackgroundExporter:
         with self._idle:
             left = self.buffer.drain(len(self.buffer))
         self.abandoned += len(left)
-        if left:
-            log.warning("sched-trace %s: %d events not exported by the shutdown deadline (counted as abandoned)",
-                        self.name, len(left))
         self._thread = None
         _live.discard(self)
+        warning = loss_warning(self.name, self.stats()) if self.warn else None
+        if warning:
+            log.warning(warning)
 
     def stats(self) -> dict[str, int]:
+        buffered, dropped = len(self.buffer), self.buffer.dropped
         return {
-            "buffered": len(self.buffer),
+            "received": self.exported + self.failed + self.abandoned + self.in_flight + buffered + dropped,
+            "buffered": buffered,
             "exported": self.exported,
-            "dropped": self.buffer.dropped,
+            "dropped": dropped,
             "failed": self.failed,
             "abandoned": self.abandoned,
             "in_flight": self.in_flight,
@@ -220,23 +303,3 @@ def _flush_at_exit() -> None:
     from . import api, lifecycle  # late: api imports this module
 
     api.shutdown(timeout=lifecycle.exit_timeout())
-
-
-def deprioritize_exporter_process() -> None:
-    """Let an exporter subprocess yield the CPU to the schedulers it serves.
-
-    Exporter processes encode and send in bulk and can catch up later (their
-    queues are bounded and count drops); scheduler ranks cannot. On a machine whose
-    cores the ranks keep busy, an exporter at the ranks' priority takes its CPU
-    straight out of their throughput. ``SCHED_TRACE_EXPORTER_NICE`` (default 10,
-    0 to keep the priority) sets how much the exporter steps back.
-    """
-    try:
-        step = int(os.environ.get("SCHED_TRACE_EXPORTER_NICE", "10"))
-    except ValueError:
-        step = 10
-    if step > 0 and hasattr(os, "nice"):
-        try:
-            os.nice(step)
-        except OSError:  # not permitted here: run at the inherited priority
-            pass

@@ -16,6 +16,7 @@ import os
 import shutil
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,9 @@ def child_environment(config_path: "str | None", profiles: list[str], level: "in
     if level is not None:
         env["SCHED_TRACE_LEVEL"] = str(level)
     env["SCHED_TRACE_BOOTSTRAP"] = "1"
+    # One run id for every process this command starts, so rank processes derive the same
+    # trace and root span ids for a request (docs/otel.md); one given is kept.
+    env.setdefault("SCHED_TRACE_RUN_ID", uuid.uuid4().hex)
     paths = [str(BOOTSTRAP_DIR)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(paths)
     return env

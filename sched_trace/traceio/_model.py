@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import AbstractSet, Any, Iterable, Mapping, Optional, Union
 
 from ..errors import EmptyTraceError, NotATraceError, TraceFormatError  # noqa: F401 (re-exported)
-from ..events import BatchEvent, RankInfo, StageEvent, request_ids
+from ..events import BatchEvent, RankInfo, RemoteError, StageEvent, request_ids
 
 Event = Union[StageEvent, BatchEvent]
 #: (host_id, pid): the key of one process, and of its clock offset.
@@ -178,6 +178,8 @@ def slice_rank_keys(extra: tuple, track_keys: AbstractSet[str]) -> dict[str, Any
 def _error_text(error: BaseException) -> str:
     if isinstance(error, RecordedError):
         return str(error)
+    if isinstance(error, RemoteError):  # an exporter process's copy of the exception: its type's own name
+        return f"{error.type_name.rsplit('.', 1)[-1]}: {error.message}"
     return f"{type(error).__name__}: {error}"
 
 

@@ -18,35 +18,13 @@ string_value 6, legacy_json_value 9, name 10, dict_entries 11, array_values 12.
 from __future__ import annotations
 
 import json
-import struct
 from typing import Any, Mapping, Optional
 
-_DOUBLE = struct.Struct("<d").pack
-_FIXED64 = struct.Struct("<Q").pack
-_SMALL = [bytes((value,)) for value in range(128)]
-# Every 14-bit group as two continued varint bytes: timestamps (9 bytes) take 4 look-ups.
-_PAIRS = [bytes(((group & 0x7F) | 0x80, (group >> 7) | 0x80)) for group in range(1 << 14)]
-_UINT64 = (1 << 64) - 1
+from .._protowire import double, field, fixed64, varint
 
-
-def varint(value: int) -> bytes:
-    """A non-negative integer (or an int64, as its two's complement) as a base-128 varint."""
-    if 0 <= value < 128:
-        return _SMALL[value]
-    value &= _UINT64
-    out = b""
-    while value >= 1 << 14:
-        out += _PAIRS[value & 0x3FFF]
-        value >>= 14
-    if value < 128:
-        return out + _SMALL[value]
-    return out + _PAIRS[value][:1] + _SMALL[value >> 7]
-
-
-def _field(tag: bytes, payload: bytes) -> bytes:
-    """A length-delimited field (string, bytes, message)."""
-    size = len(payload)
-    return tag + (_SMALL[size] if size < 128 else varint(size)) + payload
+_DOUBLE = double
+_FIXED64 = fixed64
+_field = field  # a length-delimited field (string, bytes, message), from the core's one writer
 
 
 def annotation(name: Optional[str], value: Any) -> bytes:

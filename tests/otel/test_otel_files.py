@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import time
 from pathlib import Path
@@ -74,6 +75,7 @@ def test_batch_scope_span_model(traced: Any, process: bool) -> None:
 
 
 def test_requests_become_spans_under_their_traceparent(traced: Any) -> None:
+    """Per request: a root, this rank's span under it, and copies of the batch's spans under that."""
     plugin = traced()
     outside = new_traceparent()
     trace_id, parent_id = int(outside[3:35], 16), int(outside[36:52], 16)
@@ -86,16 +88,19 @@ def test_requests_become_spans_under_their_traceparent(traced: Any) -> None:
     batch_copy = {s.span_id for s in spans if s.name == "decode_step" and "rid" not in attrs(s)}
     for rid in ("with-parent", "plain"):
         mine = [s for s in request_spans if attrs(s)["rid"] == rid]
-        assert len(mine) == 4  # thread span, decode_step, two run_batch_cpu
-        (thread,) = [s for s in mine if s.name not in ("decode_step", "run_batch_cpu")]
+        assert len(mine) == 5  # root, this rank's span, decode_step, two run_batch_cpu
+        assert len({s.trace_id for s in mine}) == 1
+        (root,) = [s for s in mine if s.name == "request"]
+        (rank,) = [s for s in mine if s.name not in ("request", "decode_step", "run_batch_cpu")]
         (step,) = [s for s in mine if s.name == "decode_step"]
-        assert step.parent_span_id == thread.span_id
+        assert rank.parent_span_id == root.span_id and attrs(rank)["pp_rank"] == 0
+        assert step.parent_span_id == rank.span_id
         assert {link.span_id for link in step.links} <= batch_copy and step.links
         if rid == "with-parent":
-            assert int.from_bytes(thread.trace_id, "big") == trace_id
-            assert int.from_bytes(thread.parent_span_id, "big") == parent_id
+            assert int.from_bytes(root.trace_id, "big") == trace_id
+            assert int.from_bytes(root.parent_span_id, "big") == parent_id
         else:
-            assert not thread.parent_span_id
+            assert not root.parent_span_id
         for stage in (s for s in mine if s.name == "run_batch_cpu"):
             assert by_id[stage.parent_span_id] is step
 
@@ -171,7 +176,7 @@ def test_exporter_process_restarts_and_counts_loss(traced: Any) -> None:
     plugin = traced(requests="off")
     run_steps([Batch()], microbatches=1)
     sched_trace.flush()
-    plugin._process.kill_for_test()
+    plugin.processor.process.kill()
     run_steps([Batch()], microbatches=1)
     sched_trace.flush()
     stats = dict(plugin.sched_trace_collect_stats())
@@ -222,18 +227,29 @@ def test_protobuf_wire_encoding_matches_the_sdk_encoder() -> None:
     from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-    from sched_trace_otel.assemble import SpanRecord
-    from sched_trace_otel.encode import SdkSpanBuilder
-    from sched_trace_otel.protowire import WireEncoder
+    from sched_trace.events import RankInfo, StageEvent
+    from sched_trace.export import decode_events, EventEncoder
+    from sched_trace_otel.otlp_proto import ProtoEncoder
+    from sched_trace_otel.sdk_spans import SdkSpanBuilder
+    from sched_trace_otel.spans import EventSpan, SpanRecord
 
+    try:
+        raise ValueError("boom")
+    except ValueError as exc:
+        error = exc
+    rank = RankInfo("h", 1, 2, "Scheduler", pp_rank=1)
+    event, = decode_events(EventEncoder().encode([StageEvent(
+        "run_batch_cpu", 4, 20, 300, rank, -1, 3, 8, {"ids": [1, 2], "big": 1 << 70, "none": None}, error, 9, 0)]))
     resource = {"service.name": "wire", "process.pid": 42, "ratio": 0.5, "flag": True}
     spans = [
         SpanRecord(1 << 100 | 7, 1 << 63 | 3, 0, "thread", 10, 5000, {"pp_rank": 1, "host_id": "h"}),
         SpanRecord(1 << 100 | 7, 9, 1 << 63 | 3, "run_batch_cpu", 20, 300, {"pp_mb_id": -1, "ids": [1, 2]},
                    events=(("exception", 300, {"exception.type": "ValueError", "exception.escaped": True}),),
                    links=((5, 6, {"sched_trace.link": "previous_stage"}),), status_code=2, status_message="boom"),
+        EventSpan(event, 1 << 100 | 7, 11, 1 << 63 | 3, ((5, 9, {"sched_trace.link": "previous_stage"}),),
+                  {"rid": "r1"}),
     ]
-    ours = ExportTraceServiceRequest.FromString(WireEncoder(resource).request(spans))
+    ours = ExportTraceServiceRequest.FromString(ProtoEncoder(resource).request(spans))
     builder = SdkSpanBuilder(resource)
     reference = encode_spans([builder.build(span) for span in spans])
     ours_spans = ours.resource_spans[0].scope_spans[0].spans
@@ -269,7 +285,7 @@ def test_fork_child_gets_its_own_exporter_and_file(traced: Any) -> None:
     sched_trace.shutdown()
     directory = Path(plugin.settings.directory)
     files = {int(path.stem.rsplit("-", 1)[1]): path for path in directory.glob("traces-*.jsonl")}
-    assert set(files) == {plugin._process.meta["pid"], child_pid}
+    assert set(files) == {os.getpid(), child_pid}
     ids = {}
     for pid, path in files.items():
         spans = [span for _, span in proto_spans(read_otlp_json(path))]
@@ -292,13 +308,13 @@ def test_requests_as_links(traced: Any) -> None:
 def test_every_event_is_exported_or_counted_when_the_exporter_dies(traced: Any) -> None:
     plugin = traced(requests="off")
     run_steps([Batch() for _ in range(200)], microbatches=2)
-    plugin._exporter.flush(10.0)  # handed to the exporter process, maybe not yet processed
-    plugin._process.kill_for_test()
+    plugin.processor._front.flush(10.0)  # handed to the exporter process, maybe not yet exported
+    plugin.processor.process.kill()
     run_steps([Batch()], microbatches=1)
     sched_trace.shutdown()
     stats = dict(plugin.sched_trace_collect_stats())
     assert stats["exporter_restarts"] == 1
-    assert stats["events_exported"] == 200 * 3 + 2
-    assert stats["records"] + stats["queue_dropped"] + stats["lost_in_exporter"] == stats["events_exported"]
+    assert stats["sent"] == stats["received"] == 200 * 3 + 2
+    assert stats["handled"] + stats["lost_in_exporter"] == stats["sent"]
     spans = file_spans(plugin)
     assert sum(s.name == "decode_step" for s in spans) >= 1  # the batch after the restart at least

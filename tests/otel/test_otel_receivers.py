@@ -63,13 +63,18 @@ def check_ranks(spans: list, ranks: dict, outside: str) -> None:
         for stage in stages:
             assert by_id[stage.parent_span_id].name == "decode_step"
             assert stage.status.code == (2 if attrs(stage)["pp_mb_id"] == MICROBATCHES - 1 else 0)
-        # the request that came with a traceparent hangs under that parent, on every rank
-        threads = [s for s in mine if "rid" in attrs(s) and s.name.endswith(f"-PP{pp_rank}-DP0-TP0")]
-        outside_threads = [s for s in threads if attrs(s)["rid"] == "r-outside"]
-        assert len(outside_threads) == STEPS
-        for thread in outside_threads:
-            assert thread.trace_id.hex() == outside[3:35] and thread.parent_span_id.hex() == outside[36:52]
-        assert len(mine) == STEPS * (2 + MICROBATCHES) * 3  # batch scope + two requests' copies
+        # each rank's span for a request hangs under the one root; the first rank writes the root
+        rank_spans = {attrs(s)["rid"]: s for s in mine if "rid" in attrs(s) and s.name.endswith(f"-PP{pp_rank}-DP0-TP0")}
+        assert set(rank_spans) == {"r-outside", "r-plain"}
+        for rid, rank_span in rank_spans.items():
+            (root,) = [s for _, s in spans if s.name == "request" and attrs(s)["rid"] == rid]
+            assert rank_span.parent_span_id == root.span_id and rank_span.trace_id == root.trace_id
+            copies = [s for s in mine if s.name == "decode_step" and attrs(s).get("rid") == rid]
+            assert len(copies) == STEPS and {c.parent_span_id for c in copies} == {rank_span.span_id}
+        root = next(s for _, s in spans if s.name == "request" and attrs(s)["rid"] == "r-outside")
+        assert root.trace_id.hex() == outside[3:35] and root.parent_span_id.hex() == outside[36:52]
+        roots = 2 if pp_rank == 0 else 0
+        assert len(mine) == STEPS * (2 + MICROBATCHES) + 2 * (STEPS * (1 + MICROBATCHES) + 1) + roots
         assert stats["dropped"] == 0 and stats["lost_in_exporter"] == 0
 
 
@@ -116,7 +121,7 @@ def test_receiver_down_then_back(traced: Any, monkeypatch: Any) -> None:
     run_steps([Batch() for _ in range(30)], microbatches=2)  # 30 x (thread + batch + 2 stages) spans
     sched_trace.flush(timeout=6.0)
     down = settled(plugin, lambda stats: stats.get("spans_dropped") == 80)
-    assert down["dropped"] == 0 and down["events_exported"] == 90  # the scheduler side lost nothing
+    assert down["dropped"] == 0 and down["sent"] == 90  # the scheduler side lost nothing
     assert down["spans_dropped"] == 120 - 40 and down["export_failures"] >= 1
     receiver.start()
     sched_trace.flush(timeout=15.0)

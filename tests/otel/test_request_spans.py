@@ -1,4 +1,5 @@
-"""Request lifecycle spans: one per request, queue/prefill/decode children, GenAI attributes, batch links."""
+"""Request spans: one root per request (GenAI attributes, batch links), this rank's span under it with its
+queue/prefill/decode phases."""
 
 from __future__ import annotations
 
@@ -94,8 +95,10 @@ def test_one_request_span_per_request_with_phases_and_batch_links(traced: Any, p
         assert a["gen_ai.usage.output_tokens"] == expected_steps[rid]
         assert a["gen_ai.response.finish_reasons"] == ["length"]
         assert a["sched_trace.request.outcome"] == "finished"
-        assert (a["pp_rank"], a["thread_label"]) == (0, "Scheduler")
-        children = {s.name: s for s in spans if s.parent_span_id == root.span_id}
+        (rank,) = [s for s in spans if s.parent_span_id == root.span_id]
+        assert (attrs(rank)["pp_rank"], attrs(rank)["thread_label"], attrs(rank)["rid"]) == (0, "Scheduler", rid)
+        assert rank.name.endswith(":Scheduler-PP0-DP0-TP0") and rank.trace_id == root.trace_id
+        children = {s.name: s for s in spans if s.parent_span_id == rank.span_id}
         assert set(children) == {"queue", "prefill", "decode"}
         queue, prefill, decode = children["queue"], children["prefill"], children["decode"]
         assert root.start_time_unix_nano == queue.start_time_unix_nano
@@ -155,7 +158,7 @@ def test_request_span_shares_the_trace_of_its_per_request_batch_copies(traced: A
 
 
 def test_preemption_aborts_and_unfinished_requests(traced: Any) -> None:
-    plugin = traced(process=False, requests="off")
+    plugin = traced(process=False, requests="off", request_owner={"pp_rank": 1})  # this rank owns them
     rank = RankInfo("h", 1, 1, "Scheduler", pp_rank=1)
 
     def emit(phase: str, ts_ms: int, rid: str, **kw: Any) -> None:
@@ -172,12 +175,14 @@ def test_preemption_aborts_and_unfinished_requests(traced: Any) -> None:
     emit("arrived", 3000, "open")
     emit("scheduled", 3002, "open")
     sched_trace.shutdown()
-    roots = {attrs(s)["rid"]: s for s in file_spans(plugin) if s.name == "request"}
+    spans = file_spans(plugin)
+    roots = {attrs(s)["rid"]: s for s in spans if s.name == "request"}
     p = attrs(roots["p"])
     assert p["gen_ai.latency.time_in_queue"] == pytest.approx(0.010)
     assert p["gen_ai.server.time_to_first_token"] == pytest.approx(0.030)
     assert p["gen_ai.server.time_per_output_token"] == pytest.approx(0.020)
-    assert p["pp_rank"] == 1
+    (rank_span,) = [s for s in spans if s.parent_span_id == roots["p"].span_id]
+    assert attrs(rank_span)["pp_rank"] == 1
     assert attrs(roots["a"])["sched_trace.request.outcome"] == "aborted"
     assert "gen_ai.server.time_to_first_token" not in attrs(roots["a"])
     assert attrs(roots["open"])["sched_trace.request.outcome"] == "unfinished"
@@ -217,20 +222,19 @@ def test_a_flush_exports_requests_waiting_for_a_sampled_out_batch(traced: Any) -
 
 
 def test_a_long_request_links_at_most_max_links_batches() -> None:
-    from sched_trace_otel.assemble import SpanRecord
-    from sched_trace_otel.requests import MAX_LINKS, RequestSpans, request_record
+    from sched_trace.export import RequestOwner
+    from sched_trace_otel.assemble import RankAttributes
+    from sched_trace_otel.request_spans import MAX_LINKS, RequestSpans
     from sched_trace_otel.sampling import Sampler
 
     rank = RankInfo("h", 1, 1, "Scheduler", pp_rank=0)
-    follower = RequestSpans({0: rank.as_attributes()}, Sampler())
-    follower.add([request_record(RequestEvent("arrived", 0, "long", rank, 1, None, None, NO_ATTRS), 0)])
-    for bid in range(300):  # one decode step per batch, each a batch span naming the request
-        follower.add([request_record(RequestEvent("first_token", bid + 1, "long", rank, None, None, bid,
-                                                  NO_ATTRS), 0)])
-        follower.spans([SpanRecord(7, 1000 + bid, 0, "engine_step", bid, bid + 1,
-                                   {"sched_trace.kind": "batch", "bid": bid})])
-    follower.add([request_record(RequestEvent("finished", 400, "long", rank, None, 300, 299, NO_ATTRS), 0)])
-    spans = follower.spans([])
+    follower = RequestSpans(False, "run", RequestOwner(), Sampler(), RankAttributes())
+    follower.add([RequestEvent("arrived", 0, "long", rank, 1, None, None, NO_ATTRS)])
+    for bid in range(300):  # one decode step per batch, each a batch span the request rode in
+        follower.add([RequestEvent("first_token", bid + 1, "long", rank, None, None, bid, NO_ATTRS)])
+        follower.batch_span(bid, 7, 1000 + bid)
+    follower.add([RequestEvent("finished", 400, "long", rank, None, 300, 299, NO_ATTRS)])
+    spans = follower.settled()
     (request,) = [s for s in spans if s.name == "request"]
     assert [link[1] for link in request.links] == [1000 + bid for bid in range(MAX_LINKS)]
     assert request.attributes["gen_ai.usage.output_tokens"] == 300

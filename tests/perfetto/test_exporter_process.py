@@ -118,7 +118,7 @@ def test_a_killed_exporter_process_is_counted_and_replaced(tmp_path):
     _decode_steps(100)
     sched_trace.flush()
     first = plugin.sched_trace_collect_stats()["exporter_pid"]
-    plugin._process.kill_for_test()
+    plugin.processor.process.kill()
     _decode_steps(50)
     sched_trace.flush()
     stats = plugin.sched_trace_collect_stats()

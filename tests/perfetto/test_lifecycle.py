@@ -33,8 +33,8 @@ def test_shutdown_keeps_its_deadline_and_counts_a_backlog_it_cannot_wait_for(tmp
     while plugin.sched_trace_collect_stats()["in_flight"] and time.monotonic() < deadline:
         time.sleep(0.01)
     stats = plugin.sched_trace_collect_stats()
-    assert stats["exported"] + stats["abandoned"] + stats["failed"] == 20_000
-    assert stats["slices_written"] + stats["lost_in_exporter"] == stats["exported"]
+    assert stats["sent"] + stats["abandoned"] + stats["failed"] == stats["received"] == 20_000
+    assert stats["slices_written"] + stats["lost_in_exporter"] == stats["sent"]
 
 
 def test_shutdown_writes_a_backlog_within_its_timeout(tmp_path):

@@ -128,5 +128,5 @@ def test_file_reads_back_into_the_same_events(tmp_path, run_pipeline):
 def test_stats_count_written_slices(tmp_path, run_pipeline):
     plugin = run_pipeline(PerfettoPlugin(directory=str(tmp_path)))
     stats = plugin.sched_trace_collect_stats()
-    assert stats["slices_written"] == stats["exported"] == 26
+    assert stats["slices_written"] == stats["sent"] == stats["received"] == 26
     assert stats["dropped"] == stats["failed"] == 0 and stats["files"] == 1

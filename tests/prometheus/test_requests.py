@@ -31,7 +31,7 @@ def lifecycle(rid, arrived, scheduled, first_token, end, output, rank=RANK0, pha
 
 
 def test_request_histograms_match_the_phases_fed(start_prometheus):
-    plugin = start_prometheus()
+    plugin = start_prometheus(request_owner={})  # no rule: every rank counts the requests it sees
     events = (lifecycle("a", 0, 10, 30, 130, output=11)
               + lifecycle("b", 5, 7, 8, 8 + 300, output=4, rank=RANK1)
               + [request("scheduled", 150, "a")])  # a late phase of an ended request is ignored
@@ -77,7 +77,7 @@ def test_aborted_and_incomplete_requests(start_prometheus):
 
 
 def test_request_event_emitter_reaches_the_histograms(start_prometheus):
-    plugin = start_prometheus()
+    plugin = start_prometheus(request_owner={"pp_rank": 3})
     sched_trace.set_thread_info("Scheduler", pp_rank=3)
     sched_trace.request_event("arrived", "r1", prompt_tokens=5)
     sched_trace.request_event("scheduled", "r1")
@@ -86,6 +86,28 @@ def test_request_event_emitter_reaches_the_histograms(start_prometheus):
     samples = scrape(plugin.serve(0))
     assert value(samples, "sched_trace_request_e2e_latency_seconds_count", pp_rank="3") == 1
     assert value(samples, "sched_trace_requests_total", outcome="finished", pp_rank="3") == 1
+
+
+def test_each_request_is_counted_once_when_every_pipeline_rank_reports_it(start_prometheus):
+    """Under PP every rank's scheduler sees each request: only the owner (pp_rank 0, tp_rank 0) counts it."""
+    plugin = start_prometheus()
+    for rid in ("a", "b"):
+        for event in lifecycle(rid, 0, 10, 30, 130, output=11) + lifecycle(rid, 1, 11, 31, 131, output=11, rank=RANK1):
+            plugin.sched_trace_request(event)
+    samples = scrape(plugin.serve(0))
+    assert value(samples, "sched_trace_requests_total", outcome="finished", pp_rank="0") == 2
+    assert value(samples, "sched_trace_request_time_to_first_token_seconds_count", pp_rank="0") == 2
+    assert not [labels for labels, _ in samples.get("sched_trace_requests_total", []) if labels["pp_rank"] == "1"]
+    assert sched_trace.stats()["plugins"]["prometheus"]["requests_not_owned"] == 8
+
+
+def test_the_owner_rule_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("SCHED_TRACE_REQUEST_OWNER", "pp_rank=1")
+    metrics = StageMetrics(parse_settings({}))
+    metrics.observe_batch(lifecycle("a", 0, 1, 2, 3, output=2) + lifecycle("a", 0, 1, 2, 3, output=2, rank=RANK1))
+    assert metrics.requests.not_owned == 4
+    with pytest.raises(sched_trace.ConfigError, match="request_owner.*'first'"):
+        parse_settings({"request_owner": {"pp_rank": "first"}})
 
 
 def test_live_request_table_is_bounded():

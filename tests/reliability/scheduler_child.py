@@ -72,7 +72,7 @@ def stream(batch: list, otel: object) -> None:
             mb_id += 1
             counter[:8] = struct.pack("<q", mb_id)  # after the stage returned: recorded
             if mb_id % 16 == 0:  # the witness of what the exporter process already holds
-                counter[8:16] = struct.pack("<q", otel.sched_trace_collect_stats()["events_exported"])
+                counter[8:16] = struct.pack("<q", otel.sched_trace_collect_stats()["sent"])
             time.sleep(0.001)
 
 

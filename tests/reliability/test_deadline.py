@@ -57,11 +57,11 @@ def wait_until(condition, limit: float = 20.0) -> None:
 
 
 def assert_otel_counted(stats: dict, recorded: int) -> None:
-    """Every event is exported to the exporter process or counted, and every record it got is."""
-    assert stats["events_exported"] + stats["failed"] + stats["abandoned"] + stats["dropped"] == recorded
+    """Every event is sent to the exporter process or counted, and every event it was sent is."""
+    assert stats["received"] == recorded
+    assert stats["sent"] + stats["failed"] + stats["abandoned"] + stats["dropped"] == recorded
     # A child that never reported (stuck in its first send) has no counters at all.
-    processed = stats.get("records", 0) + stats.get("queue_dropped", 0)
-    assert processed + stats["lost_in_exporter"] == stats["events_exported"]
+    assert stats.get("handled", 0) + stats["lost_in_exporter"] == stats["sent"]
 
 
 @pytest.mark.parametrize("fault", ["refusing", "hanging", "503", "exporter_stopped"])
@@ -75,7 +75,7 @@ def test_flush_and_shutdown_return_by_the_deadline(tmp_path, receiver, monkeypat
     elif fault in ("hanging", "503"):
         receiver.mode = {"hanging": "hang", "503": "503"}[fault]
     else:
-        stopped_pid = otel._process._proc.pid
+        stopped_pid = otel.processor.process.pid
         os.kill(stopped_pid, signal.SIGSTOP)
     try:
         record(10, STAGES)
@@ -93,11 +93,11 @@ def test_flush_and_shutdown_return_by_the_deadline(tmp_path, receiver, monkeypat
     wait_until(lambda: otel.sched_trace_collect_stats()["in_flight"] == 0)
     assert_otel_counted(otel.sched_trace_collect_stats(), recorded)
     written = perfetto.sched_trace_collect_stats()
-    assert written["exported"] + written["abandoned"] == recorded
-    assert written["slices_written"] + written["write_failed"] + written["lost_in_exporter"] == written["exported"]
+    assert written["sent"] + written["abandoned"] + written["failed"] == recorded
+    assert written["slices_written"] + written["lost_in_exporter"] == written["sent"]
     # A perfetto exporter process past the deadline finishes its file on its own.
-    wait_until(lambda: perfetto_slices(tmp_path) == written["exported"], limit=30.0)
-    assert perfetto_slices(tmp_path) == written["exported"]
+    wait_until(lambda: perfetto_slices(tmp_path) == written["sent"], limit=30.0)
+    assert perfetto_slices(tmp_path) == written["sent"]
 
 
 def perfetto_slices(tmp_path) -> int:
@@ -115,7 +115,7 @@ def test_shutdown_counts_spans_the_refusing_receiver_never_got(tmp_path, receive
     record(0, STAGES)
     # The exporter process is up and holds every record (on a busy machine it may take
     # longer than T just to start, and then it could not report its counters in time).
-    wait_until(lambda: otel.sched_trace_collect_stats().get("records", 0) == STAGES, limit=60.0)
+    wait_until(lambda: otel.sched_trace_collect_stats().get("handled", 0) == STAGES, limit=60.0)
     assert timed(sched_trace.shutdown, timeout=T) < T + SLACK
     stats = otel.sched_trace_collect_stats()
     assert_otel_counted(stats, STAGES)

@@ -97,7 +97,7 @@ def test_beyond_the_retry_capacity_the_oldest_are_dropped_and_counted_exactly(ot
     plugin = otlp(retry_capacity=1000)
     fail(receiver, "refusing")
     record(HEALTHY, 3000)  # 6000 spans (each stage and its thread span) for 1000 places
-    assert wait_until(lambda: plugin.sched_trace_collect_stats().get("records", 0) == HEALTHY + 3000)
+    assert wait_until(lambda: plugin.sched_trace_collect_stats().get("handled", 0) == HEALTHY + 3000)
     recover(receiver, "refusing")
     sched_trace.shutdown(timeout=60)
     stats = plugin.sched_trace_collect_stats()
@@ -113,7 +113,7 @@ def test_a_killed_exporter_process_is_restarted_and_its_loss_counted(otlp, recei
     plugin = otlp()
     sent = HEALTHY
     # Quiescent kill: the child had reported every record.
-    assert wait_until(lambda: plugin.sched_trace_collect_stats().get("records", 0) == sent)
+    assert wait_until(lambda: plugin.sched_trace_collect_stats().get("handled", 0) == sent)
     pid = plugin.sched_trace_collect_stats()["exporter_pid"]
     os.kill(pid, signal.SIGKILL)
     assert wait_until(lambda: dead(pid))  # else a frame may still go into the dying one's pipe
@@ -137,6 +137,6 @@ def test_a_killed_exporter_process_is_restarted_and_its_loss_counted(otlp, recei
     arrived = receiver.microbatches()
     recorded = sent + 4000
     assert len(arrived) == len(set(arrived)) and set(arrived) <= set(range(recorded))
-    assert stats["events_exported"] + stats["failed"] + stats["abandoned"] + stats["dropped"] == recorded
+    assert stats["sent"] + stats["failed"] + stats["abandoned"] + stats["dropped"] == recorded
     assert len(arrived) + stats["lost_in_exporter"] + stats["failed"] >= recorded
     assert set(range(sent + 3000, recorded)) <= set(arrived)  # the restarted child got the rest

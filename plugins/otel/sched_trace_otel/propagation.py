@@ -1,33 +1,28 @@
 """W3C trace context for requests: read it from a request, carry it across processes.
 
 A request's ``traceparent`` arrives as an HTTP header upstream; the scheduler
-process sees the request object (or just its id). The exporter looks for the
-context, in order: a ``traceparent`` attribute or key on the request, a
-``trace_context`` / ``external_trace_header`` mapping on it, then the
-process-wide registry filled by :func:`register_traceparent`.
-:class:`TraceCarrier` is a small picklable value to put on requests that
+process sees the request object (or just its id). The core reads the context once,
+in the scheduler process (``sched_trace.export.request_context``): a ``traceparent``
+attribute or key on the request (a string or a :class:`TraceCarrier`), a
+``trace_context`` / ``external_trace_header`` mapping on it, then the process-wide
+table filled by :func:`register_traceparent`; it travels to the exporter with the
+events. :class:`TraceCarrier` is a small picklable value to put on requests that
 cross ``multiprocessing`` queues or pipes between scheduler processes.
 """
 
 from __future__ import annotations
 
 import os
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
-from sched_trace.export import format_traceparent, parse_traceparent
+from sched_trace.export import (format_traceparent, forget_traceparent, parse_traceparent, register_traceparent,
+                                request_context)
 
 __all__ = [
     "TraceCarrier", "attach", "forget_traceparent", "new_traceparent", "parse_traceparent",
     "register_traceparent", "request_context",
 ]
-
-_REGISTRY_LIMIT = 65536
-_registry: "OrderedDict[str, str]" = OrderedDict()
-_registry_lock = threading.Lock()
-
 
 @dataclass(frozen=True)
 class TraceCarrier:
@@ -80,56 +75,3 @@ def attach(request: Any, context: "TraceCarrier | str | Mapping[str, str]") -> A
     else:
         setattr(request, "traceparent", value)
     return request
-
-
-def register_traceparent(rid: Any, traceparent: str) -> None:
-    """Remember ``rid -> traceparent`` for requests that carry only their id (bounded, oldest forgotten)."""
-    if parse_traceparent(traceparent) is None:
-        raise ValueError(f"not a valid W3C traceparent for request {rid!r}: {traceparent!r}")
-    with _registry_lock:
-        _registry[str(rid)] = traceparent
-        _registry.move_to_end(str(rid))
-        while len(_registry) > _REGISTRY_LIMIT:
-            _registry.popitem(last=False)
-
-
-def forget_traceparent(rid: Any) -> None:
-    with _registry_lock:
-        _registry.pop(str(rid), None)
-
-
-def _field(request: Any, name: str) -> Any:
-    if isinstance(request, Mapping):
-        return request.get(name)
-    return getattr(request, name, None)
-
-
-def request_context(request: Any) -> tuple[str, Optional[str]]:
-    """``(rid, traceparent or None)`` for a request object, a mapping, or a bare id.
-
-    Runs in the exporter thread, never on the scheduler thread.
-    """
-    if isinstance(request, (str, int)):
-        rid = str(request)
-        return rid, _registry.get(rid)
-    rid_value = None
-    for name in ("rid", "request_id", "id"):
-        rid_value = _field(request, name)
-        if rid_value is not None:
-            break
-    rid = str(rid_value) if rid_value is not None else f"obj-{id(request):x}"
-    value = _field(request, "traceparent")
-    if isinstance(value, TraceCarrier):
-        value = value.traceparent
-    if not isinstance(value, str):
-        for name in ("trace_context", "external_trace_header"):
-            headers = _field(request, name)
-            if isinstance(headers, TraceCarrier):
-                value = headers.traceparent
-                break
-            if isinstance(headers, Mapping):
-                value = headers.get("traceparent")
-                break
-    if not isinstance(value, str) or parse_traceparent(value) is None:
-        value = _registry.get(rid)
-    return rid, value

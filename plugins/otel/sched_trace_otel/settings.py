@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Optional
 
 from sched_trace import ConfigError
+from sched_trace.export import RequestOwner
 
 from . import otel_env
 
@@ -37,7 +38,6 @@ class OtelSettings:
     sglang_compat: bool = False               # service "sglang", request roots module="sglang::request"
     process: bool = True                      # build and export spans in a separate process
     capacity: int = 65536                     # events buffered in the scheduler process
-    queue_capacity: int = 65536               # events queued in the exporter process
     retry_capacity: int = 65536               # spans kept for retry while the receiver is down
     batch_ratio: float = 1.0                  # fraction of batch scopes exported
     batch_every: int = 1                      # or 1 in N batch scopes per thread
@@ -46,6 +46,7 @@ class OtelSettings:
     requests: str = "spans"                   # spans | links | off
     max_requests: int = 4096                  # per event; more are counted as truncated
     restart_limit: int = 10                   # exporter process restarts before giving up
+    request_owner: Optional[dict] = None      # rank keys of the rank that writes request roots; see docs/otel.md
 
     @property
     def resolved_service_name(self) -> str:
@@ -71,11 +72,13 @@ class OtelSettings:
 
 _FIELDS = OtelSettings.__dataclass_fields__
 _TYPES = {name: type(getattr(OtelSettings(), name)) for name in _FIELDS}
-_TYPES.update(endpoint=str, service_name=str)
+_TYPES.update(endpoint=str, service_name=str, request_owner=dict)
 
 
 def _convert_env(key: str, raw: str) -> Any:
     kind = _TYPES[key]
+    if kind is dict:  # request_owner: "pp_rank=0,tp_rank=0"
+        return RequestOwner.parse(raw, "environment", f"SCHED_TRACE_OTEL_{key.upper()}").rule
     if kind is bool:
         if raw.lower() in ("1", "true", "yes", "on"):
             return True
@@ -104,6 +107,9 @@ def from_env(environ: Optional[Mapping[str, str]] = None) -> dict[str, Any]:
 def _check(key: str, value: Any, source: str) -> None:
     where = f"plugins.otel.{key}"
     expected = _TYPES[key]
+    if expected is dict:
+        RequestOwner.parse(value, source, where)
+        return
     ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         ok = True
@@ -115,7 +121,7 @@ def _check(key: str, value: Any, source: str) -> None:
                           source=source, key=where)
     if key in ("batch_ratio", "request_ratio") and not 0.0 <= value <= 1.0:
         raise ConfigError(f"{value!r} is out of range: a ratio is 0.0 .. 1.0", source=source, key=where)
-    if key in ("capacity", "queue_capacity", "retry_capacity", "batch_every", "request_every",
+    if key in ("capacity", "retry_capacity", "batch_every", "request_every",
                "max_requests") and value < 1:
         raise ConfigError(f"{value!r} must be a positive integer", source=source, key=where)
     if key == "restart_limit" and value < 0:
@@ -180,6 +186,8 @@ def parse(table: Mapping[str, Any], source: str = "<config>",
     for key, value in {**values, **env_values}.items():
         _check(key, value, "environment" if key in env_values else source)
     values.update(env_values)
+    if values.get("request_owner") is not None:
+        values["request_owner"] = RequestOwner.parse(values["request_owner"], source, "plugins.otel.request_owner").rule
     _apply_standard_env(values, environ)
     where = values.pop("_exporter_source", None) or (
         ("environment", "SCHED_TRACE_OTEL_EXPORTER") if "exporter" in env_values else (source, "plugins.otel.exporter"))

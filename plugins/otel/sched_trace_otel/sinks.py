@@ -1,8 +1,11 @@
 """Where spans go: an OTLP-JSON lines file, an OTLP receiver, an SDK exporter (``console``), or nowhere.
 
-The OTLP sink keeps spans that failed to send (receiver down) in a bounded
-retry list and tries again with backoff; what does not fit is dropped and
-counted.
+Every sink writes through: the file sink writes each batch of spans to the file
+descriptor before it returns (no user-space buffer, so a SIGKILL loses nothing it
+counted), and ``spans_exported`` counts only spans that reached the file or that
+the receiver accepted. The OTLP sink keeps spans that failed to send (receiver
+down) in a bounded retry list and tries again with backoff; what does not fit is
+dropped and counted.
 """
 
 from __future__ import annotations
@@ -14,10 +17,10 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from .assemble import SpanRecord
-from .encode import SdkSpanBuilder, traces_json_line
 from .otel_env import PROTOCOLS, OtlpTarget, otlp_target
-from .protowire import WireEncoder
+from .otlp_json import traces_json_line
+from .otlp_proto import ProtoEncoder
+from .sdk_spans import SdkSpanBuilder
 from .transport import SendResult, make_transport
 
 log = logging.getLogger("sched_trace.otel")
@@ -31,7 +34,7 @@ class NullSink:
         self.dropped = 0
         self.failures = 0
 
-    def export(self, spans: Sequence[SpanRecord]) -> None:
+    def export(self, spans: Sequence[Any]) -> None:
         self.exported += len(spans)
 
     def flush(self, timeout: float) -> bool:
@@ -45,32 +48,33 @@ class NullSink:
 
 
 class FileSink(NullSink):
-    """Appends OTLP-JSON lines (the Collector file exporter's format) to one file per process."""
+    """Appends OTLP-JSON lines (the Collector file exporter's format) to one file per process.
+
+    Each line goes to the descriptor whole (``O_APPEND``, no user-space buffer) before
+    its spans count as exported.
+    """
 
     def __init__(self, path: "str | Path", resource: Mapping[str, Any]) -> None:
         super().__init__()
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.resource = dict(resource)
-        self._file: Optional[Any] = None  # opened on the first span: no empty file per idle process
+        self._fd: Optional[int] = None  # opened on the first span: no empty file per idle process
 
-    def export(self, spans: Sequence[SpanRecord]) -> None:
-        if spans and self._file is None:
-            self._file = open(self.path, "a", encoding="utf-8")
+    def export(self, spans: Sequence[Any]) -> None:
+        if spans and self._fd is None:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         for begin in range(0, len(spans), LINE_SPANS):
             chunk = spans[begin:begin + LINE_SPANS]
-            self._file.write(traces_json_line(self.resource, chunk) + "\n")
+            view = memoryview((traces_json_line(self.resource, chunk) + "\n").encode())
+            while view:
+                view = view[os.write(self._fd, view):]
             self.exported += len(chunk)
 
-    def flush(self, timeout: float) -> bool:
-        if self._file is not None:
-            self._file.flush()
-        return True
-
     def close(self) -> None:
-        if self._file is not None and not self._file.closed:
-            self._file.flush()
-            self._file.close()
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
 
 class OtlpSink(NullSink):
@@ -86,7 +90,7 @@ class OtlpSink(NullSink):
         super().__init__()
         self.target = target
         self.resource = dict(resource)
-        self.wire = WireEncoder(resource)
+        self.encoder = ProtoEncoder(resource)
         self.transport = transport if transport is not None else make_transport(target)
         self.retry_capacity = retry_capacity
         self.rejected = 0
@@ -95,7 +99,7 @@ class OtlpSink(NullSink):
         self._next_try = 0.0
         self._logged: set = set()
 
-    def export(self, spans: Sequence[SpanRecord]) -> None:
+    def export(self, spans: Sequence[Any]) -> None:
         self._waiting.extend(spans)
         overflow = len(self._waiting) - self.retry_capacity
         if overflow > 0:  # the oldest go first: the newest say more about "now"
@@ -108,7 +112,7 @@ class OtlpSink(NullSink):
     def _encode(self, chunk: list) -> bytes:
         if self.target.protocol == "http/json":
             return traces_json_line(self.resource, chunk).encode()
-        return self.wire.request(chunk)
+        return self.encoder.request(chunk)
 
     def _send(self, deadline: Optional[float] = None) -> bool:
         """Send what waits, oldest first; with a ``deadline`` (monotonic), no request outlasts it."""
@@ -175,7 +179,7 @@ class SdkExporterSink(NullSink):
         self.builder = SdkSpanBuilder(resource)
         self.exporter = exporter if exporter is not None else load_sdk_exporter(name)()
 
-    def export(self, spans: Sequence[SpanRecord]) -> None:
+    def export(self, spans: Sequence[Any]) -> None:
         from opentelemetry.sdk.trace.export import SpanExportResult
 
         try:
@@ -213,7 +217,7 @@ class FanoutSink(NullSink):
         self.sinks = list(sinks)
         self.names = list(names)
 
-    def export(self, spans: Sequence[SpanRecord]) -> None:
+    def export(self, spans: Sequence[Any]) -> None:
         for sink in self.sinks:
             sink.export(spans)
 

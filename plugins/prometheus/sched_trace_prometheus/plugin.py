@@ -72,7 +72,7 @@ class PrometheusPlugin:
         requests = self.metrics.requests
         stats.update(observed=self.metrics.observed, label_overflow=self.metrics.overflow, port=self.port,
                      live_requests=requests.live, evicted_requests=requests.evicted,
-                     unknown_request_ends=requests.unknown_end)
+                     unknown_request_ends=requests.unknown_end, requests_not_owned=requests.not_owned)
         return stats
 
     # --- HTTP endpoint ------------------------------------------------------------
@@ -103,8 +103,9 @@ class PrometheusPlugin:
 
     def _apply(self, settings: Settings, source: str) -> None:
         old = self.settings
-        if (settings.buckets, settings.batch_size_buckets, settings.request_buckets, settings.rank_labels) != (
-                old.buckets, old.batch_size_buckets, old.request_buckets, old.rank_labels):
+        if (settings.buckets, settings.batch_size_buckets, settings.request_buckets, settings.rank_labels,
+                settings.request_owner) != (old.buckets, old.batch_size_buckets, old.request_buckets, old.rank_labels,
+                                            old.request_owner):
             self._exporter.flush(5.0)
             self.metrics = StageMetrics(settings)  # new label names or buckets: new series
         self.metrics.settings = settings

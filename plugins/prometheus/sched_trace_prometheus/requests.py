@@ -1,5 +1,8 @@
 """Request latency histograms (TTFT, TPOT, queue time, end to end) per rank, on the exporter thread.
 
+Only the rank that owns a request counts it (``request_owner``, the same rule as the
+otel plugin's request roots): under pipeline or tensor parallelism every rank sees
+each request, and the histograms count each request once.
 Each request's phases are folded by :class:`sched_trace.analysis.RequestTimeline`
 (first arrived/scheduled/first token, last finished/aborted). A duration is
 observed once, as soon as it is known: queue time at the first ``scheduled``,
@@ -16,6 +19,7 @@ from prometheus_client import Counter, Histogram
 from prometheus_client.metrics_core import Metric
 
 from sched_trace.analysis import RequestTimeline
+from sched_trace.export import RequestOwner
 
 from .settings import NAMESPACE, Settings
 
@@ -31,6 +35,8 @@ class RequestMetrics:
         ranks = list(settings.rank_labels)
         buckets = settings.request_buckets
         self.max_live = settings.max_live_requests
+        self.owner = RequestOwner.parse(settings.request_owner, "[plugins.prometheus]", "request_owner")
+        self.not_owned = 0    # request events of requests another rank counts
         self.ttft = Histogram(
             "request_time_to_first_token_seconds", "Arrival to first output token, per request.",
             ranks, namespace=NAMESPACE, buckets=buckets, registry=None)
@@ -62,6 +68,9 @@ class RequestMetrics:
         self.unknown_end = 0  # an end for a request never seen (or already ended)
 
     def observe(self, event: Any, labels: tuple[str, ...]) -> None:
+        if not self.owner.owns(event.rank):
+            self.not_owned += 1
+            return
         live = self._live
         timeline = live.get(event.request_id)
         if timeline is None:

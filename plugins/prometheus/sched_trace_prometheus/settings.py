@@ -6,9 +6,10 @@ import difflib
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from sched_trace import ConfigError
+from sched_trace.export import RequestOwner
 
 NAMESPACE = "sched_trace"
 #: Stage and batch latency buckets in seconds: 10 µs .. 10 s, about three per decade.
@@ -51,12 +52,13 @@ class Settings:
     default_registry: bool = False
     capacity: int = 65536
     scrape_flush_timeout: float = 0.25
+    request_owner: Optional[Mapping[str, int]] = None  # None: SCHED_TRACE_REQUEST_OWNER, else the default
 
 
 _KEYS = {
     "port": int, "addr": str, "buckets": list, "batch_size_buckets": list, "request_buckets": list,
     "rank_labels": list, "max_label_sets": int, "max_live_requests": int, "default_registry": bool, "capacity": int,
-    "scrape_flush_timeout": (int, float),
+    "scrape_flush_timeout": (int, float), "request_owner": dict,
 }
 
 
@@ -84,6 +86,9 @@ def parse_settings(table: Mapping[str, Any], source: str = "<dict>") -> Settings
     for key in ("buckets", "batch_size_buckets", "request_buckets"):
         if key in values:
             values[key] = _buckets(key, values[key], source)
+    if "request_owner" in values:
+        values["request_owner"] = RequestOwner.parse(values["request_owner"], source,
+                                                     "plugins.prometheus.request_owner").rule
     if "rank_labels" in values:
         values["rank_labels"] = _rank_labels(values["rank_labels"], source)
     return Settings(**values)

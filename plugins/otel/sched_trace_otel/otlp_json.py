@@ -1,0 +1,123 @@
+"""Spans to OTLP-JSON lines, as the Collector's file exporter writes them, and such files read back.
+
+The JSON follows the OTLP/JSON mapping: ids are hex, 64-bit integers are strings,
+enums are numbers. Spans are joined from cached fragments (``json.dumps`` of
+dicts is three times slower); :func:`read_otlp_json` turns a file back into
+``TracesData`` messages through ``google.protobuf.json_format``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+from .otlp_proto import SCOPE_NAME, SCOPE_VERSION
+from .otlp_value import otlp_value
+from .spans import span_parts
+
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+_KV_CACHE: dict[tuple, str] = {}
+_KV_CACHE_LIMIT = 200_000
+_SCOPE_JSON = _dumps({"name": SCOPE_NAME, "version": SCOPE_VERSION})
+
+
+def any_value(value: Any) -> dict[str, Any]:
+    """An ``AnyValue`` in OTLP/JSON, for a value :func:`otlp_value` made."""
+    if isinstance(value, bool):
+        return {"boolValue": value}
+    if isinstance(value, int):
+        return {"intValue": str(value)}
+    if isinstance(value, float):
+        return {"doubleValue": value}
+    if isinstance(value, list):
+        return {"arrayValue": {"values": [any_value(v) for v in value]}}
+    return {"stringValue": value}
+
+
+def _kv(key: str, value: Any) -> str:
+    """One encoded KeyValue; cached, since rank and level attributes repeat on every span."""
+    try:
+        cache_key = (key, type(value), value)
+        text = _KV_CACHE.get(cache_key)
+    except TypeError:  # a list value: not hashable, not cached
+        return _dumps({"key": key, "value": any_value(otlp_value(value))})
+    if text is None:
+        if len(_KV_CACHE) > _KV_CACHE_LIMIT:
+            _KV_CACHE.clear()
+        text = _KV_CACHE[cache_key] = _dumps({"key": key, "value": any_value(otlp_value(value))})
+    return text
+
+
+def _kvs(attributes: Mapping[str, Any]) -> str:
+    return "[" + ",".join([_kv(k, v) for k, v in attributes.items()]) + "]"
+
+
+def span_json(span: Any) -> str:
+    """One span in OTLP/JSON."""
+    name, start, end, attributes, events, status_code, status_message = span_parts(span)
+    parts = [
+        '{"traceId":"%032x","spanId":"%016x"' % (span.trace_id, span.span_id),
+        ',"parentSpanId":"%016x"' % span.parent_span_id if span.parent_span_id else "",
+        ',"name":', _dumps(name),
+        ',"kind":1,"startTimeUnixNano":"%d","endTimeUnixNano":"%d"' % (start, end),
+        ',"attributes":', _kvs(attributes),
+    ]
+    if events:
+        parts.append(',"events":[' + ",".join(
+            '{"timeUnixNano":"%d","name":%s,"attributes":%s}' % (t, _dumps(n), _kvs(a))
+            for n, t, a in events) + "]")
+    if span.links:
+        parts.append(',"links":[' + ",".join(
+            '{"traceId":"%032x","spanId":"%016x","attributes":%s}' % (t, i, _kvs(a))
+            for t, i, a in span.links) + "]")
+    if status_code:
+        parts.append(',"status":{"code":%d,"message":%s}}' % (status_code, _dumps(status_message)))
+    else:
+        parts.append(',"status":{}}')
+    return "".join(parts)
+
+
+def traces_json_line(resource: Mapping[str, Any], spans: Sequence[Any]) -> str:
+    """One line of the file: a TracesData with one resource and one scope."""
+    return ('{"resourceSpans":[{"resource":{"attributes":%s},"scopeSpans":[{"scope":%s,"spans":[%s]}]}]}'
+            % (_kvs(resource), _SCOPE_JSON, ",".join([span_json(s) for s in spans])))
+
+
+# --- reading back --------------------------------------------------------------
+
+def _hex_to_b64(value: str) -> str:
+    return base64.b64encode(bytes.fromhex(value)).decode()
+
+
+def _ids_to_proto_json(document: dict) -> dict:
+    """OTLP/JSON writes ids as hex; protobuf's JSON mapping expects base64 bytes."""
+    for resource_spans in document.get("resourceSpans", []):
+        for scope_spans in resource_spans.get("scopeSpans", []):
+            for span in scope_spans.get("spans", []):
+                for item in (span, *span.get("links", [])):
+                    for key in ("traceId", "spanId", "parentSpanId"):
+                        if item.get(key):
+                            item[key] = _hex_to_b64(item[key])
+    return document
+
+
+def read_otlp_json(path: "str | Path") -> Iterator[Any]:
+    """Each line of an OTLP-JSON lines file as an ``opentelemetry.proto`` ``TracesData``."""
+    from google.protobuf import json_format
+    from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
+
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                yield json_format.ParseDict(_ids_to_proto_json(json.loads(line)), TracesData())
+
+
+def proto_spans(messages: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
+    """``(resource, span)`` pairs from TracesData / ExportTraceServiceRequest messages."""
+    for message in messages:
+        for resource_spans in message.resource_spans:
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    yield resource_spans.resource, span

@@ -1,0 +1,197 @@
+"""The one encoding of events for exporters: events -> frame bytes -> events.
+
+Every exporter process (and every exporter run on a thread) receives the events
+the scheduler recorded, as the same :class:`~sched_trace.StageEvent`,
+:class:`~sched_trace.BatchEvent` and :class:`~sched_trace.RequestEvent` tuples, and
+reads them by field name. Between them lies one frame: the C pickler writes each
+event as a plain tuple of its fields; a :class:`~sched_trace.RankInfo` is written
+once per frame (the pickle memo) and each event class once. Only values that are
+not plain data reach :meth:`_EventPickler.reducer_override`, and each leaves as
+what a trace shows of it (:func:`plain_value`), so user objects never leave the
+scheduler process and the exporter process imports no user code:
+
+* a ``requests`` attribute becomes the request ids (:func:`request_ids` rules);
+  their W3C trace contexts travel once per request beside the events and land in
+  the receiving process's table (:func:`~.contexts.traceparent_of`);
+* an exception becomes a :class:`~sched_trace.events.RemoteError` (type name and
+  message) whose ``stacktrace`` holds the formatted traceback;
+* mapping proxies become dicts; subclasses of int/float/str/tuple/list their base
+  value (an ``IntEnum`` its number); anything else its text, at most 256 characters.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import traceback
+from collections.abc import Mapping
+from types import FunctionType, MappingProxyType
+from typing import Any, Iterable, Sequence
+
+from ..events import BatchEvent, RankInfo, RemoteError, RequestEvent, StageEvent
+from .contexts import ContextCache, _remember, traceparent_of
+
+PROTOCOL = pickle.HIGHEST_PROTOCOL
+MAX_TEXT = 256            # characters kept of an object written as text
+MAX_STACK = 8192          # characters kept of a traceback (its end: the raising frame)
+CONTEXTS_SENT_LIMIT = 65536
+_ATTRS = 8                # index of ``attrs`` in StageEvent / BatchEvent
+_EVENT_CLASSES = frozenset((StageEvent, BatchEvent, RequestEvent))
+_BASES = ((int, int.__index__), (float, float.__float__), (str, str.__str__), (tuple, tuple),
+          (list, list))
+
+
+def _text(value: Any) -> str:
+    try:
+        return str(value)[:MAX_TEXT]
+    except Exception:  # a broken __str__ must not cost the batch
+        return f"<unprintable {type(value).__name__}>"
+
+
+def plain_value(value: Any) -> Any:
+    """What an exporter may hold of an attribute value: plain data, as the frames carry it.
+
+    None, bool, int, float, str and bytes as they are; tuples, lists and dicts with
+    their items made plain; a subclass of a plain type its base value; an exception
+    a :class:`RemoteError`; anything else its text (at most 256 characters).
+    """
+    kind = type(value)
+    if value is None or kind in (bool, int, float, str, bytes):
+        return value
+    if kind in (tuple, list):
+        return kind(map(plain_value, value))
+    if isinstance(value, Mapping):
+        return {str(key): plain_value(item) for key, item in value.items()}
+    if isinstance(value, BaseException):
+        return remote_error(value)
+    for base, convert in _BASES:
+        if isinstance(value, base):
+            return plain_value(convert(value))
+    return _text(value)
+
+
+def remote_error(error: BaseException) -> RemoteError:
+    """A recorded exception as plain data, its formatted traceback in ``stacktrace``."""
+    if isinstance(error, RemoteError):
+        return error
+    remote = RemoteError.of(error)
+    try:
+        stack = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    except Exception:  # a traceback that cannot be formatted is left out, never raised
+        stack = ""
+    remote.stacktrace = stack[-MAX_STACK:]
+    return remote
+
+
+def _rebuild_error(type_name: str, message: str, stacktrace: str) -> RemoteError:
+    error = RemoteError(type_name, message)
+    error.stacktrace = stacktrace
+    return error
+
+
+def _reduce_error(error: BaseException) -> tuple:
+    remote = remote_error(error)
+    return _rebuild_error, (remote.type_name, remote.message, getattr(remote, "stacktrace", ""))
+
+
+#: What the frames name by reference: the event types and the few callables that rebuild values.
+_GLOBALS = frozenset((RankInfo, StageEvent, BatchEvent, RequestEvent, dict, int, float, str, tuple, list,
+                      _rebuild_error))
+
+
+class _EventPickler(pickle.Pickler):
+    """The C pickler; only what it cannot write natively comes here (once per object: the memo)."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        kind = type(obj)
+        if (kind is type or kind is FunctionType) and obj in _GLOBALS:
+            return NotImplemented
+        if kind is RankInfo:
+            return RankInfo, (obj.host_id, obj.pid, obj.tid, obj.thread_label, obj.tp_rank, obj.pp_rank,
+                              obj.dp_rank, tuple((key, plain_value(value)) for key, value in obj.extra))
+        if kind is MappingProxyType:
+            return dict, (dict(obj),)
+        if isinstance(obj, BaseException):
+            return _reduce_error(obj)
+        for base, convert in _BASES:
+            if isinstance(obj, base):
+                return base, (convert(obj),)
+        if isinstance(obj, Mapping):
+            return dict, ({str(key): value for key, value in obj.items()},)
+        return str, (_text(obj),)
+
+
+class EventEncoder:
+    """The scheduler side: batches of events to frame payloads.
+
+    Stateful: it remembers which request trace contexts the receiving side has been
+    sent; :meth:`reset` when that side is new (a restarted exporter process).
+    """
+
+    def __init__(self) -> None:
+        self._contexts = ContextCache()
+        self._sent: dict[str, None] = {}
+
+    def reset(self) -> None:
+        self._sent.clear()
+
+    def encode(self, events: Sequence[Any]) -> bytes:
+        """One frame's payload: ``(new trace contexts, event classes, event fields)``."""
+        contexts: list[tuple[str, str]] = []
+        fields = list(map(tuple, events))
+        for index, event in enumerate(events):
+            if type(event) is RequestEvent:
+                self._context_of_request(event.request_id, contexts)
+                continue
+            attrs = event[_ATTRS]
+            if attrs and "requests" in attrs:
+                fields[index] = self._with_request_ids(fields[index], attrs, contexts)
+        buffer = io.BytesIO()
+        _EventPickler(buffer, PROTOCOL).dump((contexts, list(map(type, events)), fields))
+        return buffer.getvalue()
+
+    def _context_of_request(self, rid: str, contexts: list) -> None:
+        if rid not in self._sent:
+            traceparent = traceparent_of(rid)
+            if traceparent is not None:
+                self._send(rid, traceparent, contexts)
+
+    def _with_request_ids(self, fields: tuple, attrs: Any, contexts: list) -> tuple:
+        requests = attrs["requests"]
+        if requests is None:
+            ids: list[str] = []
+        else:
+            if isinstance(requests, (str, int)) or not isinstance(requests, Iterable):
+                requests = (requests,)
+            try:
+                items = list(requests)  # the scheduler may change its list later: read it once
+            except Exception:
+                items = []
+            ids = []
+            context = self._contexts.context
+            for request in items:
+                rid, traceparent = context(request)
+                ids.append(rid)
+                if traceparent is not None and rid not in self._sent:
+                    self._send(rid, traceparent, contexts)
+        return fields[:_ATTRS] + ({**attrs, "requests": ids},) + fields[_ATTRS + 1:]
+
+    def _send(self, rid: str, traceparent: str, contexts: list) -> None:
+        contexts.append((rid, traceparent))
+        if len(self._sent) >= CONTEXTS_SENT_LIMIT:
+            del self._sent[next(iter(self._sent))]
+        self._sent[rid] = None
+
+
+def decode_events(payload: bytes) -> list[Any]:
+    """The events of one frame payload, in the receiving process; their trace contexts remembered."""
+    contexts, classes, fields = pickle.loads(payload)
+    for rid, traceparent in contexts:
+        _remember(rid, traceparent)
+    if not set(classes) <= _EVENT_CLASSES:
+        raise ValueError(f"not an event frame: {sorted({c.__name__ for c in classes} - _names())}")
+    return list(map(tuple.__new__, classes, fields))
+
+
+def _names() -> set[str]:
+    return {cls.__name__ for cls in _EVENT_CLASSES}

@@ -1,0 +1,122 @@
+"""Requests as an exporter may see them: their ids and W3C trace contexts, never the objects.
+
+A batch's ``requests`` attribute holds the scheduler's request objects (prompts,
+token ids); only ``(rid, traceparent)`` leaves the scheduler process. The trace
+context is looked for, in order: a ``traceparent`` attribute or key on the request
+(a string, or any object with a ``traceparent`` string such as sched-trace-otel's
+``TraceCarrier``), a ``trace_context`` / ``external_trace_header`` mapping on it,
+then the process-wide table filled by :func:`register_traceparent` (and, in an
+exporter process, by the frames it decodes). :func:`traceparent_of` reads that table.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import OrderedDict
+from typing import Any, Mapping, Optional
+
+from ..rank import parse_traceparent
+
+TABLE_LIMIT = 65536
+CACHE_LIMIT = 65536
+Context = tuple[str, Optional[str]]
+
+_table: "OrderedDict[str, str]" = OrderedDict()
+_table_lock = threading.Lock()
+
+
+def register_traceparent(rid: Any, traceparent: str) -> None:
+    """Remember ``rid -> traceparent`` for requests that carry only their id (bounded, oldest forgotten)."""
+    if parse_traceparent(traceparent) is None:
+        raise ValueError(f"not a valid W3C traceparent for request {rid!r}: {traceparent!r}")
+    _remember(str(rid), traceparent)
+
+
+def _remember(rid: str, traceparent: str) -> None:
+    with _table_lock:
+        _table[rid] = traceparent
+        _table.move_to_end(rid)
+        while len(_table) > TABLE_LIMIT:
+            _table.popitem(last=False)
+
+
+def forget_traceparent(rid: Any) -> None:
+    with _table_lock:
+        _table.pop(str(rid), None)
+
+
+def traceparent_of(rid: str) -> Optional[str]:
+    """The trace context registered (or received) for request ``rid``, else None."""
+    return _table.get(rid)
+
+
+def _field(request: Any, name: str) -> Any:
+    if isinstance(request, Mapping):
+        return request.get(name)
+    return getattr(request, name, None)
+
+
+def _as_traceparent(value: Any) -> Optional[str]:
+    if not isinstance(value, str):
+        value = getattr(value, "traceparent", None)  # a carrier object
+    return value if isinstance(value, str) and parse_traceparent(value) is not None else None
+
+
+def request_context(request: Any) -> Context:
+    """``(rid, traceparent or None)`` for a request object, a mapping, or a bare id."""
+    if isinstance(request, (str, int)):
+        rid = str(request)
+        return rid, _table.get(rid)
+    rid_value = None
+    for name in ("rid", "request_id", "id"):
+        try:
+            rid_value = _field(request, name)
+        except Exception:  # a property that raises is no id
+            rid_value = None
+        if isinstance(rid_value, (str, int)):
+            break
+        rid_value = None
+    rid = str(rid_value) if rid_value is not None else f"obj-{id(request):x}"
+    try:
+        value = _as_traceparent(_field(request, "traceparent"))
+        if value is None:
+            for name in ("trace_context", "external_trace_header"):
+                headers = _field(request, name)
+                if headers is not None:
+                    value = _as_traceparent(headers.get("traceparent") if isinstance(headers, Mapping) else headers)
+                    break
+    except Exception:  # a request whose attributes raise has no readable context
+        value = None
+    return rid, value if value is not None else _table.get(rid)
+
+
+class ContextCache:
+    """:func:`request_context`, remembered per live request object.
+
+    A decode request is in every batch until it finishes; reading its id and trace
+    context each time was most of the exporter thread's work, under the scheduler's GIL.
+    A request without a context yet is read again next time (one may be attached later).
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[int, tuple[Any, Context]] = {}
+
+    def context(self, request: Any) -> Context:
+        if isinstance(request, (str, int)):
+            return request_context(request)
+        key = id(request)
+        known = self._known.get(key)
+        if known is not None and known[0]() is request:
+            return known[1]
+        context = request_context(request)
+        if context[1] is None:
+            return context
+        try:
+            reference = weakref.ref(request)
+        except TypeError:  # no weak references: read it every time
+            return context
+        if len(self._known) >= CACHE_LIMIT:
+            self._known.clear()
+        self._known[key] = (reference, context)
+        return context

@@ -1,0 +1,113 @@
+"""Frames on the pipes between a scheduler process and its exporter process.
+
+A frame is a 4-byte little-endian length, a kind byte and the payload. Kind
+``E``: an events payload (:mod:`.codec`), passed through as bytes. Kind ``C``: a
+small pickled control tuple: ``("init", ...)``, ``("flush", seq, timeout)``,
+``("stop", timeout)`` from the parent; ``("stats", counters)`` and
+``("ack", seq, counters)`` from the child.
+
+Writes go straight to the descriptor (no user-space buffer): a fork in the middle
+of a write leaves nothing half-buffered for the forked child to send again.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import select
+import struct
+import time
+from typing import Any, Optional, Union
+
+EVENTS, CONTROL = b"E", b"C"
+_HEADER = struct.Struct("<Ic")
+
+
+def _frame(kind: bytes, payload: bytes) -> memoryview:
+    return memoryview(_HEADER.pack(len(payload), kind) + payload)
+
+
+def write_events(fd: int, payload: bytes) -> None:
+    """Write an events frame whole; blocks while the pipe is full (the one back-pressure point)."""
+    _write_all(fd, _frame(EVENTS, payload))
+
+
+def write_control(fd: int, message: tuple) -> None:
+    _write_all(fd, _frame(CONTROL, pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)))
+
+
+def write_control_by(fd: int, message: tuple, deadline: float) -> bool:
+    """Write a control frame unless the pipe stays full until ``deadline`` (monotonic).
+
+    A pipe that select() calls writable takes PIPE_BUF bytes at once, so a frame that
+    small never blocks: a child that stopped reading cannot hold a shutdown past its deadline.
+    """
+    view = _frame(CONTROL, pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+    if len(view) > select.PIPE_BUF:
+        _write_all(fd, view)
+        return True
+    try:
+        _, writable, _ = select.select([], [fd], [], max(0.0, deadline - time.monotonic()))
+    except (OSError, ValueError):
+        return False
+    if not writable:
+        return False
+    _write_all(fd, view)
+    return True
+
+
+def reply(fd: int, message: tuple) -> None:
+    """The child answers its parent; if the parent is gone, the child keeps going with what it holds."""
+    try:
+        write_control(fd, message)
+    except OSError:
+        pass
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        view = view[os.write(fd, view):]
+
+
+class FrameReader:
+    """Reads whole frames from a descriptor, unbuffered by Python, so select() tells the truth."""
+
+    CHUNK = 1 << 20
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._buffer = bytearray()
+        self.closed = False
+
+    def read(self, timeout: Optional[float] = None) -> Union[None, tuple[bytes, Any]]:
+        """``(kind, payload or message)``; None when ``timeout`` passed first or at end of stream
+        (then :attr:`closed` is true). A torn frame at the end of the stream counts as the end."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            frame = self._take()
+            if frame is not None:
+                return frame
+            if self.closed:
+                return None
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not select.select([self.fd], [], [], remaining)[0]:
+                    return None
+            chunk = os.read(self.fd, self.CHUNK)
+            if not chunk:
+                self.closed = True
+                return None
+            self._buffer += chunk
+
+    def _take(self) -> Optional[tuple[bytes, Any]]:
+        buffer = self._buffer
+        if len(buffer) < _HEADER.size:
+            return None
+        size, kind = _HEADER.unpack_from(buffer)
+        end = _HEADER.size + size
+        if len(buffer) < end:
+            return None
+        with memoryview(buffer) as view:
+            payload = bytes(view[_HEADER.size:end])
+        del buffer[:end]
+        return kind, (payload if kind == EVENTS else pickle.loads(payload))

@@ -1,0 +1,126 @@
+"""The one event encoding: what goes into a frame comes out as the same events, read by field name."""
+
+from __future__ import annotations
+
+import enum
+import pickle
+from types import MappingProxyType
+
+import pytest
+
+from sched_trace.events import NO_ATTRS, BatchEvent, RankInfo, RemoteError, RequestEvent, StageEvent
+from sched_trace.export import (EventEncoder, decode_events, forget_traceparent, plain_value, register_traceparent,
+                                traceparent_of)
+from sched_trace._exporter.contexts import ContextCache
+
+TP = "00-0000000000000000000000000000abcd-00000000000000ef-01"
+RANK = RankInfo("host", 11, 22, "Scheduler", tp_rank=0, pp_rank=1, dp_rank=None, extra=(("stage_index", 3),))
+
+
+class Mode(enum.IntEnum):
+    DECODE = 2
+
+
+class Opaque:
+    def __str__(self) -> str:
+        return "opaque!"
+
+
+class Req:
+    def __init__(self, rid, traceparent=None, prompt="secret prompt"):
+        self.rid, self.traceparent, self.prompt = rid, traceparent, prompt
+
+
+def stage(**attrs) -> StageEvent:
+    return StageEvent("run_batch_cpu", 4, 100, 200, RANK, 7, 3, 8, attrs or NO_ATTRS, None, 5, 4)
+
+
+def round_trip(events, encoder=None):
+    return decode_events((encoder or EventEncoder()).encode(events))
+
+
+def test_events_come_back_equal_with_their_types_and_shared_rank():
+    events = [stage(queue_depth=3), BatchEvent("step", 1, 90, 210, RANK, None, 3, 8, NO_ATTRS, None, 4, 0),
+              RequestEvent("finished", 205, "r1", RANK, 10, 5, 3, MappingProxyType({"finish_reason": "stop"}))]
+    decoded = round_trip(events)
+    assert decoded == events
+    assert [type(e) for e in decoded] == [StageEvent, BatchEvent, RequestEvent]
+    assert decoded[0].rank is decoded[1].rank is decoded[2].rank  # one RankInfo per frame
+    assert decoded[0].rank.extras == {"stage_index": 3} and decoded[2].attrs["finish_reason"] == "stop"
+
+
+def test_values_that_are_not_plain_data_leave_as_what_a_trace_shows():
+    decoded, = round_trip([stage(mode=Mode.DECODE, obj=Opaque(), nested={"a": [Mode.DECODE, Opaque()]},
+                                 long=Opaque.__new__(type("Long", (), {"__str__": lambda s: "x" * 1000})))])
+    assert decoded.attrs == {"mode": 2, "obj": "opaque!", "nested": {"a": [2, "opaque!"]}, "long": "x" * 256}
+    assert type(decoded.attrs["mode"]) is int
+    assert plain_value({"mode": Mode.DECODE, "t": (Opaque(), 1.5)}) == {"mode": 2, "t": ("opaque!", 1.5)}
+
+
+def test_an_exception_travels_as_remote_error_with_its_traceback():
+    try:
+        raise ValueError("boom")
+    except ValueError as exc:
+        error = exc
+    event = stage()._replace(error=error)
+    decoded, = round_trip([event])
+    assert isinstance(decoded.error, RemoteError) and decoded.error == error
+    assert (decoded.error.type_name, decoded.error.message) == ("ValueError", "boom")
+    assert "raise ValueError" in decoded.error.stacktrace
+    assert decoded == event
+
+
+def test_requests_leave_as_ids_and_their_contexts_travel_once():
+    encoder = EventEncoder()
+    forget_traceparent("r1")
+    requests = [Req("r1", TP), Req("r2"), {"request_id": "r3"}, "r4"]
+    first = encoder.encode([stage(requests=requests)])
+    assert b"secret prompt" not in first
+    decoded, = decode_events(first)
+    assert decoded.attrs["requests"] == ["r1", "r2", "r3", "r4"]
+    assert traceparent_of("r1") == TP and traceparent_of("r2") is None  # landed in the receiving table
+    contexts, _, _ = pickle.loads(first)
+    assert contexts == [("r1", TP)]
+    assert pickle.loads(encoder.encode([stage(requests=requests)]))[0] == []  # sent once
+    encoder.reset()  # a new exporter process: told again
+    assert pickle.loads(encoder.encode([stage(requests=requests)]))[0] == [("r1", TP)]
+
+
+def test_a_registered_context_travels_with_the_request_events():
+    encoder = EventEncoder()
+    register_traceparent("r9", TP)
+    payload = encoder.encode([RequestEvent("arrived", 1, "r9", RANK, None, None, None, NO_ATTRS)])
+    assert pickle.loads(payload)[0] == [("r9", TP)]
+    forget_traceparent("r9")
+
+
+def test_only_event_frames_decode():
+    with pytest.raises(ValueError):
+        decode_events(pickle.dumps(([], [dict], [()])))
+
+
+# --- reading a request's id and context, remembered per live request object -----------
+
+
+def test_a_request_seen_again_gives_the_same_context():
+    cache = ContextCache()
+    req = Req("r1", TP)
+    assert cache.context(req) == ("r1", TP)
+    req.rid = "changed"  # remembered for the object's lifetime: its identity does not change
+    assert cache.context(req) == ("r1", TP)
+
+
+def test_a_traceparent_attached_later_is_seen():
+    cache = ContextCache()
+    req = Req("r2")
+    assert cache.context(req) == ("r2", None)
+    req.traceparent = TP
+    assert cache.context(req) == ("r2", TP)
+
+
+def test_a_new_object_at_a_reused_address_is_read_afresh():
+    cache = ContextCache()
+    for index in range(200):  # freed objects' ids are reused quickly
+        req = Req(f"r{index}", TP)
+        assert cache.context(req) == (f"r{index}", TP)
+        del req
