@@ -93,9 +93,9 @@ def _case(receiver: _Receiver, plugin: Any, mode: str, batch: Batch) -> Callable
     def case(n: int) -> None:
         if mode == "exporter_killed":
             receiver.set("ok")
-            process = plugin._process
+            process = plugin.processor.process
             if process is not None:
-                process.kill_for_test()
+                process.kill()
         else:
             receiver.set("ok" if mode == "normal" else mode)
         for mb_id in range(n):

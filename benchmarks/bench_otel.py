@@ -6,7 +6,7 @@
    spans) against one SDK span per request per batch with a BatchSpanProcessor
    whose exporter OTLP-encodes in the background.
 2. Exporter throughput: spans built and encoded per second by the exporter
-   pipeline (unpickle records, assemble, encode) against the SDK path (start/end
+   (decode the frame, assemble, encode) against the SDK path (start/end
    span, then OTLP protobuf encode), for the file output and the OTLP output.
 
 Run: ``python -m benchmarks.bench_otel [--quick]``.
@@ -14,7 +14,6 @@ Run: ``python -m benchmarks.bench_otel [--quick]``.
 
 from __future__ import annotations
 
-import pickle
 import shutil
 import sys
 import tempfile
@@ -136,8 +135,9 @@ class _Capture:
         self.events.append(event)
 
 
-def _records(batches: int, size: int) -> tuple[list, list]:
-    from sched_trace_otel.wire import RecordEncoder
+def _frame(batches: int, size: int) -> bytes:
+    """The events of ``batches`` steps as one frame of the core's event encoding."""
+    from sched_trace.export import EventEncoder
 
     capture = _Capture()
     sched_trace.configure(level=4, plugins=[capture], autoload=False)
@@ -145,22 +145,24 @@ def _records(batches: int, size: int) -> tuple[list, list]:
     for mb_id in range(batches):
         _step(batch, mb_id)
     sched_trace.unregister(capture)
-    return RecordEncoder().encode(capture.events)
+    return EventEncoder().encode(capture.events)
 
 
 def _pipeline_case(settings: Any, frame: bytes, sink_factory: Any = None) -> tuple[Callable[[int], None], int]:
     """``case(n)``: the exporter process's work for ``frame``, n times; and spans per frame."""
-    from sched_trace_otel.pipeline import ExportPipeline, process_meta
+    import dataclasses
+
+    from sched_trace.export import decode_events
+    from sched_trace_otel.exporter import OtelExporter
+    from sched_trace_otel.plugin import process_meta
 
     def once() -> int:
-        pipeline = ExportPipeline(settings, process_meta(settings, 1, 1 << 31))
+        exporter = OtelExporter(dataclasses.asdict(settings), process_meta(settings, 1))
         if sink_factory is not None:
-            pipeline.sink = sink_factory()
-        ranks, records = pickle.loads(frame)
-        pipeline.handle(ranks, records)
-        pipeline.sink.flush(10.0)
-        pipeline.sink.close()
-        return pipeline.spans
+            exporter.sink = sink_factory()
+        exporter.export(decode_events(frame))
+        exporter.shutdown(10.0)
+        return exporter.spans
 
     def case(n: int) -> None:
         for _ in range(n):
@@ -216,8 +218,7 @@ def run_exporter(quick: bool) -> list[dict[str, Any]]:
     from sched_trace_otel.otel_env import OtlpTarget
     from sched_trace_otel.sinks import OtlpSink
 
-    ranks, records = _records(50 if quick else 200, 64)
-    frame = pickle.dumps((ranks, records), protocol=pickle.HIGHEST_PROTOCOL)
+    frame = _frame(50 if quick else 200, 64)
     directory = tempfile.mkdtemp(prefix="sched-trace-bench-otel-")
     try:
         file_case, spans = _pipeline_case(OtelSettings(directory=directory), frame)
@@ -231,7 +232,7 @@ def run_exporter(quick: bool) -> list[dict[str, Any]]:
     sdk = spans / median(samples["sdk"]) * 1e9
     rows = []
     for name, label, note in (("file", "OTLP-JSON file", f"{spans} spans per run, batches of 64 requests"),
-                              ("otlp", "OTLP protobuf", "no socket: unpickle, assemble, encode")):
+                              ("otlp", "OTLP protobuf", "no socket: decode, assemble, encode")):
         ours = spans / median(samples[name]) * 1e9
         ratio = paired_ratio(samples, "sdk", name)
         rows.append(row(f"exporter spans/s, {label}: otel exporter process vs SDK start/end + OTLP encode",

@@ -7,25 +7,24 @@ directory, as it happens: nothing is buffered, so ranks that exit through
 ``os._exit`` (multiprocessing children) or are killed lose nothing already recorded.
 A forked child writes its own file. :func:`read_directory` reads them all back.
 
-What is written is the event as plain data (``sched_trace.events`` pickles), framed
-as the exporter process frames its messages; attribute values that are live objects
-are recorded by type name (``requests`` as request ids), since a trace contract reads
-names, nesting, ranks and attribute keys, not payloads. Only this module knows the
-file format, so that another encoding can replace it here alone.
+What is written is the event in the one event encoding (``sched_trace.export``'s,
+the frames an exporter process reads); attribute values that are live objects are
+recorded by type name (``requests`` as request ids), since a trace contract reads
+names, nesting, ranks and attribute keys, not payloads.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 import threading
 import uuid
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Iterator, Optional
 
+from ._exporter.codec import EventEncoder, decode_events
+from ._exporter.frames import FrameReader, write_events
 from .events import request_ids
-from .exporter_process import read_frame, write_frame
 
 ENV = "SCHED_TRACE_CAPTURE_DIR"
 PLUGIN_NAME = "sched-trace-capture"
@@ -67,11 +66,11 @@ class CaptureWriter:
 
     def _write(self, event: Any) -> None:
         try:
-            payload = pickle.dumps(plain(event), protocol=pickle.HIGHEST_PROTOCOL)
+            payload = EventEncoder().encode([plain(event)])
             if self._pid != os.getpid():  # the first event, or the first in a forked child
                 self._open()
             with self._lock:
-                write_frame(self._fd, payload)  # type: ignore[arg-type]
+                write_events(self._fd, payload)  # type: ignore[arg-type]
             self.written += 1
         except Exception:  # a test harness must not break the traced program either
             self.failed += 1
@@ -128,8 +127,11 @@ def read_directory(directory: "str | os.PathLike[str]") -> tuple[list[Any], list
 
 def _frames(path: Path) -> Iterator[Any]:
     with path.open("rb") as stream:
+        reader = FrameReader(stream.fileno())
         while True:
-            event = read_frame(stream)
-            if event is None:
+            frame = reader.read()
+            if frame is None:
+                if reader.pending:
+                    raise EOFError(f"{reader.pending} bytes of a frame cut short at the end")
                 return
-            yield event
+            yield from decode_events(frame[1])

@@ -154,8 +154,10 @@ class BackgroundExporter:
         interval: float = 0.2,
         drop_markers: bool = False,
         warn: bool = True,
+        advice: str = "",
     ) -> None:
         self.name = name
+        self.advice = advice  # what to raise when the buffer was full, in the shutdown warning
         self.drops: Optional[DropLog] = DropLog() if drop_markers else None
         self.warn = warn
         self.buffer = EventBuffer(capacity)
@@ -263,7 +265,7 @@ class BackgroundExporter:
         self.abandoned += len(left)
         self._thread = None
         _live.discard(self)
-        warning = loss_warning(self.name, self.stats()) if self.warn else None
+        warning = loss_warning(self.name, self.stats(), self.advice) if self.warn else None
         if warning:
             log.warning(warning)
 

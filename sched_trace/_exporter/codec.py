@@ -10,7 +10,7 @@ not plain data reach :meth:`_EventPickler.reducer_override`, and each leaves as
 what a trace shows of it (:func:`plain_value`), so user objects never leave the
 scheduler process and the exporter process imports no user code:
 
-* a ``requests`` attribute becomes the request ids (:func:`request_ids` rules);
+* a ``requests`` attribute becomes a tuple of the request ids (:func:`request_ids` rules);
   their W3C trace contexts travel once per request beside the events and land in
   the receiving process's table (:func:`~.contexts.traceparent_of`);
 * an exception becomes a :class:`~sched_trace.events.RemoteError` (type name and
@@ -174,7 +174,7 @@ class EventEncoder:
                 ids.append(rid)
                 if traceparent is not None and rid not in self._sent:
                     self._send(rid, traceparent, contexts)
-        return fields[:_ATTRS] + ({**attrs, "requests": ids},) + fields[_ATTRS + 1:]
+        return fields[:_ATTRS] + ({**attrs, "requests": tuple(ids)},) + fields[_ATTRS + 1:]
 
     def _send(self, rid: str, traceparent: str, contexts: list) -> None:
         contexts.append((rid, traceparent))

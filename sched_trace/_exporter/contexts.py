@@ -42,6 +42,7 @@ def _remember(rid: str, traceparent: str) -> None:
 
 
 def forget_traceparent(rid: Any) -> None:
+    """Drop what :func:`register_traceparent` remembered for request ``rid``."""
     with _table_lock:
         _table.pop(str(rid), None)
 

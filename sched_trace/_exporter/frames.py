@@ -99,6 +99,11 @@ class FrameReader:
                 return None
             self._buffer += chunk
 
+    @property
+    def pending(self) -> int:
+        """Bytes read but not yet a whole frame (at the end of a stream: a frame cut short)."""
+        return len(self._buffer)
+
     def _take(self) -> Optional[tuple[bytes, Any]]:
         buffer = self._buffer
         if len(buffer) < _HEADER.size:

@@ -24,6 +24,7 @@ from .frames import FrameReader, write_control, write_control_by, write_events
 log = logging.getLogger("sched_trace")
 CHILD_MODULE = "sched_trace._exporter.child"
 #: Counters of the running child only, never summed over children (gauges, names).
+PIPE_SIZE = 1 << 20
 LIVE_KEYS = frozenset(("path", "queued", "spans_waiting", "pending", "exporter_pid"))
 
 
@@ -74,6 +75,7 @@ class ExporterProcess:
             self._on_start()
             proc = subprocess.Popen([sys.executable, "-m", CHILD_MODULE], bufsize=0, stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, env=env, close_fds=True)
+            _widen(proc.stdin.fileno())
             write_control(proc.stdin.fileno(), self._init())
         except OSError as exc:
             self.failed_starts += 1
@@ -281,6 +283,16 @@ class ExporterProcess:
                       exporter_restarts=self.restarts, exporter_failed_starts=self.failed_starts,
                       exporter_pid=self.pid)
         return totals
+
+
+def _widen(fd: int) -> None:
+    """A 1 MiB pipe where Linux allows it: bursts wait in the kernel, where a scheduler's SIGKILL spares them."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_SIZE)
+    except (ImportError, OSError):  # another platform, or above /proc/sys/fs/pipe-max-size
+        pass
 
 
 def _wait(proc: subprocess.Popen, timeout: float) -> bool:

@@ -14,9 +14,11 @@ environment, which the processes it starts inherit. Ranks started apart (one
 
 The owner rule is a table of rank keys (``SCHED_TRACE_REQUEST_OWNER=pp_rank=0,tp_rank=0``,
 or ``request_owner = { pp_rank = 0, tp_rank = 0 }`` in a plugin's table): a rank owns
-the requests it sees when each key is unknown on it or has that value. The default
-is the first pipeline stage's first tensor rank: the SGLang scheduler that receives
-requests from the tokenizer and sends their outputs to the detokenizer.
+the requests it sees when each key is unknown on it or has that value; ``any`` (or
+``{}``) makes every rank own what it sees (ranks that serve different requests, as
+data-parallel ones do). The default is the first pipeline stage's first tensor rank:
+the SGLang scheduler that receives requests from the tokenizer and sends their
+outputs to the detokenizer.
 """
 
 from __future__ import annotations
@@ -37,10 +39,13 @@ _RANK_FIELDS = ("tp_rank", "pp_rank", "dp_rank")
 
 
 def run_id() -> str:
-    """This run's id: ``SCHED_TRACE_RUN_ID``, made up (and put in the environment) if unset."""
+    """This run's id: ``SCHED_TRACE_RUN_ID``; else torchrun's ``TORCHELASTIC_RUN_ID`` (one per job);
+    else made up, and put in the environment for the processes this one starts."""
     value = os.environ.get(RUN_ID_VARIABLE, "").strip()
     if not value:
-        value = os.environ[RUN_ID_VARIABLE] = uuid.uuid4().hex
+        elastic = os.environ.get("TORCHELASTIC_RUN_ID", "").strip()
+        value = elastic if elastic and elastic != "none" else uuid.uuid4().hex
+        os.environ[RUN_ID_VARIABLE] = value
     return value
 
 
@@ -104,6 +109,8 @@ class RequestOwner:
             if not raw:
                 return cls()
             value, source, key = raw, "environment", OWNER_VARIABLE
+        if isinstance(value, str) and value.strip().lower() == "any":
+            return cls({})
         if isinstance(value, str):
             table: dict[str, Any] = {}
             for part in filter(None, (p.strip() for p in value.split(","))):

@@ -20,7 +20,7 @@ PROJECT = "sched-trace-ranks"
 RANKS = (0, 1)
 PER_RANK_REQUESTS = workload.REQUESTS + workload.ABORTED
 SPANS_PER_RANK = (workload.STEPS * (2 + 2 * workload.MICROBATCHES)  # thread span, step, its stages
-                  + PER_RANK_REQUESTS + workload.REQUESTS * 3)      # request spans, their phases
+                  + 2 * PER_RANK_REQUESTS + workload.REQUESTS * 3)  # request roots, rank spans, phases
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +37,8 @@ def phoenix(tmp_path_factory: Any) -> Iterator[PhoenixServer]:
             "OTEL_EXPORTER_OTLP_ENDPOINT": server.url,  # the SDK's rule: /v1/traces is appended
             "OTEL_SERVICE_NAME": "sched-trace-ranks",
             "OTEL_RESOURCE_ATTRIBUTES": f"openinference.project.name={PROJECT}",  # Phoenix's project key
+            # Each rank serves requests of its own here (as data-parallel ranks do): each writes their roots.
+            "SCHED_TRACE_REQUEST_OWNER": "any",
         })
         for pp_rank in RANKS:
             done = subprocess.run([sys.executable, str(HERE / "metrics_workload.py"), "otel"],
@@ -54,17 +56,19 @@ def phoenix(tmp_path_factory: Any) -> Iterator[PhoenixServer]:
 
 def test_spans_by_rid(phoenix: PhoenixServer) -> None:
     spans = phoenix.spans(project=PROJECT, attribute=["rid:pp1-3"])
-    by_name = {s["name"]: s for s in spans}
-    assert sorted(by_name) == ["decode", "prefill", "queue", "request"]
+    by_name = {s["name"].split(":")[-1]: s for s in spans}  # the rank span: <host>:Scheduler-PP1-DP0-TP0
+    assert sorted(by_name) == ["Scheduler-PP1-DP0-TP0", "decode", "prefill", "queue", "request"]
+    rank = by_name["Scheduler-PP1-DP0-TP0"]
+    assert rank["parent_span_id"] == by_name["request"]["span_id"]
+    assert attributes(rank)["pp_rank"] == 1 and attributes(rank)["thread_label"] == "Scheduler"
     request = attributes(by_name["request"])
-    assert request["pp_rank"] == 1 and request["thread_label"] == "Scheduler"
     assert request["gen_ai.usage.input_tokens"] == 16
     assert request["gen_ai.usage.output_tokens"] == workload.OUTPUT_TOKENS
     assert request["gen_ai.request.model"] == "tiny"
     assert request["sched_trace.request.outcome"] == "finished"
     assert 0 < request["gen_ai.server.time_to_first_token"] <= request["gen_ai.server.request.duration"]
     for phase in ("queue", "prefill", "decode"):
-        assert by_name[phase]["parent_span_id"] == by_name["request"]["span_id"]
+        assert by_name[phase]["parent_span_id"] == rank["span_id"]
         assert by_name[phase]["trace_id"] == by_name["request"]["trace_id"]
     aborted = phoenix.spans(project=PROJECT, attribute=["rid:pp0-aborted-0"], name=["request"])
     assert [attributes(s)["sched_trace.request.outcome"] for s in aborted] == ["aborted"]
@@ -73,17 +77,18 @@ def test_spans_by_rid(phoenix: PhoenixServer) -> None:
 def test_spans_by_pp_rank(phoenix: PhoenixServer) -> None:
     for pp_rank in RANKS:
         spans = phoenix.spans(project=PROJECT, attribute=[f"pp_rank:{pp_rank}"])
-        names = [s["name"] for s in spans]
-        assert names.count("request") == PER_RANK_REQUESTS
-        threads = [s for s in spans if s["name"] != "request"]
+        ranks = [s for s in spans if "rid" in attributes(s)]  # each request's span on this rank
+        assert len(ranks) == PER_RANK_REQUESTS
+        threads = [s for s in spans if "rid" not in attributes(s)]
         assert len(threads) == workload.STEPS  # one thread span per engine step
         assert all(attributes(s)["pp_rank"] == pp_rank for s in spans)
-        assert {attributes(s)["rid"].split("-")[0] for s in spans if s["name"] == "request"} == {f"pp{pp_rank}"}
+        assert {attributes(s)["rid"].split("-")[0] for s in ranks} == {f"pp{pp_rank}"}
 
 
 def test_stage_spans_by_pp_mb_id_within_a_rank(phoenix: PhoenixServer) -> None:
     """pp_mb_id is on the stage spans, pp_rank on their thread span: join through the trace."""
-    rank1_traces = [s["trace_id"] for s in phoenix.spans(project=PROJECT, attribute=["pp_rank:1"]) if s["name"] != "request"]
+    rank1_traces = [s["trace_id"] for s in phoenix.spans(project=PROJECT, attribute=["pp_rank:1"])
+                    if "rid" not in attributes(s)]
     spans = phoenix.spans(project=PROJECT, attribute=["pp_mb_id:2"], trace_id=rank1_traces)
     assert sorted(s["name"] for s in spans) == ["forward"] * workload.STEPS + ["send_activations"] * workload.STEPS
     assert all(attributes(s)["pp_mb_id"] == 2 for s in spans)

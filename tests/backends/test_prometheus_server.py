@@ -163,7 +163,8 @@ def test_ranks_in_multiprocess_mode_one_endpoint(tmp_path: Path) -> None:
     """Two rank processes write PROMETHEUS_MULTIPROC_DIR; one endpoint serves both; the server sees each rank."""
     shared = tmp_path / "multiproc"
     shared.mkdir()
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(shared),
+    # Each rank serves requests of its own here (as data-parallel ranks do): each counts what it sees.
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(shared), "SCHED_TRACE_REQUEST_OWNER": "any",
            "PYTHONPATH": os.pathsep.join([str(HERE.parent.parent), os.environ.get("PYTHONPATH", "")])}
     truths = {}
     for pp_rank in (0, 1):

@@ -32,7 +32,8 @@ def test_background_exporter_exports_off_the_scheduler_thread_and_flushes():
     assert exported == list(range(100))
     assert threading.get_ident() not in threads
     exporter.shutdown()
-    assert exporter.stats() == {"buffered": 0, "exported": 100, "dropped": 0, "failed": 0, "abandoned": 0, "in_flight": 0}
+    assert exporter.stats() == {"received": 100, "buffered": 0, "exported": 100, "dropped": 0, "failed": 0,
+                                "abandoned": 0, "in_flight": 0}
 
 
 def test_stalled_exporter_never_blocks_the_scheduler_and_counts_drops():

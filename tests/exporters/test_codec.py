@@ -77,7 +77,7 @@ def test_requests_leave_as_ids_and_their_contexts_travel_once():
     first = encoder.encode([stage(requests=requests)])
     assert b"secret prompt" not in first
     decoded, = decode_events(first)
-    assert decoded.attrs["requests"] == ["r1", "r2", "r3", "r4"]
+    assert decoded.attrs["requests"] == ("r1", "r2", "r3", "r4")
     assert traceparent_of("r1") == TP and traceparent_of("r2") is None  # landed in the receiving table
     contexts, _, _ = pickle.loads(first)
     assert contexts == [("r1", TP)]

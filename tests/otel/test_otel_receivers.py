@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
 from collections import Counter, defaultdict
 from typing import Any
@@ -22,7 +23,9 @@ def attrs(span: Any) -> dict[str, Any]:
 
 
 def run_ranks(settings: dict, env: dict, requests: list, ranks: int = 2) -> dict[int, Any]:
-    """Spawned scheduler processes, one per pp_rank, each with its own exporter process."""
+    """Spawned scheduler processes, one per pp_rank, each with its own exporter process; one run id,
+    as a launcher gives its ranks (sched-trace run, or torchrun's TORCHELASTIC_RUN_ID)."""
+    env = {**env, "SCHED_TRACE_RUN_ID": f"ranks-{os.getpid()}"}
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     procs = [context.Process(target=rank_main, args=(pp, settings, env, requests, STEPS, MICROBATCHES, results))

@@ -6,7 +6,10 @@ records STAGES ``run_batch_cpu`` stages through the otel and perfetto plugins
 ``return``, ``sys_exit``, ``raise``, ``wait`` (sleep until a signal arrives) or
 ``stream`` (keep recording, one stage a millisecond, until killed; the count so
 far, then how many of them the otel plugin has handed to its exporter process,
-are kept in the 16-byte file ``CHILD_COUNTER``, which survives SIGKILL).
+are kept in the 16-byte file ``CHILD_COUNTER``, which survives SIGKILL) or
+``witness`` (keep recording until killed; the 32-byte ``CHILD_COUNTER`` holds the
+count so far and what each file exporter last reported written: otel spans,
+Perfetto slices, and, with ``CHILD_CHROME_DIR``, Chrome JSON slices).
 With ``--handler`` (``--handler-after``) the program installs its own SIGTERM
 handler before (after) ``configure``; it prints ``own handler`` and exits 3.
 """
@@ -44,6 +47,8 @@ def main() -> None:
 
     plugins = [OtelPlugin(directory=os.environ["CHILD_OTEL_DIR"]),
                PerfettoPlugin(directory=os.environ["CHILD_PERFETTO_DIR"])]
+    if os.environ.get("CHILD_CHROME_DIR"):
+        plugins.append(PerfettoPlugin(directory=os.environ["CHILD_CHROME_DIR"], format="chrome"))
     sched_trace.set_thread_info("Scheduler", tp_rank=0, pp_rank=0, dp_rank=0)
     sched_trace.configure(level=9, plugins=plugins, autoload=False)
     if handler_after:
@@ -61,6 +66,8 @@ def main() -> None:
             time.sleep(0.05)
     if ending == "stream":
         stream(batch, plugins[0])
+    if ending == "witness":
+        witness(batch, plugins)
 
 
 def stream(batch: list, otel: object) -> None:
@@ -74,6 +81,22 @@ def stream(batch: list, otel: object) -> None:
             if mb_id % 16 == 0:  # the witness of what the exporter process already holds
                 counter[8:16] = struct.pack("<q", otel.sched_trace_collect_stats()["sent"])
             time.sleep(0.001)
+
+
+def witness(batch: list, plugins: list) -> None:
+    written = (("spans_exported",), ("slices_written",), ("slices_written",))
+    with open(os.environ["CHILD_COUNTER"], "r+b") as handle:
+        counter = mmap.mmap(handle.fileno(), 32)
+        mb_id = 0
+        while True:
+            run_batch(batch, mb_id)
+            mb_id += 1
+            counter[:8] = struct.pack("<q", mb_id)
+            if mb_id % 16 == 0:  # what each exporter process last said it wrote: its file must hold it
+                counts = [plugin.sched_trace_collect_stats().get(key, 0)
+                          for plugin, (key,) in zip(plugins, written)]
+                counter[8:8 + 8 * len(counts)] = struct.pack(f"<{len(counts)}q", *counts)
+            time.sleep(0.0005)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ scope's spans in the request's own trace, under this rank's span for the request
 from __future__ import annotations
 
 import random
-from typing import Any, Optional
+from types import MappingProxyType
+from typing import Any, Mapping
 
 from sched_trace.export import parse_traceparent, plain_value, traceparent_of
 
@@ -33,10 +34,11 @@ class RankAttributes:
     """A RankInfo's attributes, worked out once per distinct rank (the frames share its object)."""
 
     def __init__(self) -> None:
-        self._known: dict[Any, dict[str, Any]] = {}
-        self._last: tuple[Any, dict[str, Any]] = (None, {})
+        self._known: dict[Any, Mapping[str, Any]] = {}
+        self._last: tuple[Any, Mapping[str, Any]] = (None, {})
 
-    def __call__(self, rank: Any) -> dict[str, Any]:
+    def __call__(self, rank: Any) -> Mapping[str, Any]:
+        """Read-only: the encoders write each rank's attributes once and reuse the bytes."""
         last = self._last
         if last[0] is rank:
             return last[1]
@@ -44,11 +46,11 @@ class RankAttributes:
         if attrs is None:
             if len(self._known) > 4096:
                 self._known.clear()
-            attrs = self._known[rank] = {k: plain_value(v) for k, v in rank.as_attributes().items()}
+            attrs = self._known[rank] = MappingProxyType({k: plain_value(v) for k, v in rank.as_attributes().items()})
         self._last = (rank, attrs)
         return attrs
 
-    def overrides(self, rank: Any, scope_rank: Any) -> dict[str, Any]:
+    def overrides(self, rank: Any, scope_rank: Any) -> Mapping[str, Any]:
         """The keys of a per-call rank override (a pp stage index ...) that the thread span does not say."""
         if rank is scope_rank or rank == scope_rank:
             return {}
@@ -119,16 +121,18 @@ class Assembler:
             local_ids = {e.span_id for e in group}
             first_level_parent = top.span_id if top.kind == "batch" else None
             link_requests = self.settings.requests == "links"
+            salt, top_rank, no_overrides = self.salt, top.rank, {}
             for event in group:
-                parent = self._sid(event.parent_id) if event.parent_id in local_ids else thread.span_id
-                span_id = self._sid(event.span_id)
+                parent_id = event.parent_id
+                parent = ((salt ^ parent_id) or 1) if parent_id in local_ids else thread.span_id
+                span_id = (salt ^ event.span_id) or 1
                 links = ()
-                if event.kind == "stage" and (event.parent_id == first_level_parent or event.parent_id not in local_ids):
+                if event.kind == "stage" and (parent_id == first_level_parent or parent_id not in local_ids):
                     links = self._link_previous(tid, trace_id, span_id)
                 if link_requests and event.attrs.get("requests"):
                     links += self._incoming_links(event.attrs["requests"])
-                spans.append(EventSpan(event, trace_id, span_id, parent, links,
-                                       self.ranks.overrides(event.rank, top.rank)))
+                extra = no_overrides if event.rank is top_rank else self.ranks.overrides(event.rank, top_rank)
+                spans.append(EventSpan(event, trace_id, span_id, parent, links, extra))
                 if event.kind == "batch" and event.batch_id is not None:
                     self.requests.batch_span(event.batch_id, trace_id, span_id)
         else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from .otlp_proto import SCOPE_NAME, SCOPE_VERSION
@@ -50,7 +51,19 @@ def _kv(key: str, value: Any) -> str:
     return text
 
 
+_FROZEN: dict[int, tuple[Any, str]] = {}  # read-only attribute sets (a rank's), written once
+
+
 def _kvs(attributes: Mapping[str, Any]) -> str:
+    if type(attributes) is MappingProxyType:
+        found = _FROZEN.get(id(attributes))
+        if found is not None and found[0] is attributes:
+            return found[1]
+        if len(_FROZEN) > 4096:
+            _FROZEN.clear()
+        text = "[" + ",".join([_kv(k, v) for k, v in attributes.items()]) + "]"
+        _FROZEN[id(attributes)] = (attributes, text)
+        return text
     return "[" + ",".join([_kv(k, v) for k, v in attributes.items()]) + "]"
 
 

@@ -11,6 +11,7 @@ the core's (``sched_trace.export.protowire``), shared with the Perfetto writer.
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
 from sched_trace.export import protowire
@@ -58,7 +59,19 @@ def key_value(number: int, key: str, value: Any) -> bytes:
     return found
 
 
+_FROZEN: dict[tuple[int, int], tuple[Any, bytes]] = {}  # read-only attribute sets (a rank's), written once
+
+
 def _attributes(number: int, attributes: Mapping[str, Any]) -> bytes:
+    if type(attributes) is MappingProxyType:
+        found = _FROZEN.get((number, id(attributes)))
+        if found is not None and found[0] is attributes:
+            return found[1]
+        if len(_FROZEN) > 4096:
+            _FROZEN.clear()
+        data = b"".join([key_value(number, k, v) for k, v in attributes.items()])
+        _FROZEN[(number, id(attributes))] = (attributes, data)
+        return data
     return b"".join([key_value(number, k, v) for k, v in attributes.items()])
 
 

@@ -37,7 +37,8 @@ class PrometheusPlugin:
         self.registry = CollectorRegistry()
         self.collector = SchedTraceCollector(lambda: self.metrics, self._flush_for_scrape)
         self.registry.register(self.collector)
-        self._exporter = BackgroundExporter(self._observe, name="prometheus", capacity=self.settings.capacity)
+        self._exporter = BackgroundExporter(self._observe, name="prometheus", capacity=self.settings.capacity,
+                                            advice=_advice(self.settings.capacity))
         # The hot path: the hooks are the buffer's append itself, no extra frame.
         self.sched_trace_stage_end = self._exporter.append
         self.sched_trace_batch_end = self._exporter.append
@@ -110,6 +111,7 @@ class PrometheusPlugin:
             self.metrics = StageMetrics(settings)  # new label names or buckets: new series
         self.metrics.settings = settings
         self._exporter.buffer.capacity = settings.capacity
+        self._exporter.advice = _advice(settings.capacity)
         self.settings = settings
         try:
             self._use_default_registry(settings.default_registry)
@@ -142,3 +144,7 @@ class PrometheusPlugin:
     def _flush_for_scrape(self) -> None:
         if self.settings.scrape_flush_timeout > 0:
             self._exporter.flush(self.settings.scrape_flush_timeout)
+
+
+def _advice(capacity: int) -> str:
+    return f"raise [plugins.prometheus] capacity (now {capacity:,})"
