@@ -67,11 +67,15 @@ def _run(plugin: Any, steps: int) -> dict[str, Any]:
     sched_trace.set_thread_info("Scheduler", pp_rank=0, tp_rank=0, dp_rank=0)
     _record(50)  # the exporter process is up, tracks described
     sched_trace.flush(timeout=120.0)
+    before = dict(plugin.sched_trace_collect_stats()) if plugin is not None else {}
     wall, cpu = time.perf_counter(), time.process_time()
     recorded, _ = _record(steps)
     sched_trace.flush(timeout=600.0)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     stats = dict(plugin.sched_trace_collect_stats()) if plugin is not None else {}
+    for key in ("exporter_cpu_s", "thread_cpu_s"):  # this run's share, start-up left out
+        if key in stats:
+            stats[key] -= before.get(key, 0)
     sched_trace.shutdown(timeout=60.0)
     if plugin is not None:
         sched_trace.unregister(plugin)
@@ -92,6 +96,11 @@ def run(quick: bool) -> list[dict[str, Any]]:
                              events / result["wall"], "events/s", note=f"dropped {dropped}"))
             rows.append(_row(f"{name}: scheduler-process CPU per event (all its threads)",
                              result["cpu"] / events * 1e6, "us", baseline=bare["cpu"] / events * 1e6))
+            stats = result["stats"]
+            if stats.get("exporter_cpu_s"):
+                rows.append(_row(f"{name}: exporter-process CPU per event (events/s one core sustains: "
+                                 f"{events / stats['exporter_cpu_s']:,.0f})",
+                                 stats["exporter_cpu_s"] / events * 1e6, "us"))
         for name, make in _plugins(directory, 0).items():
             overload = 20_000 if quick else 100_000
             result = _run(make_default(name, directory), overload)

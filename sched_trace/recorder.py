@@ -168,6 +168,7 @@ class BackgroundExporter:
         self.failed = 0
         self.abandoned = 0  # left in the buffer when shutdown's deadline passed
         self.in_flight = 0  # taken from the buffer, in export() now: neither exported nor failed yet
+        self.thread_cpu_s = 0.0  # CPU this thread spent in export(): what it took from the scheduler process
         self._wake = threading.Event()
         self._idle = threading.Condition()
         self._busy = False
@@ -224,6 +225,7 @@ class BackgroundExporter:
                 with self._idle:
                     self._idle.notify_all()
                 return
+            started = time.thread_time()
             try:
                 self.export_batch(batch + markers if markers else batch)
                 self.exported += len(batch)
@@ -232,6 +234,7 @@ class BackgroundExporter:
                 log.warning("sched-trace %s export failed (%d events counted as failed): %s",
                             self.name, len(batch), exc)
             finally:
+                self.thread_cpu_s += time.thread_time() - started
                 with self._idle:
                     self._busy = False
                     self.in_flight = 0
@@ -279,6 +282,7 @@ class BackgroundExporter:
             "failed": self.failed,
             "abandoned": self.abandoned,
             "in_flight": self.in_flight,
+            "thread_cpu_s": self.thread_cpu_s,
         }
 
 

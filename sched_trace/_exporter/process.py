@@ -26,6 +26,7 @@ CHILD_MODULE = "sched_trace._exporter.child"
 #: Counters of the running child only, never summed over children (gauges, names).
 PIPE_SIZE = 1 << 20
 LIVE_KEYS = frozenset(("path", "queued", "spans_waiting", "pending", "exporter_pid"))
+# exporter_cpu_s sums over children (each reports its own total), like the other counters.
 
 
 class ExporterProcess:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import pickle
+import uuid
 from types import MappingProxyType
 
 import pytest
@@ -70,28 +71,35 @@ def test_an_exception_travels_as_remote_error_with_its_traceback():
     assert decoded == event
 
 
+def rids(count: int) -> list[str]:
+    """Request ids no other test used: the trace-context table is process-wide."""
+    return [f"codec-{uuid.uuid4().hex}" for _ in range(count)]
+
+
 def test_requests_leave_as_ids_and_their_contexts_travel_once():
     encoder = EventEncoder()
-    forget_traceparent("r1")
-    requests = [Req("r1", TP), Req("r2"), {"request_id": "r3"}, "r4"]
+    r1, r2, r3, r4 = rids(4)
+    requests = [Req(r1, TP), Req(r2), {"request_id": r3}, r4]
     first = encoder.encode([stage(requests=requests)])
     assert b"secret prompt" not in first
     decoded, = decode_events(first)
-    assert decoded.attrs["requests"] == ("r1", "r2", "r3", "r4")
-    assert traceparent_of("r1") == TP and traceparent_of("r2") is None  # landed in the receiving table
+    assert decoded.attrs["requests"] == (r1, r2, r3, r4)
+    assert traceparent_of(r1) == TP and traceparent_of(r2) is None  # landed in the receiving table
     contexts, _, _ = pickle.loads(first)
-    assert contexts == [("r1", TP)]
+    assert contexts == [(r1, TP)]
     assert pickle.loads(encoder.encode([stage(requests=requests)]))[0] == []  # sent once
     encoder.reset()  # a new exporter process: told again
-    assert pickle.loads(encoder.encode([stage(requests=requests)]))[0] == [("r1", TP)]
+    assert pickle.loads(encoder.encode([stage(requests=requests)]))[0] == [(r1, TP)]
+    forget_traceparent(r1)
 
 
 def test_a_registered_context_travels_with_the_request_events():
     encoder = EventEncoder()
-    register_traceparent("r9", TP)
-    payload = encoder.encode([RequestEvent("arrived", 1, "r9", RANK, None, None, None, NO_ATTRS)])
-    assert pickle.loads(payload)[0] == [("r9", TP)]
-    forget_traceparent("r9")
+    (r9,) = rids(1)
+    register_traceparent(r9, TP)
+    payload = encoder.encode([RequestEvent("arrived", 1, r9, RANK, None, None, None, NO_ATTRS)])
+    assert pickle.loads(payload)[0] == [(r9, TP)]
+    forget_traceparent(r9)
 
 
 def test_only_event_frames_decode():
@@ -104,18 +112,20 @@ def test_only_event_frames_decode():
 
 def test_a_request_seen_again_gives_the_same_context():
     cache = ContextCache()
-    req = Req("r1", TP)
-    assert cache.context(req) == ("r1", TP)
+    (r1,) = rids(1)
+    req = Req(r1, TP)
+    assert cache.context(req) == (r1, TP)
     req.rid = "changed"  # remembered for the object's lifetime: its identity does not change
-    assert cache.context(req) == ("r1", TP)
+    assert cache.context(req) == (r1, TP)
 
 
 def test_a_traceparent_attached_later_is_seen():
     cache = ContextCache()
-    req = Req("r2")
-    assert cache.context(req) == ("r2", None)
+    (r2,) = rids(1)
+    req = Req(r2)
+    assert cache.context(req) == (r2, None)
     req.traceparent = TP
-    assert cache.context(req) == ("r2", TP)
+    assert cache.context(req) == (r2, TP)
 
 
 def test_a_new_object_at_a_reused_address_is_read_afresh():

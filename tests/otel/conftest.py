@@ -23,6 +23,6 @@ def traced(tmp_path: Any) -> Iterator[Any]:
         return plugin
 
     yield start
-    sched_trace.shutdown()
+    sched_trace.shutdown(timeout=60)
     for plugin in plugins:
         sched_trace.unregister(plugin)

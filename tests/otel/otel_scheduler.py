@@ -53,7 +53,7 @@ def rank_main(pp_rank: int, settings: dict, env: dict, requests: list, steps: in
     sched_trace.configure(level=9, plugins=[OtelPlugin(**settings)], autoload=False)
     batches = [Batch([Req(rid, tp) for rid, tp in requests]) for _ in range(steps)]
     run_steps(batches, microbatches, fail_mb=microbatches - 1)
-    sched_trace.shutdown()
+    sched_trace.shutdown(timeout=60)
     stats = next(iter(sched_trace.stats()["plugins"].values()))
     results.put((pp_rank, os.getpid(), stats))
 

@@ -37,7 +37,7 @@ def test_batch_scope_span_model(traced: Any, process: bool) -> None:
     before = time.time_ns()
     run_steps([Batch([Req("a"), Req("b")]) for _ in range(2)], microbatches=3, fail_mb=2)
     after = time.time_ns()
-    sched_trace.shutdown()
+    sched_trace.shutdown(timeout=60)
     spans = file_spans(plugin)
     by_id = {s.span_id: s for s in spans}
     assert len(by_id) == len(spans) == 2 * (1 + 1 + 3)
@@ -80,7 +80,7 @@ def test_requests_become_spans_under_their_traceparent(traced: Any) -> None:
     outside = new_traceparent()
     trace_id, parent_id = int(outside[3:35], 16), int(outside[36:52], 16)
     run_steps([Batch([Req("with-parent", outside), Req("plain")])], microbatches=2)
-    sched_trace.shutdown()
+    sched_trace.shutdown(timeout=60)
     spans = file_spans(plugin)
     by_id = {s.span_id: s for s in spans}
     request_spans = [s for s in spans if "rid" in attrs(s)]
@@ -111,7 +111,7 @@ def test_round_trip_through_opentelemetry_proto(traced: Any) -> None:
 
     plugin = traced()
     run_steps([Batch([Req("r1")])], microbatches=2, fail_mb=1)
-    sched_trace.shutdown()
+    sched_trace.shutdown(timeout=60)
     (path,) = Path(plugin.settings.directory).glob("*.jsonl")
     messages = list(read_otlp_json(path))
     assert messages and all(isinstance(m, TracesData) for m in messages)
@@ -131,7 +131,7 @@ def test_sglang_compat_layout(traced: Any) -> None:
     """What SGLang's scripts/convert_otel_2_perfetto.py relies on."""
     plugin = traced(sglang_compat=True)
     run_steps([Batch([Req("req-0001"), Req("req-0002")])], microbatches=2, fail_mb=1)
-    sched_trace.shutdown()
+    sched_trace.shutdown(timeout=60)
     (path,) = Path(plugin.settings.directory).glob("*.jsonl")
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     spans = []
@@ -162,7 +162,7 @@ def test_sampling_one_in_n_batches_and_parent_decides_for_requests(traced: Any) 
     unsampled = new_traceparent(sampled=False)
     sampled = new_traceparent(sampled=True)
     run_steps([Batch([Req("x", sampled), Req("y", unsampled), Req("z")]) for _ in range(4)], microbatches=1)
-    sched_trace.shutdown()
+    sched_trace.shutdown(timeout=60)
     spans = file_spans(plugin)
     assert len([s for s in spans if s.name == "decode_step" and "rid" not in attrs(s)]) == 2
     assert {attrs(s)["rid"] for s in spans if "rid" in attrs(s)} == {"x"}
@@ -181,7 +181,7 @@ def test_exporter_process_restarts_and_counts_loss(traced: Any) -> None:
     sched_trace.flush()
     stats = dict(plugin.sched_trace_collect_stats())
     assert stats["exporter_restarts"] == 1
-    sched_trace.shutdown()
+    sched_trace.shutdown(timeout=60)
     spans = file_spans(plugin)
     assert sum(s.name == "decode_step" for s in spans) == 2
     assert stats["lost_in_exporter"] == 0
@@ -282,7 +282,7 @@ def test_fork_child_gets_its_own_exporter_and_file(traced: Any) -> None:
     child.join(30)
     assert child.exitcode == 0
     run_steps([Batch()], microbatches=1)
-    sched_trace.shutdown()
+    sched_trace.shutdown(timeout=60)
     directory = Path(plugin.settings.directory)
     files = {int(path.stem.rsplit("-", 1)[1]): path for path in directory.glob("traces-*.jsonl")}
     assert set(files) == {os.getpid(), child_pid}
@@ -298,7 +298,7 @@ def test_requests_as_links(traced: Any) -> None:
     plugin = traced(requests="links")
     outside = new_traceparent()
     run_steps([Batch([Req("linked", outside), Req("no-context")])], microbatches=1)
-    sched_trace.shutdown()
+    sched_trace.shutdown(timeout=60)
     spans = file_spans(plugin)
     assert not [s for s in spans if "rid" in attrs(s)]
     (step,) = [s for s in spans if s.name == "decode_step"]
@@ -311,7 +311,7 @@ def test_every_event_is_exported_or_counted_when_the_exporter_dies(traced: Any) 
     plugin.processor._front.flush(10.0)  # handed to the exporter process, maybe not yet exported
     plugin.processor.process.kill()
     run_steps([Batch()], microbatches=1)
-    sched_trace.shutdown()
+    sched_trace.shutdown(timeout=60)
     stats = dict(plugin.sched_trace_collect_stats())
     assert stats["exporter_restarts"] == 1
     assert stats["sent"] == stats["received"] == 200 * 3 + 2

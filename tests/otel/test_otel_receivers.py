@@ -128,7 +128,7 @@ def test_receiver_down_then_back(traced: Any, monkeypatch: Any) -> None:
     assert down["spans_dropped"] == 120 - 40 and down["export_failures"] >= 1
     receiver.start()
     sched_trace.flush(timeout=15.0)
-    sched_trace.shutdown()
+    sched_trace.shutdown(timeout=60)
     stats = dict(plugin.sched_trace_collect_stats())
     assert len(receiver.spans) == 40 == stats["spans_exported"]
     assert stats["spans_dropped"] == 80

@@ -44,7 +44,7 @@ RANK = textwrap.dedent("""
     engine_step(rids, first=True)
     for rid in rids:
         sched_trace.request_event("finished", rid, output_tokens=2)
-    sched_trace.shutdown()
+    sched_trace.shutdown(timeout=60)
 """)
 LAUNCHER = textwrap.dedent("""
     import os, subprocess, sys

@@ -80,7 +80,7 @@ def test_one_request_span_per_request_with_phases_and_batch_links(traced: Any, p
     engine.step(admit=1)   # r2 scheduled
     while engine.running:
         engine.step(admit=0)
-    sched_trace.shutdown()
+    sched_trace.shutdown(timeout=60)
     spans = file_spans(plugin)
     by_id = {s.span_id: s for s in spans}
     steps = {attrs(s)["bid"]: s for s in spans if s.name == "engine_step"}
@@ -148,7 +148,7 @@ def test_request_span_shares_the_trace_of_its_per_request_batch_copies(traced: A
     decode_step(["q1"])
     decode_step(["q1"])  # no phase reported in this one: the link comes from the batch naming q1
     sched_trace.request_event("finished", "q1", output_tokens=2)
-    sched_trace.shutdown()
+    sched_trace.shutdown(timeout=60)
     spans = file_spans(plugin)
     (root,) = [s for s in spans if s.name == "request"]
     copies = [s for s in spans if s.name == "decode_step" and attrs(s).get("rid") == "q1"]
@@ -174,7 +174,7 @@ def test_preemption_aborts_and_unfinished_requests(traced: Any) -> None:
     emit("aborted", 2005, "a")
     emit("arrived", 3000, "open")
     emit("scheduled", 3002, "open")
-    sched_trace.shutdown()
+    sched_trace.shutdown(timeout=60)
     spans = file_spans(plugin)
     roots = {attrs(s)["rid"]: s for s in spans if s.name == "request"}
     p = attrs(roots["p"])
@@ -196,7 +196,7 @@ def test_request_sampling_applies_to_request_spans(traced: Any) -> None:
         sched_trace.request_event("finished", rid)
     sched_trace.flush()
     stats = sched_trace.stats()["plugins"]
-    sched_trace.shutdown()
+    sched_trace.shutdown(timeout=60)
     files = list(Path(plugin.settings.directory).glob("traces-*.jsonl"))  # a file opens on its first span
     assert not files or not [s for s in file_spans(plugin) if s.name == "request"]
     (otel,) = [v for v in stats.values() if "request_spans" in v]
@@ -217,7 +217,7 @@ def test_a_flush_exports_requests_waiting_for_a_sampled_out_batch(traced: Any) -
     sched_trace.flush()
     (request,) = [s for s in file_spans(plugin) if s.name == "request"]
     assert len(request.links) == 1  # the batch that was exported
-    sched_trace.shutdown()
+    sched_trace.shutdown(timeout=60)
     assert len([s for s in file_spans(plugin) if s.name == "request"]) == 1  # not again at shutdown
 
 
@@ -247,7 +247,7 @@ def test_a_model_attribute_becomes_gen_ai_request_model(traced: Any) -> None:
     sched_trace.request_event("finished", "m1", output_tokens=1)
     sched_trace.request_event("arrived", "m2", model="alias", **{"gen_ai.request.model": "explicit"})
     sched_trace.request_event("finished", "m2", output_tokens=1)
-    sched_trace.shutdown()
+    sched_trace.shutdown(timeout=60)
     by_rid = {attrs(s)["rid"]: attrs(s) for s in file_spans(plugin) if s.name == "request"}
     assert by_rid["m1"]["gen_ai.request.model"] == "tiny-llama"
     assert by_rid["m2"]["gen_ai.request.model"] == "explicit"  # an explicit GenAI name wins

@@ -10,6 +10,7 @@ against a rank key that turns out to be unbounded; events past it are counted in
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
 from typing import Any, Iterable, Iterator, NamedTuple, Optional, Sequence
 
 from prometheus_client import Counter, Histogram
@@ -43,6 +44,7 @@ class StageMetrics:
         self.observed = 0
         self._lock = threading.Lock()  # observe (exporter thread) vs describe/collect
         self._series: dict[tuple[str, str, RankInfo], Optional[_Series]] = {}
+        self._by_identity: dict[tuple[str, str, int], tuple[RankInfo, _Series]] = {}
         self._label_sets: set[tuple[str, ...]] = set()
         self._errors: dict[tuple[str, tuple[str, ...], str], Any] = {}
         ranks = list(self.rank_labels)
@@ -80,13 +82,24 @@ class StageMetrics:
     # --- the exporter thread ------------------------------------------------
 
     def observe_batch(self, events: Sequence[Any]) -> None:
-        """Observe end and request events (start events, which carry no duration, are skipped)."""
+        """Observe end and request events (start events, which carry no duration, are skipped).
+
+        Durations and sizes are gathered per series and go into each histogram once per
+        batch (:func:`observe_many`): this thread shares the scheduler's GIL.
+        """
         with self._lock:
+            pending: dict[int, tuple[_Series, list, list]] = {}
             for event in events:
                 if event.kind == "request":
                     self._observe_request(event)
                 elif event.end_ns is not None:
-                    self._observe(event)
+                    self._observe(event, pending)
+            for series, durations, sizes in pending.values():
+                observe_many(series.duration, durations)
+                if series.count is not None:
+                    series.count.inc(len(durations))
+                if sizes:
+                    observe_many(series.size, sizes)
 
     def _observe_request(self, event: Any) -> None:
         labels = self._rank_label_values.get(event.rank, ())
@@ -105,28 +118,40 @@ class StageMetrics:
         self.requests.observe(event, labels)
         self.observed += 1
 
-    def _observe(self, event: Any) -> None:
+    def _observe(self, event: Any, pending: dict) -> None:
         series = self._series_for(event)
         if series is None:
             self.overflow += 1
             return
-        series.duration.observe((event.end_ns - event.start_ns) / 1e9)
-        if series.count is not None:
-            series.count.inc()
+        gathered = pending.get(id(series))
+        if gathered is None:
+            gathered = pending[id(series)] = (series, [], [])
+        gathered[1].append((event.end_ns - event.start_ns) / 1e9)
         size = event.batch_size
         if type(size) is int and size >= 0:
-            series.size.observe(size)
+            gathered[2].append(size)
         if event.error is not None:
             self._error_counter(event, series.labels).inc()
         self.utilization.observe(event, series.labels[1:])
         self.observed += 1
 
     def _series_for(self, event: Any) -> Optional[_Series]:
-        key = (event.kind, event.name, event.rank)
+        rank = event.rank
+        known = self._by_identity.get((event.kind, event.name, id(rank)))  # a RankInfo hashes slowly
+        if known is not None and known[0] is rank:
+            return known[1]
+        key = (event.kind, event.name, rank)
         try:
-            return self._series[key]
+            series = self._series[key]
         except KeyError:
-            pass
+            series = self._new_series(event, key)
+        if len(self._by_identity) >= 4 * self.settings.max_label_sets:
+            self._by_identity.clear()
+        if series is not None:
+            self._by_identity[(event.kind, event.name, id(rank))] = (rank, series)
+        return series
+
+    def _new_series(self, event: Any, key: tuple) -> Optional[_Series]:
         labels = (event.name, *self.rank_values(event.rank))
         if labels not in self._label_sets and len(self._label_sets) >= self.settings.max_label_sets:
             return None  # not cached: a later, smaller config may not apply, and it stays cheap
@@ -171,3 +196,25 @@ class StageMetrics:
 
     def describe(self) -> Iterable[Metric]:
         return [family for metric in self.metrics for family in metric.describe()]
+
+
+def observe_many(histogram: Any, values: list) -> None:
+    """``histogram.observe(v)`` for every value, with one update per bucket touched.
+
+    prometheus_client has no bulk observation; its histogram child keeps per-bucket
+    counters (``_buckets``, upper bounds in ``_upper_bounds``) and a ``_sum``, in every
+    release since 0.4. Where those are missing, each value is observed on its own.
+    """
+    try:
+        buckets, bounds, total = histogram._buckets, histogram._upper_bounds, histogram._sum
+    except AttributeError:
+        for value in values:
+            histogram.observe(value)
+        return
+    counts: dict[int, int] = {}
+    for value in values:
+        index = bisect_left(bounds, value)
+        counts[index] = counts.get(index, 0) + 1
+    for index, count in counts.items():
+        buckets[index].inc(count)
+    total.inc(sum(values))

@@ -61,7 +61,7 @@ class RankUtilization:
                                   labels, namespace=NAMESPACE, registry=None, multiprocess_mode="mostrecent")
         self.metrics = (self.busy, self.window, self.bubble_ratio)
         self._lanes: dict[tuple, _Lane] = {}
-        self._totals: dict[tuple[str, ...], list[int]] = {}  # labels -> [busy_ns, window_ns]
+        self._totals: dict[tuple[str, ...], list] = {}  # labels -> [busy_ns, window_ns, busy, window, ratio]
         self._roles: dict[str, bool] = {}
 
     def observe(self, event: Any, labels: tuple[str, ...]) -> None:
@@ -99,14 +99,15 @@ class RankUtilization:
         lane.pending.clear()
         lane.last_end = end if lane.last_end is None else max(lane.last_end, end)
         totals = self._totals.get(labels)
-        if totals is None:
-            totals = self._totals[labels] = [0, 0]
+        if totals is None:  # busy ns, window ns, and the three metric children (labels() is slow)
+            totals = self._totals[labels] = [0, 0, self.busy.labels(*labels), self.window.labels(*labels),
+                                             self.bubble_ratio.labels(*labels)]
         totals[0] += busy_ns
         totals[1] += window_ns
-        self.busy.labels(*labels).inc(busy_ns / 1e9)
-        self.window.labels(*labels).inc(window_ns / 1e9)
+        totals[2].inc(busy_ns / 1e9)
+        totals[3].inc(window_ns / 1e9)
         if totals[1] > 0:
-            self.bubble_ratio.labels(*labels).set(1.0 - totals[0] / totals[1])
+            totals[4].set(1.0 - totals[0] / totals[1])
 
     def collect(self) -> list[Metric]:
         return [family for metric in self.metrics for family in metric.collect()]
