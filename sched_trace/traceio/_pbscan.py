@@ -233,17 +233,21 @@ def packet_spans(buf: WireBuffer, final: bool) -> PacketSpans:
     length, body = buf.varint(candidates + 1)
     ok = body < (1 << 59)
     following = body + np.minimum(length, _U64(1 << 48)).view(np.int64)
-    lands = np.searchsorted(candidates, following)
-    on_tag = (lands < candidates.size) & (candidates[np.minimum(lands, candidates.size - 1)] == following)
-    keep = ok & (on_tag | (following >= size))
+    # Which candidate starts at a byte: a table over the chunk's bytes (faster than a binary search).
+    node_at = np.full(size + 1, -1, np.int32)
+    node_at[candidates] = np.arange(candidates.size, dtype=np.int32)
+    inside = following < size
+    keep = ok & ~inside | ok & inside & (node_at[np.where(inside, following, size)] >= 0)
     if not keep[0]:  # the first packet leads nowhere: these bytes are not packets
         return PacketSpans(empty, empty, 0, 0)
     nodes, body, following = candidates[keep], body[keep], following[keep]
     at_end, past_end, nowhere = -2, -3, -1
     for round_ in range(_PRUNE_ROUNDS + 1):
-        target = np.searchsorted(nodes, following)
-        lands = (target < len(nodes)) & (nodes[np.minimum(target, len(nodes) - 1)] == following)
-        target = np.where(lands, target, nowhere)
+        node_at[candidates] = -1
+        node_at[nodes] = np.arange(nodes.size, dtype=np.int32)
+        candidates = nodes
+        inside = following < size
+        target = np.where(inside, node_at[np.where(inside, following, size)], nowhere).astype(np.int64)
         # A stray 0x0a inside a packet is reached from no packet: drop it (and what only it reached).
         orphan = np.bincount(target[target >= 0], minlength=len(nodes)) == 0
         orphan[0] = False
@@ -290,11 +294,17 @@ def string_keys(names: "list[bytes]") -> dict[tuple, int]:
 
 
 def short_keys(buf: WireBuffer, start: np.ndarray, end: np.ndarray, words: int = KEY_WORDS) -> list[np.ndarray]:
-    """[length, word 0, ...] of byte strings up to ``8 * words`` bytes long, zero-padded (longer: cut)."""
+    """[length, word 0, ...] of byte strings up to ``8 * words`` bytes long, zero-padded (longer: cut).
+
+    A word past a string's end is zero without being read: only strings that long are gathered.
+    """
     length = end - start
     keys = [length]
     for k in range(words):
-        keys.append(buf.u64[start + 8 * k] & _TAIL_MASKS[np.clip(length - 8 * k, 0, 8)])
+        word = np.zeros(length.size, np.uint64)
+        rows = np.flatnonzero(length > 8 * k) if k else slice(None)
+        word[rows] = buf.u64[start[rows] + 8 * k] & _TAIL_MASKS[np.minimum(length[rows] - 8 * k, 8)]
+        keys.append(word)
     return keys
 
 

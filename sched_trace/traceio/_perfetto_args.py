@@ -61,17 +61,11 @@ class Args:
         if not self.row.size:
             return rank_keys
         buf = self.buf
-        fields = scan_fields(buf, self.start, self.end, _ANNOTATION, 4)
-        if fields.bad.any():
-            raise Unsupported("a debug annotation is not valid protobuf")
-        if fields.has(3).any():
-            raise Unsupported("interned debug annotation names (name_iid) are not read")
-        named = fields.has(_NAME)
-        name_end = np.where(named, np.minimum(fields.end[_NAME], fields.start[_NAME] + 16), fields.start[_NAME])
-        keys = short_keys(buf, fields.start[_NAME], name_end, words=2)
-        keys[0] = np.where(named, fields.end[_NAME] - fields.start[_NAME], -1)
+        value, name_start, name_end, plain_int = self._read(buf)
+        named = name_end > name_start
+        keys = short_keys(buf, name_start, np.where(named, np.minimum(name_end, name_start + 16), name_start), words=2)
+        keys[0] = np.where(named, name_end - name_start, -1)
         arg = match_keys(_ARG_KEYS, keys)
-        plain_int = fields.has(_INT) & ~fields.has(_OTHER)
         for index, name in enumerate(ARGS):
             hits = np.flatnonzero(arg == index)
             if not hits.size:
@@ -79,11 +73,38 @@ class Args:
             plain = plain_int[hits] if name in _INT_ARGS else np.zeros(hits.size, bool)
             ints = hits[plain]
             if ints.size:
-                self._ints(table, name, ints, as_int64(fields.value[_INT][ints]))
+                self._ints(table, name, ints, as_int64(value[ints]))
             others = hits[~plain]
             if others.size:
                 self._others(table, name, others, rank_keys)
         return rank_keys
+
+    def _read(self, buf: WireBuffer) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Each annotation's int value, name span, and whether it is a plain int (else: decoded later).
+
+        sched-trace writes an int as ``int_value`` then ``name`` and nothing else: that shape
+        is read directly; any other goes through the field scanner.
+        """
+        start, end = self.start, self.end
+        value, after = buf.varint(np.minimum(start + 1, buf.size))
+        after = np.minimum(after, buf.size)
+        name_length = buf.u8[after + 1].astype(np.int64)
+        plain = ((buf.u8[start] == 0x20) & (end > start) & (buf.u8[after] == 0x52) & (name_length < 0x80)
+                 & (after + 2 + name_length == end))
+        name_start, name_end = np.where(plain, after + 2, 0), np.where(plain, end, 0)
+        rest = np.flatnonzero(~plain)
+        if rest.size:
+            fields = scan_fields(buf, start[rest], end[rest], _ANNOTATION, 4)
+            if fields.bad.any():
+                raise Unsupported("a debug annotation is not valid protobuf")
+            if fields.has(3).any():
+                raise Unsupported("interned debug annotation names (name_iid) are not read")
+            named = fields.has(_NAME)
+            name_start[rest] = np.where(named, fields.start[_NAME], 0)
+            name_end[rest] = np.where(named, fields.end[_NAME], 0)
+            value[rest] = fields.value[_INT]
+            plain[rest] = fields.has(_INT) & ~fields.has(_OTHER)
+        return value, name_start, name_end, plain
 
     def _others(self, table: SliceTable, name: str, hits: np.ndarray, rank_keys: np.ndarray) -> None:
         """Annotations that are not plain ints (strings, dicts ...): each distinct one decoded once."""

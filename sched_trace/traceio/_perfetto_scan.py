@@ -34,6 +34,7 @@ from ._pbscan import (
 from ._perfetto import MONOTONIC, REALTIME, SLICE_BEGIN, SLICE_END, protos
 from ._perfetto_args import Args
 from ._perfetto_read import _read_descriptor, _track_rank, read_perfetto
+from ._track_events import scan_track_events
 
 CHUNK_BYTES = 4 << 20
 #: Files up to this size are read whole first, so anything unusual can go to the protobuf reader.
@@ -42,11 +43,8 @@ _MAX_OPEN = 100_000  # BEGIN packets waiting for their END: more means the file 
 
 # TracePacket fields: timestamp 8, track_event 11, clock_snapshot 6, track_descriptor 60.
 _PACKET = field_table({8: (0, VARINT), 11: (1, LENGTH), 6: (2, LENGTH), 60: (3, LENGTH)})
-# TrackEvent fields: type 9, track_uuid 11, name 23, name_iid 10, category_iids 3 (packed or not);
-# repeated debug_annotations 4 and categories 22.
-_EVENT = field_table({9: (0, VARINT), 11: (1, VARINT), 23: (2, LENGTH), 10: (3, VARINT), 3: (4, VARINT)},
-                     repeated=(4, 22))
-_EVENT[(3 << 3) | LENGTH] = 4  # category_iids, packed
+
+
 class PerfettoScan:
     """Iterate a Perfetto file's slices as tables; ``clock_offsets`` is complete once iterated."""
 
@@ -155,7 +153,7 @@ class _Decoder:
             raise Unsupported("a packet is not valid protobuf", self._where(int(np.argmax(packets.bad))))
         is_event = packets.has(1) & ~packets.has(2) & ~packets.has(3)
         rows = np.flatnonzero(is_event)
-        events = scan_fields(buf, packets.start[1][rows], packets.end[1][rows], _EVENT, 5, repeated=(4, 22))
+        events = scan_track_events(buf, packets.start[1][rows], packets.end[1][rows])
         if events.bad.any():
             raise Unsupported("a track event is not valid protobuf", self._where(rows[np.argmax(events.bad)]))
         kind = events.value[0]
