@@ -137,6 +137,8 @@ class Analysis:
                     if name != "pad":
                         out[name] = stages[name][mine]
                 out["lane"], out["step"] = position, step[mine]
+                if not out.size:
+                    continue
                 which = out["step"] // self.bucket_steps
                 order = np.argsort(which, kind="stable")  # nearly sorted already: steps come in time order
                 edges = np.flatnonzero(np.r_[True, which[order][1:] != which[order][:-1], True])

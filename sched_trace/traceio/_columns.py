@@ -24,6 +24,7 @@ from ._model import Event, RecordedError, _error_text
 #: ``microbatch_kind`` values: no micro-batch, an int in ``microbatch``, or an index into ``objects``.
 NO_MICROBATCH, INT_MICROBATCH, OBJECT_MICROBATCH = 0, 1, 2
 _INT64 = (-(1 << 63), (1 << 63) - 1)
+_UINT64 = (1 << 64) - 1
 
 
 class Catalog:
@@ -174,8 +175,9 @@ def _append_event(rows: dict[str, list], objects: list, catalog: Catalog, event:
         rows[key].append(0 if value is None else value)
         rows[f"has_{key}"].append(value is not None)
     rows["level"].append(event.level)
-    rows["span_id"].append(event.span_id or 0)
-    rows["parent_id"].append(event.parent_id or 0)
+    # Ids are 64 unsigned bits; a negative one (a file may say -1) keeps its two's complement.
+    rows["span_id"].append((event.span_id or 0) & _UINT64)
+    rows["parent_id"].append((event.parent_id or 0) & _UINT64)
     attrs = event.attrs
     if attrs:
         rows["attrs"].append(len(objects))

@@ -101,3 +101,10 @@ def test_files_read_as_columns_give_the_report_of_events_in_memory(tmp_path, wri
     expected = pipeline_report(load_events([tmp_path]), skip_steps=1)
     with open_traces([tmp_path]) as traces:
         assert pipeline_report(traces, skip_steps=1) == expected
+
+
+def test_a_lane_whose_stages_fall_in_no_step_is_no_trouble():
+    events = simulate(2, 4, gpipe_order, steps=2)
+    stray = [stage_event("pp_forward", -50 * MS, -40 * MS, 3, microbatch=0)]  # before every window
+    report = pipeline_report(events + stray)
+    assert report.ranks == pipeline_report(events).ranks and len(report.steps) == 2
