@@ -219,6 +219,12 @@ class SliceStore:
             if value not in lane.pp_first or earliest < lane.pp_first[value]:
                 lane.pp_first[value] = earliest
 
+    def note_extents(self, table: SliceTable) -> None:
+        """The extent of a chunk that is not kept (a merge's first pass)."""
+        rows = np.zeros(len(table), ROW)
+        rows["start"], rows["end"] = table.start_ns, table.end_ns
+        self._extents(rows, table.is_batch)
+
     def _extents(self, rows: np.ndarray, is_batch: np.ndarray) -> None:
         self.any_extent = [min(self.any_extent[0], int(rows["start"].min())),
                            max(self.any_extent[1], int(rows["end"].max()))]

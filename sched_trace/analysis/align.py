@@ -23,11 +23,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from ._store import INT_MB, IS_BATCH, SliceStore
 
 #: Hand-offs kept per lane: enough for the tightest gaps, bounded memory on a long trace.
 SAMPLES_PER_LANE = 1 << 17
@@ -79,37 +78,106 @@ class Alignment:
         return "clocks aligned from the pipeline's cross-host hand-offs: " + "; ".join(h.describe() for h in self.hosts)
 
 
-def align_hosts(store: SliceStore, lane_shifts: Mapping[int, int], role_of: Any,
-                lanes: Optional[Iterable[int]] = None) -> Alignment:
-    """Estimate each host's clock shift from ``store`` (times moved by ``lane_shifts`` first)."""
-    names = store.catalog.names
-    roles = np.array([role_of(name) for name in names], dtype=object) if names else np.zeros(0, object)
-    forward = np.array([r == "forward" for r in roles], bool)
-    backward = np.array([r == "backward" for r in roles], bool)  # a weight pass hands nothing on
-    compute = np.array([r not in ("comm",) for r in roles], bool)
-    stage_of = np.array([_stage_index(rank) for rank in store.catalog.ranks], np.int64)
-    lane_list = [info for info in store.lanes.values()]
-    hosts = sorted({info.key[0] for info in lane_list})
+class HandoffLog:
+    """Forward and backward slices with an int micro-batch, per lane, as they stream in.
+
+    Each is numbered in time order within its (role, stage, micro-batch) and, for a
+    serving engine's compute stages, within its (stage, micro-batch): the *n*-th of
+    one lane meets the *n*-th of the next stage's lane. A long trace keeps every
+    ``stride``-th number (the same numbers on every lane), at most
+    ``SAMPLES_PER_LANE`` per lane.
+    """
+
+    def __init__(self) -> None:
+        self.parts: dict[int, list[np.ndarray]] = defaultdict(list)
+        self.sizes: dict[int, int] = defaultdict(int)
+        self.counts: dict[int, dict[tuple, int]] = defaultdict(dict)
+        self.stride = 1
+        self._roles: list[int] = []
+        self._stages: list[int] = []
+
+    def add(self, lane: int, table: Any, rows: np.ndarray) -> None:
+        """The given rows of a :class:`~sched_trace.traceio.SliceTable`, all of one lane, in file order."""
+        roles, stages = self._codes(table.catalog)
+        rows = rows[~table.is_batch[rows] & (table.microbatch_kind[rows] == 1)]
+        role = roles[table.name[rows]]
+        stage = stages[table.rank[rows]]
+        keep = (role != _OTHER) & (stage >= 0)
+        rows, role, stage = rows[keep], role[keep], stage[keep]
+        if not rows.size:
+            return
+        found = np.zeros(rows.size, _SAMPLE)
+        found["role"], found["stage"], found["mb"] = role, stage, table.microbatch[rows]
+        found["start"], found["end"] = table.start_ns[rows], table.end_ns[rows]
+        counts = self.counts[lane]
+        found["n"] = _numbered(found, counts, (found["role"], found["stage"], found["mb"]), "fb")
+        found["n_any"] = _numbered(found, counts, (np.zeros_like(found["role"]), found["stage"], found["mb"]), "any")
+        self.parts[lane].append(found[(found["n"] % self.stride == 0) | (found["n_any"] % self.stride == 0)])
+        self.sizes[lane] += int(self.parts[lane][-1].size)
+        while self.sizes[lane] > SAMPLES_PER_LANE:  # keep every other number from now on, on every lane
+            self.stride *= 2
+            for other, parts in self.parts.items():
+                kept = [part[(part["n"] % self.stride == 0) | (part["n_any"] % self.stride == 0)] for part in parts]
+                self.parts[other] = kept
+                self.sizes[other] = sum(part.size for part in kept)
+
+    def _codes(self, catalog: Any) -> tuple[np.ndarray, np.ndarray]:
+        from ._detail import stage_role
+
+        while len(self._roles) < len(catalog.names):
+            role = stage_role(catalog.names[len(self._roles)])
+            self._roles.append({"forward": _FORWARD, "backward": _BACKWARD, "compute": _COMPUTE}.get(role, _OTHER))
+        while len(self._stages) < len(catalog.ranks):
+            self._stages.append(_stage_index(catalog.ranks[len(self._stages)]))
+        return np.asarray(self._roles or [_OTHER], np.int8), np.asarray(self._stages or [-1], np.int64)
+
+    def samples(self, lane_shifts: Mapping[int, int]) -> tuple[dict[int, np.ndarray], bool]:
+        """Per lane: the hand-offs to match, times moved by the lane's shift; and whether this is
+        training (backward passes hand gradients back) or serving (compute stages only)."""
+        everything = {lane: np.concatenate(parts) for lane, parts in self.parts.items() if parts}
+        training = any(bool((found["role"] == _BACKWARD).any()) for found in everything.values())
+        result = {}
+        for lane, found in everything.items():
+            if training:
+                found = found[(found["role"] != _COMPUTE) & (found["n"] % self.stride == 0)]
+            else:  # serving: every compute stage with a micro-batch carries it forward
+                found = found[found["n_any"] % self.stride == 0].copy()
+                found["role"], found["n"] = _FORWARD, found["n_any"]
+            shift = lane_shifts.get(lane, 0)
+            if shift:
+                found = found.copy()
+                found["start"] += shift
+                found["end"] += shift
+            result[lane] = found
+        return result, training
+
+
+def _numbered(found: np.ndarray, counts: dict, keys: tuple, family: str) -> np.ndarray:
+    """Each row's number within its key, in time order, continuing the counts of earlier chunks."""
+    order = np.lexsort((found["start"],) + tuple(reversed(keys)))
+    sorted_keys = [key[order] for key in keys]
+    first = np.ones(found.size, bool)
+    for key in sorted_keys:
+        first[1:] |= key[1:] != key[:-1]
+    group_start = np.maximum.accumulate(np.where(first, np.arange(found.size), 0))
+    numbers = np.empty(found.size, np.int64)
+    numbers[order] = np.arange(found.size) - group_start
+    for position in np.flatnonzero(first).tolist():
+        key = (family,) + tuple(int(k[position]) for k in sorted_keys)
+        rows = order[position:np.searchsorted(group_start, position, side="right")]
+        numbers[rows] += counts.get(key, 0)
+        counts[key] = counts.get(key, 0) + rows.size
+    return numbers
+
+
+def align_hosts(log: HandoffLog, host_of: Mapping[int, str], lane_shifts: Mapping[int, int]) -> Alignment:
+    """Each host's clock shift, from the hand-offs ``log`` saw (times moved by ``lane_shifts`` first)."""
+    hosts = sorted(set(host_of.values()))
     if len(hosts) <= 1:
         return Alignment(tuple(HostAlignment(h, 0, 0, reference=True) for h in hosts))
-    training = False
-    samples = {}
-    stride = max(1, max((info.spill.rows if info.spill else 0) for info in lane_list) // SAMPLES_PER_LANE)
-    for info in lane_list:
-        found = _handoffs(store, info, forward, backward, stage_of, lane_shifts.get(info.index, 0), stride)
-        if found is not None:
-            samples[info.index] = found
-            training |= bool((found["role"] == _BACKWARD).any())
-    if not training:  # serving: any compute stage with a micro-batch is the forward
-        samples = {}
-        for info in lane_list:
-            found = _handoffs(store, info, compute, np.zeros_like(compute), stage_of,
-                              lane_shifts.get(info.index, 0), stride)
-            if found is not None:
-                samples[info.index] = found
-    bounds = _bounds(samples, {info.index: info.key[0] for info in lane_list}, training)
-    reference = _reference(samples, {info.index: info.key[0] for info in lane_list}, hosts)
-    return Alignment(_place(hosts, reference, bounds))
+    samples, training = log.samples(lane_shifts)
+    bounds = _bounds(samples, host_of, training)
+    return Alignment(_place(hosts, _reference(samples, host_of, hosts), bounds))
 
 
 def _stage_index(rank: Any) -> int:
@@ -119,36 +187,9 @@ def _stage_index(rank: Any) -> int:
     return -1 if rank.pp_rank is None else rank.pp_rank
 
 
-def _handoffs(store: SliceStore, info: Any, forward: np.ndarray, backward: np.ndarray, stage_of: np.ndarray,
-              shift: int, stride: int) -> Optional[np.ndarray]:
-    """The lane's forward and backward slices with an int micro-batch: (role, stage, mb, n, start, end),
-    ``n`` counting each (role, stage, micro-batch) in time order; every ``stride``-th kept."""
-    if info.spill is None:
-        return None
-    parts = []
-    for rows in info.spill.chunks():
-        picked = rows[((rows["flags"] & IS_BATCH) == 0) & ((rows["flags"] & INT_MB) != 0)]
-        is_forward, is_backward = forward[picked["name"]], backward[picked["name"]]
-        picked = picked[is_forward | is_backward]
-        stage = stage_of[picked["rank"]]
-        keep = stage >= 0
-        part = np.zeros(int(keep.sum()), _SAMPLE)
-        part["role"] = np.where(is_forward[is_forward | is_backward][keep], _FORWARD, _BACKWARD)
-        part["stage"], part["mb"] = stage[keep], picked["microbatch"][keep]
-        part["start"], part["end"] = picked["start"][keep] + shift, picked["end"][keep] + shift
-        parts.append(part)
-    if not parts:
-        return None
-    found = np.concatenate(parts)
-    found = found[np.lexsort((found["start"], found["mb"], found["stage"], found["role"]))]
-    first = np.r_[True, (found["role"][1:] != found["role"][:-1]) | (found["stage"][1:] != found["stage"][:-1])
-                  | (found["mb"][1:] != found["mb"][:-1])]
-    group_start = np.maximum.accumulate(np.where(first, np.arange(found.size), 0))
-    found["n"] = np.arange(found.size) - group_start
-    return found[found["n"] % stride == 0] if stride > 1 else found
-
-
-_SAMPLE = np.dtype([("role", "i1"), ("stage", "<i8"), ("mb", "<i8"), ("n", "<i8"), ("start", "<i8"), ("end", "<i8")])
+_SAMPLE = np.dtype([("role", "i1"), ("stage", "<i8"), ("mb", "<i8"), ("n", "<i8"), ("n_any", "<i8"),
+                    ("start", "<i8"), ("end", "<i8")])
+_FORWARD, _BACKWARD, _COMPUTE, _OTHER = 0, 1, 2, 3
 
 
 def _bounds(samples: Mapping[int, np.ndarray], host_of: Mapping[int, str], training: bool

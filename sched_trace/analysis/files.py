@@ -47,9 +47,13 @@ class TraceSet:
     clock, and, once :meth:`align_hosts` ran, hosts onto one another).
     """
 
-    def __init__(self, temporary: TemporaryStore) -> None:
+    def __init__(self, temporary: TemporaryStore, keep_rows: bool = True) -> None:
+        from .align import HandoffLog
+
         self._temporary = temporary
         self.store: SliceStore = temporary.store
+        self.keep_rows = keep_rows  # False: only what merge needs (counts, processes, hand-offs)
+        self.handoffs = HandoffLog()
         self.files: list[str] = []
         self.formats: dict[str, str] = {}
         self.clock_offsets: dict[tuple[str, int], int] = {}
@@ -81,13 +85,13 @@ class TraceSet:
         hosts = self.alignment.shifts if (align and self.alignment is not None) else {}
         return {key: shifts.get(key, 0) + hosts.get(key[0], 0) for key in self.processes}
 
-    def align_hosts(self, roles: Optional[dict] = None) -> Any:
+    def align_hosts(self) -> Any:
         """Estimate each host's clock shift from the pipeline's cross-host hand-offs
         (:mod:`sched_trace.analysis.align`); later analyses apply it. Returns the estimate."""
-        from ._detail import stage_role
         from .align import align_hosts
 
-        self.alignment = align_hosts(self.store, self.lane_shifts(), lambda name: stage_role(name, roles))
+        hosts = {info.index: info.key[0] for info in self.store.lanes.values()}
+        self.alignment = align_hosts(self.handoffs, hosts, self.lane_shifts())
         return self.alignment
 
     def lane_shifts(self, align: bool = True) -> dict[int, int]:
@@ -149,7 +153,7 @@ class TraceSet:
             first = self.first_file.setdefault(process, path)
             if first == path and process not in self._digests:
                 continue
-            mine = np.flatnonzero(np.isin(table.rank, [i for i, p in enumerate(process_of_rank) if p == process]))
+            mine = np.flatnonzero(np.isin(table.rank, self._ranks_of(process)))
             digests = _slice_digests(table, mine)
             known = self._known(process)
             repeated = np.isin(digests, known)
@@ -157,18 +161,39 @@ class TraceSet:
             self._digests[process] = np.union1d(known, digests[~repeated])
         dropped = int((~keep).sum())
         self.duplicates += dropped
-        self.store.add(table.take(keep) if dropped else table)
+        table = table.take(keep) if dropped else table
+        if not len(table):
+            return
+        if self.keep_rows:
+            self.store.add(table)
+        else:
+            self.store.count += len(table)
+            self.store.note_extents(table)
+        lanes = self.store._lane_ids(table.rank)
+        for lane in np.unique(lanes).tolist():
+            self.handoffs.add(lane, table, np.flatnonzero(lanes == lane))
 
     def _known(self, process: tuple[str, int]) -> np.ndarray:
         """Digests of the slices of ``process`` read so far (from the store's lanes the first time)."""
         found = self._digests.get(process)
         if found is None:
             parts = []
-            for info in self.store.lanes.values():
-                if info.key[:2] == process and info.spill is not None:
-                    parts.extend(_row_digests(self.store, rows) for rows in info.spill.chunks())
+            if self.keep_rows:
+                for info in self.store.lanes.values():
+                    if info.key[:2] == process and info.spill is not None:
+                        parts.extend(_row_digests(self.store, rows) for rows in info.spill.chunks())
+            else:  # nothing kept: the file it came from is read again, for its slices alone
+                from ..traceio import TraceScan
+
+                path = self.first_file[process]
+                for table in TraceScan(path, self.store.catalog, self.formats[path]):
+                    mine = np.flatnonzero(np.isin(table.rank, self._ranks_of(process)))
+                    parts.append(_slice_digests(table, mine))
             found = self._digests[process] = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.uint64)
         return found
+
+    def _ranks_of(self, process: tuple[str, int]) -> list[int]:
+        return [i for i, rank in enumerate(self.store.catalog.ranks) if (rank.host_id, rank.pid) == process]
 
 
 _MIX = np.uint64(0x9E3779B97F4A7C15)
@@ -214,19 +239,21 @@ def _text_digest(text: str) -> int:
 
 def open_traces(paths: Iterable[PathLike], progress: Optional[Callable[[int, int], None]] = None,
                 directory: Optional[str] = None, workers: Optional[int] = None,
-                allow_empty: bool = False) -> TraceSet:
+                allow_empty: bool = False, keep_rows: bool = True) -> TraceSet:
     """Read trace files and directories into a :class:`TraceSet` (see the module docstring).
 
     ``progress(done, total)`` follows the bytes read. Raises ``FileNotFoundError``
     when there is no trace file at all (unless ``allow_empty``); the temporary files go under ``directory``
     (default: the system's temporary directory). ``workers`` processes decode files
-    at once (default: one per core, at most 4; large inputs only).
+    at once (default: one per core, at most 4; large inputs only). ``keep_rows=False``
+    keeps no slice for an analysis, only what a merge needs (processes, duplicates,
+    the hand-offs that align hosts).
     """
     from ..traceio import Catalog
     from ..traceio._scan import scan_traces
 
     paths = list(paths)
-    traces = TraceSet(TemporaryStore(Catalog(), ordered_by_time=True, parent=directory))
+    traces = TraceSet(TemporaryStore(Catalog(), ordered_by_time=True, parent=directory), keep_rows)
     try:
         workers = workers if workers is not None else min(4, os.cpu_count() or 1)
         for scan in scan_traces(paths, traces.store.catalog, progress, workers):

@@ -63,7 +63,7 @@ def merge_files(paths: Iterable[PathLike], output: PathLike, format: Optional[st
         raise ValueError(f"cannot write {format!r}; use 'perfetto' or 'chrome'")
     paths = list(paths)
     twice = _Twice(progress)
-    with open_traces(paths, progress=twice.first, directory=directory, allow_empty=True) as traces:
+    with open_traces(paths, progress=twice.first, directory=directory, allow_empty=True, keep_rows=False) as traces:
         for path in traces.files:
             if only is not None and traces.formats[path] != only:
                 raise TraceFormatError(f"{path}: is {traces.formats[path]}, expected {only}")
