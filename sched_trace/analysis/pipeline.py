@@ -91,12 +91,10 @@ def _report(analysis: Analysis, kept: list[int], every: bool) -> PipelineReport:
     steps = analysis.steps
     numbers = analysis.numbers
     series = StepSeries.from_analysis(analysis, kept)
-    lanes_of_rank = {(lane.host_id, lane.pid, lane.tid): lane for lane in steps.lanes}
     latencies = analysis.latency.table(
         analysis.store.catalog.names,
         lambda lane: _rank_key(steps.lanes[lane]),
         lambda kind, value: _microbatch_key(analysis.store, kind, value))
-    del lanes_of_rank
     return PipelineReport(
         ranks=_rank_summaries(steps.lanes, numbers, kept),
         steps=tuple(series) if every else series,
