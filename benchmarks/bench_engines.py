@@ -70,6 +70,61 @@ def vllm(mode: str, groups: int, requests: int, tokens: int, batch: int,
         return json.loads(out.read_text())
 
 
+# --- SGLang: a real server per round ----------------------------------------------
+
+
+def thread_cpu_s(pid: int, tid: int) -> float:
+    """CPU seconds of one thread of another process (/proc, clock ticks)."""
+    fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def sglang_round(work: Path, model: Path, case: str, requests: int, tokens: int, concurrency: int) -> dict[str, Any]:
+    """One server: started (traced at ``case``'s level, or not), warmed up, one measured load, stopped."""
+    sys.path.insert(0, str(REPO))
+    from tests.sglang.server import SGLangServer, drive_load
+
+    traced, level = {"untraced": (False, None), "level1": (True, 1), "default": (True, None)}[case]
+    config = f'block = ["perfetto", "prometheus"]\n[plugins.otel]\ndirectory = "{work / "otel"}"\n'
+    # One OpenMP thread, as for vLLM (without AMX, SGLang's CPU engine binds no cores of its own).
+    server = SGLangServer(work, traced=traced, level=level, config=config, count_steps=True, model=model,
+                          env={"OMP_NUM_THREADS": EXTRA_ENV.get("OMP_NUM_THREADS", "1")})
+    with server:
+        drive_load(server, requests=8, prompt_tokens=32, max_new_tokens=8, concurrency=concurrency, prefix="warm")
+        (scheduler,) = server.steps()  # the scheduler process (the step counter's file is named by its pid)
+        steps_before = len(server.steps()[scheduler])
+        thread0, process0 = thread_cpu_s(scheduler, scheduler), process_cpu_s(scheduler)
+        load = drive_load(server, requests=requests, prompt_tokens=32, max_new_tokens=tokens,
+                          concurrency=concurrency)
+        thread1, process1 = thread_cpu_s(scheduler, scheduler), process_cpu_s(scheduler)
+        steps = len(server.steps()[scheduler]) - steps_before
+    return {"tokens": load["output_tokens"], "wall_s": load["wall_s"], "engine_cpu_s": thread1 - thread0,
+            "process_cpu_s": process1 - process0, "steps": steps}
+
+
+def sglang(groups: int, requests: int, tokens: int, concurrency: int) -> dict[str, Any]:
+    sys.path.insert(0, str(REPO))
+    from tests.sglang.server import NOT_RUNNABLE, build_model, runnable
+
+    if not runnable():
+        raise RuntimeError(NOT_RUNNABLE)
+    names = ["untraced", "level1", "default"]
+    rounds: dict[str, list] = {name: [] for name in names}
+    with tempfile.TemporaryDirectory(prefix="bench-sglang-") as work:
+        model = build_model(Path(work) / "model")
+        for group in range(groups):
+            shift = group % len(names)
+            for name in names[shift:] + names[:shift]:
+                rounds[name].append(sglang_round(Path(work) / f"{name}-{group}", model, name, requests, tokens,
+                                                 concurrency))
+    return {"rounds": rounds, "requests": requests, "tokens": tokens, "batch": concurrency}
+
+
 # --- throughput -----------------------------------------------------------------
 
 
@@ -80,50 +135,66 @@ def paired(rounds: dict[str, list], case: str, per: str, value: str) -> list[flo
     return [ratio(a) / ratio(b) for a, b in zip(rounds[case], rounds["untraced"])]
 
 
-def throughput_rows(result: dict[str, Any], label: str) -> list[dict[str, Any]]:
+def throughput_rows(result: dict[str, Any], label: str, profile: str = "vllm") -> list[dict[str, Any]]:
     rounds = result["rounds"]
     groups = len(rounds["untraced"])
     rows = []
     workload = (f"tiny 2-layer Llama on CPU, {groups} rotated triples of {result['requests']} requests x "
                 f"{result['tokens']} tokens at batch {result['batch']}")
-    for case, text, level_note in (("default", "default level", "the vllm profile at level 4"),
+    for case, text, level_note in (("default", "default level", f"the {profile} profile at level 4"),
                                    ("level1", "level 1", "engine steps and request phases only")):
         ratios = [1 / r for r in paired(rounds, case, "tokens", "wall_s")]
         cpu = paired(rounds, case, "tokens", "engine_cpu_s")
         tps = [r["tokens"] / r["wall_s"] for r in rounds[case]]
         base = [r["tokens"] / r["wall_s"] for r in rounds["untraced"]]
+        default = case == "default"
         rows.append(row(
             f"{label} throughput, traced at the {text} vs untraced",
             statistics.median(tps), statistics.median(base), statistics.median(ratios), "tokens/s",
-            target=">= 0.99x" if case == "default" else None,
-            met=statistics.median(ratios) >= 0.99 if case == "default" else None, group=GROUP,
-            note=f"{level_note}, otel writing OTLP-JSON; {workload}; per-triple ratios "
-                 + ", ".join(f"{r:.2f}" for r in ratios)))
+            target=">= 0.99x" if default else None, met=statistics.median(ratios) >= 0.99 if default else None,
+            group=GROUP, note=f"{level_note}, otel writing OTLP-JSON; {workload}; per-triple ratios "
+                              + ", ".join(f"{r:.2f}" for r in ratios)))
         cpu_traced = [r["engine_cpu_s"] / r["tokens"] * 1e6 for r in rounds[case]]
         cpu_base = [r["engine_cpu_s"] / r["tokens"] * 1e6 for r in rounds["untraced"]]
         rows.append(row(
             f"{label} engine-thread CPU per output token, {text} vs untraced",
             statistics.median(cpu_traced), statistics.median(cpu_base), statistics.median(cpu), "us/token",
-            target="<= 1.01x" if case == "default" else None,
-            met=statistics.median(cpu) <= 1.01 if case == "default" else None, group=GROUP,
-            note="per-triple ratios " + ", ".join(f"{r:.3f}" for r in cpu)))
-    for case in ("default",):
-        others = [(r["other_threads_cpu_s"] - u["other_threads_cpu_s"]) / r["tokens"] * 1e6
-                  for r, u in zip(rounds[case], rounds["untraced"])]
-        children = [r["children_cpu_s"] / r["tokens"] * 1e6 for r in rounds[case]]
-        engine = [r["engine_cpu_s"] / r["tokens"] * 1e6 for r in rounds["untraced"]]
-        gc_ms = [(r["gc_ms"] - u["gc_ms"]) / r["steps"] * 1e3 for r, u in zip(rounds[case], rounds["untraced"])]
-        gc_runs = [sum(r["gc_collections"]) - sum(u["gc_collections"]) for r, u in zip(rounds[case], rounds["untraced"])]
-        rows.append(row(
-            f"{label} CPU elsewhere per output token at the default level: exporter process",
-            statistics.median(children), statistics.median(engine), statistics.median(children) / statistics.median(engine),
-            "us/token", group=GROUP,
-            note="the otel exporter process (children of the engine process), against the untraced engine "
-                 "thread's CPU per token; the process's other threads (exporter thread, torch's OpenMP "
-                 f"workers) took {statistics.median(others):+.2f} us/token more than untraced; the garbage "
-                 f"collector {statistics.median(gc_ms):+.1f} us per step and {statistics.median(gc_runs):+.0f} "
-                 "collections per round more"))
+            target="<= 1.01x" if default else None, met=statistics.median(cpu) <= 1.01 if default else None,
+            group=GROUP, note="per-triple ratios " + ", ".join(f"{r:.3f}" for r in cpu)))
+        if "children_cpu_s" not in rounds[case][0]:  # SGLang: the step cost from the paired rounds
+            delta = [(r["engine_cpu_s"] / r["steps"] - u["engine_cpu_s"] / u["steps"]) * 1e6
+                     for r, u in zip(rounds[case], rounds["untraced"])]
+            rows.append(row(
+                f"{label} scheduler-thread CPU per engine step, {text} minus untraced",
+                statistics.median(delta), statistics.median(u["engine_cpu_s"] / u["steps"] * 1e6
+                                                            for u in rounds["untraced"]),
+                None, "us/step", target=f"<= {STEP_TARGET_US:g} us" if default else None,
+                met=statistics.median(delta) <= STEP_TARGET_US if default else None, group=GROUP,
+                note="paired per triple, from the scheduler thread's CPU clock (/proc, 10 ms ticks); "
+                     "baseline: the untraced scheduler thread's CPU per step; per-triple "
+                     + ", ".join(f"{d:.0f}" for d in delta)))
+    if "children_cpu_s" in rounds["default"][0]:
+        rows.append(elsewhere_row(rounds, label))
     return rows
+
+
+def elsewhere_row(rounds: dict[str, list], label: str) -> dict[str, Any]:
+    """Where the rest of the CPU went at the default level: exporter process, threads, GC."""
+    pairs = list(zip(rounds["default"], rounds["untraced"]))
+    others = [(r["other_threads_cpu_s"] - u["other_threads_cpu_s"]) / r["tokens"] * 1e6 for r, u in pairs]
+    children = [r["children_cpu_s"] / r["tokens"] * 1e6 for r in rounds["default"]]
+    engine = [r["engine_cpu_s"] / r["tokens"] * 1e6 for r in rounds["untraced"]]
+    gc_us = [(r["gc_ms"] - u["gc_ms"]) / r["steps"] * 1e3 for r, u in pairs]
+    gc_runs = [sum(r["gc_collections"]) - sum(u["gc_collections"]) for r, u in pairs]
+    return row(
+        f"{label} CPU elsewhere per output token at the default level: exporter process",
+        statistics.median(children), statistics.median(engine),
+        statistics.median(children) / statistics.median(engine), "us/token", group=GROUP,
+        note="the otel exporter process (children of the engine process), against the untraced engine "
+             "thread's CPU per token; the process's other threads (exporter thread, torch's OpenMP "
+             f"workers) took {statistics.median(others):+.2f} us/token more than untraced; the garbage "
+             f"collector {statistics.median(gc_us):+.1f} us per step and {statistics.median(gc_runs):+.0f} "
+             "collections per round more")
 
 
 # --- targets ----------------------------------------------------------------------
@@ -142,6 +213,7 @@ def target_costs(result: dict[str, Any]) -> list[dict[str, Any]]:
         per_call = statistics.median(traced) - statistics.median(through) if traced and through else 0.0
         kind, name = labels[target].split(":", 1)
         costs.append({"target": target.split(":")[1], "kind": kind, "name": name, "calls": calls,
+                      "warm_ns_per_call": result.get("warm_ns", {}).get(target),
                       "calls_per_step": calls / steps, "ns_per_call": per_call,
                       "ns_per_step": per_call * calls / steps, "share": per_call * calls / steps / step_ns})
     return costs
@@ -177,18 +249,20 @@ def table(by_batch: dict[int, dict[str, Any]]) -> str:
     big = batches[-1]
     wrapt_ns = by_batch[big].get("wrapt_passthrough_ns", 0.0)
     lines = ["| target | event | " + " | ".join(f"calls/step, batch {b}" for b in batches)
-             + f" | us/call | us/step, batch {big} | share of step, batch {big} |",
-             "|---|---|" + "---|" * (len(batches) + 3)]
+             + f" | us/call in the engine | us/call replayed warm | us/step, batch {big} | share of step, batch {big} |",
+             "|---|---|" + "---|" * (len(batches) + 4)]
     for target, cost in costs[big].items():
         if not any(costs[b][target]["calls"] for b in batches):
             continue
+        warm = cost["warm_ns_per_call"]
         lines.append(f"| `{target}` | {cost['kind']} `{cost['name']}` | "
                      + " | ".join(f"{costs[b][target]['calls_per_step']:.2f}" for b in batches)
-                     + f" | {cost['ns_per_call'] / 1e3:.2f} | {cost['ns_per_step'] / 1e3:.2f} | {cost['share']:.2%} |")
+                     + f" | {cost['ns_per_call'] / 1e3:.2f} | {'-' if warm is None else f'{warm / 1e3:.2f}'} | "
+                     f"{cost['ns_per_step'] / 1e3:.2f} | {cost['share']:.2%} |")
     calls = sum(c["calls_per_step"] for c in costs[big].values())
     step_ns = statistics.median(r["engine_cpu_s"] / r["steps"] * 1e9 for r in by_batch[big]["rounds"]["untraced"])
-    lines.append(f"| wrapt's proxy, every call above | | | | {wrapt_ns / 1e3:.2f} | {wrapt_ns * calls / 1e3:.2f} | "
-                 f"{wrapt_ns * calls / step_ns:.2%} |".replace("| | | |", "| " + "| " * len(batches) + "|", 1))
+    lines.append(f"| wrapt's proxy, every call above | |{' |' * len(batches)} {wrapt_ns / 1e3:.2f} | | "
+                 f"{wrapt_ns * calls / 1e3:.2f} | {wrapt_ns * calls / step_ns:.2%} |")
     return "\n".join(lines)
 
 
@@ -204,7 +278,12 @@ def targets(quick: bool, profile_file: Optional[Path] = None, extra: tuple[str, 
 
 def run(quick: bool) -> list[dict[str, Any]]:
     throughput, by_batch = measure(quick)
-    return throughput_rows(throughput, "vLLM") + step_rows(by_batch, "vLLM")
+    rows = throughput_rows(throughput, "vLLM") + step_rows(by_batch, "vLLM")
+    try:
+        served = sglang(2 if quick else 6, 16 if quick else 32, 32, 8)
+    except RuntimeError as exc:  # no runnable .venv-sglang: the vLLM rows still count
+        return rows + [row("SGLang server: not measured", None, None, None, "", group=GROUP, note=str(exc)[:300])]
+    return rows + throughput_rows(served, "SGLang", "sglang")
 
 
 def main(argv: list[str]) -> int:
@@ -221,12 +300,17 @@ def main(argv: list[str]) -> int:
                         help="skip sched-trace's per-call torch.compiler.is_compiling() check")
     parser.add_argument("--omp", type=int, default=1, help="OpenMP threads of the engine (default 1)")
     parser.add_argument("--json", type=Path, help="also write the raw measurements here")
+    parser.add_argument("--sglang", action="store_true", help="only the SGLang server's throughput triples")
     args = parser.parse_args(argv)
     EXTRA_ENV["OMP_NUM_THREADS"] = str(args.omp)
     extra = ("--plugin", args.plugin) + (("--no-compile-check",) if args.no_compile_check else ())
     raw: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
-    if not args.table:
+    if args.sglang:
+        raw["sglang"] = sglang(2 if args.quick else 6, 16 if args.quick else 32, 32, 8)
+        rows += throughput_rows(raw["sglang"], "SGLang", "sglang")
+        args.table = args.throughput = True  # nothing else
+    elif not args.table:
         raw["throughput"] = vllm("throughput", 4 if args.quick else 12, 64 if args.quick else 128, 32, 64,
                                  args.profile_file, extra)
         rows += throughput_rows(raw["throughput"], "vLLM")
@@ -234,9 +318,11 @@ def main(argv: list[str]) -> int:
         by_batch = targets(args.quick, args.profile_file, extra)
         raw["targets"] = {str(b): r for b, r in by_batch.items()}
         rows += step_rows(by_batch, "vLLM")
+    from .report import fmt
+
     for result in rows:
-        print(f"{result['figure']}: {result['value']:.3g} vs {result['baseline']:.3g} {result['unit']} "
-              f"ratio {result['ratio']:.3f}\n  {result.get('note', '')}")
+        print(f"{result['figure']}: {fmt(result['value'])} vs {fmt(result['baseline'])} {result['unit']} "
+              f"ratio {fmt(result['ratio'])}\n  {result.get('note', '')}")
     if not args.throughput:
         print(table(by_batch))
     if args.json is not None:

@@ -203,6 +203,7 @@ def run_targets(llm: Any, cases: Cases, groups: int, requests: int, tokens: int)
     rounds: dict[str, list] = {name: [] for name in names}
     meters: dict[str, dict[str, list]] = {"passthrough": {}, "traced": {}}
     labels: dict[str, str] = {}
+    calls: dict[str, tuple[Any, tuple, dict]] = {}  # a real call of each target, to replay
 
     def switch(name: str) -> Optional[tiny_vllm.TargetMeter]:
         if name == "untraced":
@@ -220,10 +221,42 @@ def run_targets(llm: Any, cases: Cases, groups: int, requests: int, tokens: int)
             rounds[name].append(result)
             if meter is not None:
                 labels.update(meter.names)
+                calls.update(meter.first_call)
                 for target, samples in meter.samples_ns.items():
                     meters[name].setdefault(target, []).append(samples)
+    cases.traced(None)
+    warm = replay(calls)
     cases.untraced()
-    return {"rounds": rounds, "meters": meters, "labels": labels}
+    return {"rounds": rounds, "meters": meters, "labels": labels, "warm_ns": warm}
+
+
+def _noop(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+def replay(calls: dict[str, tuple[Any, tuple, dict]], n: int = 500, repeats: int = 15) -> dict[str, float]:
+    """Per target: sched-trace's wrapper on the arguments of a real call, in a tight loop
+    (warm caches), the wrapped function a no-op, less a passthrough wrapper's time."""
+    import statistics
+
+    from sched_trace.instrument import handles
+
+    wrappers = {h.target: h.probe.wrapper for h in handles() if h.active}
+    warm = {}
+    for target, (instance, args, kwargs) in calls.items():
+        wrapper = wrappers.get(target)
+        if wrapper is None:
+            continue
+
+        def loop(w: Any) -> float:
+            started = time.perf_counter_ns()
+            for _ in range(n):
+                w(_noop, instance, args, kwargs)
+            return (time.perf_counter_ns() - started) / n
+
+        samples = [loop(wrapper) - loop(tiny_vllm._passthrough) for _ in range(repeats)]
+        warm[target] = statistics.median(samples)
+    return warm
 
 
 def wrapt_passthrough_ns(calls: int = 20000, repeats: int = 7) -> float:

@@ -140,6 +140,7 @@ class TargetMeter:
         self.calls: dict[str, int] = {}
         self.samples_ns: dict[str, list[int]] = {}
         self.names: dict[str, str] = {}
+        self.first_call: dict[str, tuple[Any, tuple, dict]] = {}  # (instance, args, kwargs), timed only
         self._swapped: list[tuple[Any, Any]] = []
 
     def install(self) -> "TargetMeter":
@@ -162,7 +163,7 @@ class TargetMeter:
         self._swapped.clear()
 
     def _shim(self, key: str, wrapper: Any) -> Any:
-        calls, clock = self.calls, time.perf_counter_ns
+        calls, clock, first_call = self.calls, time.perf_counter_ns, self.first_call
         record = self.samples_ns[key].append
 
         def counted(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
@@ -184,6 +185,8 @@ class TargetMeter:
                 return wrapper(call, instance, args, kwargs)
             finally:
                 record(clock() - start - inner[0])
+                if not calls[key]:
+                    first_call[key] = (instance, args, kwargs)
                 calls[key] += 1
 
         return timed if self.timed else counted
