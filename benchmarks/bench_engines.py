@@ -139,10 +139,14 @@ def throughput_rows(result: dict[str, Any], label: str, profile: str = "vllm") -
     rounds = result["rounds"]
     groups = len(rounds["untraced"])
     rows = []
-    workload = (f"tiny 2-layer Llama on CPU, {groups} rotated triples of {result['requests']} requests x "
+    workload = (f"tiny 2-layer Llama on CPU, {groups} rotated groups of {len(rounds)} rounds "
+                f"({', '.join(rounds)}) of {result['requests']} requests x "
                 f"{result['tokens']} tokens at batch {result['batch']}")
     for case, text, level_note in (("default", "default level", f"the {profile} profile at level 4"),
-                                   ("level1", "level 1", "engine steps and request phases only")):
+                                   ("level1", "level 1", "engine steps and request phases only"),
+                                   ("null", "default level, no exporter", "a do-nothing plugin instead of otel")):
+        if case not in rounds:
+            continue
         ratios = [1 / r for r in paired(rounds, case, "tokens", "wall_s")]
         cpu = paired(rounds, case, "tokens", "engine_cpu_s")
         tps = [r["tokens"] / r["wall_s"] for r in rounds[case]]
@@ -152,7 +156,8 @@ def throughput_rows(result: dict[str, Any], label: str, profile: str = "vllm") -
             f"{label} throughput, traced at the {text} vs untraced",
             statistics.median(tps), statistics.median(base), statistics.median(ratios), "tokens/s",
             target=">= 0.99x" if default else None, met=statistics.median(ratios) >= 0.99 if default else None,
-            group=GROUP, note=f"{level_note}, otel writing OTLP-JSON; {workload}; per-triple ratios "
+            group=GROUP, note=f"{level_note}{', otel writing OTLP-JSON' if case != 'null' else ''}; {workload}; "
+                              "per-group ratios "
                               + ", ".join(f"{r:.2f}" for r in ratios)))
         cpu_traced = [r["engine_cpu_s"] / r["tokens"] * 1e6 for r in rounds[case]]
         cpu_base = [r["engine_cpu_s"] / r["tokens"] * 1e6 for r in rounds["untraced"]]
@@ -160,7 +165,7 @@ def throughput_rows(result: dict[str, Any], label: str, profile: str = "vllm") -
             f"{label} engine-thread CPU per output token, {text} vs untraced",
             statistics.median(cpu_traced), statistics.median(cpu_base), statistics.median(cpu), "us/token",
             target="<= 1.01x" if default else None, met=statistics.median(cpu) <= 1.01 if default else None,
-            group=GROUP, note="per-triple ratios " + ", ".join(f"{r:.3f}" for r in cpu)))
+            group=GROUP, note="per-group ratios " + ", ".join(f"{r:.3f}" for r in cpu)))
         if "children_cpu_s" not in rounds[case][0]:  # SGLang: the step cost from the paired rounds
             delta = [(r["engine_cpu_s"] / r["steps"] - u["engine_cpu_s"] / u["steps"]) * 1e6
                      for r, u in zip(rounds[case], rounds["untraced"])]
@@ -179,22 +184,24 @@ def throughput_rows(result: dict[str, Any], label: str, profile: str = "vllm") -
 
 
 def elsewhere_row(rounds: dict[str, list], label: str) -> dict[str, Any]:
-    """Where the rest of the CPU went at the default level: exporter process, threads, GC."""
-    pairs = list(zip(rounds["default"], rounds["untraced"]))
-    others = [(r["other_threads_cpu_s"] - u["other_threads_cpu_s"]) / r["tokens"] * 1e6 for r, u in pairs]
-    children = [r["children_cpu_s"] / r["tokens"] * 1e6 for r in rounds["default"]]
-    engine = [r["engine_cpu_s"] / r["tokens"] * 1e6 for r in rounds["untraced"]]
-    gc_us = [(r["gc_ms"] - u["gc_ms"]) / r["steps"] * 1e3 for r, u in pairs]
-    gc_runs = [sum(r["gc_collections"]) - sum(u["gc_collections"]) for r, u in pairs]
+    """Where the rest of the CPU went at the default level: exporter process, threads, GC.
+    Totals over all rounds: other threads' and processes' clocks tick every 10 ms."""
+    def total(case: str, key: str) -> float:
+        return sum(r[key] for r in rounds[case])
+
+    tokens, steps = total("default", "tokens"), total("default", "steps")
+    children = total("default", "children_cpu_s") / tokens * 1e6
+    others = (total("default", "other_threads_cpu_s") - total("untraced", "other_threads_cpu_s")) / tokens * 1e6
+    engine = total("untraced", "engine_cpu_s") / total("untraced", "tokens") * 1e6
+    gc_us = (total("default", "gc_ms") - total("untraced", "gc_ms")) / steps * 1e3
+    gc_runs = [sum(r["gc_collections"]) - sum(u["gc_collections"]) for r, u in zip(rounds["default"], rounds["untraced"])]
     return row(
         f"{label} CPU elsewhere per output token at the default level: exporter process",
-        statistics.median(children), statistics.median(engine),
-        statistics.median(children) / statistics.median(engine), "us/token", group=GROUP,
+        children, engine, children / engine, "us/token", group=GROUP,
         note="the otel exporter process (children of the engine process), against the untraced engine "
-             "thread's CPU per token; the process's other threads (exporter thread, torch's OpenMP "
-             f"workers) took {statistics.median(others):+.2f} us/token more than untraced; the garbage "
-             f"collector {statistics.median(gc_us):+.1f} us per step and {statistics.median(gc_runs):+.0f} "
-             "collections per round more")
+             "thread's CPU per token, totals over all rounds; the process's other threads (the exporter "
+             f"thread) took {others:+.2f} us/token more than untraced; the garbage collector "
+             f"{gc_us:+.1f} us per step and {statistics.median(gc_runs):+.0f} collections per round more")
 
 
 # --- targets ----------------------------------------------------------------------
@@ -301,6 +308,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--omp", type=int, default=1, help="OpenMP threads of the engine (default 1)")
     parser.add_argument("--json", type=Path, help="also write the raw measurements here")
     parser.add_argument("--sglang", action="store_true", help="only the SGLang server's throughput triples")
+    parser.add_argument("--cases", default="untraced,level1,default",
+                        help="the throughput half's cases (untraced, level1, default, null)")
+    parser.add_argument("--groups", type=int, help="rotated groups in the throughput half (default 12, quick 4)")
     args = parser.parse_args(argv)
     EXTRA_ENV["OMP_NUM_THREADS"] = str(args.omp)
     extra = ("--plugin", args.plugin) + (("--no-compile-check",) if args.no_compile_check else ())
@@ -311,8 +321,8 @@ def main(argv: list[str]) -> int:
         rows += throughput_rows(raw["sglang"], "SGLang", "sglang")
         args.table = args.throughput = True  # nothing else
     elif not args.table:
-        raw["throughput"] = vllm("throughput", 4 if args.quick else 12, 64 if args.quick else 128, 32, 64,
-                                 args.profile_file, extra)
+        raw["throughput"] = vllm("throughput", args.groups or (4 if args.quick else 12), 64 if args.quick else 128,
+                                 32, 64, args.profile_file, extra + ("--cases", args.cases))
         rows += throughput_rows(raw["throughput"], "vLLM")
     if not args.throughput:
         by_batch = targets(args.quick, args.profile_file, extra)

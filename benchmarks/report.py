@@ -185,15 +185,21 @@ def write_markdown(
             if rest:
                 lines += ["", "```text", rest.rstrip(), "```", ""]
     lines += ["", FINDINGS, READING]
-    lines += kept_gpu_section(path)
+    for heading in KEPT_SECTIONS:
+        lines += kept_section(path, heading)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
 
 
-def kept_gpu_section(path: Path) -> list[str]:
-    """The "GPU (H200)" section benchmarks/gpu_check.py writes: a CPU run of the suite keeps it."""
+#: Sections written by other tools or by hand that a CPU run of the suite keeps as they are:
+#: benchmarks/gpu_check.py's, and the engines' analysis (python -m benchmarks.bench_engines).
+KEPT_SECTIONS = ("## GPU (H200)", "## Engines")
+
+
+def kept_section(path: Path, heading: str) -> list[str]:
+    """The section under ``heading`` in the file as it is, up to the next ``## `` heading."""
     text = path.read_text(encoding="utf-8") if path.exists() else ""
-    start = text.find("\n## GPU (H200)")
+    start = text.find("\n" + heading + "\n")
     if start < 0:
         return []
     following = text.find("\n## ", start + 1)

@@ -124,8 +124,9 @@ class Cases:
         self.config = trace_config(trace_dir, profile_file)
         self.profile = None if profile_file is not None else "vllm"
         self.meter: Optional[tiny_vllm.TargetMeter] = None
-        # "null": a plugin that does nothing, instead of the otel plugin exporting
-        self.plugins, self.autoload = ([NullPlugin()], False) if plugin == "null" else ((), True)
+        self.plugin = plugin  # "null": a plugin that does nothing, instead of the otel plugin exporting
+        self.null, self.otel = NullPlugin(), None
+        self.listening: Any = None  # the plugin registered now
         self.compile_check = True
 
     def untraced(self) -> None:
@@ -135,12 +136,19 @@ class Cases:
         sched_trace.uninstrument()
         tiny_vllm.rebind_step(self.core)
 
-    def traced(self, level: Optional[int]) -> None:
+    def traced(self, level: Optional[int], plugin: Optional[str] = None) -> None:
         import sched_trace
+        from sched_trace.plugins import get_manager
 
         self._unmeter()
-        sched_trace.configure(level=level, profile=self.profile, config=self.config,  # level None: the default
-                              plugins=self.plugins, autoload=self.autoload)
+        sched_trace.configure(level=level, profile=self.profile, config=self.config)  # level None: the default
+        if self.otel is None:  # loaded from its entry point by the first configure()
+            self.otel = self.listening = get_manager().get_plugin("otel")
+        wanted = self.null if (plugin or self.plugin) == "null" else self.otel
+        if wanted is not self.listening:
+            sched_trace.unregister(self.listening)
+            sched_trace.register(wanted)
+            self.listening = wanted
         if not self.compile_check:
             from sched_trace import probe
 
@@ -180,10 +188,12 @@ def one_round(llm: Any, core: Any, gc_clock: GcClock, requests: int, tokens: int
             **gc_clock.take()}
 
 
-def run_throughput(llm: Any, cases: Cases, groups: int, requests: int, tokens: int) -> dict[str, Any]:
+def run_throughput(llm: Any, cases: Cases, groups: int, requests: int, tokens: int,
+                   names: tuple[str, ...] = ("untraced", "level1", "default")) -> dict[str, Any]:
     switch: dict[str, Callable[[], None]] = {
-        "untraced": cases.untraced, "level1": lambda: cases.traced(1), "default": lambda: cases.traced(None)}
-    names = list(switch)
+        "untraced": cases.untraced, "level1": lambda: cases.traced(1), "default": lambda: cases.traced(None),
+        "null": lambda: cases.traced(None, "null")}  # the default level, a do-nothing plugin instead of otel
+    names = list(names)
     gc_clock = GcClock()
     rounds: dict[str, list] = {name: [] for name in names}
     for name in names:  # warm-up: every case once (lazy imports, threads, the exporter process)
@@ -295,6 +305,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--profile-file", type=Path, help="a profile TOML to use instead of the shipped one")
     parser.add_argument("--plugin", choices=("otel", "null"), default="otel",
                         help="null: a plugin that does nothing, to tell sched-trace's cost from the exporter's")
+    parser.add_argument("--cases", default="untraced,level1,default",
+                        help="throughput mode: the cases that take turns (untraced, level1, default, null)")
     parser.add_argument("--no-compile-check", action="store_true",
                         help="skip sched-trace's torch.compiler.is_compiling() check per call, to measure it")
     args = parser.parse_args(argv)
@@ -303,8 +315,10 @@ def main(argv: list[str]) -> int:
                                  max_num_batched_tokens=max(512, args.batch * tiny_vllm.PROMPT_LEN))
         cases = Cases(llm, Path(work) / "otel", args.profile_file, args.plugin)
         cases.compile_check = not args.no_compile_check
-        run = run_throughput if args.mode == "throughput" else run_targets
-        result = run(llm, cases, args.groups, args.requests, args.tokens)
+        if args.mode == "throughput":
+            result = run_throughput(llm, cases, args.groups, args.requests, args.tokens, tuple(args.cases.split(",")))
+        else:
+            result = run_targets(llm, cases, args.groups, args.requests, args.tokens)
         result["wrapt_passthrough_ns"] = wrapt_passthrough_ns()
         import sched_trace
 
