@@ -67,29 +67,37 @@ def _kvs(attributes: Mapping[str, Any]) -> str:
     return "[" + ",".join([_kv(k, v) for k, v in attributes.items()]) + "]"
 
 
+_NAMES: dict[str, str] = {}  # span names, JSON-quoted once: a run has a handful
+
+
+def _name(name: str) -> str:
+    quoted = _NAMES.get(name)
+    if quoted is None:
+        if len(_NAMES) > 4096:
+            _NAMES.clear()
+        quoted = _NAMES[name] = _dumps(name)
+    return quoted
+
+
 def span_json(span: Any) -> str:
-    """One span in OTLP/JSON."""
+    """One span in OTLP/JSON (one format operation for the fixed fields)."""
     name, start, end, attributes, events, status_code, status_message = span_parts(span)
-    parts = [
-        '{"traceId":"%032x","spanId":"%016x"' % (span.trace_id, span.span_id),
-        ',"parentSpanId":"%016x"' % span.parent_span_id if span.parent_span_id else "",
-        ',"name":', _dumps(name),
-        ',"kind":1,"startTimeUnixNano":"%d","endTimeUnixNano":"%d"' % (start, end),
-        ',"attributes":', _kvs(attributes),
-    ]
+    tail = ""
     if events:
-        parts.append(',"events":[' + ",".join(
-            '{"timeUnixNano":"%d","name":%s,"attributes":%s}' % (t, _dumps(n), _kvs(a))
-            for n, t, a in events) + "]")
+        tail = ',"events":[' + ",".join(
+            ['{"timeUnixNano":"%d","name":%s,"attributes":%s}' % (t, _name(n), _kvs(a)) for n, t, a in events]) + "]"
     if span.links:
-        parts.append(',"links":[' + ",".join(
-            '{"traceId":"%032x","spanId":"%016x","attributes":%s}' % (t, i, _kvs(a))
-            for t, i, a in span.links) + "]")
-    if status_code:
-        parts.append(',"status":{"code":%d,"message":%s}}' % (status_code, _dumps(status_message)))
-    else:
-        parts.append(',"status":{}}')
-    return "".join(parts)
+        tail += ',"links":[' + ",".join(['{"traceId":"%032x","spanId":"%016x","attributes":%s}' % (t, i, _kvs(a))
+                                         for t, i, a in span.links]) + "]"
+    status = ('{"code":%d,"message":%s}' % (status_code, _dumps(status_message))) if status_code else "{}"
+    if span.parent_span_id:
+        return ('{"traceId":"%032x","spanId":"%016x","parentSpanId":"%016x","name":%s,"kind":1,'
+                '"startTimeUnixNano":"%d","endTimeUnixNano":"%d","attributes":%s%s,"status":%s}'
+                % (span.trace_id, span.span_id, span.parent_span_id, _name(name), start, end, _kvs(attributes), tail,
+                   status))
+    return ('{"traceId":"%032x","spanId":"%016x","name":%s,"kind":1,"startTimeUnixNano":"%d",'
+            '"endTimeUnixNano":"%d","attributes":%s%s,"status":%s}'
+            % (span.trace_id, span.span_id, _name(name), start, end, _kvs(attributes), tail, status))
 
 
 def traces_json_line(resource: Mapping[str, Any], spans: Sequence[Any]) -> str:
