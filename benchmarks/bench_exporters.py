@@ -47,12 +47,8 @@ def _plugins(directory: str, capacity: int) -> dict[str, Callable[[], Any]]:
         "perfetto": lambda: PerfettoPlugin(directory=os.path.join(directory, "perfetto"), capacity=capacity),
         "otel (OTLP-JSON file)": lambda: OtelPlugin(directory=os.path.join(directory, "otel"), capacity=capacity,
                                                     requests="off"),
-        "prometheus": lambda: _prometheus(PrometheusPlugin, parse_settings, capacity),
+        "prometheus": lambda: PrometheusPlugin(parse_settings({"capacity": capacity})),
     }
-
-
-def _prometheus(cls: Any, parse: Any, capacity: int) -> Any:
-    return cls(parse({"capacity": capacity}))
 
 
 def _record(steps: int) -> tuple[float, float]:
@@ -63,7 +59,10 @@ def _record(steps: int) -> tuple[float, float]:
 
 
 def _run(plugin: Any, steps: int) -> dict[str, Any]:
-    sched_trace.configure(level=9, plugins=[plugin] if plugin is not None else [], autoload=False)
+    # The Prometheus plugin takes its settings from the configuration at configure(): say its capacity there.
+    capacity = getattr(getattr(plugin, "settings", None), "capacity", None)
+    config = {"plugins": {"prometheus": {"capacity": capacity}}} if capacity and hasattr(plugin, "registry") else None
+    sched_trace.configure(level=9, plugins=[plugin] if plugin is not None else [], autoload=False, config=config)
     sched_trace.set_thread_info("Scheduler", pp_rank=0, tp_rank=0, dp_rank=0)
     _record(50)  # the exporter process is up, tracks described
     sched_trace.flush(timeout=120.0)

@@ -192,8 +192,9 @@ def write_markdown(
 
 
 #: Sections written by other tools or by hand that a CPU run of the suite keeps as they are:
-#: benchmarks/gpu_check.py's, and the engines' analysis (python -m benchmarks.bench_engines).
-KEPT_SECTIONS = ("## GPU (H200)", "## Engines")
+#: benchmarks/gpu_check.py's, the engines' analysis (python -m benchmarks.bench_engines), and
+#: the exporters' (instruction counts from benchmarks/exporter_instructions.py).
+KEPT_SECTIONS = ("## GPU (H200)", "## Engines", "## Exporters")
 
 
 def kept_section(path: Path, heading: str) -> list[str]:
