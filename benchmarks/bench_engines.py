@@ -13,6 +13,11 @@ tiny random-weight Llama of tests/vllm/) and reads what it measured:
   times inside a timing shim, less the same shim around a passthrough), so the
   scheduler-thread cost per engine step is known per target and in total.
 
+The SGLang server (``.venv-sglang``, made by ``.ci/backends/sglang.sh``) runs as three real
+servers side by side through tests/sglang's launcher (untraced, and under ``sched-trace run
+--profile sglang`` at level 1 and at the default level), each sleeping while idle, taking
+turns serving the same load; the scheduler thread's CPU comes from /proc.
+
 The model is tiny, so an engine step costs a few milliseconds and tracing's share is
 far larger than on a real model (see docs/performance.md, "Engines").
 
@@ -84,44 +89,63 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def sglang_round(work: Path, model: Path, case: str, requests: int, tokens: int, concurrency: int) -> dict[str, Any]:
-    """One server: started (traced at ``case``'s level, or not), warmed up, one measured load, stopped."""
-    sys.path.insert(0, str(REPO))
-    from tests.sglang.server import SGLangServer, drive_load
+SGLANG_CASES = {"untraced": (False, None), "level1": (True, 1), "default": (True, None)}
 
-    traced, level = {"untraced": (False, None), "level1": (True, 1), "default": (True, None)}[case]
+
+def sglang_server(work: Path, model: Path, case: str) -> Any:
+    """A server for ``case`` (untraced, or under ``sched-trace run`` at its level), exporting
+    OTLP-JSON only, on one OpenMP thread, sleeping when idle so that it leaves the cores to the
+    server being measured."""
+    sys.path.insert(0, str(REPO))
+    from tests.sglang.server import SGLangServer
+
+    traced, level = SGLANG_CASES[case]
     config = f'block = ["perfetto", "prometheus"]\n[plugins.otel]\ndirectory = "{work / "otel"}"\n'
-    # One OpenMP thread, as for vLLM (without AMX, SGLang's CPU engine binds no cores of its own).
-    server = SGLangServer(work, traced=traced, level=level, config=config, count_steps=True, model=model,
-                          env={"OMP_NUM_THREADS": EXTRA_ENV.get("OMP_NUM_THREADS", "1")})
-    with server:
-        drive_load(server, requests=8, prompt_tokens=32, max_new_tokens=8, concurrency=concurrency, prefix="warm")
-        (scheduler,) = server.steps()  # the scheduler process (the step counter's file is named by its pid)
-        steps_before = len(server.steps()[scheduler])
-        thread0, process0 = thread_cpu_s(scheduler, scheduler), process_cpu_s(scheduler)
-        load = drive_load(server, requests=requests, prompt_tokens=32, max_new_tokens=tokens,
-                          concurrency=concurrency)
-        thread1, process1 = thread_cpu_s(scheduler, scheduler), process_cpu_s(scheduler)
-        steps = len(server.steps()[scheduler]) - steps_before
+    # Without AMX, SGLang's CPU engine binds no cores: OMP_NUM_THREADS decides, as for vLLM.
+    return SGLangServer(work, traced=traced, level=level, config=config, count_steps=True, model=model,
+                        extra_args=["--sleep-on-idle"],
+                        env={"OMP_NUM_THREADS": EXTRA_ENV.get("OMP_NUM_THREADS", "1")})
+
+
+def sglang_round(server: Any, requests: int, tokens: int, concurrency: int) -> dict[str, Any]:
+    """One measured load on a running server: its scheduler thread's CPU (/proc) and steps."""
+    from tests.sglang.server import drive_load
+
+    (scheduler,) = server.steps()  # the scheduler process (the step counter's file is named by its pid)
+    steps_before = len(server.steps()[scheduler])
+    thread0, process0 = thread_cpu_s(scheduler, scheduler), process_cpu_s(scheduler)
+    load = drive_load(server, requests=requests, prompt_tokens=32, max_new_tokens=tokens, concurrency=concurrency)
+    thread1, process1 = thread_cpu_s(scheduler, scheduler), process_cpu_s(scheduler)
     return {"tokens": load["output_tokens"], "wall_s": load["wall_s"], "engine_cpu_s": thread1 - thread0,
-            "process_cpu_s": process1 - process0, "steps": steps}
+            "process_cpu_s": process1 - process0, "steps": len(server.steps()[scheduler]) - steps_before}
 
 
 def sglang(groups: int, requests: int, tokens: int, concurrency: int) -> dict[str, Any]:
+    """The three servers run side by side (each sleeps while idle) and take turns serving the
+    same load, order rotated every group, so a round and its untraced pair see the same
+    neighbours; a server per round varied more between starts than tracing costs."""
     sys.path.insert(0, str(REPO))
-    from tests.sglang.server import NOT_RUNNABLE, build_model, runnable
+    from tests.sglang.server import NOT_RUNNABLE, build_model, drive_load, runnable
 
     if not runnable():
         raise RuntimeError(NOT_RUNNABLE)
-    names = ["untraced", "level1", "default"]
+    names = list(SGLANG_CASES)
     rounds: dict[str, list] = {name: [] for name in names}
     with tempfile.TemporaryDirectory(prefix="bench-sglang-") as work:
         model = build_model(Path(work) / "model")
-        for group in range(groups):
-            shift = group % len(names)
-            for name in names[shift:] + names[:shift]:
-                rounds[name].append(sglang_round(Path(work) / f"{name}-{group}", model, name, requests, tokens,
-                                                 concurrency))
+        servers = {name: sglang_server(Path(work) / name, model, name) for name in names}
+        try:
+            for name in names:
+                servers[name].start()
+                drive_load(servers[name], requests=8, prompt_tokens=32, max_new_tokens=8,
+                           concurrency=concurrency, prefix="warm")
+            for group in range(groups):
+                shift = group % len(names)
+                for name in names[shift:] + names[:shift]:
+                    rounds[name].append(sglang_round(servers[name], requests, tokens, concurrency))
+        finally:
+            for server in servers.values():
+                server.stop()
     return {"rounds": rounds, "requests": requests, "tokens": tokens, "batch": concurrency}
 
 
@@ -287,7 +311,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
     throughput, by_batch = measure(quick)
     rows = throughput_rows(throughput, "vLLM") + step_rows(by_batch, "vLLM")
     try:
-        served = sglang(2 if quick else 6, 16 if quick else 32, 32, 8)
+        served = sglang(3 if quick else 12, 16 if quick else 32, 32, 8)
     except RuntimeError as exc:  # no runnable .venv-sglang: the vLLM rows still count
         return rows + [row("SGLang server: not measured", None, None, None, "", group=GROUP, note=str(exc)[:300])]
     return rows + throughput_rows(served, "SGLang", "sglang")
@@ -317,7 +341,7 @@ def main(argv: list[str]) -> int:
     raw: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
     if args.sglang:
-        raw["sglang"] = sglang(2 if args.quick else 6, 16 if args.quick else 32, 32, 8)
+        raw["sglang"] = sglang(args.groups or (3 if args.quick else 12), 16 if args.quick else 32, 32, 8)
         rows += throughput_rows(raw["sglang"], "SGLang", "sglang")
         args.table = args.throughput = True  # nothing else
     elif not args.table:

@@ -1,0 +1,75 @@
+"""The engines benchmark turns its drivers' measurements into rows and the per-target table.
+
+The drivers need real engines (.venv-vllm, .venv-sglang); here a measurement of their
+shape, made up, goes through the same arithmetic. Numbers are reported, never asserted
+by the suite: this checks the arithmetic and the shape only.
+"""
+
+from __future__ import annotations
+
+from pytest import approx
+
+from benchmarks import bench_engines
+
+STEP = "vllm.v1.engine.core:EngineCore.step"
+ARRIVED = "vllm.v1.core.sched.scheduler:Scheduler.add_request"
+
+
+def targets_result(batch: int) -> dict:
+    """Two rounds of 10 steps, each step one engine_step call, each round ``batch`` arrivals."""
+    def rounds(cpu_s: float) -> list:
+        return [{"tokens": 320, "wall_s": 0.1, "engine_cpu_s": cpu_s, "steps": 10}] * 2
+
+    return {
+        "requests": batch, "tokens": 32, "batch": batch, "wrapt_passthrough_ns": 500.0,
+        "rounds": {"untraced": rounds(0.01), "passthrough": rounds(0.0101), "traced": rounds(0.0102)},
+        "labels": {STEP: "batch:engine_step", ARRIVED: "request:add_request"},
+        # per round, the time of each call in the shim: traced 3 us over the passthrough's
+        "meters": {"passthrough": {STEP: [[1000] * 10] * 2, ARRIVED: [[1000] * batch] * 2},
+                   "traced": {STEP: [[4000] * 10] * 2, ARRIVED: [[2000] * batch] * 2}},
+        "warm_ns": {STEP: 1500.0, ARRIVED: 800.0},
+    }
+
+
+def test_per_target_cost_is_calls_per_step_times_the_traced_minus_passthrough_median() -> None:
+    costs = {c["target"]: c for c in bench_engines.target_costs(targets_result(8))}
+    step = costs["EngineCore.step"]
+    assert (step["kind"], step["name"], step["calls_per_step"]) == ("batch", "engine_step", 1.0)
+    assert step["ns_per_call"] == 3000 and step["ns_per_step"] == 3000 and step["warm_ns_per_call"] == 1500
+    assert step["share"] == 3000 / 1e6  # of the untraced step: 10 ms / 10 steps
+    arrived = costs["Scheduler.add_request"]
+    assert arrived["calls_per_step"] == 0.8 and arrived["ns_per_step"] == 800
+
+
+def test_step_rows_split_the_step_part_from_the_request_part_and_hold_the_30_us_target() -> None:
+    rows = bench_engines.step_rows({8: targets_result(8), 256: targets_result(256)}, "vLLM")
+    assert [r["figure"].split(", ")[1] for r in rows] == ["batch 8", "batch 256"]
+    small, large = rows
+    # step: 3 us + wrapt 0.5 us; requests: 1 us x calls per step + wrapt 0.5 us each
+    assert (small["value"], large["value"]) == approx((3.5 + 0.8 * 1.5, 3.5 + 25.6 * 1.5))
+    assert small["met"] and not large["met"] and small["target"] == "<= 30 us"
+    assert "3.5 us for the step's batch and stages" in small["note"]
+
+
+def test_the_table_has_a_row_per_target_that_ran_and_one_for_wrapt() -> None:
+    lines = bench_engines.table({8: targets_result(8), 64: targets_result(64)}).splitlines()
+    assert lines[0].count("|") == lines[1].count("|") == lines[2].count("|") == lines[-1].count("|") == 9
+    assert [line.split(" | ")[0] for line in lines[2:]] == ["| `EngineCore.step`", "| `Scheduler.add_request`",
+                                                            "| wrapt's proxy, every call above"]
+    assert "| 1.00 | 1.00 | 3.00 | 1.50 | 3.00 |" in lines[2]
+
+
+def test_throughput_rows_pair_each_case_with_its_untraced_round() -> None:
+    def rounds(wall: list, cpu: list) -> list:
+        return [{"tokens": 100, "wall_s": w, "engine_cpu_s": c, "steps": 10, "other_threads_cpu_s": 0.0,
+                 "children_cpu_s": 0.01, "gc_ms": 0.0, "gc_collections": [1, 0, 0]} for w, c in zip(wall, cpu)]
+
+    result = {"requests": 4, "tokens": 25, "batch": 4, "rounds": {
+        "untraced": rounds([1.0, 2.0, 1.0], [0.5, 1.0, 0.5]),
+        "default": rounds([1.1, 2.0, 1.0], [0.55, 1.0, 0.5]),
+        "level1": rounds([1.0, 2.0, 1.0], [0.5, 1.0, 0.5])}}
+    rows = {r["figure"]: r for r in bench_engines.throughput_rows(result, "vLLM")}
+    throughput = rows["vLLM throughput, traced at the default level vs untraced"]
+    assert throughput["ratio"] == 1.0 and "1 / 1.1" not in throughput["note"] and "0.91" in throughput["note"]
+    assert rows["vLLM engine-thread CPU per output token, default level vs untraced"]["ratio"] == 1.0
+    assert rows["vLLM CPU elsewhere per output token at the default level: exporter process"]["value"] == approx(100)
