@@ -35,6 +35,7 @@ class RankAttributes:
 
     def __init__(self) -> None:
         self._known: dict[Any, Mapping[str, Any]] = {}
+        self._names: dict[int, str] = {}
         self._last: tuple[Any, Mapping[str, Any]] = (None, {})
 
     def __call__(self, rank: Any) -> Mapping[str, Any]:
@@ -46,9 +47,18 @@ class RankAttributes:
         if attrs is None:
             if len(self._known) > 4096:
                 self._known.clear()
+                self._names.clear()
             attrs = self._known[rank] = MappingProxyType({k: plain_value(v) for k, v in rank.as_attributes().items()})
         self._last = (rank, attrs)
         return attrs
+
+    def name(self, rank: Any) -> str:
+        """The thread span's name for ``rank`` (``host:Label-PPn-DPn-TPn``), made once per rank."""
+        attrs = self(rank)
+        name = self._names.get(id(attrs))
+        if name is None:
+            name = self._names[id(attrs)] = thread_name(attrs)  # attrs outlive the entry: _known holds them
+        return name
 
     def overrides(self, rank: Any, scope_rank: Any) -> Mapping[str, Any]:
         """The keys of a per-call rank override (a pp stage index ...) that the thread span does not say."""
@@ -112,10 +122,12 @@ class Assembler:
         trace_id = self._random.getrandbits(128) or 1
         sampled = self.sampler.batch(tid, trace_id)
         if sampled:
-            start = min(e.start_ns for e in group)
-            end = max(e.end_ns for e in group)
+            if top.parent_id == 0:  # a scope's top-level call encloses every call inside it
+                start, end = top.start_ns, top.end_ns
+            else:  # the pieces of a scope whose top-level end never came
+                start, end = min(e.start_ns for e in group), max(e.end_ns for e in group)
             rank_attrs = self.ranks(top.rank)
-            thread = SpanRecord(trace_id, self._random.getrandbits(64) or 1, 0, thread_name(rank_attrs), start, end,
+            thread = SpanRecord(trace_id, self._random.getrandbits(64) or 1, 0, self.ranks.name(top.rank), start, end,
                                 rank_attrs)
             spans.append(thread)
             local_ids = {e.span_id for e in group}
