@@ -2,8 +2,9 @@
 
 A tiny random-weight 2-layer Llama (local config.json, load_format="dummy", no tokenizer,
 prompts as token ids) serves 32 requests x 16 tokens through ``LLM.generate``. Ground
-truth: what vLLM returned (request ids, token counts) and an engine-step counter that
-wraps the engine's own step function; sched-trace's events are read from a
+truth: what vLLM returned (request ids, token counts) and counters that wrap the
+engine's own step (and, in the EngineCore child process, schedule) functions, written by
+tiny_vllm.py independently of sched-trace; sched-trace's events are read from a
 MemoryRecorder (in-process engine) or the otel plugin's OTLP-JSON files (EngineCore in
 its own process, under ``sched-trace run``).
 """
@@ -212,8 +213,10 @@ def test_engine_core_child_process_traced_through_sched_trace_run(tmp_path: Path
     pytest.importorskip("sched_trace_otel")
     (tmp_path / "sched_trace.toml").write_text('[plugins.otel]\ndirectory = "otel"\n')
     launcher = VENV_PYTHON.parent / "sched-trace"
+    calls_log = tmp_path / "engine_calls.log"  # vLLM's own step and schedule calls, counted in the child
     run_in_venv([str(launcher), "run", "--profile", "vllm", "--", str(VENV_PYTHON), str(DRIVER),
-                 "model", "out.json", "--requests", str(REQUESTS), "--tokens", str(TOKENS)], tmp_path)
+                 "model", "out.json", "--requests", str(REQUESTS), "--tokens", str(TOKENS)], tmp_path,
+                TINY_VLLM_CALL_LOG=str(calls_log))
     result = json.loads((tmp_path / "out.json").read_text())
     returned = {o["request_id"]: o for o in result["outputs"]}
     spans = otlp_spans(tmp_path / "otel")
@@ -235,7 +238,20 @@ def test_engine_core_child_process_traced_through_sched_trace_run(tmp_path: Path
     steps = [s for pid, s in spans if s.name == "engine_step"]
     assert steps and all(pid == core_pid for pid, s in spans if s.name in ("engine_step", "schedule"))
     schedules = [s for _, s in spans if s.name == "schedule"]
-    assert len(schedules) == len(steps)
+    # vLLM's own calls in the engine core: every step and schedule it completed is a span.
+    calls = [line.split()[1:] for line in calls_log.read_text().splitlines() if int(line.split()[0]) == core_pid]
+    assert len(steps) == sum(call[0] == "step" for call in calls)
+    assert len(schedules) == sum(call[0] == "schedule" for call in calls)
+    # EngineCore.step schedules only when its scheduler has requests. Stopped by SIGTERM while
+    # idle, the busy loop wakes and steps once more with none (a race with the front end's
+    # exit): that one step is an engine_step with nothing inside, the last one.
+    idle = [call for call in calls if call == ["step", "0"]]
+    assert len(schedules) == len(steps) - len(idle) and len(idle) <= 1
+    inside = Counter(s.parent_span_id for _, s in spans)
+    assert [inside[s.span_id] for s in steps].count(0) == len(idle)
+    if idle:
+        last = max(steps, key=lambda s: s.start_time_unix_nano)
+        assert inside[last.span_id] == 0 and calls[-1] == ["step", "0"]
     # The model runs in vLLM's worker process: one forward pass per step that scheduled
     # tokens (an empty one may follow while the engine shuts down, its step cut short).
     executes = [(pid, s) for pid, s in spans if s.name == "execute_model"

@@ -108,6 +108,53 @@ def count_steps(core: Any) -> list[bool]:
     return steps
 
 
+#: With TINY_VLLM_CALL_LOG=PATH in its environment, a process running vLLM's engine core
+#: (the EngineCore child of a multiprocessing engine) appends a line to PATH for each
+#: EngineCore step and Scheduler.schedule call it completes (see ``log_engine_calls``).
+CALL_LOG = "TINY_VLLM_CALL_LOG"
+
+
+def log_engine_calls(path: str) -> None:
+    """An oracle independent of sched-trace for an engine core in another process: one
+    line per completed call, ``PID step HAD_REQUESTS`` (whether vLLM's scheduler had
+    requests when the step began: a step without them returns before scheduling) or
+    ``PID schedule``. Each line is one O_APPEND write, so a process ended by a signal or
+    os._exit loses nothing; the patches are post-import hooks, so they reach the child
+    under fork (inherited) and spawn (this module runs again there as __mp_main__)."""
+    import wrapt
+
+    def record(line: str) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, f"{os.getpid()} {line}\n".encode())
+        finally:
+            os.close(fd)
+
+    def step(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        had_requests = instance.scheduler.has_requests()
+        result = wrapped(*args, **kwargs)
+        record(f"step {int(had_requests)}")
+        return result
+
+    def schedule(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        result = wrapped(*args, **kwargs)
+        record("schedule")
+        return result
+
+    def patch_core(module: Any) -> None:
+        for name in ("step", "step_with_batch_queue"):
+            wrapt.wrap_function_wrapper(module, f"EngineCore.{name}", step)
+
+    wrapt.register_post_import_hook(patch_core, "vllm.v1.engine.core")
+    wrapt.register_post_import_hook(
+        lambda module: wrapt.wrap_function_wrapper(module, "Scheduler.schedule", schedule),
+        "vllm.v1.core.sched.scheduler")
+
+
+if os.environ.get(CALL_LOG):
+    log_engine_calls(os.environ[CALL_LOG])
+
+
 def vllm_preemptions(llm: Any) -> int:
     """vLLM's own count of preemptions so far (its ``vllm:num_preemptions`` counter; needs
     ``disable_log_stats=False``)."""
