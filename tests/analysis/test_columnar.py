@@ -108,3 +108,15 @@ def test_a_lane_whose_stages_fall_in_no_step_is_no_trouble():
     stray = [stage_event("pp_forward", -50 * MS, -40 * MS, 3, microbatch=0)]  # before every window
     report = pipeline_report(events + stray)
     assert report.ranks == pipeline_report(events).ranks and len(report.steps) == 2
+
+
+def test_the_same_run_in_two_formats_counts_once(tmp_path):
+    events = simulate(3, 4, gpipe_order, steps=3)
+    for rank in range(3):
+        mine = [e for e in events if e.rank.pp_rank == rank]
+        traceio.write_perfetto(mine, tmp_path / f"rank{rank}.perfetto-trace", {("host", 1000 + rank): 0})
+        traceio.write_chrome(mine, tmp_path / f"rank{rank}.json", {("host", 1000 + rank): 0})
+    with open_traces([tmp_path]) as traces:
+        assert traces.duplicates == len(events) and traces.store.count == len(events)
+        assert traces.shared_processes == {("host", 1000 + rank) for rank in range(3)}
+        assert pipeline_report(traces) == pipeline_report(events)
