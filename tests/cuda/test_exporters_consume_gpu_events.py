@@ -56,7 +56,9 @@ def test_otel_and_perfetto_put_gpu_events_on_their_own_track(tmp_path):
     sched_trace.shutdown(timeout=60.0)  # the files complete; the bound only guards a hang
 
     (otel_file,) = glob.glob(str(tmp_path / "otel" / "*.jsonl"))
-    spans = [span for _, span in otel.proto_spans(otel.read_otlp_json(otel_file))]
+    from sched_trace.traceio import otlp_documents
+
+    spans = [span for _, span in otel.proto_spans(otlp_documents(otel_file))]
     by_trace: dict[bytes, list[str]] = {}
     for span in spans:
         by_trace.setdefault(span.trace_id, []).append(span.name)

@@ -252,7 +252,8 @@ def test_sampler_variables_set_the_ratios_left_unset(table: dict, environ: dict,
 
 def test_sampler_ratio_reaches_the_exported_batches(traced: Any, monkeypatch: Any) -> None:
     from otel_scheduler import Batch, run_steps
-    from sched_trace_otel import proto_spans, read_otlp_json
+    from sched_trace.traceio import otlp_documents
+    from sched_trace_otel import proto_spans
 
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
     plugin = traced(process=False)
@@ -262,7 +263,7 @@ def test_sampler_ratio_reaches_the_exported_batches(traced: Any, monkeypatch: An
     sched_trace.flush(timeout=60.0)  # returns once done; the bound only guards a hang
     assert plugin.sched_trace_collect_stats()["sampled_out_batches"] == 5
     files = list(Path(plugin.settings.directory).glob("*.jsonl"))
-    assert not files or not [s for f in files for _, s in proto_spans(read_otlp_json(f))]
+    assert not files or not [s for f in files for _, s in proto_spans(otlp_documents(f))]
 
 
 @pytest.mark.parametrize("protocol, environ, endpoint", [

@@ -13,8 +13,9 @@ import pytest
 
 import sched_trace
 from otel_scheduler import Batch, Req, run_steps
-from sched_trace_otel import (OtelPlugin, TraceCarrier, attach, new_traceparent, proto_spans,
-                              read_otlp_json, register_traceparent, request_context)
+from sched_trace.traceio import otlp_documents
+from sched_trace_otel import (OtelPlugin, TraceCarrier, attach, new_traceparent, otlp_messages, proto_spans,
+                              register_traceparent, request_context)
 
 
 def attrs(span: Any) -> dict[str, Any]:
@@ -28,7 +29,7 @@ def attrs(span: Any) -> dict[str, Any]:
 def file_spans(plugin: OtelPlugin) -> list[Any]:
     files = list(Path(plugin.settings.directory).glob("traces-*.jsonl"))
     assert len(files) == 1, files
-    return [span for _, span in proto_spans(read_otlp_json(files[0]))]
+    return [span for _, span in proto_spans(otlp_documents(files[0]))]
 
 
 @pytest.mark.parametrize("process", [True, False], ids=["exporter-process", "exporter-thread"])
@@ -113,7 +114,7 @@ def test_round_trip_through_opentelemetry_proto(traced: Any) -> None:
     run_steps([Batch([Req("r1")])], microbatches=2, fail_mb=1)
     sched_trace.shutdown(timeout=60)
     (path,) = Path(plugin.settings.directory).glob("*.jsonl")
-    messages = list(read_otlp_json(path))
+    messages = list(otlp_messages(otlp_documents(path)))
     assert messages and all(isinstance(m, TracesData) for m in messages)
     resource = messages[0].resource_spans[0].resource
     assert attrs(resource)["service.name"] == "sched-trace"
@@ -288,7 +289,7 @@ def test_fork_child_gets_its_own_exporter_and_file(traced: Any) -> None:
     assert set(files) == {os.getpid(), child_pid}
     ids = {}
     for pid, path in files.items():
-        spans = [span for _, span in proto_spans(read_otlp_json(path))]
+        spans = [span for _, span in proto_spans(otlp_documents(path))]
         assert sum(span.name == "decode_step" for span in spans) == 2, pid
         ids[pid] = {span.span_id for span in spans}
     assert not set.intersection(*ids.values())

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from sched_trace.testing import span_attributes
-from sched_trace_otel import proto_spans, read_otlp_json
+from sched_trace.traceio import otlp_documents
+from sched_trace_otel import proto_spans
 
 RIDS = ("r0", "r1", "r2")
 RANK = textwrap.dedent("""
@@ -62,7 +63,7 @@ def rank_spans(directory: Path) -> dict[int, list[Any]]:
     """The spans of each rank process's file, by the file's process id."""
     by_pid: dict[int, list[Any]] = {}
     for path in directory.glob("traces-*.jsonl"):
-        for resource, span in proto_spans(read_otlp_json(path)):
+        for resource, span in proto_spans(otlp_documents(path)):
             by_pid.setdefault(span_attributes(resource)["process.pid"], []).append(span)
     return by_pid
 

@@ -11,7 +11,8 @@ import pytest
 
 import sched_trace
 from sched_trace.events import NO_ATTRS, RankInfo, RequestEvent
-from sched_trace_otel import OtelPlugin, proto_spans, read_otlp_json, register_traceparent, new_traceparent
+from sched_trace.traceio import otlp_documents
+from sched_trace_otel import OtelPlugin, proto_spans, register_traceparent, new_traceparent
 
 MS = 1_000_000
 
@@ -29,7 +30,7 @@ def attrs(span: Any) -> dict[str, Any]:
 def file_spans(plugin: OtelPlugin) -> list[Any]:
     files = list(Path(plugin.settings.directory).glob("traces-*.jsonl"))
     assert len(files) == 1, files
-    return [span for _, span in proto_spans(read_otlp_json(files[0]))]
+    return [span for _, span in proto_spans(otlp_documents(files[0]))]
 
 
 def hexid(raw: bytes) -> int:

@@ -194,12 +194,13 @@ def test_in_process_every_engine_step_is_one_batch_with_its_stages_inside(in_pro
 
 
 def otlp_spans(directory: Path) -> list[tuple[int, Any]]:
-    from sched_trace_otel import proto_spans, read_otlp_json
+    from sched_trace.traceio import otlp_documents
+    from sched_trace_otel import proto_spans
 
     found = []
     for path in sorted(directory.glob("traces-*.jsonl")):
         pid = int(path.stem.rsplit("-", 1)[1])
-        found.extend((pid, span) for _, span in proto_spans(read_otlp_json(path)))
+        found.extend((pid, span) for _, span in proto_spans(otlp_documents(path)))
     return found
 
 

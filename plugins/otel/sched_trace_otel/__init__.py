@@ -21,12 +21,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "OtelPlugin", "OtelSettings", "TraceCarrier", "attach", "forget_traceparent", "new_traceparent",
-    "proto_spans", "read_otlp_json", "register_traceparent", "request_context",
+    "otlp_messages", "proto_spans", "register_traceparent", "request_context",
 ]
 
 
 def __getattr__(name: str) -> Any:
     # Reading OTLP-JSON files back needs protobuf: loaded on first use, never in the scheduler.
-    if name in ("proto_spans", "read_otlp_json"):
+    if name in ("otlp_messages", "proto_spans"):
         return getattr(importlib.import_module(".otlp_json", __name__), name)
     raise AttributeError(f"module 'sched_trace_otel' has no attribute {name!r}")

@@ -2,15 +2,15 @@
 
 The JSON follows the OTLP/JSON mapping: ids are hex, 64-bit integers are strings,
 enums are numbers. Spans are joined from cached fragments (``json.dumps`` of
-dicts is three times slower); :func:`read_otlp_json` turns a file back into
-``TracesData`` messages through ``google.protobuf.json_format``.
+dicts is three times slower). Files are read back by sched-trace's one OTLP-JSON
+parser, ``sched_trace.traceio.otlp_documents``; :func:`proto_spans` turns its
+documents into ``opentelemetry.proto`` spans through ``google.protobuf.json_format``.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -136,20 +136,24 @@ def _ids_to_proto_json(document: dict) -> dict:
     return document
 
 
-def read_otlp_json(path: "str | Path") -> Iterator[Any]:
-    """Each line of an OTLP-JSON lines file as an ``opentelemetry.proto`` ``TracesData``."""
+def otlp_messages(documents: Iterable[Any]) -> Iterator[Any]:
+    """The ``(where, document)`` pairs ``sched_trace.traceio.otlp_documents(path)`` reads (or plain
+    documents) as ``opentelemetry.proto`` ``TracesData`` messages."""
     from google.protobuf import json_format
     from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                yield json_format.ParseDict(_ids_to_proto_json(json.loads(line)), TracesData())
+    for document in documents:
+        if isinstance(document, tuple):  # (where, document) from the parser
+            document = document[1]
+        yield json_format.ParseDict(_ids_to_proto_json(json.loads(json.dumps(document))), TracesData())
 
 
 def proto_spans(messages: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
-    """``(resource, span)`` pairs from TracesData / ExportTraceServiceRequest messages."""
+    """``(resource, span)`` pairs from TracesData / ExportTraceServiceRequest messages, or from the
+    documents ``sched_trace.traceio.otlp_documents(path)`` reads from a file."""
     for message in messages:
+        if isinstance(message, (tuple, dict)):
+            (message,) = otlp_messages([message])
         for resource_spans in message.resource_spans:
             for scope_spans in resource_spans.scope_spans:
                 for span in scope_spans.spans:
