@@ -156,7 +156,8 @@ def _numbered(found: np.ndarray, counts: dict, keys: tuple, family: str) -> np.n
     """Each row's number within its key, in time order, continuing the counts of earlier chunks."""
     order = np.lexsort((found["start"],) + tuple(reversed(keys)))
     sorted_keys = [key[order] for key in keys]
-    first = np.ones(found.size, bool)
+    first = np.zeros(found.size, bool)
+    first[:1] = True
     for key in sorted_keys:
         first[1:] |= key[1:] != key[:-1]
     group_start = np.maximum.accumulate(np.where(first, np.arange(found.size), 0))
