@@ -6,8 +6,12 @@ minutes. Here a chunk's messages are scanned together: step *j* decodes the
 *j*-th field of every message still open, with vector operations, so the cost is
 a few dozen numpy calls per field position, whatever the number of messages.
 
-* :class:`WireBuffer` holds the bytes (padded, so reads past the end are zeros)
-  and decodes varints at many positions at once.
+* :class:`WireBuffer` holds the bytes and decodes varints at many positions at once;
+  a read at any position past the end gives zeros. Positions come from the data (a
+  length, the end of an overlong varint) and may lie anywhere: every read at a
+  decoded position goes through :meth:`WireBuffer.byte`, :meth:`~WireBuffer.word`
+  or :meth:`~WireBuffer.varint`, which clamp it to the end, and the caller's bounds
+  check (a field past its message) then names the damage.
 * :func:`packet_spans` finds the top-level ``Trace.packet`` fields (tag ``0x0a``)
   of a chunk: candidate tags are filtered to those whose length lands on another
   candidate, and the chain from byte 0 is followed run by run.
@@ -68,18 +72,34 @@ class WireBuffer:
     def bytes_at(self, start: int, end: int) -> bytes:
         return self.u8[start:end].tobytes()
 
+    def _within(self, pos: np.ndarray) -> np.ndarray:
+        """``pos`` with every position past the end moved to the end (where the padding reads as
+        zeros, as every byte past the end would): a decoded position never indexes out."""
+        return np.minimum(pos, self.size)
+
+    def byte(self, pos: np.ndarray) -> np.ndarray:
+        """The bytes at ``pos`` (non-negative; zero past the end)."""
+        return self.u8[self._within(pos)]
+
+    def word(self, pos: np.ndarray) -> np.ndarray:
+        """The little-endian 64-bit words starting at ``pos`` (non-negative; bytes past the end read as zero)."""
+        return self.u64[self._within(pos)]
+
     def varint(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(value, next position)`` of the varints at ``pos``; a varint longer than 10 bytes
-        (never valid) comes back with a position far past the end."""
-        first = self.u8[pos]
+        """``(value, next position)`` of the varints at ``pos`` (non-negative); one at or past the
+        end reads as 0, one byte long. A varint longer than 10 bytes (never valid) comes back
+        with a position far past the end: the caller's bounds check catches both."""
+        pos = np.asarray(pos, np.int64)
+        first = self.byte(pos)
         long = np.flatnonzero(first >= 0x80)
         value = first.astype(_U64)
         after = pos + 1
-        if long.size:
+        if long.size:  # these start inside the buffer (past the end every byte is zero)
             value[long], after[long] = self._long_varints(pos[long])
         return value, after
 
     def _long_varints(self, start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Varints of 2 to 10 bytes starting at ``start`` (< size: the words read stay in the padded array)."""
         word = self.u64[start]
         ends = ~word & _HIGH_BITS
         stop = ends & (~ends + _ONE)  # the high bit of the first byte without a continuation
@@ -181,7 +201,7 @@ def scan_fields(buf: WireBuffer, starts: np.ndarray, ends: np.ndarray, table: np
             payload_end = np.where(lengthy, after + np.minimum(payload, _U64(1 << 48)).view(np.int64), after)
         fixed = np.flatnonzero((wire & 3) == 1)  # FIXED64 (1) and FIXED32 (5)
         if fixed.size:
-            word = buf.u64[at[fixed]]
+            word = buf.word(at[fixed])  # an overlong tag put ``at`` far past the end
             wide = wire[fixed] == FIXED64
             payload[fixed] = np.where(wide, word, word & _LOW32)
             payload_end[fixed] = at[fixed] + np.where(wide, 8, 4)
@@ -303,7 +323,7 @@ def short_keys(buf: WireBuffer, start: np.ndarray, end: np.ndarray, words: int =
     for k in range(words):
         word = np.zeros(length.size, np.uint64)
         rows = np.flatnonzero(length > 8 * k) if k else slice(None)
-        word[rows] = buf.u64[start[rows] + 8 * k] & _TAIL_MASKS[np.minimum(length[rows] - 8 * k, 8)]
+        word[rows] = buf.word(start[rows] + 8 * k) & _TAIL_MASKS[np.minimum(length[rows] - 8 * k, 8)]
         keys.append(word)
     return keys
 

@@ -86,10 +86,9 @@ class Args:
         is read directly; any other goes through the field scanner.
         """
         start, end = self.start, self.end
-        value, after = buf.varint(np.minimum(start + 1, buf.size))
-        after = np.minimum(after, buf.size)
-        name_length = buf.u8[after + 1].astype(np.int64)
-        plain = ((buf.u8[start] == 0x20) & (end > start) & (buf.u8[after] == 0x52) & (name_length < 0x80)
+        value, after = buf.varint(start + 1)
+        name_length = buf.byte(after + 1).astype(np.int64)
+        plain = ((buf.byte(start) == 0x20) & (end > start) & (buf.byte(after) == 0x52) & (name_length < 0x80)
                  & (after + 2 + name_length == end))
         name_start, name_end = np.where(plain, after + 2, 0), np.where(plain, end, 0)
         rest = np.flatnonzero(~plain)

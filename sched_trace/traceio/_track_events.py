@@ -33,11 +33,10 @@ def scan_track_events(buf: WireBuffer, starts: np.ndarray, ends: np.ndarray) -> 
     end = np.zeros((SLOTS, count), np.int64)
     annotations: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     pos = starts.astype(np.int64, copy=True)
-    u8 = buf.u8
     active = np.flatnonzero(pos < ends)
     while active.size:  # the debug annotations: 0x22, a length, the bytes
         at = pos[active]
-        active = active[u8[at] == _ANNOTATION_TAG]
+        active = active[buf.byte(at) == _ANNOTATION_TAG]
         if not active.size:
             break
         length, body = buf.varint(pos[active] + 1)
@@ -49,8 +48,8 @@ def scan_track_events(buf: WireBuffer, starts: np.ndarray, ends: np.ndarray) -> 
         active = active[fits]
     ok = pos >= 0
     at = np.maximum(pos, 0)
-    ok &= (u8[at] == _TYPE_TAG) & (u8[at + 1] < 0x80) & (u8[at + 2] == _UUID_TAG)
-    value[0] = u8[at + 1]
+    ok &= (buf.byte(at) == _TYPE_TAG) & (buf.byte(at + 1) < 0x80) & (buf.byte(at + 2) == _UUID_TAG)
+    value[0] = buf.byte(at + 1)
     uuid, at = buf.varint(at + 3)
     value[1] = uuid
     ends_here = ok & (at == ends)
@@ -60,7 +59,7 @@ def scan_track_events(buf: WireBuffer, starts: np.ndarray, ends: np.ndarray) -> 
     categories = _string_field(buf, at[rows], ends[rows], _CATEGORY_TAG)
     names = _string_field(buf, categories[2], ends[rows], _NAME_TAG)
     at = names[2]
-    flow = (u8[at] == _FLOW_TAG[0]) & (u8[at + 1] == _FLOW_TAG[1]) & (at + 10 <= ends[rows])
+    flow = (buf.byte(at) == _FLOW_TAG[0]) & (buf.byte(at + 1) == _FLOW_TAG[1]) & (at + 10 <= ends[rows])
     at = np.where(flow, at + 10, at)
     conforming = categories[0] & names[0] & (at == ends[rows])
     ok[rows[~conforming]] = False
@@ -83,9 +82,8 @@ def scan_track_events(buf: WireBuffer, starts: np.ndarray, ends: np.ndarray) -> 
 def _string_field(buf: WireBuffer, here: np.ndarray, ends: np.ndarray, tag: tuple[int, int]) -> list[np.ndarray]:
     """[matches, payload start, payload end] of a string field with a two-byte tag at ``here``
     (a length under 128: names and categories are short)."""
-    here = np.minimum(here, buf.size)
-    length = buf.u8[here + 2].astype(np.int64)
-    matches = (buf.u8[here] == tag[0]) & (buf.u8[here + 1] == tag[1]) & (length < 0x80)
+    length = buf.byte(here + 2).astype(np.int64)
+    matches = (buf.byte(here) == tag[0]) & (buf.byte(here + 1) == tag[1]) & (length < 0x80)
     stop = here + 3 + length
     matches &= stop <= ends
     return [matches, here + 3, np.where(matches, stop, here)]

@@ -11,17 +11,19 @@ from __future__ import annotations
 import warnings
 from collections import Counter
 
+import numpy as np
 import pytest
 
 pytest.importorskip("perfetto")
 hypothesis = pytest.importorskip("hypothesis")
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from sched_trace import SchedTraceError, SchedTraceWarning, traceio  # noqa: E402
 from sched_trace.events import BatchEvent, RankInfo, StageEvent  # noqa: E402
 from sched_trace.traceio import Catalog, SliceTable  # noqa: E402
+from sched_trace.traceio._pbscan import WireBuffer, field_table, scan_fields  # noqa: E402
 from sched_trace.traceio._perfetto_scan import PerfettoScan  # noqa: E402
 
 from . import samples  # noqa: E402
@@ -113,8 +115,14 @@ def test_a_large_file_cut_anywhere_reads_what_was_complete_or_is_refused(tmp_pat
         assert "cut short" in notes[0] and str(path) in notes[0]
 
 
+# Damage that looks like wire data: continuation bytes (overlong varints), tags sched-trace writes.
+WIRE_BYTES = st.lists(st.sampled_from([0x00, 0x01, 0x0A, 0x22, 0x48, 0x58, 0x7F, 0x80, 0xB2, 0xBA, 0xF9, 0xFF]),
+                      min_size=1, max_size=64).map(bytes)
+
+
 @QUICK
-@given(st.binary(min_size=1, max_size=600), st.integers(0, 4000))
+@given(st.binary(min_size=1, max_size=600) | WIRE_BYTES, st.integers(0, 4000))
+@example(garbage=b"\x00\x00\x00\x00\x00\x80\x80\x80", position=2387)  # CI: a tag read as 11 bytes, then IndexError
 def test_damaged_bytes_give_only_the_projects_errors(tmp_path_factory, garbage, position):
     path = written(tmp_path_factory.mktemp("bad"), samples.sample_events())
     content = path.read_bytes()
@@ -125,6 +133,20 @@ def test_damaged_bytes_give_only_the_projects_errors(tmp_path_factory, garbage, 
             scanned(path, 256, small)
         except SchedTraceError as exc:
             assert str(path) in str(exc)
+
+
+def test_wire_reads_at_any_position_past_the_end_read_zeros_and_never_index_out():
+    buf = WireBuffer.from_bytes(b"\x96\x01" + b"\xff" * 12)
+    value, after = buf.varint(np.array([0, buf.size, buf.size + 40, 1 << 60]))
+    assert value.tolist() == [150, 0, 0, 0] and after.tolist() == [2, buf.size + 1, buf.size + 41, (1 << 60) + 1]
+    assert buf.byte(np.array([1, 1 << 62])).tolist() == [1, 0] and buf.word(np.array([1 << 62])).tolist() == [0]
+    assert buf.varint(np.array([2]))[1][0] > buf.size  # 11 bytes and more: no varint, a position far past the end
+    # An overlong tag, then a fixed or varint payload read where the tag would end: the message is bad.
+    for payload in (b"", b"\x01", b"\x05"):
+        data = b"\x80" * 10 + payload + b"\x00" * 3
+        fields = scan_fields(WireBuffer.from_bytes(data), np.array([0]), np.array([len(data)]),
+                             field_table({1: (0, 0)}), 1)
+        assert fields.bad.tolist() == [True]
 
 
 def test_a_small_file_the_column_reader_does_not_decode_goes_to_the_protobuf_reader(tmp_path):
