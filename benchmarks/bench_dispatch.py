@@ -12,8 +12,8 @@ from typing import Any
 
 import pluggy
 
-from sched_trace import hookimpl, hookspecs
-from sched_trace.plugins import STAGE_END, get_manager
+from sched_trace import _hookspecs as hookspecs, hookimpl
+from sched_trace._manager import STAGE_END, get_manager
 
 from . import workload
 from .harness import compare, interleave

@@ -26,7 +26,7 @@ GROUP = "encoders"
 
 
 def _events(steps: int) -> list[Any]:
-    from sched_trace.events import NO_ATTRS, BatchEvent, RankInfo, StageEvent
+    from sched_trace._events import NO_ATTRS, BatchEvent, RankInfo, StageEvent
     from sched_trace.export import EventEncoder, decode_events
 
     rank = RankInfo("bench-host", 4242, 7, "Scheduler", tp_rank=0, pp_rank=1, dp_rank=0)

@@ -150,7 +150,7 @@ class Cases:
             sched_trace.register(wanted)
             self.listening = wanted
         if not self.compile_check:
-            from sched_trace import probe
+            from sched_trace import _probe as probe
 
             probe.compiling[0] = None  # what the probes would cost without torch.compiler.is_compiling()
         tiny_vllm.rebind_step(self.core)

@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 import wrapt
 
 import sched_trace
-from sched_trace.plugins import get_manager
+from sched_trace._manager import get_manager
 
 
 @wrapt.decorator

@@ -1,13 +1,14 @@
 """sched-trace: observability for batch schedulers, per rank and micro-batch.
 
-Only re-exports; each name lives in a small module of its own.
+Only re-exports; each name lives in a small private module of its own (see
+docs/architecture.md for the layers and why each name is here). Plugin authors
+have a surface of their own, :mod:`sched_trace.export`.
 """
 
 from __future__ import annotations
 
-from .api import configure, flush, register, reset_stats, shutdown, stats, unregister
-from .config import Config
-from .errors import (
+from ._api import configure, register, reset_stats, stats, unregister
+from ._errors import (
     ConfigError,
     ExtractorError,
     InstrumentationError,
@@ -15,23 +16,29 @@ from .errors import (
     SchedTraceError,
     SchedTraceWarning,
 )
-from .events import BatchEvent, RankInfo, RequestEvent, StageEvent
-from .hookspecs import hookimpl
-from .instrument import Handle, batch, instrument, stage, uninstrument
-from .rank import set_thread_info
-from .recorder import BackgroundExporter, EventBuffer
+from ._events import BatchEvent, RankInfo, RequestEvent, StageEvent
+from ._hookspecs import hookimpl
+from ._instrument import Handle, batch, instrument, stage, uninstrument
+from ._lifecycle import flush, shutdown
+from ._rank import set_thread_info
+from ._request_probe import request_event
+from ._stages import get_level, set_level
+from .config import Config
 from .testing import MemoryRecorder
-from .request_probe import request_event
-from .stages import get_level, set_level
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BackgroundExporter", "BatchEvent", "Config", "ConfigError", "EventBuffer", "ExtractorError",
-    "Handle", "InstrumentationError", "MemoryRecorder", "PluginError", "RankInfo", "RequestEvent",
-    "SchedTraceError", "SchedTraceWarning", "StageEvent", "analysis", "batch", "configure",
-    "flush", "get_level", "hookimpl", "instrument", "register", "request_event", "reset_stats", "set_level",
-    "set_thread_info", "shutdown", "stage", "stats", "uninstrument", "unregister",
+    # set up, run, stop (the contract of DESIGN.md, plus flush and the run-time level)
+    "configure", "shutdown", "flush", "register", "unregister", "hookimpl", "set_level", "get_level",
+    # what to trace
+    "stage", "batch", "instrument", "uninstrument", "Handle", "set_thread_info", "request_event",
+    # what comes out: events, counters, the in-memory recorder, the analysis
+    "StageEvent", "BatchEvent", "RequestEvent", "RankInfo", "Config", "MemoryRecorder", "stats",
+    "reset_stats", "analysis",
+    # what goes wrong
+    "SchedTraceError", "ConfigError", "ExtractorError", "InstrumentationError", "PluginError",
+    "SchedTraceWarning",
 ]
 
 

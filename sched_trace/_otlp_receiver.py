@@ -145,8 +145,6 @@ class OtlpReceiver:
 
     def attribute_values(self, span_name: str, key: str) -> list[Any]:
         """The value of attribute ``key`` on every span named ``span_name`` that has it, in arrival order."""
-        from .testing import span_attributes
-
         found = []
         for span in self.spans_named(span_name):
             attributes = span_attributes(span)
@@ -264,3 +262,16 @@ class OtlpReceiver:
 class _HttpServer(ThreadingHTTPServer):
     allow_reuse_address = True
     daemon_threads = True
+
+
+def span_attributes(span: Any) -> dict[str, Any]:
+    """An ``opentelemetry.proto`` span's (or resource's) attributes as a plain dict."""
+    found: dict[str, Any] = {}
+    for attribute in span.attributes:
+        value = attribute.value
+        kind = value.WhichOneof("value")
+        if kind == "array_value":
+            found[attribute.key] = [getattr(v, v.WhichOneof("value")) for v in value.array_value.values]
+        else:
+            found[attribute.key] = getattr(value, kind) if kind else None
+    return found

@@ -24,7 +24,7 @@ from typing import Any, Iterator, Optional
 
 from ._exporter.codec import EventEncoder, decode_events
 from ._exporter.frames import FrameReader, write_events
-from .events import request_ids
+from ._events import request_ids
 
 ENV = "SCHED_TRACE_CAPTURE_DIR"
 PLUGIN_NAME = "sched-trace-capture"

@@ -25,15 +25,14 @@ from __future__ import annotations
 import difflib
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from . import extract
-from .errors import ConfigError, ExtractorError, InstrumentationError
-from .instrument import split_target
-from .request_probe import check_options, parse_condition
-from .stages import MAX_LEVEL
+from . import _options
+from ._errors import ConfigError, ExtractorError, InstrumentationError
+from ._stages import MAX_LEVEL
+from ._targets import parse_target
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -42,13 +41,9 @@ else:  # pragma: no cover
 
 PROFILE_DIR = Path(__file__).with_name("profiles")
 TOP_KEYS = {"level": int, "autoload": bool, "block": list, "profiles": list, "instrument": list, "plugins": dict}
-TARGET_KEYS = {
-    "target": str, "stage": str, "kind": str, "level": int, "parent": str, "microbatch": str,
-    "batch_size": str, "batch_id": str, "requests": str, "rank": dict, "attrs": dict,
-    # kind = "request" (see sched_trace/request_probe.py)
-    "phase": str, "request_id": str, "prompt_tokens": str, "output_tokens": str, "when": str,
-    "status": str, "aborted_statuses": list,
-}
+#: The keys of an [[instrument]] table: what every declaration has, then the options of ``_options``.
+TARGET_KEYS = {"target": str, "stage": str, "kind": str, "level": int,
+               **{name: _options.TOML_TYPES[role] for name, role in _options.ROLES.items()}}
 
 
 @dataclass(frozen=True)
@@ -117,7 +112,7 @@ def parse(data: Mapping[str, Any], source: str = "<dict>") -> Config:
     targets: list[TargetSpec] = []
     for name in profiles:
         targets.extend(load_profile(name, source).instrument)
-    targets.extend(_targets(data.get("instrument", []), source))
+    targets.extend(_target_specs(data.get("instrument", []), source))
     plugins = data.get("plugins", {})
     for name, table in plugins.items():
         _check_type(table, dict, source, f"plugins.{name}")
@@ -132,7 +127,7 @@ def parse(data: Mapping[str, Any], source: str = "<dict>") -> Config:
     )
 
 
-def _targets(entries: list, source: str) -> list[TargetSpec]:
+def _target_specs(entries: list, source: str) -> list[TargetSpec]:
     specs = []
     for index, entry in enumerate(entries):
         where = f"instrument[{index}]"
@@ -144,13 +139,15 @@ def _targets(entries: list, source: str) -> list[TargetSpec]:
         if "target" not in entry:
             raise ConfigError("missing 'target' (e.g. target = \"pkg.mod:Class.method\")", source=source, key=where)
         try:
-            split_target(entry["target"])
+            parse_target(entry["target"])
         except InstrumentationError as exc:
             raise ConfigError(str(exc), source=source, key=f"{where}.target") from None
-        if entry.get("kind", "stage") not in ("stage", "batch", "request"):
-            raise ConfigError(f"{entry['kind']!r} must be 'stage' or 'batch', or 'request' for request events", source=source, key=f"{where}.kind")
+        if entry.get("kind", "stage") not in _options.KINDS:
+            raise ConfigError(f"{entry['kind']!r} must be 'stage' or 'batch', or 'request' for request events",
+                              source=source, key=f"{where}.kind")
+        options = {k: v for k, v in entry.items() if k not in ("target", "stage", "kind", "level")}
         try:
-            check_options(entry["target"], entry.get("kind", "stage"), entry)
+            _options.check(entry["target"], entry.get("kind", "stage"), options)
         except InstrumentationError as exc:
             raise ConfigError(str(exc), source=source, key=where) from None
         if "level" in entry and not 0 <= entry["level"] <= MAX_LEVEL:
@@ -162,16 +159,8 @@ def _targets(entries: list, source: str) -> list[TargetSpec]:
 
 def _check_extractors(entry: Mapping[str, Any], source: str, where: str) -> None:
     """Grammar only: whether the root names a parameter is checked when patched."""
-    unknown_signature = extract.Parameters(None)
     try:
-        for key in ("microbatch", "batch_size", "batch_id", "requests", "request_id", "prompt_tokens",
-                    "output_tokens", "status"):
-            if key in entry:
-                extract.parse(entry[key], key, unknown_signature)
-        parse_condition(entry.get("when"), unknown_signature)
-        for key in ("rank", "attrs"):
-            if key in entry:
-                extract.parse_mapping(entry[key], key, unknown_signature)
+        _options.check_grammar(entry)
     except ExtractorError as exc:
         raise ConfigError(str(exc), source=source, key=where) from None
 
@@ -225,3 +214,8 @@ def resolve(config: Any) -> Config:
         env = os.environ.get("SCHED_TRACE_CONFIG")
         return load(env) if env else Config()
     raise ConfigError(f"config must be a path, a mapping or a Config, got {type(config).__name__}")
+
+
+def merge(base: Config, extra: Config) -> Config:
+    """``base`` with the targets of ``extra`` (a profile) applied first, and the profile named."""
+    return replace(base, profiles=base.profiles + (extra.source,), instrument=extra.instrument + base.instrument)

@@ -24,7 +24,7 @@ import re
 from collections import Counter, defaultdict
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
-from .events import REQUEST_PHASES
+from ._events import REQUEST_PHASES
 
 #: Rank extras that say where a process sits in the job, not what it runs.
 PROCESS_KEYS = frozenset(("rank", "world_size", "local_rank"))

@@ -15,8 +15,9 @@ Off the scheduler thread, by hand
     :class:`EventBuffer` (the bounded buffer alone).
 The one encoding
     :class:`EventEncoder` and :func:`decode_events` (events to frame bytes and back),
-    :func:`plain_value` (what an attribute value becomes), :class:`RemoteError`
-    (a recorded exception as data).
+    :func:`plain_value` (what an attribute value becomes), :class:`RecordedError`
+    (a recorded exception as data: type name, message, traceback text; also what
+    a trace file's error reads back as).
 Producing events
     :func:`emit` delivers events a plugin made itself (GPU time, say) to every other
     plugin, guarded per plugin; :func:`is_registered` says whether a plugin is in.
@@ -35,8 +36,7 @@ Writing protobuf by hand
     :mod:`protowire` (``varint``, ``tag``, ``field``, ``fixed64``, ``double``): the one
     writer, shared with the Perfetto trace writer.
 Trace files (imported on first use)
-    :class:`ChromeWriter`, :class:`PerfettoEncoder`, :func:`perfetto_sequence_id`,
-    :class:`RecordedError`.
+    :class:`ChromeWriter`, :class:`PerfettoEncoder`, :func:`perfetto_sequence_id`.
 """
 
 from __future__ import annotations
@@ -51,27 +51,27 @@ from ._exporter.plugin import ExporterPlugin
 from ._exporter.processor import ExportProcessor, ExporterUnavailable
 from ._exporter.request_trace import RequestOwner, rank_span_id, request_trace, run_id
 from . import _protowire as protowire
-from .clock import now_ns, wall_offset_ns
-from .events import BatchEvent, RankInfo, RemoteError, RequestEvent, StageEvent, request_ids
-from .plugins import REQUEST as _REQUEST
-from .plugins import get_manager as _get_manager
-from .rank import current as current_rank
-from .rank import format_traceparent, host_id, parse_traceparent
+from ._clock import now_ns, wall_offset_ns
+from ._events import BatchEvent, RankInfo, RecordedError, RequestEvent, StageEvent, request_ids
+from ._manager import REQUEST as _REQUEST
+from ._manager import get_manager as _get_manager
+from ._rank import current as current_rank
+from ._rank import format_traceparent, host_id, parse_traceparent
 from .recorder import DROPPED, BackgroundExporter, EventBuffer
 
 if TYPE_CHECKING:  # the trace-file names load lazily (see __getattr__)
-    from .traceio import ChromeWriter, PerfettoEncoder, RecordedError, perfetto_sequence_id
+    from .traceio import ChromeWriter, PerfettoEncoder, perfetto_sequence_id
 
 __all__ = [
     "DROPPED", "BackgroundExporter", "BatchEvent", "ChromeWriter", "EventBuffer", "EventEncoder", "ExportProcessor",
     "Exporter", "ExporterPlugin", "ExporterUnavailable", "PerfettoEncoder", "RankInfo", "RecordedError",
-    "RemoteError", "RequestEvent", "StageEvent", "current_rank", "decode_events", "emit", "forget_traceparent",
+    "RequestEvent", "StageEvent", "current_rank", "decode_events", "emit", "forget_traceparent",
     "format_traceparent", "host_id", "is_registered", "now_ns", "parse_traceparent", "perfetto_sequence_id",
     "plain_value", "protowire", "rank_span_id", "register_traceparent", "request_context", "request_ids",
     "request_trace", "RequestOwner", "run_id", "traceparent_of", "wall_offset_ns",
 ]
 
-_TRACE_FILE_NAMES = frozenset(("ChromeWriter", "PerfettoEncoder", "RecordedError", "perfetto_sequence_id"))
+_TRACE_FILE_NAMES = frozenset(("ChromeWriter", "PerfettoEncoder", "perfetto_sequence_id"))
 
 
 def emit(events: Iterable[Union[StageEvent, BatchEvent, Any]]) -> int:

@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Optional, Union
 
-from .errors import ConfigError, InstrumentationError
+from ._errors import ConfigError, InstrumentationError
+from ._targets import lookup as lookup_target
+from ._targets import parse_target
 
 #: What a name is bound to: a definition node, or an import ("from", module, name) /
 #: ("module", name) that is followed into the other module's source.
@@ -60,13 +62,11 @@ def check_profile(name: str, config: Any) -> None:
 
 def target_problem(target: str) -> Optional[str]:
     """A message when ``target`` certainly does not exist in the installed code, else None."""
-    from .instrument import Handle, parse_target
-
     module_name, path, key = parse_target(target)
     module = sys.modules.get(module_name)
     if module is not None:
         try:
-            Handle(target, "stage", "check", 1, {})._lookup(module)
+            lookup_target(target, module)
         except InstrumentationError as exc:
             return f"{exc} (installed: {installed_version(module_name)})"
         return None
@@ -89,14 +89,12 @@ def target_problem(target: str) -> Optional[str]:
 def _present_after_import(target: str, module_name: str) -> bool:
     """Confirm a suspected miss on the real module (rare, so its import cost is fine):
     source reading cannot see names bound at run time."""
-    from .instrument import Handle
-
     try:
         module = importlib.import_module(module_name)
     except Exception:  # a module that fails to import is reported when the program imports it
         return True
     try:
-        Handle(target, "stage", "check", 1, {})._lookup(module)
+        lookup_target(target, module)
     except InstrumentationError:
         return False
     return True
@@ -264,8 +262,6 @@ def static_status(target: str) -> str:
     """How the installed source, read without importing it, answers for ``target``:
     ``"found"``, ``"missing"``, ``"undecided"`` (left to the post-import hook) or
     ``"not installed"``. For tests that must know a profile was really checked."""
-    from .instrument import parse_target
-
     module_name, path, key = parse_target(target)
     origin = find_source(module_name)
     if origin is None:

@@ -41,8 +41,8 @@ class _Traced:
     """Register a plugin and set the level for one test; undo both and the test's instrumentation."""
 
     def __init__(self, request: Any, plugin: object, name: str) -> None:
-        from sched_trace import stages
-        from sched_trace.instrument import handles
+        from sched_trace import _stages as stages
+        from sched_trace._instrument import handles
 
         marker = request.node.get_closest_marker("sched_trace")
         self.level = marker.kwargs.get("level", stages.MAX_LEVEL) if marker else stages.MAX_LEVEL
@@ -51,23 +51,24 @@ class _Traced:
         self.plugin, self.name = plugin, name
 
     def __enter__(self) -> None:
-        from sched_trace import stages
-        from sched_trace.plugins import get_manager
+        from sched_trace import _stages as stages
+        from sched_trace._manager import get_manager
 
         get_manager().register(self.plugin, name=self.name)
         stages.set_level(self.level)
 
     def __exit__(self, *exc: Any) -> None:
-        from sched_trace import api, stages
-        from sched_trace.instrument import handles
-        from sched_trace.plugins import get_manager
+        from sched_trace import _stages as stages
+        from sched_trace import reset_stats
+        from sched_trace._instrument import handles
+        from sched_trace._manager import get_manager
 
         for handle in handles():
             if id(handle) not in self.before:
                 handle.uninstrument()
         get_manager().unregister(self.plugin)
         stages.set_level(self.previous_level)
-        api.reset_stats()
+        reset_stats()
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ so in one warning line.
 
 from __future__ import annotations
 
-import atexit
 import itertools
 import logging
 import operator
@@ -25,7 +24,7 @@ from collections import deque
 from itertools import repeat
 from typing import Any, Callable, Iterable, Optional, Sequence
 
-from .events import StageEvent
+from ._events import StageEvent
 
 log = logging.getLogger("sched_trace")
 _call: Callable[[Callable[[], Any]], Any] = getattr(operator, "call", lambda function: function())  # 3.10: no operator.call
@@ -302,10 +301,3 @@ def shutdown_all(timeout: float = 5.0, exporters: Optional[Iterable[BackgroundEx
     deadline = time.monotonic() + timeout
     for exporter in list(exporters if exporters is not None else _live):
         exporter.shutdown(max(0.0, deadline - time.monotonic()))
-
-
-@atexit.register
-def _flush_at_exit() -> None:
-    from . import api, lifecycle  # late: api imports this module
-
-    api.shutdown(timeout=lifecycle.exit_timeout())

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from .contracts import FIELD_KEYS, Trace, natural, rank_label
-from .events import REQUEST_PHASES
+from ._events import REQUEST_PHASES
 
 UPDATE_OPTION = "--sched-trace-snapshot-update"
 _LINE = re.compile(r"^(?P<path>.+?)(?: x(?P<count>\d+))? on (?P<rank>.+?)  \[(?P<meta>.*)\]$")

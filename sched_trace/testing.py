@@ -22,8 +22,8 @@ from __future__ import annotations
 import threading
 from typing import Any, Mapping, Optional
 
-from ._otlp_receiver import OtlpReceiver
-from .events import BatchEvent, RequestEvent, StageEvent
+from ._otlp_receiver import OtlpReceiver, span_attributes
+from ._events import BatchEvent, RequestEvent, StageEvent
 
 __all__ = ["MemoryRecorder", "OtlpReceiver", "span_attributes"]
 
@@ -108,16 +108,3 @@ class MemoryRecorder:
         self.events.clear()
         self.request_events.clear()
         self.dropped = 0
-
-
-def span_attributes(span: Any) -> dict[str, Any]:
-    """An ``opentelemetry.proto`` span's (or resource's) attributes as a plain dict."""
-    found: dict[str, Any] = {}
-    for attribute in span.attributes:
-        value = attribute.value
-        kind = value.WhichOneof("value")
-        if kind == "array_value":
-            found[attribute.key] = [getattr(v, v.WhichOneof("value")) for v in value.array_value.values]
-        else:
-            found[attribute.key] = getattr(value, kind) if kind else None
-    return found

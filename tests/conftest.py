@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 import sched_trace
-from sched_trace import rank, stages
-from sched_trace.plugins import get_manager
+from sched_trace import _rank as rank, _stages as stages
+from sched_trace._manager import get_manager
 
 pytest_plugins = ["pytester"]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sched_trace import hookdoc
+from sched_trace import _hookdoc as hookdoc
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -40,7 +40,7 @@ def test_snippet_runs(code, tmp_path):
 
 def test_hook_reference_is_generated_from_the_hookspecs():
     assert (REPO / "docs" / "hooks.md").read_text() == hookdoc.render(), (
-        "docs/hooks.md is stale: run `python -m sched_trace.hookdoc > docs/hooks.md`"
+        "docs/hooks.md is stale: run `python -m sched_trace._hookdoc > docs/hooks.md`"
     )
 
 

@@ -71,8 +71,8 @@ def test_plugin_imports_only_the_documented_surface(path: Path) -> None:
 
 
 @pytest.mark.parametrize("source, expected", [
-    ("from sched_trace.rank import parse_traceparent", ["1: from sched_trace.rank import ..."]),
-    ("import sched_trace.plugins", ["1: import sched_trace.plugins"]),
+    ("from sched_trace._rank import parse_traceparent", ["1: from sched_trace._rank import ..."]),
+    ("import sched_trace._manager", ["1: import sched_trace._manager"]),
     ("from sched_trace import plugins", ["1: from sched_trace import plugins"]),
     ("import sched_trace\nsched_trace.plugins.get_manager()", ["2: sched_trace.plugins"]),
     ("import sched_trace.export as ex\nex.get_manager()", ["2: ex.get_manager"]),

@@ -46,7 +46,7 @@ def _pending(handles: Iterable[Any]) -> list[Any]:
 
 
 def _bind(module_globals: dict, name: str, cls: type) -> None:
-    from sched_trace.instrument import handles
+    from sched_trace._instrument import handles
 
     for handle in _pending(handles()):
         if handle.path[0] == name and main_module_matches(module_globals, handle.module):
@@ -67,7 +67,7 @@ def _build_class(func: Any, name: str, *bases: Any, **kwargs: Any) -> Any:
 
 def watch_main_module() -> None:
     """Patch main-module classes that are targets as soon as they are created."""
-    from sched_trace.instrument import handles
+    from sched_trace._instrument import handles
 
     if _pending(handles()):
         builtins.__build_class__ = _build_class
@@ -77,7 +77,7 @@ def watch_main_module() -> None:
 
 
 def _resolved(targets: Iterable[str]) -> set[str]:
-    from sched_trace.instrument import handles
+    from sched_trace._instrument import handles
 
     wanted = set(targets)
     return {h.target for h in handles() if h.target in wanted and h.state in ("active", "removed")}
@@ -126,7 +126,7 @@ def _why(handle: Any) -> str:
 
 
 def _warn_at_exit(directory: Optional[str], targets: list[str]) -> None:
-    from sched_trace.instrument import handles
+    from sched_trace._instrument import handles
 
     done = _resolved(targets) | (_collect(directory) if directory else set())
     missing = [h for h in handles() if h.target in targets and h.target not in done]
@@ -148,7 +148,7 @@ def watch_unresolved(targets: list[str]) -> None:
         atexit.register(_warn_at_exit, directory, targets)
         return
     if directory:
-        from sched_trace.instrument import handles
+        from sched_trace._instrument import handles
 
         for module in {h.module for h in handles() if h.target in targets}:
             # Marks right after the module is imported (our hook runs after sched-trace's),

@@ -11,13 +11,13 @@ def _bootstrap() -> None:
     try:
         import sched_trace
         from sched_trace import config as _config
-        from sched_trace.instrument import DEFER_MISSING_MODULES
+        from sched_trace._instrument import DEFER_MISSING_MODULES
 
         DEFER_MISSING_MODULES[0] = True
 
         cfg = _config.resolve(None)
         for name in filter(None, os.environ.get("SCHED_TRACE_PROFILES", "").split(",")):
-            cfg = sched_trace.api._merge(cfg, _config.load_profile(name, "SCHED_TRACE_PROFILES"))
+            cfg = _config.merge(cfg, _config.load_profile(name, "SCHED_TRACE_PROFILES"))
         sched_trace.configure(config=cfg)
         import sched_trace_main  # beside this file: targets in the main module, the exit warning
 

@@ -13,7 +13,7 @@ scheduler process and the exporter process imports no user code:
 * a ``requests`` attribute becomes a tuple of the request ids (:func:`request_ids` rules);
   their W3C trace contexts travel once per request beside the events and land in
   the receiving process's table (:func:`~.contexts.traceparent_of`);
-* an exception becomes a :class:`~sched_trace.events.RemoteError` (type name and
+* an exception becomes a :class:`~sched_trace.export.RecordedError` (type name and
   message) whose ``stacktrace`` holds the formatted traceback;
 * mapping proxies become dicts; subclasses of int/float/str/tuple/list their base
   value (an ``IntEnum`` its number); anything else its text, at most 256 characters.
@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from types import FunctionType, MappingProxyType
 from typing import Any, Iterable, Sequence
 
-from ..events import BatchEvent, RankInfo, RemoteError, RequestEvent, StageEvent
+from .._events import BatchEvent, RankInfo, RecordedError, RequestEvent, StageEvent
 from .contexts import ContextCache, _remember, traceparent_of
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
@@ -53,7 +53,7 @@ def plain_value(value: Any) -> Any:
 
     None, bool, int, float, str and bytes as they are; tuples, lists and dicts with
     their items made plain; a subclass of a plain type its base value; an exception
-    a :class:`RemoteError`; anything else its text (at most 256 characters).
+    a :class:`RecordedError`; anything else its text (at most 256 characters).
     """
     kind = type(value)
     if value is None or kind in (bool, int, float, str, bytes):
@@ -70,11 +70,11 @@ def plain_value(value: Any) -> Any:
     return _text(value)
 
 
-def remote_error(error: BaseException) -> RemoteError:
+def remote_error(error: BaseException) -> RecordedError:
     """A recorded exception as plain data, its formatted traceback in ``stacktrace``."""
-    if isinstance(error, RemoteError):
+    if isinstance(error, RecordedError):
         return error
-    remote = RemoteError.of(error)
+    remote = RecordedError.of(error)
     try:
         stack = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     except Exception:  # a traceback that cannot be formatted is left out, never raised
@@ -83,10 +83,8 @@ def remote_error(error: BaseException) -> RemoteError:
     return remote
 
 
-def _rebuild_error(type_name: str, message: str, stacktrace: str) -> RemoteError:
-    error = RemoteError(type_name, message)
-    error.stacktrace = stacktrace
-    return error
+def _rebuild_error(type_name: str, message: str, stacktrace: str) -> RecordedError:
+    return RecordedError(type_name, message, stacktrace)
 
 
 def _reduce_error(error: BaseException) -> tuple:

@@ -16,7 +16,7 @@ import weakref
 from collections import OrderedDict
 from typing import Any, Mapping, Optional
 
-from ..rank import parse_traceparent
+from .._rank import parse_traceparent
 
 TABLE_LIMIT = 65536
 CACHE_LIMIT = 65536

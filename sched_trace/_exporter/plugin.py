@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Mapping
 
-from ..hookspecs import hookimpl
+from .._hookspecs import hookimpl
 from ..recorder import DEFAULT_CAPACITY
 from .processor import ExportProcessor
 

@@ -28,9 +28,9 @@ import os
 import uuid
 from typing import Any, Mapping, Optional
 
-from ..errors import ConfigError
-from ..events import RankInfo
-from ..rank import parse_traceparent
+from .._errors import ConfigError
+from .._events import RankInfo
+from .._rank import parse_traceparent
 
 RUN_ID_VARIABLE = "SCHED_TRACE_RUN_ID"
 OWNER_VARIABLE = "SCHED_TRACE_REQUEST_OWNER"

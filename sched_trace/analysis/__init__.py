@@ -26,7 +26,7 @@ the picture):
 
 from __future__ import annotations
 
-from ..errors import AnalysisError
+from .._errors import AnalysisError
 from .files import TraceSet, load_events, open_traces
 from .gpu import GpuBusy, gpu_busy
 from .model import (

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Iterator, Optional
 
 import numpy as np
 
-from ..events import BatchEvent, StageEvent
+from .._events import BatchEvent, StageEvent
 from ..traceio._columns import INT_MICROBATCH, OBJECT_MICROBATCH, Catalog, SliceTable
 from .paths import microbatch_key  # noqa: F401 (canonical micro-batch ids)
 

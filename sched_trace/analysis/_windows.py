@@ -16,7 +16,7 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from ..errors import AnalysisError
+from .._errors import AnalysisError
 from ._store import IS_BATCH, HAS_BATCH_ID, INT_MB, SliceStore
 from .model import Lane
 

@@ -12,7 +12,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ..errors import AnalysisError
+from .._errors import AnalysisError
 from ._detail import ROLES, schedule_key, stage_role
 from ._engine import DETAIL_ALL_LIMIT, Analysis
 from ._store import SliceStore

@@ -8,7 +8,7 @@ import sys
 import warnings
 from typing import Any, Iterator, Optional, Sequence
 
-from ..errors import SchedTraceWarning
+from .._errors import SchedTraceWarning
 
 # Wide enough that no path or command printed is ever cut in two when output is piped.
 PIPED_WIDTH = 200

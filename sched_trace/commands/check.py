@@ -21,10 +21,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from .. import _extract, _options
 from .. import config as _config
 from .. import profile_check, source_attrs
-from ..errors import ConfigError, InstrumentationError
-from ..instrument import Handle, parse_target
+from .._errors import ConfigError, InstrumentationError
+from .._targets import lookup, parse_target
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -36,9 +37,9 @@ SIGNATURE, PARAMETER, ATTRIBUTE, IMPORT_FAILED = (
     "signature changed", "unknown parameter", "unknown attribute", "import failed")
 _GRAVITY = (NOT_INSTALLED, IMPORT_FAILED, MISSING, SIGNATURE, PARAMETER, ATTRIBUTE, FOUND)
 #: Options whose values are extractors or conditions (strings in a TOML profile).
-EXTRACTOR_KEYS = ("microbatch", "batch_size", "batch_id", "requests", "request_id", "prompt_tokens",
-                  "output_tokens", "status", "when", "keep_if")
-MAPPING_KEYS = ("rank", "attrs")
+# From the one option list: extractors and conditions are strings of the grammar; mappings hold them.
+EXTRACTOR_KEYS = tuple(name for name, role in _options.ROLES.items() if role in ("extractor", "condition"))
+MAPPING_KEYS = tuple(name for name, role in _options.ROLES.items() if role == "mapping")
 
 
 @dataclass
@@ -197,7 +198,7 @@ def _check_live(row: TargetRow, module_name: str, options: Any, key: Optional[st
             row.fail(IMPORT_FAILED, failed)
         return
     try:
-        function = Handle(row.target, "stage", "check", 1, {})._lookup(module)
+        function = lookup(row.target, module).original
     except InstrumentationError as exc:
         row.fail(MISSING, f"{miss or exc} (installed: {row.installed})")
         return
@@ -207,9 +208,7 @@ def _check_live(row: TargetRow, module_name: str, options: Any, key: Optional[st
         row.fail(SIGNATURE, f"{row.target.split(':', 1)[1]} is a {type(function).__name__}, not a function: "
                             "the signature changed")
         return
-    from .. import extract
-
-    params = extract.Parameters(function)
+    params = _extract.Parameters(getattr(function, "__func__", function))
     for label, text in _extractors(options):
         for steps in source_attrs.paths(text):
             if steps[0] in source_attrs.SPECIAL_ROOTS:

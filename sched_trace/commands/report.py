@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence
 
 from ..analysis import PipelineReport, gpu_busy, pipeline_report
 from ..analysis.files import TraceSet, open_traces
-from ..errors import AnalysisError
+from .._errors import AnalysisError
 from ._console import counted, escape, make_console, notes, progress_bar, require
 
 DEFAULT_OUT = "sched-trace-out"

@@ -18,13 +18,11 @@ import sys
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any
 
+from .. import _extract, _options
 from .. import config as _config
-from .. import extract
-from ..errors import ConfigError, ExtractorError
-from ..instrument import parse_target
-from ..request_probe import parse_condition
+from .._errors import ConfigError, ExtractorError
+from .._targets import parse_target
 
 BOOTSTRAP_DIR = Path(__file__).resolve().parent.parent / "_bootstrap"
 
@@ -123,18 +121,9 @@ def check_targets(cfg: _config.Config, program: list[str]) -> None:
         function = _static_function(source_file, path) if source_file else None
         if function is not None:
             try:
-                _check_extractors(spec.options, extract.Parameters(function))  # type: ignore[arg-type]
+                _options.check_grammar(spec.options, _extract.Parameters(function))  # type: ignore[arg-type]
             except ExtractorError as exc:
                 raise ConfigError(f"target {spec.target!r}: {exc}", source=source, key=key) from None
-
-
-def _check_extractors(options: Any, params: extract.Parameters) -> None:
-    for what in ("microbatch", "batch_size", "batch_id", "requests",
-                 "request_id", "prompt_tokens", "output_tokens", "status"):  # the last four: kind="request"
-        extract.parse(options.get(what), what, params)
-    parse_condition(options.get("when"), params)
-    for what in ("rank", "attrs"):
-        extract.parse_mapping(options.get(what), what, params)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ import math
 from decimal import Decimal
 from typing import Any, Mapping, Optional
 
-from ..events import RankInfo
+from .._events import RankInfo
 from ._model import RANK_FIELDS, RANK_KEYS_ARG, Event, TraceFormatError, make_event
 
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1

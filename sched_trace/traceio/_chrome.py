@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from typing import IO, Any, Iterable, Mapping, Optional
 
-from ..events import RankInfo
+from .._events import RankInfo
 from ._model import (
     Event, ProcessKey, counter_values, event_args, flow_id, rank_to_dict, track_name, track_rank,
 )

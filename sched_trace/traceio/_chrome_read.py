@@ -13,8 +13,8 @@ import warnings
 from decimal import Decimal
 from typing import Any, Iterator, Optional
 
-from ..errors import SchedTraceWarning
-from ..events import RankInfo
+from .._errors import SchedTraceWarning
+from .._events import RankInfo
 from ._checks import (
     MAX_DEPTH, checked_event, checked_rank, expect_dict, expect_list, hashable, kind_of, ns_from_us,
     optional_dict, optional_list, to_int,

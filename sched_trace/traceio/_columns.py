@@ -18,7 +18,7 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from ..events import BatchEvent, NO_ATTRS, RankInfo, StageEvent
+from .._events import BatchEvent, NO_ATTRS, RankInfo, StageEvent
 from ._model import Event, RecordedError, _error_text
 
 #: ``microbatch_kind`` values: no micro-batch, an int in ``microbatch``, or an index into ``objects``.
@@ -149,7 +149,7 @@ class SliceTable:
             yield (BatchEvent if is_batch else StageEvent)(
                 names[name], level, start, end, ranks[rank], microbatch,
                 batch_id if has_batch_id else None, batch_size if has_batch_size else None,
-                dict(objects[attrs]) if attrs >= 0 else {}, RecordedError(objects[error]) if error >= 0 else None,
+                dict(objects[attrs]) if attrs >= 0 else {}, RecordedError.parse(objects[error]) if error >= 0 else None,
                 span_id, parent_id)
 
 

@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Optional, Union
 
-from ..errors import SchedTraceWarning
+from .._errors import SchedTraceWarning
 from ._chrome_read import read_chrome
 from ._model import EmptyTraceError, NotATraceError, TraceFile, TraceFormatError
 from ._otlp import read_otlp_json

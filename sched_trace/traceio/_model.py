@@ -13,8 +13,8 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import AbstractSet, Any, Iterable, Mapping, Optional, Union
 
-from ..errors import EmptyTraceError, NotATraceError, TraceFormatError  # noqa: F401 (re-exported)
-from ..events import BatchEvent, RankInfo, RemoteError, StageEvent, request_ids
+from .._errors import EmptyTraceError, NotATraceError, TraceFormatError  # noqa: F401 (re-exported)
+from .._events import BatchEvent, RankInfo, RecordedError, StageEvent, request_ids
 
 Event = Union[StageEvent, BatchEvent]
 #: (host_id, pid): the key of one process, and of its clock offset.
@@ -25,10 +25,6 @@ RANK_FIELDS = ("host_id", "pid", "tid", "thread_label", "tp_rank", "pp_rank", "d
 ARG_FIELDS = ("microbatch", "batch_id", "batch_size", "level", "span_id", "parent_id")
 #: The slice argument that carries the rank's extra keys the track does not stand for.
 RANK_KEYS_ARG = "rank_keys"
-
-
-class RecordedError(Exception):
-    """An exception read back from a trace file: only its text survives the trip."""
 
 
 @dataclass
@@ -176,10 +172,8 @@ def slice_rank_keys(extra: tuple, track_keys: AbstractSet[str]) -> dict[str, Any
 
 
 def _error_text(error: BaseException) -> str:
-    if isinstance(error, RecordedError):
-        return str(error)
-    if isinstance(error, RemoteError):  # an exporter process's copy of the exception: its type's own name
-        return f"{error.type_name.rsplit('.', 1)[-1]}: {error.message}"
+    if isinstance(error, RecordedError):  # an exporter process's copy, or one read back: its type's own name
+        return f"{error.type_name.rsplit('.', 1)[-1]}: {error.message}" if error.type_name else error.message
     return f"{type(error).__name__}: {error}"
 
 
@@ -202,7 +196,7 @@ def make_event(kind: str, name: str, start_ns: int, end_ns: int, rank: RankInfo,
         batch_id=_optional_int(args.get("batch_id")),
         batch_size=_optional_int(args.get("batch_size")),
         attrs=dict(attrs) if isinstance(attrs, Mapping) else {"value": attrs},
-        error=None if error is None else RecordedError(str(error)),
+        error=None if error is None else RecordedError.parse(str(error)),
         span_id=int(args.get("span_id", 0)),
         parent_id=int(args.get("parent_id", 0)),
     )

@@ -27,7 +27,7 @@ import os
 import warnings
 from typing import Any, Iterator, Mapping, Optional
 
-from ..errors import SchedTraceWarning
+from .._errors import SchedTraceWarning
 from ._checks import (
     MAX_DEPTH, checked_event, checked_rank, expect_dict, expect_list, expect_str, optional_dict,
     optional_list, to_float, to_int,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable, Mapping, Optional
 
-from ..events import RankInfo
+from .._events import RankInfo
 from . import _protowire as _wire
 from ._model import (
     Event, ProcessKey, counter_uuid, counter_values, event_args, flow_id, process_uuid, rank_to_dict,

@@ -12,8 +12,8 @@ import json
 import warnings
 from typing import Any, Optional
 
-from ..errors import SchedTraceWarning
-from ..events import RankInfo
+from .._errors import SchedTraceWarning
+from .._events import RankInfo
 from ._checks import checked_event, checked_rank, expect_dict, hashable, optional_int, to_int
 from ._model import ProcessKey, TraceFile, TraceFormatError
 from ._perfetto import MONOTONIC, REALTIME, SLICE_BEGIN, SLICE_END, protos

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..errors import SchedTraceWarning
+from .._errors import SchedTraceWarning
 from ._checks import hashable
 from ._columns import Catalog, SliceTable
 from ._model import ProcessKey, RANK_KEYS_ARG, TraceFile, TraceFormatError

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 import numpy as np
 
-from ..errors import SchedTraceWarning
+from .._errors import SchedTraceWarning
 from ._columns import Catalog, SliceTable
 from ._files import PROJECT_OUTPUTS, _candidates, detect_format, parse_trace
 from ._model import EmptyTraceError, NotATraceError, ProcessKey

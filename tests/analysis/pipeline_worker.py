@@ -88,7 +88,7 @@ def traced_rank(rank: int, world: int, port: int, configs: list, options: dict, 
     import torch.distributed as dist
     import torch.distributed.pipelining.schedules  # noqa: F401  (the oracle patches it first)
 
-    from sched_trace import clock
+    from sched_trace import _clock as clock
     from sched_trace._demo.pipeline import build_schedule, train
 
     oracle = Oracle()

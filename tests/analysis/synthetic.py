@@ -12,7 +12,7 @@ import itertools
 from typing import Any, Optional
 
 from sched_trace import BatchEvent, RankInfo, StageEvent
-from sched_trace.events import NO_ATTRS
+from sched_trace._events import NO_ATTRS
 
 MS = 1_000_000
 _span_ids = itertools.count(1)

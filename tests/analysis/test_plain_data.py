@@ -17,9 +17,9 @@ from types import MappingProxyType
 import pytest
 
 import sched_trace
-from sched_trace import events as events_module
+from sched_trace import _events as events_module
 from sched_trace.analysis import pipeline_report
-from sched_trace.events import NO_ATTRS, RankInfo, RemoteError
+from sched_trace._events import NO_ATTRS, RankInfo, RecordedError
 
 from .synthetic import one_f_one_b_order, simulate
 
@@ -88,11 +88,11 @@ def test_a_recorded_error_travels_as_plain_data_and_compares_equal():
         event = sample(sched_trace.StageEvent, error=error)
         back = round_trip(event)
         assert back == event  # the stand-in equals the exception it stands for
-        assert isinstance(back.error, RemoteError) and back.error == error
+        assert isinstance(back.error, RecordedError) and back.error == error
         assert back.error.type_name == (type(error).__qualname__ if type(error).__module__ == "builtins"
                                         else f"{__name__}.NeedsTwoArguments")
         assert back.error.message == str(error) and round_trip(back) == back
-    assert RemoteError("KeyError", "'gone'") != KeyError("other") and RemoteError("KeyError", "x") != "x"
+    assert RecordedError("KeyError", "'gone'") != KeyError("other") and RecordedError("KeyError", "x") != "x"
 
 
 def test_events_from_every_kind_of_target_round_trip(sched_trace_recorder):

@@ -8,7 +8,7 @@ import pytest
 
 import sched_trace
 from sched_trace.analysis import RequestTimeline, request_report
-from sched_trace.events import NO_ATTRS, RankInfo, RequestEvent, StageEvent
+from sched_trace._events import NO_ATTRS, RankInfo, RequestEvent, StageEvent
 
 MS = 1_000_000
 RANK = RankInfo("h", 1, 1, "Scheduler", pp_rank=0)

@@ -6,7 +6,7 @@ from itertools import count
 from types import MappingProxyType
 from typing import Any, Optional
 
-from sched_trace.events import BatchEvent, RankInfo, RequestEvent, StageEvent
+from sched_trace._events import BatchEvent, RankInfo, RequestEvent, StageEvent
 
 _ids = count(1)
 

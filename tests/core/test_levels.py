@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import sched_trace
-from sched_trace import stages
+from sched_trace import _stages as stages
 
 
 @sched_trace.stage("coarse", level=1)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import sched_trace
-from sched_trace.plugins import get_manager
+from sched_trace._manager import get_manager
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -78,7 +78,7 @@ def test_hook_wrappers_are_refused_for_event_hooks():
 
 
 def test_no_listener_means_tracing_costs_one_comparison():
-    from sched_trace.stages import LEVEL
+    from sched_trace._stages import LEVEL
 
     assert LEVEL.active == 0  # nothing registered: every stage is "above the level"
     assert work(1) == 2
@@ -130,7 +130,7 @@ def _run_with(site: Path, tmp_path: Path, **env: str) -> subprocess.CompletedPro
         def f():
             return 1
         f(); f()
-        print(sorted(name for name, _ in __import__("sched_trace.plugins").plugins.get_manager().list_name_plugin()))
+        print(sorted(name for name, _ in __import__("sched_trace._manager")._manager.get_manager().list_name_plugin()))
         sched_trace.shutdown()
     """)
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)]),

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 import sched_trace
-from sched_trace import rank
+from sched_trace import _rank as rank
 
 
 @sched_trace.stage("tick", level=1)

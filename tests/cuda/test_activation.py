@@ -12,7 +12,7 @@ import sys
 import pytest
 
 import sched_trace
-from sched_trace.plugins import get_manager
+from sched_trace._manager import get_manager
 from sched_trace_cuda import HOOKS_NAME, CudaTimingPlugin
 
 from .fakes import FakeCuda, fake_torch

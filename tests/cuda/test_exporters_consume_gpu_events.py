@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import sched_trace
-from sched_trace import EventBuffer
+from sched_trace.export import EventBuffer
 from sched_trace_cuda import Resolver, Settings, gpu_track_tid, publish
 from sched_trace_cuda.recording import GpuStageHooks, ResolverThread
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 import sched_trace
-from sched_trace.plugins import get_manager
+from sched_trace._manager import get_manager
 from sched_trace_cuda import CudaTimingPlugin, is_gpu_event
 
 torch = pytest.importorskip("torch")

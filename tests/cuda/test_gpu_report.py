@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 import sched_trace
-from sched_trace import BatchEvent, EventBuffer, RankInfo, StageEvent
+from sched_trace import BatchEvent, RankInfo, StageEvent
+from sched_trace.export import EventBuffer
 from sched_trace.analysis import gpu_busy, pipeline_report
 from sched_trace_cuda import GPU_SPAN_BASE, Resolver, Settings, gpu_track_tid, publish
 from sched_trace_cuda.recording import GpuStageHooks, ResolverThread

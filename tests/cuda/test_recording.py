@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 
 import sched_trace
-from sched_trace import EventBuffer
+from sched_trace.export import EventBuffer
 from sched_trace_cuda import Resolver, Settings, publish
 from sched_trace_cuda.recording import GpuStageHooks, ResolverThread
 

@@ -12,8 +12,8 @@ import textwrap
 import pytest
 
 import sched_trace
-from sched_trace.plugins import get_manager
-from sched_trace.stages import is_enabled
+from sched_trace._manager import get_manager
+from sched_trace._stages import is_enabled
 from sched_trace_cuda import HOOKS_NAME, CudaTimingPlugin, parse_settings
 
 torch = pytest.importorskip("torch")
@@ -113,7 +113,7 @@ def test_torch_is_never_imported_and_is_waited_for_until_the_program_imports_it(
         plugin = sched_trace_cuda.CudaTimingPlugin()
         sched_trace.register(plugin, name="cuda")
         sched_trace.configure(level=9, autoload=False)
-        from sched_trace.stages import is_enabled
+        from sched_trace._stages import is_enabled
 
         before = dict(state=plugin.state, torch="torch" in sys.modules,
                       waiting=sched_trace.stats()["plugins"]["cuda"]["waiting"],
@@ -126,7 +126,7 @@ def test_torch_is_never_imported_and_is_waited_for_until_the_program_imports_it(
         s()
         still = plugin.state
         import torch  # the post-import hook sees a CPU build of torch
-        names = [name for name, _ in sched_trace.plugins.get_manager().list_name_plugin()]
+        names = [name for name, _ in sched_trace._manager.get_manager().list_name_plugin()]
         print(json.dumps(dict(before=before, still=still, after=plugin.state, names=names)))
     """)
     # While waiting the plugin has no event hooks: stages cost one comparison.

@@ -9,7 +9,7 @@ from types import MappingProxyType
 
 import pytest
 
-from sched_trace.events import NO_ATTRS, BatchEvent, RankInfo, RemoteError, RequestEvent, StageEvent
+from sched_trace._events import NO_ATTRS, BatchEvent, RankInfo, RecordedError, RequestEvent, StageEvent
 from sched_trace.export import (EventEncoder, decode_events, forget_traceparent, plain_value, register_traceparent,
                                 traceparent_of)
 from sched_trace._exporter.contexts import ContextCache
@@ -65,7 +65,7 @@ def test_an_exception_travels_as_remote_error_with_its_traceback():
         error = exc
     event = stage()._replace(error=error)
     decoded, = round_trip([event])
-    assert isinstance(decoded.error, RemoteError) and decoded.error == error
+    assert isinstance(decoded.error, RecordedError) and decoded.error == error
     assert (decoded.error.type_name, decoded.error.message) == ("ValueError", "boom")
     assert "raise ValueError" in decoded.error.stacktrace
     assert decoded == event

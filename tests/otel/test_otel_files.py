@@ -228,7 +228,7 @@ def test_protobuf_wire_encoding_matches_the_sdk_encoder() -> None:
     from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-    from sched_trace.events import RankInfo, StageEvent
+    from sched_trace._events import RankInfo, StageEvent
     from sched_trace.export import decode_events, EventEncoder
     from sched_trace_otel.otlp_proto import ProtoEncoder
     from sched_trace_otel.sdk_spans import SdkSpanBuilder

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import sched_trace
-from sched_trace.events import NO_ATTRS, RankInfo, RequestEvent
+from sched_trace._events import NO_ATTRS, RankInfo, RequestEvent
 from sched_trace.traceio import otlp_documents
 from sched_trace_otel import OtelPlugin, proto_spans, register_traceparent, new_traceparent
 

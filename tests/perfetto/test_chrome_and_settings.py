@@ -11,8 +11,8 @@ import textwrap
 import pytest
 
 import sched_trace
-from sched_trace import ConfigError, clock, traceio
-from sched_trace.plugins import get_manager
+from sched_trace import ConfigError, _clock as clock, traceio
+from sched_trace._manager import get_manager
 from sched_trace_perfetto import PerfettoPlugin
 from sched_trace_perfetto.settings import parse
 

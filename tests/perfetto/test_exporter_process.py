@@ -13,7 +13,7 @@ import pytest
 
 import sched_trace
 from sched_trace import ConfigError, traceio
-from sched_trace.events import NO_ATTRS, BatchEvent, RankInfo, StageEvent
+from sched_trace._events import NO_ATTRS, BatchEvent, RankInfo, StageEvent
 from sched_trace_perfetto import PerfettoPlugin
 from sched_trace_perfetto.settings import parse
 

@@ -7,7 +7,7 @@ from collections import defaultdict
 
 import pytest
 
-from sched_trace import clock, traceio
+from sched_trace import _clock as clock, traceio
 from sched_trace_perfetto import PerfettoPlugin
 
 pb = pytest.importorskip("perfetto.protos.perfetto.trace.perfetto_trace_pb2")

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from sched_trace.events import BatchEvent, RankInfo, StageEvent
+from sched_trace._events import BatchEvent, RankInfo, StageEvent
 from sched_trace.traceio import PerfettoEncoder, read_perfetto
 from sched_trace.traceio._protowire import annotation, annotation_field, varint
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from sched_trace import ConfigError, traceio
-from sched_trace.events import BatchEvent, RankInfo, StageEvent
+from sched_trace._events import BatchEvent, RankInfo, StageEvent
 from sched_trace_perfetto.settings import parse
 
 pb = pytest.importorskip("perfetto.protos.perfetto.trace.perfetto_trace_pb2")

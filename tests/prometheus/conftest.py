@@ -7,7 +7,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import sched_trace
-from sched_trace.plugins import get_manager
+from sched_trace._manager import get_manager
 from sched_trace_prometheus import PrometheusPlugin
 
 

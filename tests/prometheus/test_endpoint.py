@@ -172,7 +172,7 @@ def test_default_registry_exposes_the_same_metrics(start_prometheus):
 
 def test_the_scheduler_thread_only_appends_to_a_buffer(start_prometheus):
     plugin = start_prometheus()
-    from sched_trace.plugins import get_manager
+    from sched_trace._manager import get_manager
 
     hooks = {owner: function for function, owner in get_manager().stage_end}
     assert hooks["prometheus"] == plugin._exporter.append

@@ -7,8 +7,8 @@ import pickle
 import pytest
 
 import sched_trace
-from sched_trace.events import BatchEvent, RankInfo, RequestEvent, StageEvent
-from sched_trace.events import NO_ATTRS
+from sched_trace._events import BatchEvent, RankInfo, RequestEvent, StageEvent
+from sched_trace._events import NO_ATTRS
 from sched_trace_prometheus import StageMetrics, parse_settings
 
 from .conftest import scrape, value

@@ -8,7 +8,7 @@ import socket
 import pytest
 
 import sched_trace
-from sched_trace.plugins import get_manager
+from sched_trace._manager import get_manager
 from sched_trace_prometheus import DEFAULT_BUCKETS, PrometheusPlugin, parse_settings
 
 

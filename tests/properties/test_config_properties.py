@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sched_trace import SchedTraceError, config
-from sched_trace.errors import ConfigError
+from sched_trace._errors import ConfigError
 
 SOURCE = "fuzzed.toml"
 WORDS = ["mb_id", "len(batch.reqs)", "self.pp_rank", "not self.done", "self.__class__.__name__",

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sched_trace import extract
-from sched_trace.errors import ExtractorError
+from sched_trace import _extract as extract
+from sched_trace._errors import ExtractorError
 
 
 def scheduler_method(self, batch, mb_id, *, flag=None):

@@ -6,9 +6,9 @@ import subprocess
 import sys
 
 CHILD = r'''
-from sched_trace import config, extract
-from sched_trace.errors import SchedTraceError
-from sched_trace.rank import parse_traceparent
+from sched_trace import _extract as extract, config
+from sched_trace._errors import SchedTraceError
+from sched_trace._rank import parse_traceparent
 
 n = 200_000
 inputs = ["a." * n + "!", "len(" * n, "a" * n + " .", "self" + ".x" * n, " " * n + "x(", "a" + "\t" * n + ".b!"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sched_trace.rank import format_traceparent, parse_traceparent
+from sched_trace._rank import format_traceparent, parse_traceparent
 
 HEX = "0123456789abcdef"
 NEAR = st.builds(

@@ -13,7 +13,8 @@ from collections import Counter
 from typing import Any
 
 import sched_trace
-from sched_trace import BackgroundExporter, MemoryRecorder
+from sched_trace import MemoryRecorder
+from sched_trace.export import BackgroundExporter
 
 THREADS = 8
 PER_THREAD = 100_000

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 import sched_trace
-from sched_trace import lifecycle
+from sched_trace import _lifecycle as lifecycle
 
 
 @pytest.fixture(autouse=True)

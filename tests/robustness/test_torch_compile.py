@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import sched_trace
-from sched_trace import probe
+from sched_trace import _probe as probe
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch

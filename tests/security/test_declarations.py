@@ -16,7 +16,7 @@ import pytest
 
 import sched_trace
 from sched_trace import config as config_module
-from sched_trace.errors import ConfigError, ExtractorError
+from sched_trace._errors import ConfigError, ExtractorError
 
 DUNDER_PATHS = ["self.__class__.__init__.__globals__", "self.__dict__", "batch.__class__.__init__",
                 "len(self.__class__.__mro__)", "mb.__reduce__", "__builtins__", "self.__class__"]

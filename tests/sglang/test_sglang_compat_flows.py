@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import sched_trace
+import sched_trace.export
 
 from .converter_model import attr, convert
 
@@ -63,7 +64,7 @@ def traced_run(tmp_path: Path, **settings: Any) -> Path:
 def test_converter_draws_an_arrow_from_each_request_slice_to_the_next(tmp_path: Path, process: bool) -> None:
     converted = convert(traced_run(tmp_path, sglang_compat=True, process=process))
     assert sorted(attr(r, "rid") for r in converted.roots) == ["a", "b", "c"]  # one root per request
-    assert set(converted.tracks.values()) == {f"{sched_trace.rank.current().host_id[:8]}:Scheduler-PP1-DP0-TP0"}
+    assert set(converted.tracks.values()) == {f"{sched_trace.export.current_rank().host_id[:8]}:Scheduler-PP1-DP0-TP0"}
     # every drawn slice belongs to one request: the first-level ones are the step copies
     assert sorted(s["name"] for s in converted.first_level.values()) == ["decode_step"] * 6
     assert len(converted.drawn) == 6 * 3

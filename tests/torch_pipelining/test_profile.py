@@ -13,7 +13,7 @@ import pytest
 
 import sched_trace
 from sched_trace import config, profile_check
-from sched_trace.instrument import Handle, parse_target
+from sched_trace._targets import lookup, parse_target
 
 PROFILES = config.available_profiles()
 PROFILE_FILE = config.PROFILE_DIR / "torch-pipelining.toml"
@@ -33,7 +33,7 @@ def test_every_target_of_every_shipped_profile_resolves_against_the_installed_pa
         if not installed(module_name):
             continue
         module = importlib.import_module(module_name)
-        owner, original, _ = Handle(target, "stage", "check", 1, {})._lookup(module)
+        owner, original, _, _ = lookup(target, module)
         assert callable(original), target
         checked += 1
     assert checked or not any(installed(parse_target(t)[0]) for t in targets)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from sched_trace import traceio
-from sched_trace.events import BatchEvent, RankInfo, StageEvent
+from sched_trace._events import BatchEvent, RankInfo, StageEvent
 
 HOST, PID, OFFSET = "node1", 4242, 1_700_000_000_000_000_000
 

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from sched_trace import SchedTraceError, SchedTraceWarning, traceio  # noqa: E402
-from sched_trace.events import BatchEvent, RankInfo, StageEvent  # noqa: E402
+from sched_trace._events import BatchEvent, RankInfo, StageEvent  # noqa: E402
 from sched_trace.traceio import Catalog, SliceTable  # noqa: E402
 from sched_trace.traceio._pbscan import WireBuffer, field_table, scan_fields  # noqa: E402
 from sched_trace.traceio._perfetto_scan import PerfettoScan  # noqa: E402

@@ -23,7 +23,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from sched_trace import SchedTraceError, SchedTraceWarning, traceio  # noqa: E402
 from sched_trace.analysis import pipeline_report  # noqa: E402
-from sched_trace.events import BatchEvent, RankInfo, StageEvent  # noqa: E402
+from sched_trace._events import BatchEvent, RankInfo, StageEvent  # noqa: E402
 from sched_trace.traceio._perfetto_read import complete_prefix  # noqa: E402
 
 from . import samples  # noqa: E402

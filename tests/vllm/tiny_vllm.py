@@ -192,7 +192,7 @@ class TargetMeter:
 
     def install(self) -> "TargetMeter":
         import wrapt
-        from sched_trace.instrument import handles
+        from sched_trace._instrument import handles
 
         for handle in handles():
             if not handle.active:

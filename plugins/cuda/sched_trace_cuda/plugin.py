@@ -23,7 +23,8 @@ from typing import Any, Callable, Optional, Sequence
 import wrapt
 
 import sched_trace
-from sched_trace import EventBuffer, StageEvent
+from sched_trace import StageEvent
+from sched_trace.export import EventBuffer
 from sched_trace.export import emit, is_registered
 
 from .recording import GpuStageHooks, ResolverThread, pause_during_graph_capture

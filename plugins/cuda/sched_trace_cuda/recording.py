@@ -13,7 +13,8 @@ import time
 from collections import deque
 from typing import Any, Callable, Optional, Sequence
 
-from sched_trace import EventBuffer, StageEvent
+from sched_trace import StageEvent
+from sched_trace.export import EventBuffer
 
 from .resolver import PendingStage, Resolver
 from .settings import Settings

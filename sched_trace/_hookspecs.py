@@ -21,7 +21,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from .config import Config
-    from .events import BatchEvent, RequestEvent, StageEvent
+    from ._events import BatchEvent, RequestEvent, StageEvent
 
 PROJECT = "sched_trace"
 
@@ -36,7 +36,7 @@ def sched_trace_configure(config: "Config") -> None:
     Fires when :func:`sched_trace.configure` runs, and again (historic) for every
     plugin registered later, so a late plugin still sees the configuration.
 
-    :param config: the validated :class:`sched_trace.config.Config`. A plugin reads
+    :param config: the validated :class:`sched_trace.Config`. A plugin reads
         its own table with ``config.plugin_settings("name")``. Raising
         :class:`sched_trace.ConfigError` here reports a bad setting to the user;
         any other exception is counted and logged like an event hook's.
@@ -50,7 +50,7 @@ def sched_trace_batch_start(event: "BatchEvent") -> None:
     Fires on the scheduler thread before a function marked ``@batch`` or
     instrumented with ``kind="batch"`` runs, when its level is enabled.
 
-    :param event: the :class:`~sched_trace.events.BatchEvent`, with ``end_ns`` and
+    :param event: the :class:`~sched_trace.BatchEvent`, with ``end_ns`` and
         ``error`` still ``None``.
     """
 
@@ -62,7 +62,7 @@ def sched_trace_batch_end(event: "BatchEvent") -> None:
     Fires on the scheduler thread after the batch function returned or raised
     (for generators and coroutines: when they are exhausted or closed).
 
-    :param event: the :class:`~sched_trace.events.BatchEvent` with ``end_ns`` set,
+    :param event: the :class:`~sched_trace.BatchEvent` with ``end_ns`` set,
         and ``error`` set to the exception when the batch raised (the exception
         still propagates to the caller unchanged).
     """
@@ -76,7 +76,7 @@ def sched_trace_stage_start(event: "StageEvent") -> None:
     instrumented with ``instrument(..., stage=...)`` runs, when its level is
     enabled.
 
-    :param event: the :class:`~sched_trace.events.StageEvent`, with ``end_ns`` and
+    :param event: the :class:`~sched_trace.StageEvent`, with ``end_ns`` and
         ``error`` still ``None``.
     """
 
@@ -88,7 +88,7 @@ def sched_trace_stage_end(event: "StageEvent") -> None:
     Fires on the scheduler thread after the stage function returned or raised.
     This is the hook exporters need: the event carries start and end.
 
-    :param event: the :class:`~sched_trace.events.StageEvent` with ``end_ns`` set,
+    :param event: the :class:`~sched_trace.StageEvent` with ``end_ns`` set,
         and ``error`` set to the exception when the stage raised.
     """
 
@@ -104,7 +104,7 @@ def sched_trace_request(event: "RequestEvent") -> None:
     scheduler calls :func:`sched_trace.request_event`. O(1): one small tuple per
     call, whatever the batch size.
 
-    :param event: the :class:`~sched_trace.events.RequestEvent`: ``phase``,
+    :param event: the :class:`~sched_trace.RequestEvent`: ``phase``,
         ``ts_ns``, ``request_id``, ``rank``, ``prompt_tokens``, ``output_tokens``,
         ``batch_id`` (the batch open on this thread, if any) and ``attrs``. A phase
         may arrive more than once (``scheduled`` after a preemption): take the

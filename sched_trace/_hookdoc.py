@@ -1,17 +1,17 @@
 """Render the hook reference (docs/hooks.md) from the hook spec's docstrings.
 
-``python -m sched_trace.hookdoc > docs/hooks.md``; a test keeps the file current.
+``python -m sched_trace._hookdoc > docs/hooks.md``; a test keeps the file current.
 """
 
 from __future__ import annotations
 
 import inspect
 
-from . import hookspecs
+from . import _hookspecs as hookspecs
 
 HEADER = """# Hook reference
 
-Generated from `sched_trace/hookspecs.py` by `python -m sched_trace.hookdoc > docs/hooks.md`;
+Generated from `sched_trace/_hookspecs.py` by `python -m sched_trace._hookdoc > docs/hooks.md`;
 do not edit by hand. A plugin implements any of these as functions or methods of the
 same name (see [Write a plugin](plugins.md)).
 """

@@ -18,10 +18,10 @@ from typing import Any, Callable, Optional
 
 import pluggy
 
-from . import hookspecs
-from .watchdog import HookWatchdog, budget_from_env, code_of
-from .errors import ConfigError, PluginError
-from .stages import LEVEL
+from . import _hookspecs
+from ._watchdog import HookWatchdog, budget_from_env, code_of
+from ._errors import ConfigError, PluginError
+from ._stages import LEVEL
 
 log = logging.getLogger("sched_trace")
 
@@ -56,8 +56,8 @@ class PluginManager:
     """sched-trace's plugin manager; one per process (:func:`get_manager`)."""
 
     def __init__(self) -> None:
-        self._pm = _Manager(hookspecs.PROJECT)
-        self._pm.add_hookspecs(hookspecs)
+        self._pm = _Manager(_hookspecs.PROJECT)
+        self._pm.add_hookspecs(_hookspecs)
         self._lock = threading.RLock()
         self.errors: Counter[str] = Counter()
         self.late: Counter[str] = Counter()  # flush/shutdown calls that overran their deadline

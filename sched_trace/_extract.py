@@ -24,7 +24,7 @@ import re
 from collections import Counter
 from typing import Any, Callable, Optional
 
-from .errors import ExtractorError
+from ._errors import ExtractorError
 
 log = logging.getLogger("sched_trace")
 
@@ -211,3 +211,13 @@ def _count_missing(label: str) -> None:
         _logged.add(label)
         log.warning("sched-trace could not read %s at call time; recorded as missing", label)
 
+
+
+def parse_condition(spec: Any, params: Parameters) -> tuple[Optional[Extractor], bool]:
+    """``when="x.y"`` fires when the value is truthy, ``when="not x.y"`` when it is falsy;
+    an unreadable value (None) never fires. Returns (extractor, negated)."""
+    if spec is None:
+        return None, False
+    negate = isinstance(spec, str) and spec.lstrip().startswith("not ")
+    text = spec.lstrip()[4:] if negate else spec
+    return parse(text, "when", params), negate

@@ -8,7 +8,7 @@ Events are plain data: they pickle (``gather_object``, multiprocessing queues, f
 for a later ``pipeline_report``) and compare equal after the round trip. What does
 not pickle as is is converted only when pickled, never on the hot path: a mapping
 proxy travels as a dict and comes back as a proxy; a recorded exception travels as
-a :class:`RemoteError` (type name and message) that compares equal to it.
+a :class:`RecordedError` (type name and message) that compares equal to it.
 """
 
 from __future__ import annotations
@@ -81,37 +81,48 @@ class RankInfo:
         return RankInfo(**fields, extra=tuple(sorted(extra.items())))
 
 
-class RemoteError(Exception):
-    """A recorded exception after pickling: its type's name and its message, as plain data.
+class RecordedError(Exception):
+    """An exception kept as plain data: its type's name, its message (and its traceback's text).
 
     A live exception is no plain data: its arguments may be live objects (a batch, a
     lock), and it may not survive unpickling in another process. So an event's
-    ``error`` travels as this; it compares equal to the exception it stands for
-    (same type name and message), so a round-tripped event equals the original.
+    ``error`` travels as this, and a trace file's error text is read back as this. It
+    compares equal to the exception it stands for (same type name and message), so a
+    round-tripped event equals the original. ``str()`` is ``"TypeName: message"``.
     """
 
-    def __init__(self, type_name: str, message: str) -> None:
+    def __init__(self, type_name: str, message: str = "", stacktrace: str = "") -> None:
         super().__init__(type_name, message)
         self.type_name = type_name
         self.message = message
+        self.stacktrace = stacktrace  # the formatted traceback, where an exporter kept it
 
     @classmethod
-    def of(cls, error: BaseException) -> "RemoteError":
-        if isinstance(error, RemoteError):
+    def of(cls, error: BaseException) -> "RecordedError":
+        if isinstance(error, RecordedError):
             return error
         return cls(_type_name(type(error)), _message(error))
 
+    @classmethod
+    def parse(cls, text: str) -> "RecordedError":
+        """The error a trace file recorded as ``"TypeName: message"`` (or a bare message)."""
+        type_name, separator, message = str(text).partition(": ")
+        return cls(type_name, message) if separator and type_name.replace(".", "").isidentifier() else cls("", text)
+
     def __eq__(self, other: object) -> bool:
         if isinstance(other, BaseException):
-            other = RemoteError.of(other)
+            other = RecordedError.of(other)
             return (self.type_name, self.message) == (other.type_name, other.message)
         return NotImplemented
 
     def __hash__(self) -> int:
         return hash((self.type_name, self.message))
 
+    def __reduce__(self) -> tuple:
+        return RecordedError, (self.type_name, self.message, self.stacktrace)
+
     def __str__(self) -> str:
-        return f"{self.type_name}: {self.message}"
+        return f"{self.type_name}: {self.message}" if self.type_name else self.message
 
 
 def _type_name(cls: type) -> str:
@@ -129,7 +140,7 @@ def _portable(value: Any) -> Any:
     if type(value) is MappingProxyType:
         return _Proxied(value)
     if isinstance(value, BaseException):
-        return RemoteError.of(value)
+        return RecordedError.of(value)
     return value
 
 
@@ -217,7 +228,7 @@ class StageEvent(_Event):
     ``batch_id``, ``batch_size``, ``attrs``, ``error``, ``span_id``, ``parent_id``.
     ``end_ns`` and ``error`` are ``None`` on the start event. Timestamps are
     nanoseconds since the Unix epoch, read from the monotonic clock plus a
-    per-process offset (see :func:`sched_trace.clock.wall_offset_ns`).
+    per-process offset (see :func:`sched_trace.export.wall_offset_ns`).
     ``microbatch``, ``batch_size`` and extracted ``attrs`` values are ``None`` when
     not declared or when the extractor could not read them. ``span_id`` is unique in
     the process; ``parent_id`` is the enclosing stage or batch on the same thread

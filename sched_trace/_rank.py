@@ -16,7 +16,7 @@ import threading
 from time import monotonic_ns
 from typing import Any, Optional
 
-from .events import RankInfo
+from ._events import RankInfo
 
 _local = threading.local()
 _UNCACHED = (None, -1)  # an epoch that never matches: take the checked path
@@ -174,6 +174,23 @@ def with_overrides(base: RankInfo, overrides: tuple[tuple[str, Any], ...]) -> Ra
 
 
 os.register_at_fork(after_in_child=refresh)
+
+# --- what the thread is doing: shared by the stage and request probes ---------
+
+#: (span id, batch id, rank) outside any span: no parent, no batch, the thread's own rank.
+ROOT: tuple = (0, None, None)
+
+
+class _Context(threading.local):
+    def __init__(self) -> None:
+        # top[0]: (span id, batch id, rank) of the innermost running stage or batch on
+        # this thread; nested spans inherit its batch id and rank. top[1]: the thread's
+        # own rank, cached while ``epoch`` is unchanged. A list, so a span costs one
+        # thread-local read; the writes are list stores.
+        self.top: list = [ROOT, _UNCACHED]
+
+
+context = _Context()
 
 # --- W3C trace context -------------------------------------------------------
 

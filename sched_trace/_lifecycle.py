@@ -1,12 +1,16 @@
-"""Process life: export what was recorded when the program ends by SIGTERM too.
+"""Process life: configured until shut down, and exported at exit, by SIGTERM too.
+
+This module owns the end of a process's tracing: :func:`flush` and :func:`shutdown`
+(the public ``sched_trace.flush``/``shutdown``), the ``atexit`` hook that runs
+``shutdown`` at interpreter exit, and the SIGTERM handler.
 
 Python's default SIGTERM action ends the process on the spot: no ``atexit``, so
 events still buffered (and the exporter processes' last frames) would be lost,
 and SIGTERM is what Kubernetes, Slurm and ``torchrun`` send. :func:`install`
 (run by :func:`sched_trace.configure`, from the main thread only) puts a handler
-in place that runs :func:`sched_trace.shutdown` within :func:`exit_timeout` and
-then ends the process as the default action would: the signal is raised again
-with the default disposition, so the exit status is the same.
+in place that runs :func:`shutdown` within :func:`exit_timeout` and then ends the
+process as the default action would: the signal is raised again with the default
+disposition, so the exit status is the same.
 
 A program with a SIGTERM handler of its own keeps it: sched-trace flushes and then
 calls it, also when the program installs it after ``configure`` (``signal.signal``
@@ -18,11 +22,16 @@ raises KeyboardInterrupt) all reach ``atexit``, where shutdown runs anyway.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import signal
 import threading
+import time
 from typing import Any, Callable, Optional, Union
+
+from . import recorder
+from ._manager import get_manager
 
 log = logging.getLogger("sched_trace")
 
@@ -30,6 +39,9 @@ DEFAULT_EXIT_TIMEOUT = 5.0
 Handler = Union[Callable[[int, Any], Any], int, None]
 
 _state: dict[str, Any] = {"installed": False, "program_handler": signal.SIG_DFL, "handling": False}
+#: Held by configure and shutdown: a process is configured (with ``config``) until shut down.
+lock = threading.RLock()
+process: dict[str, Any] = {"configured": False, "config": None, "shut_down": False}
 _original_signal = signal.signal
 _original_getsignal = signal.getsignal
 
@@ -115,13 +127,52 @@ def _on_sigterm(signum: int, frame: Any) -> Any:
 
 
 def _export_before_exit(handler: Optional[Handler]) -> None:
-    from . import api  # late: api imports this module
-
     try:
         if callable(handler):
             # The program's handler decides whether the process ends: export, stay configured.
-            api.flush(timeout=exit_timeout())
+            flush(timeout=exit_timeout())
         else:
-            api.shutdown(timeout=exit_timeout())
+            shutdown(timeout=exit_timeout())
     except Exception as exc:  # never keep the process from ending
         log.warning("sched-trace: exporting on SIGTERM failed: %r", exc)
+
+
+# --- flush and shutdown: what ends a process's tracing -------------------------
+
+
+def started(config: Any) -> None:
+    """``configure`` is done: the process is configured with ``config`` until :func:`shutdown`."""
+    install()  # SIGTERM exports before the process ends (main thread only)
+    process.update(configured=True, config=config, shut_down=False)
+
+
+def flush(timeout: float = 5.0) -> None:
+    """Ask every plugin to export what it buffered; returns within ``timeout`` (one
+    deadline shared by all plugins, each given the time left)."""
+    get_manager().call_until("sched_trace_flush", time.monotonic() + timeout)
+
+
+def shutdown(timeout: float = 5.0) -> None:
+    """Flush every exporter, then stop them, all within ``timeout`` seconds (plus a
+    fraction of a second). Safe to call twice; runs at exit and on SIGTERM too.
+
+    What cannot be delivered by then is counted in each plugin's :func:`sched_trace.stats`
+    (``abandoned``, ``unconfirmed_at_shutdown``) and never waited for.
+    """
+    with lock:
+        if process["shut_down"]:
+            return
+        process["shut_down"] = True
+        deadline = time.monotonic() + timeout
+        manager = get_manager()
+        manager.call_until("sched_trace_flush", deadline)
+        manager.call_until("sched_trace_shutdown", deadline)
+        recorder.shutdown_all(max(0.0, deadline - time.monotonic()))
+        manager.forget_config()
+        process.update(configured=False, config=None)
+        uninstall()
+
+
+@atexit.register
+def _shutdown_at_exit() -> None:
+    shutdown(timeout=exit_timeout())

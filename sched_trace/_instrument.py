@@ -1,0 +1,268 @@
+"""Decorators for code you own, ``instrument()`` for code you don't, exact undo.
+
+``instrument("pkg.mod:Class.method", ...)`` wraps the attribute with a wrapt
+``FunctionWrapper``; when ``pkg.mod`` is not imported yet, a wrapt post-import hook
+patches it the moment it is. ``uninstrument`` puts the original object back (by
+identity), or, when another wrapt wrapper was stacked on top of ours, unlinks ours
+from the chain and leaves theirs in place.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import sys
+import threading
+import warnings
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union
+
+import wrapt
+
+from . import _options
+from ._errors import ExtractorError, InstrumentationError, SchedTraceWarning
+from ._probe import Probe, watch_torch
+from ._request_probe import RequestProbe
+from ._stages import check_level, register_stage
+from ._targets import default_name, lookup, parse_target, resolve_qualname
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from ._options import RequestOptions, SpanOptions
+
+log = logging.getLogger("sched_trace")
+# wrapt 2 moved the common base of proxies and function wrappers to BaseObjectProxy.
+_PROXY = getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy)
+F = TypeVar("F", bound=Callable[..., Any])
+
+unresolved: list[str] = []
+# Set by `sched-trace run`'s bootstrap: sys.path is not complete before the program
+# starts, and the launcher has already checked that every target's package exists.
+DEFER_MISSING_MODULES = [False]
+
+
+class _BoundTraced(wrapt.BoundFunctionWrapper):
+    def __reduce_ex__(self, protocol: int) -> Any:
+        owner = self._self_instance if self._self_instance is not None else self._self_owner
+        return getattr, (owner, self.__name__)
+
+
+class Traced(wrapt.FunctionWrapper):
+    """A traced function: behaves as the original, pickles by reference like it."""
+
+    __bound_function_wrapper__ = _BoundTraced
+
+    def __init__(self, wrapped: Any, wrapper: Any, probe: Any) -> None:
+        super().__init__(wrapped, wrapper)
+        self._self_probe = probe
+
+    def __reduce_ex__(self, protocol: int) -> Any:
+        return resolve_qualname, (self.__module__, self.__qualname__)
+
+
+def _declare(name: str, level: int, kind: str, function: Any, options: dict) -> Any:
+    """Compile a declaration against its function: the probe whose wrapper is installed."""
+    check_level(level, f"level of {kind} {name!r}")
+    options = dict(options)
+    parent = options.pop("parent", None)
+    if kind == "request":
+        return RequestProbe(name, level, function, options)
+    register_stage(name, level, parent)
+    return Probe(name, level, kind, function, options)
+
+
+def _decorator(name: str, level: int, kind: str, options: dict) -> Callable[[F], F]:
+    _options.check(f"@{kind}({name!r})", kind, options)
+
+    def decorate(function: F) -> F:
+        probe = _declare(name, level, kind, function, options)
+        watch_torch()
+        return Traced(function, probe.wrapper, probe)  # type: ignore[return-value]
+
+    return decorate
+
+
+def stage(name: str, level: int = _options.DEFAULT_LEVEL["stage"],
+          **options: "Unpack[SpanOptions]") -> Callable[[F], F]:
+    """Decorate a function you own as a stage; extractors are checked right here.
+
+    Options (docs/instrument.md): ``parent``, ``microbatch``, ``batch_size``,
+    ``batch_id``, ``requests``, ``rank``, ``attrs``.
+    """
+    return _decorator(name, level, "stage", options)
+
+
+def batch(name: str, level: int = _options.DEFAULT_LEVEL["batch"],
+          **options: "Unpack[SpanOptions]") -> Callable[[F], F]:
+    """Decorate a whole scheduler step; stages inside it inherit its ``batch_id``.
+
+    Options: those of :func:`stage` but ``parent``.
+    """
+    return _decorator(name, level, "batch", options)
+
+
+# --- instrument(): patching code you do not own --------------------------------
+
+
+class Handle:
+    """One instrumented target. ``uninstrument()`` restores it exactly."""
+
+    def __init__(self, target: str, kind: str, name: str, level: int, options: dict) -> None:
+        self.target, self.kind, self.name, self.level = target, kind, name, level
+        self.options = options
+        self.module, self.path, self.key = parse_target(target)
+        self.table_key: Any = None  # the resolved key, for a dispatch-table target
+        self.state = "pending"  # pending -> active -> removed; or unresolved
+        self.owner: Any = None
+        self.original: Any = None
+        self.own_attribute = False
+        self.proxy: Optional[Traced] = None
+        self.probe: Any = None
+
+    @property
+    def active(self) -> bool:
+        return self.state == "active"
+
+    def signature(self) -> tuple:
+        return (self.kind, self.name, self.level, tuple(sorted((k, repr(v)) for k, v in self.options.items())))
+
+    def __repr__(self) -> str:
+        return f"<sched_trace.Handle {self.target} {self.kind}={self.name!r} level={self.level} {self.state}>"
+
+    def _current(self) -> Any:
+        if self.key is not None:
+            return self.owner.get(self.table_key)
+        name = self.path[-1]
+        return vars(self.owner).get(name) if isinstance(self.owner, type) else getattr(self.owner, name, None)
+
+    def _put(self, value: Any) -> None:
+        if self.key is not None:
+            self.owner[self.table_key] = value
+        else:
+            setattr(self.owner, self.path[-1], value)
+
+    def apply(self, module: Any) -> None:
+        """Patch now (module imported). Raises InstrumentationError if the target is missing."""
+        owner, original, own, table_key = lookup(self.target, module)
+        function = original.__func__ if isinstance(original, (classmethod, staticmethod)) else original
+        if not callable(function):
+            raise InstrumentationError(
+                f"cannot instrument {self.target!r}: it is a {type(original).__name__}, not a function"
+            )
+        probe = _declare(self.name, self.level, self.kind, function, self.options)
+        proxy = Traced(original, probe.wrapper, probe)
+        self.owner, self.original, self.own_attribute, self.table_key = owner, original, own, table_key
+        self._put(proxy)
+        self.proxy, self.probe, self.state = proxy, probe, "active"
+
+    def on_import(self, module: Any) -> None:
+        if self.state != "pending":
+            return
+        try:
+            self.apply(module)
+        except (InstrumentationError, ExtractorError) as exc:  # never raise out of the user's import
+            self.state = "unresolved"
+            unresolved.append(self.target)
+            log.error("%s", exc)
+            warnings.warn(str(exc), SchedTraceWarning, stacklevel=2)
+
+    def uninstrument(self) -> None:
+        """Restore the original object; a no-op when already removed."""
+        with _lock:
+            _handles.pop(self.target, None)
+            if self.state != "active":
+                self.state = "removed"
+                return
+            self.state = "removed"
+            current = self._current()
+            if current is self.proxy:
+                if self.own_attribute:
+                    self._put(self.original)
+                else:
+                    delattr(self.owner, self.path[-1])
+                return
+            # Someone wrapped our proxy: unlink ours from their chain, keep theirs.
+            outer = current
+            while isinstance(outer, _PROXY):
+                inner = object.__getattribute__(outer, "__wrapped__")
+                if inner is self.proxy:
+                    outer.__wrapped__ = self.original
+                    return
+                outer = inner
+            log.warning("sched-trace: %s was replaced by someone else; left as it is", self.target)
+
+
+_handles: dict[str, Handle] = {}
+_lock = threading.RLock()
+
+
+def instrument(
+    target: str,
+    stage: Optional[str] = None,
+    level: Optional[int] = None,
+    *,
+    kind: str = "stage",
+    **options: "Unpack[Union[SpanOptions, RequestOptions]]",
+) -> Handle:
+    """Trace ``target`` ("pkg.mod:Class.method") without editing its source.
+
+    ``kind`` is ``"stage"`` (default), ``"batch"`` or ``"request"``; the options of
+    each kind are listed in ``sched_trace._options`` and docs/instrument.md.
+    ``kind="request"`` reports a request phase at each call instead of a span (see
+    docs/vllm.md). Idempotent: instrumenting the same target again with the same
+    options returns the same handle. If the module is not imported yet, it is
+    patched on import.
+    """
+    parse_target(target)
+    _options.check(target, kind, options)
+    name = stage or default_name(target)
+    level = _options.DEFAULT_LEVEL[kind] if level is None else level
+    check_level(level, f"level of {target!r}")
+    options = {k: v for k, v in options.items() if v is not None}
+    with _lock:
+        known = _handles.get(target)
+        handle = Handle(target, kind, name, level, options)
+        if known is not None:
+            if known.signature() == handle.signature():
+                return known
+            raise InstrumentationError(
+                f"{target!r} is already instrumented as {known.kind} {known.name!r} level "
+                f"{known.level} with other options; call uninstrument({target!r}) first"
+            )
+        _patch_now_or_on_import(handle)
+        _handles[target] = handle
+    watch_torch()
+    return handle
+
+
+def _patch_now_or_on_import(handle: Handle) -> None:
+    module = sys.modules.get(handle.module)
+    if module is not None:
+        handle.apply(module)
+        return
+    # Grammar now; whether each root names a parameter once the module is imported.
+    _options.check_grammar(handle.options)
+    top = handle.module.split(".")[0]
+    if not DEFER_MISSING_MODULES[0] and importlib.util.find_spec(top) is None:
+        raise InstrumentationError(
+            f"cannot instrument {handle.target!r}: no module named {top!r} is installed "
+            f"(check the spelling, or install the package that provides it)"
+        )
+    wrapt.register_post_import_hook(handle.on_import, handle.module)
+
+
+def uninstrument(target: "str | Handle | None" = None) -> None:
+    """Undo one target (a name or a Handle), or every instrumentation when None."""
+    if isinstance(target, Handle):
+        target.uninstrument()
+        return
+    with _lock:
+        handles = list(_handles.values()) if target is None else [_handles.get(target)]
+    for handle in handles:
+        if handle is not None:
+            handle.uninstrument()
+
+
+def handles() -> list[Handle]:
+    with _lock:
+        return list(_handles.values())
