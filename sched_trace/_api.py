@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any, Iterable, Optional
 
-from . import _extract, _instrument, _lifecycle, _manager, _stages
+from . import _extract, _instrument, _lifecycle, _manager, _probe, _stages
 from . import config as _config
 from ._errors import ConfigError, InstrumentationError
 from ._manager import get_manager
@@ -91,7 +91,8 @@ def unregister(plugin: object = None, name: Optional[str] = None) -> Any:
 
 
 def stats() -> dict[str, Any]:
-    """Counters that make loss visible: plugin errors, drops, unreadable extractors."""
+    """Counters that make loss visible: plugin errors, drops, unreadable extractors; and
+    ``idle_calls``, the calls each ``keep_if`` stage dropped as idle."""
     manager = get_manager()
     per_plugin = {}
     for name, result in manager.call("sched_trace_collect_stats"):
@@ -104,6 +105,7 @@ def stats() -> dict[str, Any]:
         "plugins_quarantined": dict(manager.quarantined),
         "extract_missing": dict(_extract.missing),
         "unresolved_targets": list(_instrument.unresolved),
+        "idle_calls": {name: count for name, count in _probe.idle_calls.items() if count},
         "plugins": per_plugin,
     }
 
@@ -116,3 +118,5 @@ def reset_stats() -> None:
     manager._logged.clear()  # so an error logged before the reset is logged again
     _extract.missing.clear()
     del _instrument.unresolved[:]
+    for name in _probe.idle_calls:  # the names stay: the hot path adds to them
+        _probe.idle_calls[name] = 0

@@ -21,6 +21,7 @@ import wrapt
 from . import _options
 from ._errors import ExtractorError, InstrumentationError, SchedTraceWarning
 from ._probe import Probe, watch_torch
+from ._rank import ThreadProbe
 from ._request_probe import RequestProbe
 from ._stages import check_level, register_stage
 from ._targets import default_name, lookup, parse_target, resolve_qualname
@@ -28,7 +29,7 @@ from ._targets import default_name, lookup, parse_target, resolve_qualname
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-    from ._options import RequestOptions, SpanOptions
+    from ._options import RequestOptions, SpanOptions, ThreadOptions
 
 log = logging.getLogger("sched_trace")
 # wrapt 2 moved the common base of proxies and function wrappers to BaseObjectProxy.
@@ -60,13 +61,26 @@ class Traced(wrapt.FunctionWrapper):
         return resolve_qualname, (self.__module__, self.__qualname__)
 
 
-def _declare(name: str, level: int, kind: str, function: Any, options: dict) -> Any:
-    """Compile a declaration against its function: the probe whose wrapper is installed."""
+def _declare(name: str, level: int, kind: str, function: Any, options: dict, where: str) -> Any:
+    """Compile a declaration against its function: the probe whose wrapper is installed.
+
+    An extractor or condition that does not fit the function raises ExtractorError
+    naming ``where`` (the target, or the decorated stage), the option and the fix.
+    """
     check_level(level, f"level of {kind} {name!r}")
+    try:
+        return _compile(name, level, kind, function, options)
+    except ExtractorError as exc:
+        raise ExtractorError(f"{where}: {exc}") from None
+
+
+def _compile(name: str, level: int, kind: str, function: Any, options: dict) -> Any:
     options = dict(options)
     parent = options.pop("parent", None)
     if kind == "request":
         return RequestProbe(name, level, function, options)
+    if kind == "thread":
+        return ThreadProbe(name, level, function, options)
     register_stage(name, level, parent)
     return Probe(name, level, kind, function, options)
 
@@ -75,7 +89,7 @@ def _decorator(name: str, level: int, kind: str, options: dict) -> Callable[[F],
     _options.check(f"@{kind}({name!r})", kind, options)
 
     def decorate(function: F) -> F:
-        probe = _declare(name, level, kind, function, options)
+        probe = _declare(name, level, kind, function, options, f"@{kind}({name!r}) on {function.__qualname__}")
         watch_torch()
         return Traced(function, probe.wrapper, probe)  # type: ignore[return-value]
 
@@ -149,7 +163,7 @@ class Handle:
             raise InstrumentationError(
                 f"cannot instrument {self.target!r}: it is a {type(original).__name__}, not a function"
             )
-        probe = _declare(self.name, self.level, self.kind, function, self.options)
+        probe = _declare(self.name, self.level, self.kind, function, self.options, repr(self.target))
         proxy = Traced(original, probe.wrapper, probe)
         self.owner, self.original, self.own_attribute, self.table_key = owner, original, own, table_key
         self._put(proxy)
@@ -202,16 +216,17 @@ def instrument(
     level: Optional[int] = None,
     *,
     kind: str = "stage",
-    **options: "Unpack[Union[SpanOptions, RequestOptions]]",
+    **options: "Unpack[Union[SpanOptions, RequestOptions, ThreadOptions]]",
 ) -> Handle:
     """Trace ``target`` ("pkg.mod:Class.method") without editing its source.
 
-    ``kind`` is ``"stage"`` (default), ``"batch"`` or ``"request"``; the options of
-    each kind are listed in ``sched_trace._options`` and docs/instrument.md.
-    ``kind="request"`` reports a request phase at each call instead of a span (see
-    docs/vllm.md). Idempotent: instrumenting the same target again with the same
-    options returns the same handle. If the module is not imported yet, it is
-    patched on import.
+    ``kind`` is ``"stage"`` (default) or ``"batch"`` for a span per call;
+    ``"request"`` reports a phase of a request's life at each call (docs/vllm.md);
+    ``"thread"`` sets the calling thread's label and ranks after each call, from
+    ``thread_label`` and ``rank`` (e.g. on ``Scheduler.__init__``). The options of
+    each kind are the TypedDicts of ``sched_trace._options`` (docs/instrument.md).
+    Idempotent: instrumenting the same target again with the same options returns
+    the same handle. If the module is not imported yet, it is patched on import.
     """
     parse_target(target)
     _options.check(target, kind, options)
@@ -241,7 +256,10 @@ def _patch_now_or_on_import(handle: Handle) -> None:
         handle.apply(module)
         return
     # Grammar now; whether each root names a parameter once the module is imported.
-    _options.check_grammar(handle.options)
+    try:
+        _options.check_grammar(handle.options)
+    except ExtractorError as exc:
+        raise ExtractorError(f"{handle.target!r}: {exc}") from None
     top = handle.module.split(".")[0]
     if not DEFER_MISSING_MODULES[0] and importlib.util.find_spec(top) is None:
         raise InstrumentationError(

@@ -17,8 +17,10 @@ from ._events import REQUEST_PHASES
 
 #: A string in the extractor grammar (see ``_extract``), or ``(instance, args, kwargs) -> value``.
 Extractor = Union[str, Callable[[Any, tuple, dict], Any]]
-#: A string in the condition grammar (see ``_extract``).
-Condition = str
+#: A string in the condition grammar (see ``_extract``), or a callable returning a truth value.
+Condition = Union[str, Callable[..., Any]]
+#: Attribute name -> extractor, or ``"EXPR if CONDITION"`` (absent when the condition is false).
+Attributes = Mapping[str, Extractor]
 
 
 class SpanOptions(TypedDict, total=False):
@@ -30,7 +32,8 @@ class SpanOptions(TypedDict, total=False):
     batch_id: Extractor
     requests: Extractor  # the batch's requests: exporters record their ids, off the hot path
     rank: Mapping[str, Extractor]  # per-call rank keys (pp_rank ...)
-    attrs: Mapping[str, Extractor]
+    attrs: Attributes
+    keep_if: Condition  # decided after the call: a span only for work, idle calls counted
 
 
 class RequestOptions(TypedDict, total=False):
@@ -44,27 +47,37 @@ class RequestOptions(TypedDict, total=False):
     status: Extractor
     aborted_statuses: Sequence[str]
     rank: Mapping[str, Extractor]
-    attrs: Mapping[str, Extractor]
+    attrs: Attributes
 
 
-KINDS: dict[str, type] = {"stage": SpanOptions, "batch": SpanOptions, "request": RequestOptions}
+class ThreadOptions(TypedDict, total=False):
+    """Options of ``instrument(kind="thread")``: the calling thread's identity, set after the call."""
+
+    thread_label: str
+    rank: Mapping[str, Extractor]
+
+
+KINDS: dict[str, type] = {"stage": SpanOptions, "batch": SpanOptions, "request": RequestOptions,
+                          "thread": ThreadOptions}
 #: Options a kind refuses although its TypedDict lists them.
 _REFUSED = {"batch": frozenset({"parent"})}
-DEFAULT_LEVEL = {"stage": 2, "batch": 1, "request": 1}  # SGLang's tiers: 1 = request phases
+# SGLang's tiers: 1 = request phases. A thread declaration has no level: it always applies.
+DEFAULT_LEVEL = {"stage": 2, "batch": 1, "request": 1, "thread": 0}
 
 
 def _role(annotation: Any) -> str:
     text = getattr(annotation, "__forward_arg__", annotation)
     return {"Extractor": "extractor", "Condition": "condition", "Mapping[str, Extractor]": "mapping",
-            "str": "text", "Sequence[str]": "texts"}[text]
+            "Attributes": "attributes", "str": "text", "Sequence[str]": "texts"}[text]
 
 
-#: option -> role: extractor, condition, mapping (of extractors), text, texts (list of strings).
+#: option -> role: extractor, condition, mapping (of extractors), attributes (extractors, each
+#: maybe conditional), text, texts (list of strings).
 ROLES: dict[str, str] = {
     name: _role(annotation) for options in KINDS.values() for name, annotation in options.__annotations__.items()
 }
 #: The TOML type of each role.
-TOML_TYPES = {"extractor": str, "condition": str, "mapping": dict, "text": str, "texts": list}
+TOML_TYPES = {"extractor": str, "condition": str, "mapping": dict, "attributes": dict, "text": str, "texts": list}
 
 
 def options_of(kind: str) -> tuple[str, ...]:
@@ -89,7 +102,7 @@ def check(target: str, kind: str, options: Mapping[str, Any]) -> None:
             f"takes {', '.join(allowed)}"
         )
     if wrong:
-        owners = sorted(k for k in KINDS if all(key in options_of(k) for key in wrong))
+        owners = [k for k in KINDS if all(key in options_of(k) for key in wrong)]
         raise InstrumentationError(
             f"{target!r}: {', '.join(wrong)} only apply to kind={' or '.join(map(repr, owners))} "
             f"(this target is kind={kind!r})"
@@ -132,6 +145,8 @@ def check_grammar(options: Mapping[str, Any], params: "_extract.Parameters | Non
         if role == "extractor":
             _extract.parse(value, name, params)
         elif role == "condition":
-            _extract.parse_condition(value, params)
+            _extract.parse_condition(value, name, params, after_call=name == "keep_if")
         elif role == "mapping":
             _extract.parse_mapping(value, name, params)
+        elif role == "attributes":
+            _extract.parse_attributes(value, params)

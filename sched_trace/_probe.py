@@ -7,6 +7,12 @@ same gate (:func:`gated`): one comparison when the level is off, and no tracing
 while ``torch.compile`` traces. Past the gate, plain functions run
 :meth:`Probe._sync_traced` (begin and finish inlined: it is the common case) and
 the others run :meth:`Probe.begin` / :meth:`Probe.finish` around their body.
+
+A probe with ``keep_if`` decides after the call whether the call did work. Until
+then, the events of spans inside it wait in a list (the context's ``sink``). Kept,
+it delivers its start event (late, with its true start time), theirs, and its end
+event; dropped, it fires no hook, is counted in :data:`idle_calls`, and the spans
+inside it are delivered as children of the span around it.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ _tuple_new = tuple.__new__
 _context = _rank.context
 # torch.compiler.is_compiling once torch is imported (see watch_torch).
 compiling: list[Optional[Callable[[], bool]]] = [None]
+#: Calls dropped by keep_if, per stage name (``sched_trace.stats()["idle_calls"]``).
+idle_calls: dict[str, int] = {}
 
 Wrapper = Callable[[Any, Any, tuple, dict], Any]
 
@@ -62,12 +70,40 @@ def kind_of(function: Optional[Callable[..., Any]]) -> str:
     return "sync"
 
 
+def attributes_reader(attrs: tuple) -> Optional[Callable[[Any, tuple, dict], Mapping[str, Any]]]:
+    """``(instance, args, kwargs) -> attrs`` for parsed attributes; None when there are none."""
+    if not attrs:
+        return None
+    if all(condition is None for _, _, condition in attrs):
+        plain = tuple((key, read) for key, read, _ in attrs)
+        return lambda instance, args, kwargs: {key: read(instance, args, kwargs) for key, read in plain}
+
+    def read_attributes(instance: Any, args: tuple, kwargs: dict) -> Mapping[str, Any]:
+        found = {}
+        for key, read, condition in attrs:
+            if condition is None or condition(instance, args, kwargs):
+                found[key] = read(instance, args, kwargs)
+        return found or NO_ATTRS
+
+    return read_attributes
+
+
+def _adopted(event: Any, dropped: int, parent: int, dropped_batch: Any, batch: Any) -> Any:
+    """``event`` with a dropped keep_if span taken out: its children go to the span around it."""
+    changes = {}
+    if getattr(event, "parent_id", None) == dropped:
+        changes["parent_id"] = parent
+    if dropped_batch is not None and event.batch_id == dropped_batch and dropped_batch != batch:
+        changes["batch_id"] = batch
+    return event._replace(**changes) if changes else event
+
+
 class Probe:
     """A compiled stage or batch declaration: name, level, kind and extractors."""
 
     __slots__ = (
-        "name", "level", "kind", "microbatch", "batch_size", "batch_id", "rank_keys",
-        "attrs", "event_type", "start_index", "end_index", "wrapper", "is_batch", "manager",
+        "name", "level", "kind", "microbatch", "batch_size", "batch_id", "rank_keys", "attrs", "read_attrs",
+        "keep", "event_type", "start_index", "end_index", "wrapper", "is_batch", "manager",
     )
 
     def __init__(self, name: str, level: int, kind: str, function: Optional[Callable[..., Any]],
@@ -86,16 +122,26 @@ class Probe:
         attr_specs = dict(options.get("attrs") or {})
         if options.get("requests") is not None:
             attr_specs["requests"] = options["requests"]
-        self.attrs = _extract.parse_mapping(attr_specs or None, "attrs", params)
-        body = {"sync": self._sync_traced, "generator": self._gen_traced, "coroutine": self._async_traced,
+        self.attrs = _extract.parse_attributes(attr_specs or None, params)
+        self.read_attrs = attributes_reader(self.attrs)
+        self.keep = _extract.parse_condition(options.get("keep_if"), "keep_if", params, after_call=True)
+        if self.keep is not None:
+            idle_calls.setdefault(name, 0)
+        body = {"sync": self._sync_traced if self.keep is None else self._sync_kept,
+                "generator": self._gen_traced, "coroutine": self._async_traced,
                 "async_generator": self._async_gen_traced}[kind_of(function)]
         self.wrapper = gated(level, body())
 
-    # --- begin/finish: every kind but the inlined sync path ---------------------
+    # --- the fields of an event, and delivering them --------------------------
 
-    def begin(self, instance: Any, args: tuple, kwargs: dict) -> tuple:
-        """Fire the start event; returns the fields the end event reuses."""
-        parent, previous_batch, rank = _context.top[0]
+    def fields(self, instance: Any, args: tuple, kwargs: dict, start_ns: int) -> tuple:
+        """A start event's fields: the thread's context, the ids, the extractors' values."""
+        parent, previous_batch, rank, _ = _context.top[0]
+        rank, batch_id = self.identity(instance, args, kwargs, rank, previous_batch)
+        return self.event_fields(instance, args, kwargs, start_ns, rank, batch_id, _next_span_id(), parent)
+
+    def identity(self, instance: Any, args: tuple, kwargs: dict, rank: Any, previous_batch: Any) -> tuple:
+        """(rank, batch id) of a call, given the enclosing span's rank and batch id."""
         if rank is None:  # a span without rank keys of its own takes the enclosing span's
             rank = _rank.current()
         if self.rank_keys:
@@ -103,28 +149,51 @@ class Probe:
                 rank, tuple((key, read(instance, args, kwargs)) for key, read in self.rank_keys)
             )
         if self.batch_id is not None:
-            batch_id = self.batch_id(instance, args, kwargs)
-        else:
-            batch_id = _next_batch_id() if self.is_batch else previous_batch
-        fields = (
-            self.name, self.level, monotonic_ns() + _clock._offset_ns, None, rank,
+            return rank, self.batch_id(instance, args, kwargs)
+        return rank, (_next_batch_id() if self.is_batch else previous_batch)
+
+    def event_fields(self, instance: Any, args: tuple, kwargs: dict, start_ns: int, rank: Any, batch_id: Any,
+                     span_id: int, parent: int) -> tuple:
+        return (
+            self.name, self.level, start_ns, None, rank,
             self.microbatch(instance, args, kwargs) if self.microbatch is not None else None,
             batch_id,
             self.batch_size(instance, args, kwargs) if self.batch_size is not None else None,
-            {key: read(instance, args, kwargs) for key, read in self.attrs} if self.attrs else NO_ATTRS,
-            None, _next_span_id(), parent,
+            self.read_attrs(instance, args, kwargs) if self.read_attrs is not None else NO_ATTRS,
+            None, span_id, parent,
         )
-        calls = self.manager.event_calls[self.start_index]
+
+    def fire(self, index: int, fields: tuple) -> None:
+        calls = self.manager.event_calls[index]
         if calls:
             self.manager.fire(calls, _tuple_new(self.event_type, fields))
+
+    def begin(self, instance: Any, args: tuple, kwargs: dict) -> Any:
+        """Generators and coroutines, at the start: fire the start event (keep_if: note the time).
+
+        They interleave with other code, so they are never the parent of other spans and
+        deliver their events at once, whatever encloses them.
+        """
+        start_ns = monotonic_ns() + _clock._offset_ns
+        if self.keep is not None:
+            return start_ns
+        fields = self.fields(instance, args, kwargs, start_ns)
+        self.fire(self.start_index, fields)
         return fields
 
-    def finish(self, fields: tuple, error: Optional[BaseException]) -> None:
+    def finish(self, token: Any, instance: Any, args: tuple, kwargs: dict, error: Optional[BaseException],
+               result: Any = None) -> None:
+        """Generators and coroutines, at the end: fire the end event (keep_if: both, if it did work)."""
         end_ns = monotonic_ns() + _clock._offset_ns
-        calls = self.manager.event_calls[self.end_index]
-        if calls:
-            self.manager.fire(calls, _tuple_new(self.event_type, fields[:3] + (end_ns,) + fields[4:9] + (error,)
-                                                + fields[10:]))
+        if self.keep is None:
+            fields = token
+        elif error is None and not self.keep(instance, args, kwargs, result):
+            idle_calls[self.name] += 1
+            return
+        else:  # kept: an error is never idle
+            fields = self.fields(instance, args, kwargs, token)
+            self.fire(self.start_index, fields)
+        self.fire(self.end_index, fields[:3] + (end_ns,) + fields[4:9] + (error,) + fields[10:])
 
     # --- the traced bodies, one per kind of function ----------------------------
 
@@ -132,9 +201,9 @@ class Probe:
     def _sync_traced(self) -> Wrapper:
         name, level, kind, is_batch, event_type = self.name, self.level, self.kind, self.is_batch, self.event_type
         microbatch, batch_size, batch_id_of, rank_keys = self.microbatch, self.batch_size, self.batch_id, self.rank_keys
-        attrs = self.attrs or None
-        # One attribute (usually ``requests``) is the common case: no loop, no comprehension frame.
-        attr_key, attr_read = self.attrs[0] if len(self.attrs) == 1 else (None, None)
+        read_attrs = self.read_attrs
+        # One plain attribute (usually ``requests``) is the common case: no loop, no comprehension frame.
+        attr_key, attr_read = self.attrs[0][:2] if len(self.attrs) == 1 and self.attrs[0][2] is None else (None, None)
         calls_of, start_index, end_index = self.manager.event_calls, self.start_index, self.end_index
         count_error, context = self.manager._count_error, _context
         current_with_epoch, rank_epoch, with_overrides = _rank.current_with_epoch, _rank.epoch, _rank.with_overrides
@@ -143,7 +212,7 @@ class Probe:
         def traced(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
             cell = context.top
             top = cell[0]
-            parent, previous_batch, rank = top
+            parent, previous_batch, rank, sink = top
             if rank is None:
                 rank, epoch = cell[1]
                 if epoch != rank_epoch[0]:
@@ -158,22 +227,23 @@ class Probe:
             start_ns = monotonic_ns() + _clock._offset_ns
             mb = microbatch(instance, args, kwargs) if microbatch is not None else None
             size = batch_size(instance, args, kwargs) if batch_size is not None else None
-            if attrs is None:
-                extra = NO_ATTRS
-            elif attr_key is not None:
+            if attr_key is not None:
                 extra = {attr_key: attr_read(instance, args, kwargs)}
             else:
-                extra = {key: read(instance, args, kwargs) for key, read in attrs}
+                extra = read_attrs(instance, args, kwargs) if read_attrs is not None else NO_ATTRS
             calls = calls_of[start_index]
             if calls:
                 event = _tuple_new(event_type, (name, level, start_ns, None, rank, mb, batch_id, size, extra,
                                                 None, span_id, parent))
-                for function, owner in calls:
-                    try:
-                        function(event)
-                    except Exception as exc:
-                        count_error(owner, kind, exc)
-            cell[0] = (span_id, batch_id if is_batch else previous_batch, rank)
+                if sink is not None:  # inside an undecided keep_if span: wait for its decision
+                    sink.append((start_index, event))
+                else:
+                    for function, owner in calls:
+                        try:
+                            function(event)
+                        except Exception as exc:
+                            count_error(owner, kind, exc)
+            cell[0] = (span_id, batch_id if is_batch else previous_batch, rank, sink)
             error = None
             try:
                 return wrapped(*args, **kwargs) if kwargs else wrapped(*args)
@@ -187,29 +257,82 @@ class Probe:
                 if calls:
                     event = _tuple_new(event_type, (name, level, start_ns, end_ns, rank, mb, batch_id, size, extra,
                                                     error, span_id, parent))
-                    for function, owner in calls:
-                        try:
-                            function(event)
-                        except Exception as exc:
-                            count_error(owner, kind, exc)
+                    if sink is not None:
+                        sink.append((end_index, event))
+                    else:
+                        for function, owner in calls:
+                            try:
+                                function(event)
+                            except Exception as exc:
+                                count_error(owner, kind, exc)
                 error = event = None  # no frame -> exception -> traceback -> frame cycle
 
         return traced
+
+    def _sync_kept(self) -> Wrapper:
+        """keep_if on a plain function: the call, the decision, then the events (see above)."""
+        keep, decided, identity, context = self.keep, self._decided, self.identity, _context
+
+        def traced(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+            cell = context.top
+            top = cell[0]
+            rank, batch_id = identity(instance, args, kwargs, top[2], top[1])
+            span = (_next_span_id(), batch_id, rank, monotonic_ns() + _clock._offset_ns)
+            pending: list = []
+            cell[0] = (span[0], batch_id, rank, pending)  # what runs inside waits in ``pending``
+            result = error = None
+            try:
+                result = wrapped(*args, **kwargs) if kwargs else wrapped(*args)
+                return result
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                cell[0] = top
+                kept = error is not None or keep(instance, args, kwargs, result)  # an error is never idle
+                decided(kept, top, span, pending, instance, args, kwargs, error)
+                error = result = None  # no frame -> exception -> traceback -> frame cycle
+
+        return traced
+
+    def _decided(self, kept: bool, top: tuple, span: tuple, pending: list, instance: Any, args: tuple,
+                 kwargs: dict, error: Optional[BaseException]) -> None:
+        """Deliver a decided keep_if span (kept: with what ran inside it; dropped: only that)."""
+        end_ns = monotonic_ns() + _clock._offset_ns
+        span_id, batch_id, rank, start_ns = span
+        parent, previous_batch, _, sink = top
+        if kept:
+            fields = self.event_fields(instance, args, kwargs, start_ns, rank, batch_id, span_id, parent)
+            pending.insert(0, (self.start_index, _tuple_new(self.event_type, fields)))
+            pending.append((self.end_index, _tuple_new(self.event_type, fields[:3] + (end_ns,) + fields[4:9]
+                                                         + (error,) + fields[10:])))
+        else:
+            idle_calls[self.name] += 1
+            pending = [(index, _adopted(event, span_id, parent, batch_id, previous_batch))
+                       for index, event in pending]
+        if sink is not None:  # this span is itself inside an undecided one
+            sink.extend(pending)
+            return
+        calls_of, fire = self.manager.event_calls, self.manager.fire
+        for index, event in pending:
+            calls = calls_of[index]
+            if calls:
+                fire(calls, event)
 
     def _gen_traced(self) -> Wrapper:
         begin, finish = self.begin, self.finish
 
         def traced(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-            fields = begin(instance, args, kwargs)
+            token = begin(instance, args, kwargs)
             try:
                 result = yield from wrapped(*args, **kwargs)
             except GeneratorExit:
-                finish(fields, None)
+                finish(token, instance, args, kwargs, None)
                 raise
             except BaseException as exc:
-                finish(fields, exc)
+                finish(token, instance, args, kwargs, exc)
                 raise
-            finish(fields, None)
+            finish(token, instance, args, kwargs, None, result)
             return result
 
         return traced
@@ -218,13 +341,13 @@ class Probe:
         begin, finish = self.begin, self.finish
 
         async def traced(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-            fields = begin(instance, args, kwargs)
+            token = begin(instance, args, kwargs)
             try:
                 result = await wrapped(*args, **kwargs)
             except BaseException as exc:
-                finish(fields, exc)
+                finish(token, instance, args, kwargs, exc)
                 raise
-            finish(fields, None)
+            finish(token, instance, args, kwargs, None, result)
             return result
 
         return traced
@@ -233,7 +356,7 @@ class Probe:
         begin, finish = self.begin, self.finish
 
         async def traced(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-            fields = begin(instance, args, kwargs)
+            token = begin(instance, args, kwargs)
             error: Optional[BaseException] = None
             try:
                 async for item in wrapped(*args, **kwargs):
@@ -244,7 +367,7 @@ class Probe:
                 error = exc
                 raise
             finally:
-                finish(fields, error)
+                finish(token, instance, args, kwargs, error)
 
         return traced
 

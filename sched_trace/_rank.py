@@ -8,15 +8,19 @@ and ``torch.distributed`` once it is initialised (never imported from here).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
 import sys
 import threading
 from time import monotonic_ns
-from typing import Any, Optional
+from typing import Any, Callable, Mapping, Optional
 
+from . import _extract
 from ._events import RankInfo
+
+log = logging.getLogger("sched_trace")
 
 _local = threading.local()
 _UNCACHED = (None, -1)  # an epoch that never matches: take the checked path
@@ -89,11 +93,16 @@ def set_thread_info(
     dp_rank: Optional[int] = None,
     **extra: Any,
 ) -> RankInfo:
-    """Name the calling thread's role and ranks; every later event on it carries them."""
+    """Name the calling thread's role and ranks; every later event on it carries them.
+
+    A rank left out (or None) is taken from the environment, as for a thread never named.
+    """
     if not isinstance(thread_label, str) or not thread_label:
         raise ValueError(f"thread_label must be a non-empty string, got {thread_label!r}")
-    info = detect(thread_label, tp_rank=tp_rank, pp_rank=pp_rank, dp_rank=dp_rank, **extra)
-    _local.explicit = (thread_label, dict(tp_rank=tp_rank, pp_rank=pp_rank, dp_rank=dp_rank, **extra))
+    ranks = {key: value for key, value in dict(tp_rank=tp_rank, pp_rank=pp_rank, dp_rank=dp_rank, **extra).items()
+             if value is not None}
+    info = detect(thread_label, **ranks)
+    _local.explicit = (thread_label, ranks)
     epoch[0] += 1
     _remember(info)
     return info
@@ -177,20 +186,53 @@ os.register_at_fork(after_in_child=refresh)
 
 # --- what the thread is doing: shared by the stage and request probes ---------
 
-#: (span id, batch id, rank) outside any span: no parent, no batch, the thread's own rank.
-ROOT: tuple = (0, None, None)
+#: (span id, batch id, rank, sink) outside any span: no parent, no batch, the thread's own
+#: rank, and events delivered at once.
+ROOT: tuple = (0, None, None, None)
 
 
 class _Context(threading.local):
     def __init__(self) -> None:
-        # top[0]: (span id, batch id, rank) of the innermost running stage or batch on
-        # this thread; nested spans inherit its batch id and rank. top[1]: the thread's
-        # own rank, cached while ``epoch`` is unchanged. A list, so a span costs one
-        # thread-local read; the writes are list stores.
+        # top[0]: (span id, batch id, rank, sink) of the innermost running stage or batch
+        # on this thread; nested spans inherit its batch id and rank. ``sink`` is None, or
+        # the list that holds the events of spans inside a keep_if span until it is decided.
+        # top[1]: the thread's own rank, cached while ``epoch`` is unchanged. A list, so a
+        # span costs one thread-local read; the writes are list stores.
         self.top: list = [ROOT, _UNCACHED]
 
 
 context = _Context()
+
+# --- kind="thread": the identity set from the program's own objects --------------
+
+
+class ThreadProbe:
+    """A compiled ``kind="thread"`` declaration: after each call of the wrapped function
+    (``Scheduler.__init__``, say) the calling thread's label and ranks are set from its
+    extractors, as :func:`set_thread_info` would; later events on the thread pay nothing."""
+
+    __slots__ = ("name", "level", "kind", "wrapper")
+
+    def __init__(self, name: str, level: int, function: Optional[Callable[..., Any]],
+                 options: Mapping[str, Any]) -> None:
+        params = _extract.Parameters(function)
+        self.name, self.level, self.kind = name, level, "thread"
+        label = options.get("thread_label")
+        rank_keys = _extract.parse_mapping(options.get("rank"), "rank", params)
+
+        def wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+            result = wrapped(*args, **kwargs) if kwargs else wrapped(*args)
+            try:
+                ranks = {key: read(instance, args, kwargs) for key, read in rank_keys}
+                owner = instance if isinstance(instance, type) else type(instance)
+                set_thread_info(label or (owner.__name__ if instance is not None else current().thread_label),
+                                **ranks)
+            except Exception as exc:  # a rank value set_thread_info refuses must not break the program
+                log.warning("sched-trace: %s could not set this thread's identity: %r", name, exc)
+            return result
+
+        self.wrapper = wrapper
+
 
 # --- W3C trace context -------------------------------------------------------
 

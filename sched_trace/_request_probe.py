@@ -17,22 +17,23 @@ from ._errors import InstrumentationError
 from ._events import NO_ATTRS, REQUEST_PHASES, RequestEvent
 from ._manager import REQUEST, get_manager
 from ._options import DEFAULT_LEVEL
-from ._probe import gated
+from ._probe import attributes_reader, gated
 from ._stages import LEVEL
 
 DEFAULT_REQUEST_LEVEL = DEFAULT_LEVEL["request"]
 _tuple_new = tuple.__new__
 
 
-def thread_rank_and_batch() -> tuple[Any, Optional[int]]:
-    """The rank and batch id of the innermost span open on this thread (else the thread's own)."""
+def thread_context() -> tuple[Any, Optional[int], Optional[list]]:
+    """The calling thread's own rank (never an enclosing span's: rank identity belongs to
+    the thread), the batch id of the innermost span open on it, and where its events go
+    (a list while an enclosing keep_if span is undecided, else None: fire at once)."""
     cell = _rank.context.top
-    _, batch_id, rank = cell[0]
-    if rank is None:
-        rank, epoch = cell[1]
-        if epoch != _rank.epoch[0]:
-            cell[1] = rank, epoch = _rank.current_with_epoch()
-    return rank, batch_id
+    rank, epoch = cell[1]
+    if epoch != _rank.epoch[0]:
+        cell[1] = rank, epoch = _rank.current_with_epoch()
+    top = cell[0]
+    return rank, top[1], top[3]
 
 
 class RequestProbe:
@@ -53,8 +54,8 @@ class RequestProbe:
             _extract.parse(options.get("prompt_tokens"), "prompt_tokens", params),
             _extract.parse(options.get("output_tokens"), "output_tokens", params),
             _extract.parse_mapping(options.get("rank"), "rank", params),
-            _extract.parse_mapping(attr_specs or None, "attrs", params),
-            _extract.parse_condition(options.get("when"), params),
+            attributes_reader(_extract.parse_attributes(attr_specs or None, params)),
+            _extract.parse_condition(options.get("when"), "when", params),
             frozenset(options.get("aborted_statuses") or ()),
         )
         self.wrapper = self._make_wrapper(level)
@@ -75,30 +76,27 @@ def _emitter(
     prompt_tokens: Optional[_extract.Extractor],
     output_tokens: Optional[_extract.Extractor],
     rank_keys: tuple,
-    attrs: tuple,
-    condition: tuple[Optional[_extract.Extractor], bool],
+    read_attrs: Optional[Callable[[Any, tuple, dict], Mapping[str, Any]]],
+    when: Optional[_extract.Condition],
     aborted: frozenset,
 ) -> Callable[[Any, tuple, dict], None]:
     """The per-call work, closed over everything it reads: no attribute lookups per call."""
     manager = get_manager()
     calls_of, count_error = manager.event_calls, manager._count_error
-    when, negate = condition
 
     def emit(instance: Any, args: tuple, kwargs: dict) -> None:
         calls = calls_of[REQUEST]
         if not calls:
             return
-        if when is not None:
-            value = when(instance, args, kwargs)
-            if value is None or (not value) != negate:
-                return
+        if when is not None and not when(instance, args, kwargs):
+            return
         rid = request_id(instance, args, kwargs)
         if rid is None:
             return  # unreadable: counted in stats()['extract_missing'] by the extractor
-        rank, batch_id = thread_rank_and_batch()
+        rank, batch_id, sink = thread_context()
         if rank_keys:
             rank = _rank.with_overrides(rank, tuple((key, read(instance, args, kwargs)) for key, read in rank_keys))
-        extra = {key: read(instance, args, kwargs) for key, read in attrs} if attrs else NO_ATTRS
+        extra = read_attrs(instance, args, kwargs) if read_attrs is not None else NO_ATTRS
         this_phase = "aborted" if aborted and str(extra.get("status")) in aborted else phase
         event = _tuple_new(RequestEvent, (
             this_phase,
@@ -110,6 +108,9 @@ def _emitter(
             batch_id,
             extra,
         ))
+        if sink is not None:  # inside an undecided keep_if span: wait for its decision
+            sink.append((REQUEST, event))
+            return
         for function, owner in calls:
             try:
                 function(event)
@@ -137,10 +138,13 @@ def request_event(
     calls = get_manager().event_calls[REQUEST]
     if not calls or DEFAULT_REQUEST_LEVEL > LEVEL.active:
         return
-    rank, batch_id = thread_rank_and_batch()
+    rank, batch_id, sink = thread_context()
     event = _tuple_new(RequestEvent, (
         phase, monotonic_ns() + _clock._offset_ns,
         request_id if request_id.__class__ is str else str(request_id),
         rank, prompt_tokens, output_tokens, batch_id, attrs or NO_ATTRS,
     ))
-    get_manager().fire(calls, event)
+    if sink is not None:
+        sink.append((REQUEST, event))
+    else:
+        get_manager().fire(calls, event)

@@ -10,11 +10,12 @@ Every error names the file, the key and the value, and says what would be right:
     [[instrument]]
     target = "engine.scheduler:Scheduler.run_batch"
     stage = "run_batch_cpu"        # default: the attribute's name
-    kind = "stage"                 # or "batch"
+    kind = "stage"                 # or "batch", "request", "thread"
     level = 4
     microbatch = "mb_id"
     batch_size = "len(batch.reqs)"
     rank = { pp_rank = "self.pp_rank" }
+    keep_if = "result is not None" # a span only when the call did work
 
     [plugins.otel]                 # each plugin reads its own table
     file = "traces/"
@@ -143,8 +144,8 @@ def _target_specs(entries: list, source: str) -> list[TargetSpec]:
         except InstrumentationError as exc:
             raise ConfigError(str(exc), source=source, key=f"{where}.target") from None
         if entry.get("kind", "stage") not in _options.KINDS:
-            raise ConfigError(f"{entry['kind']!r} must be 'stage' or 'batch', or 'request' for request events",
-                              source=source, key=f"{where}.kind")
+            raise ConfigError(f"{entry['kind']!r} must be 'stage' or 'batch' (spans), 'request' (request "
+                              f"events) or 'thread' (the thread's identity)", source=source, key=f"{where}.kind")
         options = {k: v for k, v in entry.items() if k not in ("target", "stage", "kind", "level")}
         try:
             _options.check(entry["target"], entry.get("kind", "stage"), options)

@@ -39,7 +39,7 @@ _GRAVITY = (NOT_INSTALLED, IMPORT_FAILED, MISSING, SIGNATURE, PARAMETER, ATTRIBU
 #: Options whose values are extractors or conditions (strings in a TOML profile).
 # From the one option list: extractors and conditions are strings of the grammar; mappings hold them.
 EXTRACTOR_KEYS = tuple(name for name, role in _options.ROLES.items() if role in ("extractor", "condition"))
-MAPPING_KEYS = tuple(name for name, role in _options.ROLES.items() if role == "mapping")
+MAPPING_KEYS = tuple(name for name, role in _options.ROLES.items() if role in ("mapping", "attributes"))
 
 
 @dataclass

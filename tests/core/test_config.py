@@ -84,7 +84,7 @@ def test_extractor_naming_an_unknown_parameter_fails_at_configure(tmp_path):
         target = "tests.core.sample_scheduler:Scheduler.run_batch"
         microbatch = "micro_batch"
     """)
-    with pytest.raises(sched_trace.ConfigError, match=r"\[instrument\[0\]\] microbatch='micro_batch'"):
+    with pytest.raises(sched_trace.ConfigError, match=r"\[instrument\[0\]\] 'tests.core.sample_scheduler:Scheduler.run_batch': microbatch='micro_batch'"):
         sched_trace.configure(config=path, autoload=False)
 
 
