@@ -25,7 +25,7 @@ _COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
 
 
 def _events(count: int) -> list:
-    from sched_trace.events import NO_ATTRS, BatchEvent, RankInfo, StageEvent
+    from sched_trace._events import NO_ATTRS, BatchEvent, RankInfo, StageEvent
 
     rank = RankInfo("host", 1, 2, "Scheduler", tp_rank=0, pp_rank=0, dp_rank=0)
     events, span_id = [], 1

@@ -138,7 +138,7 @@ class Cases:
 
     def traced(self, level: Optional[int], plugin: Optional[str] = None) -> None:
         import sched_trace
-        from sched_trace.plugins import get_manager
+        from sched_trace._manager import get_manager
 
         self._unmeter()
         sched_trace.configure(level=level, profile=self.profile, config=self.config)  # level None: the default
@@ -249,7 +249,7 @@ def replay(calls: dict[str, tuple[Any, tuple, dict]], n: int = 500, repeats: int
     (warm caches), the wrapped function a no-op, less a passthrough wrapper's time."""
     import statistics
 
-    from sched_trace.instrument import handles
+    from sched_trace._instrument import handles
 
     wrappers = {h.target: h.probe.wrapper for h in handles() if h.active}
     warm = {}

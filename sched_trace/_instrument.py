@@ -27,7 +27,7 @@ from ._stages import check_level, register_stage
 from ._targets import default_name, lookup, parse_target, resolve_qualname
 
 if TYPE_CHECKING:
-    from typing_extensions import Unpack
+    from typing import Unpack  # 3.11+; only type checkers read this, never the runtime
 
     from ._options import RequestOptions, SpanOptions, ThreadOptions
 

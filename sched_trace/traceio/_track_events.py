@@ -25,6 +25,7 @@ _ANNOTATION_TAG, _TYPE_TAG, _UUID_TAG = 0x22, 0x48, 0x58
 _CATEGORY_TAG, _NAME_TAG, _FLOW_TAG = (0xB2, 0x01), (0xBA, 0x01), (0xF9, 0x02)
 
 
+# long: one vectorised pass over the known track event fields, each a few numpy lines
 def scan_track_events(buf: WireBuffer, starts: np.ndarray, ends: np.ndarray) -> Fields:
     """What ``scan_fields(buf, starts, ends, EVENT, SLOTS, repeated=(4, 22))`` gives, faster."""
     count = starts.size

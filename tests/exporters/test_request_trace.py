@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from sched_trace import ConfigError
-from sched_trace.events import RankInfo
+from sched_trace._events import RankInfo
 from sched_trace.export import RequestOwner, rank_span_id, request_trace, run_id
 
 TP = "00-0000000000000000000000000000abcd-00000000000000ef-01"
