@@ -130,13 +130,23 @@ def test_a_killed_exporter_process_is_restarted_and_its_loss_counted(otlp, recei
     assert wait_until(lambda: len(receiver.microbatches()) + plugin.sched_trace_collect_stats()["lost_in_exporter"] == sent)
     # Killed mid-traffic: what arrived is never duplicated, and the loss counted covers the rest.
     record(sent, 3000)
-    os.kill(plugin.sched_trace_collect_stats()["exporter_pid"], signal.SIGKILL)
-    record(sent + 3000, 1000)
+    pid = plugin.sched_trace_collect_stats()["exporter_pid"]
+    os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: dead(pid))
+    after = sent + 3000
+    for _ in range(20):  # as above: what is written before the death is seen may be lost
+        record(after, 1000)
+        after += 1000
+        sched_trace.flush(timeout=30)
+        if plugin.sched_trace_collect_stats()["exporter_restarts"] == 2:
+            break
+    assert plugin.sched_trace_collect_stats()["exporter_restarts"] == 2
+    record(after, 1000)
     sched_trace.shutdown(timeout=30)
     stats = plugin.sched_trace_collect_stats()
     arrived = receiver.microbatches()
-    recorded = sent + 4000
+    recorded = after + 1000
     assert len(arrived) == len(set(arrived)) and set(arrived) <= set(range(recorded))
     assert stats["sent"] + stats["failed"] + stats["abandoned"] + stats["dropped"] == recorded
     assert len(arrived) + stats["lost_in_exporter"] + stats["failed"] >= recorded
-    assert set(range(sent + 3000, recorded)) <= set(arrived)  # the restarted child got the rest
+    assert set(range(after, recorded)) <= set(arrived)  # the restarted child got all that came after
