@@ -56,6 +56,15 @@ class Scheduler:
         batch_size="len(batch.reqs)", requests="batch.rids",
     )(run_batch)
 
+    def poll(self, batch: Batch, mb_id: int) -> None:
+        return None
+
+    # A busy-poll that finds nothing to do: keep_if drops it (counted, no event).
+    poll_idle = sched_trace.stage(
+        "bench_poll", level=4, microbatch="mb_id", batch_size="len(batch.reqs)", requests="batch.rids",
+        keep_if="result is not None",
+    )(poll)
+
 def _loop_bare(scheduler: Scheduler, batch: Batch, n: int) -> None:
     for i in range(n):
         scheduler.run_batch(batch, i)
@@ -80,7 +89,7 @@ LOOPS = {"bare": _loop_bare, "wrapt": _loop_wrapt, "traced": _loop_traced, "fine
 
 
 ATTRIBUTES = {"bare": "run_batch", "wrapt": "run_batch_wrapt", "traced": "run_batch_traced",
-              "fine": "run_batch_fine"}
+              "fine": "run_batch_fine", "idle": "poll_idle"}
 
 
 def _loop_prebound(function: Callable[..., Any], batch: Batch, n: int) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 from typing import Any, Callable, Mapping, Sequence, TypedDict, Union
 
-from . import _extract
+from . import _conditions, _extract
 from ._errors import InstrumentationError
 from ._events import REQUEST_PHASES
 
@@ -145,8 +145,8 @@ def check_grammar(options: Mapping[str, Any], params: "_extract.Parameters | Non
         if role == "extractor":
             _extract.parse(value, name, params)
         elif role == "condition":
-            _extract.parse_condition(value, name, params, after_call=name == "keep_if")
+            _conditions.parse_condition(value, name, params, after_call=name == "keep_if")
         elif role == "mapping":
             _extract.parse_mapping(value, name, params)
         elif role == "attributes":
-            _extract.parse_attributes(value, params)
+            _conditions.parse_attributes(value, params)

@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping, Optional
 
 import wrapt
 
-from . import _clock, _extract, _rank
+from . import _clock, _conditions, _extract, _rank
 from ._events import NO_ATTRS, BatchEvent, StageEvent
 from ._manager import BATCH_END, BATCH_START, STAGE_END, STAGE_START, get_manager
 from ._stages import LEVEL
@@ -32,7 +32,7 @@ from ._stages import LEVEL
 _next_span_id = itertools.count(1).__next__
 _next_batch_id = itertools.count(1).__next__
 _tuple_new = tuple.__new__
-_context = _rank.context
+_cell_or_none, _context_cell = _rank.cell_or_none, _rank.context_cell
 # torch.compiler.is_compiling once torch is imported (see watch_torch).
 compiling: list[Optional[Callable[[], bool]]] = [None]
 #: Calls dropped by keep_if, per stage name (``sched_trace.stats()["idle_calls"]``).
@@ -42,18 +42,28 @@ Wrapper = Callable[[Any, Any, tuple, dict], Any]
 
 
 def gated(level: int, traced: Wrapper) -> Wrapper:
-    """The wrapper every probe installs: ``traced`` when ``level`` is on, else a plain call."""
+    """The wrapper every probe installs: ``traced`` when ``level`` is on, else a plain call.
+
+    ``traced`` itself skips tracing while torch.compile traces (:data:`compiling`): that
+    check costs nothing here, where nothing is traced anyway.
+    """
     active = LEVEL
 
     def wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-        # Kept tiny: a frame's cost grows with its local variables, and this one
-        # must stay as cheap as a plain wrapt passthrough when the level is off.
-        if level > active.active or (compiling[0] is not None and compiling[0]()):
+        # Kept tiny: a frame's cost grows with its variables, and this one must stay
+        # as cheap as a plain wrapt passthrough when the level is off.
+        if level > active.active:
             # Without keywords, skip unpacking an empty dict: ~4% of this path.
             return wrapped(*args, **kwargs) if kwargs else wrapped(*args)
         return traced(wrapped, instance, args, kwargs)
 
     return wrapper
+
+
+def _thread_rank(cell: list) -> Any:
+    """The thread's own rank, read again (its identity changed) and cached in ``cell``."""
+    cell[1] = rank, _ = _rank.current_with_epoch()
+    return rank
 
 
 def kind_of(function: Optional[Callable[..., Any]]) -> str:
@@ -122,9 +132,9 @@ class Probe:
         attr_specs = dict(options.get("attrs") or {})
         if options.get("requests") is not None:
             attr_specs["requests"] = options["requests"]
-        self.attrs = _extract.parse_attributes(attr_specs or None, params)
+        self.attrs = _conditions.parse_attributes(attr_specs or None, params)
         self.read_attrs = attributes_reader(self.attrs)
-        self.keep = _extract.parse_condition(options.get("keep_if"), "keep_if", params, after_call=True)
+        self.keep = _conditions.parse_condition(options.get("keep_if"), "keep_if", params, after_call=True)
         if self.keep is not None:
             idle_calls.setdefault(name, 0)
         body = {"sync": self._sync_traced if self.keep is None else self._sync_kept,
@@ -136,21 +146,21 @@ class Probe:
 
     def fields(self, instance: Any, args: tuple, kwargs: dict, start_ns: int) -> tuple:
         """A start event's fields: the thread's context, the ids, the extractors' values."""
-        parent, previous_batch, rank, _ = _context.top[0]
-        rank, batch_id = self.identity(instance, args, kwargs, rank, previous_batch)
+        parent, batch_id, rank, _ = _context_cell()[0]
+        rank, batch_id, _ = self.identity(instance, args, kwargs, rank if rank is not None else _rank.current(), batch_id)
         return self.event_fields(instance, args, kwargs, start_ns, rank, batch_id, _next_span_id(), parent)
 
-    def identity(self, instance: Any, args: tuple, kwargs: dict, rank: Any, previous_batch: Any) -> tuple:
-        """(rank, batch id) of a call, given the enclosing span's rank and batch id."""
-        if rank is None:  # a span without rank keys of its own takes the enclosing span's
-            rank = _rank.current()
+    def identity(self, instance: Any, args: tuple, kwargs: dict, rank: Any, batch_id: Any) -> tuple:
+        """(rank, batch id, batch id of spans inside) of a call, given the enclosing span's
+        rank (or the thread's) and batch id."""
         if self.rank_keys:
-            rank = _rank.with_overrides(
-                rank, tuple((key, read(instance, args, kwargs)) for key, read in self.rank_keys)
-            )
+            rank = _rank.with_overrides(rank, tuple((key, read(instance, args, kwargs)) for key, read in self.rank_keys))
+        if self.is_batch:
+            own = self.batch_id(instance, args, kwargs) if self.batch_id is not None else _next_batch_id()
+            return rank, own, own
         if self.batch_id is not None:
-            return rank, self.batch_id(instance, args, kwargs)
-        return rank, (_next_batch_id() if self.is_batch else previous_batch)
+            return rank, self.batch_id(instance, args, kwargs), batch_id
+        return rank, batch_id, batch_id
 
     def event_fields(self, instance: Any, args: tuple, kwargs: dict, start_ns: int, rank: Any, batch_id: Any,
                      span_id: int, parent: int) -> tuple:
@@ -199,30 +209,29 @@ class Probe:
 
     # long: begin and finish inlined, so an enabled call costs one Python frame (bench_instructions)
     def _sync_traced(self) -> Wrapper:
-        name, level, kind, is_batch, event_type = self.name, self.level, self.kind, self.is_batch, self.event_type
-        microbatch, batch_size, batch_id_of, rank_keys = self.microbatch, self.batch_size, self.batch_id, self.rank_keys
-        read_attrs = self.read_attrs
+        name, level, kind, event_type = self.name, self.level, self.kind, self.event_type
+        microbatch, batch_size, read_attrs = self.microbatch, self.batch_size, self.read_attrs
         # One plain attribute (usually ``requests``) is the common case: no loop, no comprehension frame.
         attr_key, attr_read = self.attrs[0][:2] if len(self.attrs) == 1 and self.attrs[0][2] is None else (None, None)
         calls_of, start_index, end_index = self.manager.event_calls, self.start_index, self.end_index
-        count_error, context = self.manager._count_error, _context
-        current_with_epoch, rank_epoch, with_overrides = _rank.current_with_epoch, _rank.epoch, _rank.with_overrides
+        count_error, rank_epoch = self.manager._count_error, _rank.epoch
+        # Rank keys, a batch id extractor, or a batch: the ids come from identity() (a call more).
+        identity = self.identity if self.rank_keys or self.batch_id is not None or self.is_batch else None
 
-        # long: the whole enabled hot path in one frame
+        # long: the whole enabled hot path in one frame; every variable here costs on every call
         def traced(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-            cell = context.top
+            if compiling[0] is not None and compiling[0]():
+                return wrapped(*args, **kwargs) if kwargs else wrapped(*args)
+            cell = _cell_or_none(None) or _context_cell()
             top = cell[0]
-            parent, previous_batch, rank, sink = top
-            if rank is None:
+            parent, batch_id, rank, sink = top
+            if rank is None:  # the thread's own rank, cached while the identities' epoch holds
                 rank, epoch = cell[1]
                 if epoch != rank_epoch[0]:
-                    cell[1] = rank, epoch = current_with_epoch()
-            if rank_keys:
-                rank = with_overrides(rank, tuple((key, read(instance, args, kwargs)) for key, read in rank_keys))
-            if batch_id_of is not None:
-                batch_id = batch_id_of(instance, args, kwargs)
-            else:
-                batch_id = _next_batch_id() if is_batch else previous_batch
+                    rank = _thread_rank(cell)
+            inherited = batch_id  # what spans inside this one take as their batch id
+            if identity is not None:
+                rank, batch_id, inherited = identity(instance, args, kwargs, rank, batch_id)
             span_id = _next_span_id()
             start_ns = monotonic_ns() + _clock._offset_ns
             mb = microbatch(instance, args, kwargs) if microbatch is not None else None
@@ -243,7 +252,7 @@ class Probe:
                             function(event)
                         except Exception as exc:
                             count_error(owner, kind, exc)
-            cell[0] = (span_id, batch_id if is_batch else previous_batch, rank, sink)
+            cell[0] = (span_id, inherited, rank, sink)
             error = None
             try:
                 return wrapped(*args, **kwargs) if kwargs else wrapped(*args)
@@ -270,16 +279,27 @@ class Probe:
         return traced
 
     def _sync_kept(self) -> Wrapper:
-        """keep_if on a plain function: the call, the decision, then the events (see above)."""
-        keep, decided, identity, context = self.keep, self._decided, self.identity, _context
+        """keep_if on a plain function: the call, the decision, then the events (see above).
+
+        An idle call (the common case of a busy-poll) costs a span id, a clock read, the
+        condition and a counter: its events are never built.
+        """
+        name, keep, decided, identity = self.name, self.keep, self._decided, self.identity
+        plain = not (self.rank_keys or self.batch_id is not None or self.is_batch)
+        idle = idle_calls
 
         def traced(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-            cell = context.top
+            if compiling[0] is not None and compiling[0]():
+                return wrapped(*args, **kwargs) if kwargs else wrapped(*args)
+            cell = _cell_or_none(None) or _context_cell()
             top = cell[0]
-            rank, batch_id = identity(instance, args, kwargs, top[2], top[1])
-            span = (_next_span_id(), batch_id, rank, monotonic_ns() + _clock._offset_ns)
-            pending: list = []
-            cell[0] = (span[0], batch_id, rank, pending)  # what runs inside waits in ``pending``
+            if plain:  # spans inside take the enclosing rank (None: the thread's) and batch
+                rank, batch_id = top[2], top[1]
+                inherited = batch_id
+            else:
+                rank, batch_id, inherited = identity(instance, args, kwargs, top[2] or _rank.current(), top[1])
+            span_id, start_ns, pending = _next_span_id(), monotonic_ns() + _clock._offset_ns, []
+            cell[0] = (span_id, inherited, rank, pending)  # what runs inside waits in ``pending``
             result = error = None
             try:
                 result = wrapped(*args, **kwargs) if kwargs else wrapped(*args)
@@ -289,8 +309,13 @@ class Probe:
                 raise
             finally:
                 cell[0] = top
-                kept = error is not None or keep(instance, args, kwargs, result)  # an error is never idle
-                decided(kept, top, span, pending, instance, args, kwargs, error)
+                if error is None and not keep(instance, args, kwargs, result):  # an error is never idle
+                    idle[name] += 1
+                    if pending:
+                        decided(False, top, (span_id, batch_id, rank, start_ns), pending, instance, args, kwargs,
+                                None)
+                else:
+                    decided(True, top, (span_id, batch_id, rank, start_ns), pending, instance, args, kwargs, error)
                 error = result = None  # no frame -> exception -> traceback -> frame cycle
 
         return traced
@@ -302,12 +327,12 @@ class Probe:
         span_id, batch_id, rank, start_ns = span
         parent, previous_batch, _, sink = top
         if kept:
+            rank = rank if rank is not None else _rank.current()
             fields = self.event_fields(instance, args, kwargs, start_ns, rank, batch_id, span_id, parent)
             pending.insert(0, (self.start_index, _tuple_new(self.event_type, fields)))
             pending.append((self.end_index, _tuple_new(self.event_type, fields[:3] + (end_ns,) + fields[4:9]
                                                          + (error,) + fields[10:])))
         else:
-            idle_calls[self.name] += 1
             pending = [(index, _adopted(event, span_id, parent, batch_id, previous_batch))
                        for index, event in pending]
         if sink is not None:  # this span is itself inside an undecided one

@@ -8,6 +8,7 @@ and ``torch.distributed`` once it is initialised (never imported from here).
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import re
@@ -191,17 +192,24 @@ os.register_at_fork(after_in_child=refresh)
 ROOT: tuple = (0, None, None, None)
 
 
-class _Context(threading.local):
-    def __init__(self) -> None:
-        # top[0]: (span id, batch id, rank, sink) of the innermost running stage or batch
-        # on this thread; nested spans inherit its batch id and rank. ``sink`` is None, or
-        # the list that holds the events of spans inside a keep_if span until it is decided.
-        # top[1]: the thread's own rank, cached while ``epoch`` is unchanged. A list, so a
-        # span costs one thread-local read; the writes are list stores.
-        self.top: list = [ROOT, _UNCACHED]
+#: The calling thread's (or asyncio task's) context cell: ``[top, rank cache]``, where ``top``
+#: is (span id, batch id, rank, sink) of the innermost running stage or batch (nested spans
+#: inherit its batch id and rank; ``sink`` is None, or the list that holds the events of
+#: spans inside a keep_if span until it is decided), and the rank cache is the thread's own
+#: (RankInfo, epoch). A ContextVar because reading one costs a third of a threading.local
+#: attribute (benchmarks/bench_instructions.py); the cell is a list, mutated in place, so a
+#: span costs one read and the writes are list stores.
+_cell: "contextvars.ContextVar[list]" = contextvars.ContextVar("sched_trace_context")
+cell_or_none = _cell.get
 
 
-context = _Context()
+def context_cell() -> list:
+    """The calling thread's context cell, made on first use."""
+    found = _cell.get(None)
+    if found is None:
+        found = [ROOT, _UNCACHED]
+        _cell.set(found)
+    return found
 
 # --- kind="thread": the identity set from the program's own objects --------------
 

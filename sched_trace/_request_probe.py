@@ -12,7 +12,7 @@ from __future__ import annotations
 from time import monotonic_ns
 from typing import Any, Callable, Mapping, Optional
 
-from . import _clock, _extract, _rank
+from . import _clock, _conditions, _extract, _rank
 from ._errors import InstrumentationError
 from ._events import NO_ATTRS, REQUEST_PHASES, RequestEvent
 from ._manager import REQUEST, get_manager
@@ -28,7 +28,7 @@ def thread_context() -> tuple[Any, Optional[int], Optional[list]]:
     """The calling thread's own rank (never an enclosing span's: rank identity belongs to
     the thread), the batch id of the innermost span open on it, and where its events go
     (a list while an enclosing keep_if span is undecided, else None: fire at once)."""
-    cell = _rank.context.top
+    cell = _rank.cell_or_none(None) or _rank.context_cell()
     rank, epoch = cell[1]
     if epoch != _rank.epoch[0]:
         cell[1] = rank, epoch = _rank.current_with_epoch()
@@ -54,8 +54,8 @@ class RequestProbe:
             _extract.parse(options.get("prompt_tokens"), "prompt_tokens", params),
             _extract.parse(options.get("output_tokens"), "output_tokens", params),
             _extract.parse_mapping(options.get("rank"), "rank", params),
-            attributes_reader(_extract.parse_attributes(attr_specs or None, params)),
-            _extract.parse_condition(options.get("when"), "when", params),
+            attributes_reader(_conditions.parse_attributes(attr_specs or None, params)),
+            _conditions.parse_condition(options.get("when"), "when", params),
             frozenset(options.get("aborted_statuses") or ()),
         )
         self.wrapper = self._make_wrapper(level)
@@ -77,7 +77,7 @@ def _emitter(
     output_tokens: Optional[_extract.Extractor],
     rank_keys: tuple,
     read_attrs: Optional[Callable[[Any, tuple, dict], Mapping[str, Any]]],
-    when: Optional[_extract.Condition],
+    when: Optional[_conditions.Condition],
     aborted: frozenset,
 ) -> Callable[[Any, tuple, dict], None]:
     """The per-call work, closed over everything it reads: no attribute lookups per call."""

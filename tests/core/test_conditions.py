@@ -14,7 +14,8 @@ import pytest
 
 import sched_trace
 from sched_trace import ExtractorError
-from sched_trace._extract import Parameters, parse_attributes, parse_condition
+from sched_trace._conditions import parse_attributes, parse_condition
+from sched_trace._extract import Parameters
 
 
 def run_batch(self, batch, mb_id=0):
