@@ -134,6 +134,23 @@ def test_health_counters_come_from_sched_trace_stats_at_scrape_time(start_promet
     assert value(scrape(plugin.port), "sched_trace_plugin_errors_total", plugin="broken") == 2
 
 
+def test_calls_a_keep_if_stage_drops_are_an_idle_calls_counter_per_stage(start_prometheus):
+    @sched_trace.stage("prom_poll", level=2, keep_if="result is not None")
+    def get_next_batch(queue: list) -> object:
+        return queue.pop() if queue else None
+
+    plugin = start_prometheus()
+    # Three idle polls, two that found work: 3 dropped, 2 spans.
+    on_scheduler_thread(lambda: [get_next_batch(queue) for queue in ([], [1], [], [2], [])])
+    samples = scrape(plugin.serve(0))
+
+    assert value(samples, "sched_trace_idle_calls_total", stage="prom_poll") == 3
+    assert value(samples, "sched_trace_stage_duration_seconds_count", stage="prom_poll") == 2
+    # Read at scrape time: two more idle polls show on the next scrape, no flush needed.
+    on_scheduler_thread(lambda: [get_next_batch([]), get_next_batch([])])
+    assert value(scrape(plugin.port), "sched_trace_idle_calls_total", stage="prom_poll") == 5
+
+
 def test_label_sets_are_capped_and_the_overflow_counted(start_prometheus):
     plugin = start_prometheus(max_label_sets=2)
     for label in ("A", "B", "C", "D"):

@@ -24,6 +24,9 @@ def _families() -> dict[str, Metric]:
         "extract_missing": CounterMetricFamily(
             f"{NAMESPACE}_extract_missing", "Extractor reads that found nothing (recorded as missing).",
             labels=["extractor"]),
+        "idle_calls": CounterMetricFamily(
+            f"{NAMESPACE}_idle_calls", "Calls of a keep_if stage that its condition dropped as idle (no span).",
+            labels=["stage"]),
         "dropped": CounterMetricFamily(
             f"{NAMESPACE}_events_dropped", "Events a plugin dropped because its buffer was full.",
             labels=["plugin"]),
@@ -46,6 +49,8 @@ def health_families(stats: Mapping[str, Any], overflow: int) -> list[Metric]:
         families["plugin_errors"].add_metric([plugin], count)
     for extractor, count in sorted(stats.get("extract_missing", {}).items()):
         families["extract_missing"].add_metric([extractor], count)
+    for stage, count in sorted(stats.get("idle_calls", {}).items()):
+        families["idle_calls"].add_metric([stage], count)
     for plugin, counters in sorted(stats.get("plugins", {}).items()):
         for stat, value in sorted(counters.items()):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
