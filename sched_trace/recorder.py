@@ -167,6 +167,7 @@ class BackgroundExporter:
         self.failed = 0
         self.abandoned = 0  # left in the buffer when shutdown's deadline passed
         self.in_flight = 0  # taken from the buffer, in export() now: neither exported nor failed yet
+        self.markers = 0  # drop markers handed over with a batch whose export() returned (not received events)
         self.thread_cpu_s = 0.0  # CPU this thread spent in export(): what it took from the scheduler process
         self._wake = threading.Event()
         self._idle = threading.Condition()
@@ -228,6 +229,7 @@ class BackgroundExporter:
             try:
                 self.export_batch(batch + markers if markers else batch)
                 self.exported += len(batch)
+                self.markers += len(markers)
             except Exception as exc:
                 self.failed += len(batch)
                 log.warning("sched-trace %s export failed (%d events counted as failed): %s",
@@ -273,7 +275,7 @@ class BackgroundExporter:
 
     def stats(self) -> dict[str, int]:
         buffered, dropped = len(self.buffer), self.buffer.dropped
-        return {
+        stats = {
             "received": self.exported + self.failed + self.abandoned + self.in_flight + buffered + dropped,
             "buffered": buffered,
             "exported": self.exported,
@@ -283,6 +285,9 @@ class BackgroundExporter:
             "in_flight": self.in_flight,
             "thread_cpu_s": self.thread_cpu_s,
         }
+        if self.drops is not None:
+            stats["drop_markers"] = self.markers
+        return stats
 
 
 _live: "weakref.WeakSet[BackgroundExporter]" = weakref.WeakSet()

@@ -184,8 +184,11 @@ class ExportProcessor:
         self._remember(back)
         for key, value in self._retired.items():
             back[key] = back.get(key, 0) + value
-        sent, failed = front.pop("exported"), front.pop("failed") + back.pop("failed", 0)
-        return {**back, **front, "sent": sent, "failed": failed}
+        # "failed" sums both ends; failed_in_exporter (events the exporter process handled but
+        # whose export() raised) tells them apart for the loss identity (docs/reliability.md).
+        failed_in_exporter = back.pop("failed", 0)
+        sent, failed = front.pop("exported"), front.pop("failed") + failed_in_exporter
+        return {**back, **front, "sent": sent, "failed": failed, "failed_in_exporter": failed_in_exporter}
 
     def _retire(self, back: Any) -> None:
         """Keep the counters of an exporter let go: the plugin's totals go on from them."""
