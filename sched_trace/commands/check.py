@@ -53,7 +53,7 @@ class TargetRow:
     status: str = FOUND
     problems: list[str] = field(default_factory=list)
     installed: str = ""
-    checked_by: str = "source"  # or "import": the source could not tell
+    checked_by: str = "source"  # or "import": the source could not tell; "nothing": not allowed to import
 
     @property
     def ok(self) -> bool:
@@ -126,8 +126,12 @@ def _read_toml(path: Path) -> dict[str, Any]:
 # --- one target ----------------------------------------------------------------------
 
 
-def check_spec(spec: _config.TargetSpec, source: str = "") -> TargetRow:
-    """One row: does ``spec``'s target exist, and can its extractors read what they name?"""
+def check_spec(spec: _config.TargetSpec, source: str = "", *, imports: bool = True) -> TargetRow:
+    """One row: does ``spec``'s target exist, and can its extractors read what they name?
+
+    ``imports=False`` (``sched-trace run``, before the program starts) reads the source
+    only: what only an import could tell is left unchecked (``checked_by`` "nothing").
+    """
     options = spec.options
     kind = options.get("kind", "stage")
     module_name, path, key = parse_target(spec.target)
@@ -136,11 +140,16 @@ def check_spec(spec: _config.TargetSpec, source: str = "") -> TargetRow:
                     installed=profile_check.installed_version(module_name))
     top = module_name.split(".")[0]
     if not _installed(top):
-        row.fail(NOT_INSTALLED, f"no package {top!r} is installed for {sys.executable}")
+        row.fail(NOT_INSTALLED, f"no module named {top!r} is importable for {sys.executable} "
+                                "(check the spelling, the working directory, or PYTHONPATH)")
         return row
     found = profile_check.lookup(module_name, path, key) if profile_check.find_source(module_name) else None
     if found is not None and found.status == "found" and key is None:
         _check_source(row, found, options)
+    elif not imports:
+        row.checked_by = "nothing"
+        if found is not None and found.status == "missing":
+            row.fail(MISSING, f"{found.message} (installed: {row.installed}; not confirmed by importing it)")
     else:  # missing in the source (confirmed on the live module), undecided, or a compiled module
         _check_live(row, module_name, options, key, found.message if found is not None else None)
     return row

@@ -9,9 +9,6 @@ the way ``opentelemetry-instrument`` does.
 from __future__ import annotations
 
 import argparse
-import ast
-import importlib.machinery
-import importlib.util
 import os
 import shutil
 import sys
@@ -19,10 +16,9 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from .. import _extract, _options
 from .. import config as _config
-from .._errors import ConfigError, ExtractorError
-from .._targets import parse_target
+from .._errors import ConfigError
+from . import check as _check
 
 BOOTSTRAP_DIR = Path(__file__).resolve().parent.parent / "_bootstrap"
 
@@ -51,79 +47,28 @@ def child_environment(config_path: "str | None", profiles: list[str], level: "in
     return env
 
 
-def _module_file(module: str, search: list[str]) -> "str | None":
-    """The source file of ``module``, found without importing it or its packages."""
-    locations: "list[str] | None" = search
-    spec = None
-    parts = module.split(".")
-    for index in range(len(parts)):
-        # By its own name: a namespace package's dotted name needs its parent imported.
-        spec = importlib.machinery.PathFinder.find_spec(parts[index], locations)
-        if spec is None:
-            return None
-        locations = list(spec.submodule_search_locations or [])
-    origin = getattr(spec, "origin", None)
-    return origin if origin and origin.endswith(".py") else None
-
-
-def _static_function(source_file: str, path: list[str]) -> "object | None":
-    """A stand-in with the target's parameters, read from its source; None when unsure."""
-    try:
-        tree = ast.parse(Path(source_file).read_text(encoding="utf-8"))
-    except (OSError, SyntaxError, ValueError):
-        return None
-    scope: list = tree.body
-    node = None
-    for part in path:
-        node = next((n for n in scope if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-                     and n.name == part), None)
-        if node is None:
-            return None  # inherited, generated, or assigned: checked when the module is imported
-        scope = node.body
-    plain = {"staticmethod", "classmethod"}
-    if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or any(
-            not (isinstance(d, ast.Name) and d.id in plain) for d in node.decorator_list):
-        return None  # a decorator may change the signature
-    arguments = node.args
-    for arg in arguments.posonlyargs + arguments.args + arguments.kwonlyargs + [arguments.vararg, arguments.kwarg]:
-        if arg is not None:
-            arg.annotation = None
-    arguments.defaults = [ast.Constant(None) for _ in arguments.defaults]
-    arguments.kw_defaults = [None if d is None else ast.Constant(None) for d in arguments.kw_defaults]
-    stub = ast.FunctionDef(name=node.name, args=arguments, body=[ast.Pass()], decorator_list=[], returns=None)
-    module = ast.fix_missing_locations(ast.Module(body=[stub], type_ignores=[]))
-    namespace: dict = {}
-    try:
-        exec(compile(module, source_file, "exec"), namespace)  # only a def with an empty body
-    except (SyntaxError, TypeError, ValueError):  # syntax this Python cannot rebuild: check at import
-        return None
-    return namespace[node.name]
+#: What stops the program from starting: a target it cannot import, an extractor it cannot read.
+#: A target missing from the source is left to the run (bound at run time, or warned about at exit).
+REFUSED = (_check.NOT_INSTALLED, _check.SIGNATURE, _check.PARAMETER)
 
 
 def check_targets(cfg: _config.Config, program: list[str]) -> None:
     """Each target's package must be importable by the program, and its extractors must
-    name parameters of the target when its source can be read without importing it."""
+    name parameters of the target, as ``sched-trace check`` finds them from the source
+    (nothing is imported: the program's modules run in the program only)."""
     search = [os.getcwd()] + [str(Path(arg).resolve().parent) for arg in program if arg.endswith(".py")]
     search += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    search += [p for p in sys.path if p]
-    for spec in cfg.instrument:
-        source, _, key = spec.where.partition(": ")
-        module, path, table_key = parse_target(spec.target)
-        top = module.split(".")[0]
-        importable = top in sys.modules or importlib.util.find_spec(top) is not None
-        if not importable and not any(importlib.machinery.PathFinder.find_spec(top, [p]) for p in search):
-            raise ConfigError(
-                f"target {spec.target!r}: no module named {top!r} is importable from here "
-                "(check the spelling, the working directory, or PYTHONPATH)",
-                source=source, key=key,
-            )
-        source_file = _module_file(module, search) if table_key is None else None
-        function = _static_function(source_file, path) if source_file else None
-        if function is not None:
-            try:
-                _options.check_grammar(spec.options, _extract.Parameters(function))  # type: ignore[arg-type]
-            except ExtractorError as exc:
-                raise ConfigError(f"target {spec.target!r}: {exc}", source=source, key=key) from None
+    saved = list(sys.path)
+    sys.path[:0] = [p for p in search if p not in sys.path]  # where the program will look
+    try:
+        for spec in cfg.instrument:
+            row = _check.check_spec(spec, imports=False)
+            if row.status in REFUSED:
+                source, _, key = spec.where.partition(": ")
+                problems = "; ".join(row.problems)
+                raise ConfigError(f"target {spec.target!r}: {problems}", source=source, key=key)
+    finally:
+        sys.path[:] = saved
 
 
 def run(args: argparse.Namespace) -> int:

@@ -155,7 +155,7 @@ def test_run_refuses_an_extractor_naming_no_parameter_before_starting(tmp_path):
     result = run_cli(tmp_path, "run", "--config", "bad.toml", "--", sys.executable, "never.py")
     assert result.returncode == 1
     assert ("bad.toml: [instrument[1]] target 'examples.minimal.engine:Engine.run_batch': microbatch='mb': "
-            "'mb' is not a parameter of the wrapped function (parameters: self, batch, mb_id). "
+            "'mb' is not a parameter of Engine.run_batch (parameters: batch, mb_id). "
             "Did you mean 'mb_id'?") in result.stderr
     assert not (tmp_path / "started").exists()
 
