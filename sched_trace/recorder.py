@@ -116,6 +116,10 @@ def loss_warning(name: str, stats: dict, advice: str = "") -> Optional[str]:
     lost = {reason: stats.get(key, 0) for reason, key in (
         ("dropped (buffer full)", "dropped"), ("abandoned at the shutdown deadline", "abandoned"),
         ("failed to export", "failed"), ("lost with an exporter process", "lost_in_exporter"))}
+    # Held by an exporter process still finishing after the deadline: likely written later, not sure.
+    unconfirmed = stats.get("unconfirmed_at_shutdown", 0)
+    lost["lost with an exporter process"] -= unconfirmed
+    lost["not confirmed at the deadline (an exporter process still exporting them)"] = unconfirmed
     total = sum(lost.values())
     if not total:
         return None
@@ -129,7 +133,10 @@ def loss_warning(name: str, stats: dict, advice: str = "") -> Optional[str]:
         hints.append("give shutdown more time (SCHED_TRACE_EXIT_TIMEOUT)")
     if lost["failed to export"] or lost["lost with an exporter process"]:
         hints.append("see the exporter's earlier warnings")
-    return (f"sched-trace {name}: lost {total:,} of {received:,} events: {parts}; "
+    if unconfirmed and not lost["abandoned at the shutdown deadline"]:
+        hints.append("give shutdown more time (SCHED_TRACE_EXIT_TIMEOUT)")
+    verb = "lost or could not confirm" if unconfirmed else "lost"
+    return (f"sched-trace {name}: {verb} {total:,} of {received:,} events: {parts}; "
             f"to keep them: {'; '.join(hints)}")
 
 

@@ -16,6 +16,7 @@ import threading
 from typing import Any, Mapping
 
 from .._hookspecs import hookimpl
+from .._lifecycle import exit_timeout
 from ..recorder import DEFAULT_CAPACITY
 from .processor import ExportProcessor
 
@@ -75,7 +76,11 @@ class ExporterPlugin:
     def _stop_at_fork_child_exit(self) -> None:
         import multiprocessing.util
 
-        multiprocessing.util.Finalize(None, self.stop, exitpriority=10)
+        multiprocessing.util.Finalize(None, self._stop_at_exit, exitpriority=10)
+
+    def _stop_at_exit(self) -> None:
+        # The deadline every exit path has (atexit, SIGTERM): SCHED_TRACE_EXIT_TIMEOUT, read now.
+        self.stop(exit_timeout())
 
     @hookimpl
     def sched_trace_flush(self, timeout: float) -> None:

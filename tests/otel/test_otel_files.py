@@ -267,11 +267,15 @@ def test_protobuf_wire_encoding_matches_the_sdk_encoder() -> None:
     assert ours.resource_spans[0].scope_spans[0].scope.name == "sched_trace"
 
 
-def test_fork_child_gets_its_own_exporter_and_file(traced: Any) -> None:
+def test_fork_child_gets_its_own_exporter_and_file(traced: Any, monkeypatch: Any) -> None:
     import multiprocessing
 
     from otel_scheduler import fork_child_main
 
+    # The child leaves by os._exit once its exporter process confirmed the file written, or
+    # at its exit deadline (then that process finishes on its own, later). The default 5 s
+    # deadline passed under load (the exporter process starts at nice 10): a hang guard instead.
+    monkeypatch.setenv("SCHED_TRACE_EXIT_TIMEOUT", "60")
     plugin = traced(requests="off")
     run_steps([Batch()], microbatches=1)
     sched_trace.flush()
@@ -280,7 +284,7 @@ def test_fork_child_gets_its_own_exporter_and_file(traced: Any) -> None:
     child = context.Process(target=fork_child_main, args=(results,))
     child.start()
     child_pid = results.get(timeout=30)
-    child.join(30)
+    child.join(90)
     assert child.exitcode == 0
     run_steps([Batch()], microbatches=1)
     sched_trace.shutdown(timeout=60)
