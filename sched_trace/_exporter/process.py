@@ -120,7 +120,12 @@ class ExporterProcess:
         reader = self._readers.pop(proc.pid, None)
         if reader is not None and reader is not threading.current_thread():
             reader.join(wait)
-        final = self._reported.pop(proc.pid, {})
+        final = dict(self._reported.pop(proc.pid, {}))
+        # Spans a child still held for retry when it went away (killed, or past the deadline)
+        # never reach the receiver as far as anyone knows: undelivered, so the span identity holds.
+        stranded = final.get("spans_waiting", 0) - final.get("spans_undelivered", 0)
+        if stranded > 0:
+            final["spans_undelivered"] = final.get("spans_undelivered", 0) + stranded
         unhandled = max(0, self.sent - final.get("handled", 0))
         self.lost += unhandled
         if proc.returncode is None:  # still finishing past the deadline: not confirmed, so counted

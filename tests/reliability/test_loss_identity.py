@@ -49,3 +49,33 @@ def test_events_and_spans_made_equal_delivered_plus_each_named_loss(tmp_path, re
     assert stats["spans_built"] == (stats["spans_exported"] + stats["spans_dropped"] + stats["spans_rejected"]
                                     + stats["spans_undelivered"])
     assert stats["spans_exported"] == len(receiver.names())
+
+
+def test_spans_a_killed_exporter_process_held_for_retry_count_as_undelivered(tmp_path, receiver, monkeypatch):
+    import os
+    import signal
+
+    from sched_trace_otel import OtelPlugin
+
+    from .test_exporter_faults import dead
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", receiver.endpoint)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")
+    plugin = OtelPlugin(exporter="otlp", directory=str(tmp_path / "otel"))
+    sched_trace.configure(level=9, plugins=[plugin], autoload=False)
+    receiver.mode = "503"
+    record(0, 100)
+    # The exporter process keeps them for retry and says so in its next report.
+    assert wait_until(lambda: plugin.sched_trace_collect_stats().get("spans_waiting", 0) > 0)
+    stats = plugin.sched_trace_collect_stats()
+    os.kill(stats["exporter_pid"], signal.SIGKILL)
+    assert wait_until(lambda: dead(stats["exporter_pid"]))
+    receiver.mode = "ok"
+    record(100, 100)  # a restarted exporter process delivers these
+    sched_trace.shutdown(timeout=60)
+    stats = plugin.sched_trace_collect_stats()
+
+    assert stats["exporter_restarts"] == 1 and stats["spans_undelivered"] > 0
+    assert stats["spans_built"] == (stats["spans_exported"] + stats["spans_dropped"] + stats["spans_rejected"]
+                                    + stats["spans_undelivered"])
+    assert stats["spans_exported"] == len(receiver.names())
