@@ -17,6 +17,11 @@ ends (or, seen only in batches, has gone quiet), this exporter writes:
   thread span), with this rank's ``queue`` / ``prefill`` / ``decode`` phases below it;
   the per-request copies of batch spans (:mod:`.assemble`) hang under it too.
 
+A thread that names a request only in stages outside any batch, and records no batch
+and no request event (a front end: SGLang's tokenizer manager and its ``tokenize``),
+writes its span for the request at once, with those stages under it, and never the
+root: the root carries the lifecycle, which such a thread has not seen.
+
 The root waits until the batch spans it links to were built, so it can link them.
 """
 
@@ -39,7 +44,7 @@ QUIET_NS = 30_000_000_000  # a request seen only in batches is closed after 30 s
 
 
 class _Request:
-    __slots__ = ("timeline", "rank", "batch_ids", "first_ns", "last_ns")
+    __slots__ = ("timeline", "rank", "batch_ids", "first_ns", "last_ns", "front")
 
     def __init__(self, rid: str, rank: Any) -> None:
         self.timeline = RequestTimeline(rid)
@@ -47,6 +52,7 @@ class _Request:
         self.batch_ids: dict[int, None] = {}  # ordered, unique
         self.first_ns: Optional[int] = None   # the window of its per-request copies
         self.last_ns: Optional[int] = None
+        self.front = False                    # seen only in a front end's stages: no root here
 
     def ride(self, batch_id: Optional[int]) -> None:
         """This request was part of batch ``batch_id`` (the first MAX_LINKS batches are linked)."""
@@ -75,6 +81,7 @@ class RequestSpans:
         self._max_batch_id = -1
         self._built: dict[str, None] = {}  # recently built request ids
         self._newest_ns = 0
+        self._schedulers: set[tuple[int, int]] = set()  # (pid, tid) that recorded batches or request events
         self.spans_built = 0
         self.evicted = 0
         self.roots = 0
@@ -96,6 +103,7 @@ class RequestSpans:
         """Fold request events in; ended requests start waiting for their batch spans."""
         for event in events:
             rid = event.request_id
+            self._schedulers.add((event.rank.pid, event.rank.tid))
             request = self._request(rid, event.rank)
             if request is None:
                 continue
@@ -109,12 +117,19 @@ class RequestSpans:
 
     def seen_in_scope(self, rid: str, rank: Any, start: int, end: int, batch_id: Optional[int]) -> tuple[int, int]:
         """A scope names ``rid``: ``(trace_id, parent span id)`` for its per-request copies."""
+        thread = (rank.pid, rank.tid)
+        if batch_id is not None:
+            self._schedulers.add(thread)
         request = self._request(rid, rank)
         if request is not None:
             request.ride(batch_id)
             request.first_ns = start if request.first_ns is None else min(request.first_ns, start)
             request.last_ns = end if request.last_ns is None else max(request.last_ns, end)
-            if not request.timeline.last_ns and rid in self._live:
+            if batch_id is None and thread not in self._schedulers and not request.timeline.last_ns \
+                    and not request.batch_ids and rid in self._live:
+                request.front = True  # a front end's stage: its span for the request now, no root
+                self._close(rid)
+            elif not request.timeline.last_ns and rid in self._live:
                 self._quiet[rid] = request
                 self._quiet.move_to_end(rid)
         self._newest_ns = max(self._newest_ns, end)
@@ -194,7 +209,7 @@ class RequestSpans:
         trace_id, root_id, parent = request_trace(rid, traceparent, self.run)
         start, end = request.window()
         spans = []
-        if self.owner.owns(request.rank):
+        if self.owner.owns(request.rank) and not request.front:
             links = tuple((self._batch_spans[bid][0], self._batch_spans[bid][1],
                            {"sched_trace.link": "batch", "bid": bid})
                           for bid in request.batch_ids if bid in self._batch_spans)[:MAX_LINKS]
