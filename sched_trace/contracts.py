@@ -178,6 +178,8 @@ class Contract:
             options = spec.options
             if options.get("kind") == "request":
                 phases.add(options["phase"])
+            elif options.get("kind") == "thread":  # names the thread; records no span
+                continue
             elif level is None or options.get("level", 0) <= level:
                 name = options.get("stage") or spec.target.rsplit(".", 1)[-1].split("[")[0]
                 if name not in names and name not in set(skip):

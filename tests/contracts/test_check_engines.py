@@ -73,7 +73,7 @@ def test_sglang_profile_holds_and_a_renamed_target_fails(tmp_path: Path) -> None
     # The source is enough: SGLang's dependencies (a GPU serving stack) need not import here.
     code, report = sched_trace_check(Path(sys.executable), ["--profile", "sglang"], tmp_path, SGLANG_SITE)
     assert code == 0, [r for r in report["targets"] if not r["ok"]]
-    assert len(report["targets"]) == 12 and {r["checked_by"] for r in report["targets"]} == {"source"}
+    assert len(report["targets"]) == 13 and {r["checked_by"] for r in report["targets"]} == {"source"}
 
     old = "sglang.srt.managers.scheduler_pp_mixin:SchedulerPPMixin._pp_launch_batch"
     copy = renamed_copy(tmp_path, "sglang", old, old.replace("_pp_launch_batch", "_pp_launch"))

@@ -33,7 +33,6 @@ def test_level_1_records_request_phases_and_batches_only(served: dict[str, Any])
     assert len({e.rank.pid for e in trace.named("run_batch")}) == 2  # both PP ranks' scheduler processes
 
 
-@pytest.mark.xfail(strict=True, reason="needs kind='thread' rank identity (issue 16.3, core)")
 def test_at_level_1_every_request_event_has_its_ranks(served: dict[str, Any]) -> None:
     trace = served["trace"]
     missing = [(r.rank.pid, r.request_id, r.phase) for r in trace.requests

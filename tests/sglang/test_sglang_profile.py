@@ -43,9 +43,11 @@ cfg = config.load_profile("sglang")          # raises when a target is missing
 check_targets(cfg, [])                       # extractor roots against the functions' parameters
 statuses = {spec.target: profile_check.static_status(spec.target) for spec in cfg.instrument}
 bad = {}
-for index, option, wrong in ((7, "prompt_tokens", "len(rq.origin_input_ids)"), (1, "microbatch", "mb"),
-                             (9, "request_id", "request.rid")):
-    entry = dict(cfg.instrument[index].options, target=cfg.instrument[index].target)
+targets = {spec.target.rsplit(".", 1)[1]: spec for spec in cfg.instrument}
+for name, option, wrong in (("_add_request_to_queue", "prompt_tokens", "len(rq.origin_input_ids)"),
+                            ("_pp_launch_batch", "microbatch", "mb"), ("checkpoint_kv_cache", "request_id", "request.rid")):
+    spec = targets[name] if name in targets else next(s for s in cfg.instrument if s.target.endswith(":" + name))
+    entry = dict(spec.options, target=spec.target)
     entry[option] = wrong
     try:
         check_targets(config.parse({"instrument": [entry]}, "bad.toml"), [])
@@ -63,7 +65,7 @@ def test_the_profile_matches_the_installed_sglang_source_without_importing_it(tm
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert len(report["statuses"]) == len(config.load_profile("sglang").instrument) == 12
+    assert len(report["statuses"]) == len(config.load_profile("sglang").instrument) == 13
     assert set(report["statuses"].values()) == {"found"}, report["statuses"]
     assert report["imported"] == []  # read from source, not imported
     assert "'rq' is not a parameter" in report["bad"]["prompt_tokens"]
@@ -75,15 +77,15 @@ def test_the_profile_matches_the_installed_sglang_source_without_importing_it(tm
 def extractor_roots(options: dict) -> set[str]:
     """The parameter each string extractor starts from (``len(batch.reqs)`` -> ``batch``)."""
     texts = [options.get(key) for key in ("microbatch", "batch_size", "batch_id", "requests", "request_id",
-                                          "prompt_tokens", "output_tokens", "status", "when")]
+                                          "prompt_tokens", "output_tokens", "status", "when", "keep_if")]
     for key in ("rank", "attrs"):
         texts += list((options.get(key) or {}).values())
     roots = set()
     for text in filter(None, texts):
         text = text.strip().removeprefix("not ").strip()
         text = text[4:-1] if text.startswith("len(") else text
-        roots.add(text.split(".")[0])
-    return roots
+        roots.add(text.split(".")[0].split(" ")[0])
+    return roots - {"result"}  # keep_if's return value
 
 
 def test_every_extractor_starts_from_a_parameter_of_its_target_in_the_source() -> None:
@@ -117,3 +119,12 @@ def test_the_profile_declares_the_request_lifecycle_and_pp_microbatches() -> Non
     assert by_target["SchedulerPPMixin._pp_launch_batch"].options["microbatch"] == "mb_id"
     assert by_target["SchedulerPPMixin._pp_launch_batch"].options["stage"] == "run_batch_cpu"  # SGLang's name
     assert by_target["SchedulerPPMixin._pp_launch_batch"].options["level"] == 4  # and SGLang's level
+    assert by_target["Scheduler.__init__"].options["kind"] == "thread"  # the scheduler thread's ranks, once
+
+
+def test_the_busy_polled_stages_keep_spans_only_for_work() -> None:
+    """SGLang's event loop calls these thousands of times a second while idle (issue 16.1)."""
+    by_target = {spec.target.split(":")[1]: spec.options for spec in config.load_profile("sglang").instrument}
+    assert by_target["Scheduler.get_next_batch_to_run"]["keep_if"] == "result.batch_to_run is not None"
+    assert by_target["Scheduler.process_input_requests"]["keep_if"] == "recv_reqs"
+    assert " if batch.forward_mode.name in ('EXTEND', 'MIXED')" in by_target["Scheduler.run_batch"]["attrs"]["extend_tokens"]
