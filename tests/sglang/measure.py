@@ -3,7 +3,8 @@
     python -m tests.sglang.measure [--pp 1] [--levels 1,2,3,4] [--idle 10] [--requests 32]
 
 For each level: start the server traced (otel plugin, OTLP-JSON files, ``sglang_compat``),
-let it idle ``--idle`` seconds, then serve ``--requests`` concurrent requests (32 prompt
+let it idle ``--idle`` seconds (``idle_spans_per_s``: the stage and batch events every
+traced process recorded in that window), then serve ``--requests`` concurrent requests (32 prompt
 tokens, 32 output tokens each), then stop it with SIGINT as a user does. The OTLP-JSON
 bytes of each phase are those of the spans that started in it (with their share of the
 files' envelope), so the idle and load rates are separate. Prints one JSON line per level. The lost-at-SIGKILL
@@ -64,8 +65,9 @@ def measure(workdir: Path, model: Path, level: int, pp: int, idle_s: float, requ
     finally:
         server.stop(signal.SIGINT)
     idle, loaded = span_bytes(server, (idle_start, load_start)), span_bytes(server, (load_start, load_end))
+    idle_spans = sum(1 for e in server.trace().events if idle_start <= e.start_ns < load_start)
     load_s = (load_end - load_start) / 1e9
-    result.update(idle_mb_per_s=round(idle / idle_s / 1e6, 4), load_s=round(load_s, 2),
+    result.update(idle_mb_per_s=round(idle / idle_s / 1e6, 4), idle_spans_per_s=round(idle_spans / idle_s, 2), load_s=round(load_s, 2),
                   load_mb=round(loaded / 1e6, 3), load_mb_per_s=round(loaded / load_s / 1e6, 4),
                   output_tokens=sum(a["meta_info"]["completion_tokens"] for a in answers.values()),
                   total_mb=round(otel_bytes(server) / 1e6, 3), **lost_at_sigkill(server))
@@ -73,9 +75,10 @@ def measure(workdir: Path, model: Path, level: int, pp: int, idle_s: float, requ
 
 
 def lost_at_sigkill(server: SGLangServer) -> dict[str, Any]:
-    """Spans the scheduler processes recorded (the capture, written through) that never reached
-    the OTLP-JSON files when SGLang SIGKILLed them, and the time they cover before the kill."""
-    recorded = [e for e in server.trace().events if e.rank.pp_rank is not None]
+    """Spans the traced processes recorded (the capture, written through) that never reached
+    the OTLP-JSON files when SGLang SIGKILLed them, and the time they cover before the kill.
+    Both sides count the HTTP server's ``tokenize`` spans too (the originals carry no rid)."""
+    recorded = list(server.trace().events)
     in_files = [s for p in server.otel_dir.glob("*.jsonl") for s in engine_spans(p)
                 if "rid" not in s["attributes"] and s["attributes"].get("sched_trace.kind") in ("stage", "batch")]
     last_recorded = max((e.end_ns for e in recorded), default=0)
