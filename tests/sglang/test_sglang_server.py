@@ -205,6 +205,15 @@ def test_no_decode_batch_carries_extend_tokens(served: dict[str, Any]) -> None:
                     for s in batch_spans(served["spans"]))
     assert modes[("DECODE", False)] > 0 and modes[("EXTEND", True)] > 0
     assert modes[("DECODE", True)] == 0
+    # SGLang's own count: each rank prefills each request's prompt less what its cache held
+    answers = served["answers"]
+    expected = sum(a["meta_info"]["prompt_tokens"] - a["meta_info"]["cached_tokens"] for a in answers.values())
+    extended: Counter = Counter()
+    for batch in served["trace"].named("run_batch"):
+        rids = set(batch.attrs["requests"])
+        if batch.attrs["forward_mode"] in ("EXTEND", "MIXED") and rids and rids <= set(answers):
+            extended[batch.rank.pid] += batch.attrs["extend_tokens"]
+    assert extended == {pid: expected for pid in served["steps"]}
 
 
 def test_one_request_span_per_rid_across_all_ranks(served: dict[str, Any]) -> None:
