@@ -45,7 +45,8 @@ statuses = {spec.target: profile_check.static_status(spec.target) for spec in cf
 bad = {}
 targets = {spec.target.rsplit(".", 1)[1]: spec for spec in cfg.instrument}
 for name, option, wrong in (("_add_request_to_queue", "prompt_tokens", "len(rq.origin_input_ids)"),
-                            ("_pp_launch_batch", "microbatch", "mb"), ("checkpoint_kv_cache", "request_id", "request.rid")):
+                            ("_pp_launch_batch", "microbatch", "mb"),
+                            ("checkpoint_kv_cache", "request_id", "request.rid")):
     spec = targets[name] if name in targets else next(s for s in cfg.instrument if s.target.endswith(":" + name))
     entry = dict(spec.options, target=spec.target)
     entry[option] = wrong
@@ -127,4 +128,5 @@ def test_the_busy_polled_stages_keep_spans_only_for_work() -> None:
     by_target = {spec.target.split(":")[1]: spec.options for spec in config.load_profile("sglang").instrument}
     assert by_target["Scheduler.get_next_batch_to_run"]["keep_if"] == "result.batch_to_run is not None"
     assert by_target["Scheduler.process_input_requests"]["keep_if"] == "recv_reqs"
-    assert " if batch.forward_mode.name in ('EXTEND', 'MIXED')" in by_target["Scheduler.run_batch"]["attrs"]["extend_tokens"]
+    extend_tokens = by_target["Scheduler.run_batch"]["attrs"]["extend_tokens"]
+    assert extend_tokens.endswith(" if batch.forward_mode.name in ('EXTEND', 'MIXED')")

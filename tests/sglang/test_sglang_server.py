@@ -231,11 +231,13 @@ def test_one_request_span_per_rid_across_all_ranks(served: dict[str, Any]) -> No
     owner = {s["attributes"]["rid"]: s["pid"] for s in served["spans"] if s["name"] == "request"}
     schedulers = {pid for pid, _ in (served["steps"] or {}).items()}
     rank_spans = [s for s in served["spans"] if s["attributes"].get("sched_trace.kind") == "request_rank"]
+    owners = {e.rank.pid for e in served["trace"].named("run_batch") if (e.rank.pp_rank, e.rank.tp_rank) == (0, 0)}
+    assert len(owners) == 1
     for rid in served["answers"]:
         mine = [s for s in rank_spans if s["attributes"]["rid"] == rid]
         ranks = {s["attributes"].get("pp_rank") for s in mine if s["attributes"]["thread_label"] == "Scheduler"}
         assert ranks == {str(pp) for pp in range(served["pp"])}, (rid, ranks)
-        assert owner[rid] in schedulers
+        assert owner[rid] in owners, (rid, owner[rid], owners)  # the PP 0 / TP 0 scheduler writes the root
         (front,) = [s for s in mine if s["pid"] not in schedulers]  # the tokenizer manager's
         inside = [s["name"] for s in served["spans"] if s.get("parentSpanId") == front["spanId"]]
         assert inside == ["tokenize"], (rid, inside)
