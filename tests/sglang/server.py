@@ -142,7 +142,8 @@ class SGLangServer:
             prefix += ["--level", str(self.level)]
         return prefix + ["--"] + launch
 
-    def start(self, timeout: float = 240.0) -> "SGLangServer":
+    def start(self, timeout: float = 480.0) -> "SGLangServer":
+        """Wait up to ``timeout`` s for /health_generate (2 cores at load 8 slow a PP=2 start a lot)."""
         env = server_env(**self.extra_env)
         if self.pp_size > 1:  # one OpenMP core list per PP rank
             env.setdefault("SGLANG_CPU_OMP_THREADS_BIND", "|".join(str(i % (os.cpu_count() or 1))
