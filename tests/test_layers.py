@@ -246,10 +246,7 @@ KNOWN_LONG_MODULES: set[str] = set()
 
 
 #: Functions over the bound without a reason today, and whose they are.
-KNOWN_LONG_FUNCTIONS = {  # the fleet helper's (issue 21): a '# long:' reason, or split
-    "sched_trace.analysis.pipeline:pipeline_report", "sched_trace.traceio._pbscan:scan_fields",
-    "sched_trace.traceio._pbscan:packet_spans",
-}
+KNOWN_LONG_FUNCTIONS: set[str] = set()
 
 
 def _has_reason(lines: list[str], node: ast.AST) -> bool:

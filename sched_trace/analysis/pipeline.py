@@ -26,6 +26,7 @@ __all__ = ["pipeline_report", "representative_steps", "schedule_key", "stage_rol
 # --- the report ------------------------------------------------------------------------
 
 
+# long: the public entry point; most of it is the documented parameters and their checks
 def pipeline_report(
     events: "Iterable[Any] | TraceSet | SliceStore",
     *,

@@ -167,6 +167,7 @@ def field_table(slots: dict[int, tuple[int, int]], repeated: Sequence[int] = ())
     return table
 
 
+# long: one vectorised pass over all messages at once (a field a round), each step a numpy line
 def scan_fields(buf: WireBuffer, starts: np.ndarray, ends: np.ndarray, table: np.ndarray, slots: int,
                 repeated: Sequence[int] = ()) -> Fields:
     """Every field of the messages ``[starts, ends)``, by :func:`field_table`'s ``table``.
@@ -240,6 +241,7 @@ class PacketSpans:
     broken_at: Optional[int]  # a byte where the wire data stops being packets (None: fine)
 
 
+# long: the packet chain walked by byte with numpy, and the cut-short tail told apart from damage
 def packet_spans(buf: WireBuffer, final: bool) -> PacketSpans:
     """The ``Trace.packet`` fields of the chunk; a packet running past the end is left for the
     next chunk (``final=False``) or reported as the cut-short tail (``final=True``)."""
