@@ -71,7 +71,15 @@ def test_spans_a_killed_exporter_process_held_for_retry_count_as_undelivered(tmp
     os.kill(stats["exporter_pid"], signal.SIGKILL)
     assert wait_until(lambda: dead(stats["exporter_pid"]))
     receiver.mode = "ok"
-    record(100, 100)  # a restarted exporter process delivers these
+    # The death is noticed on a later frame (frames written before that are lost, and
+    # counted): record until the restart is seen; the restarted process delivers the rest.
+    sent = 100
+    for _ in range(20):
+        record(sent, 100)
+        sent += 100
+        sched_trace.flush(timeout=30)
+        if plugin.sched_trace_collect_stats()["exporter_restarts"]:
+            break
     sched_trace.shutdown(timeout=60)
     stats = plugin.sched_trace_collect_stats()
 
