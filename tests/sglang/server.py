@@ -143,7 +143,22 @@ class SGLangServer:
         return prefix + ["--"] + launch
 
     def start(self, timeout: float = 480.0) -> "SGLangServer":
-        """Wait up to ``timeout`` s for /health_generate (2 cores at load 8 slow a PP=2 start a lot)."""
+        """Wait up to ``timeout`` s for /health_generate (2 cores at load 8 slow a PP=2 start a lot).
+
+        The HTTP port is chosen free, but SGLang picks ports of its own too (a server beside
+        this one may take ours between the choice and the bind): a start that fails to bind
+        is tried again on another port, twice at most.
+        """
+        for attempt in range(3):
+            try:
+                return self._start(timeout)
+            except RuntimeError as exc:
+                if attempt == 2 or "address already in use" not in str(exc):
+                    raise
+                self.port = free_port()
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> "SGLangServer":
         env = server_env(**self.extra_env)
         if self.pp_size > 1:  # one OpenMP core list per PP rank
             env.setdefault("SGLANG_CPU_OMP_THREADS_BIND", "|".join(str(i % (os.cpu_count() or 1))
