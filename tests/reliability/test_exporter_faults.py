@@ -73,6 +73,20 @@ def dead(pid: int) -> bool:
         return True
 
 
+def record_until_restarted(plugin, first: int, count: int, restarts: int) -> int:
+    """Record ``count`` events at a time from ``first`` until the plugin has restarted its
+    exporter process ``restarts`` times; the next id. A killed exporter's death is noticed
+    on a later frame: frames written before it was seen are lost, and counted
+    (Popen.poll() can answer "running" for a dead child while another thread polls)."""
+    for _ in range(20):
+        record(first, count)
+        first += count
+        sched_trace.flush(timeout=30)
+        if plugin.sched_trace_collect_stats()["exporter_restarts"] >= restarts:
+            break
+    return first
+
+
 def span_counts(stats: dict) -> int:
     """Spans built, less every span counted as not delivered."""
     return (stats["spans_built"] - stats["spans_dropped"] - stats.get("spans_rejected", 0)
@@ -117,14 +131,7 @@ def test_a_killed_exporter_process_is_restarted_and_its_loss_counted(otlp, recei
     pid = plugin.sched_trace_collect_stats()["exporter_pid"]
     os.kill(pid, signal.SIGKILL)
     assert wait_until(lambda: dead(pid))  # else a frame may still go into the dying one's pipe
-    # The death is noticed on a later frame: frames written before it was seen are lost, and
-    # counted (Popen.poll() can answer "running" for a dead child while another thread polls).
-    for _ in range(20):
-        record(sent, 1000)
-        sent += 1000
-        sched_trace.flush(timeout=30)
-        if plugin.sched_trace_collect_stats()["exporter_restarts"]:
-            break
+    sent = record_until_restarted(plugin, sent, 1000, restarts=1)
     stats = plugin.sched_trace_collect_stats()
     assert stats["exporter_restarts"] == 1, stats
     assert wait_until(lambda: len(receiver.microbatches()) + plugin.sched_trace_collect_stats()["lost_in_exporter"] == sent)
@@ -133,13 +140,7 @@ def test_a_killed_exporter_process_is_restarted_and_its_loss_counted(otlp, recei
     pid = plugin.sched_trace_collect_stats()["exporter_pid"]
     os.kill(pid, signal.SIGKILL)
     assert wait_until(lambda: dead(pid))
-    after = sent + 3000
-    for _ in range(20):  # as above: what is written before the death is seen may be lost
-        record(after, 1000)
-        after += 1000
-        sched_trace.flush(timeout=30)
-        if plugin.sched_trace_collect_stats()["exporter_restarts"] == 2:
-            break
+    after = record_until_restarted(plugin, sent + 3000, 1000, restarts=2)
     assert plugin.sched_trace_collect_stats()["exporter_restarts"] == 2
     record(after, 1000)
     sched_trace.shutdown(timeout=30)

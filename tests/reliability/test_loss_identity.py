@@ -14,7 +14,7 @@ import pytest
 
 import sched_trace
 
-from .test_exporter_faults import record, wait_until
+from .test_exporter_faults import record, record_until_restarted, wait_until
 
 
 @pytest.mark.parametrize("process", [True, False], ids=["exporter-process", "exporter-thread"])
@@ -71,15 +71,7 @@ def test_spans_a_killed_exporter_process_held_for_retry_count_as_undelivered(tmp
     os.kill(stats["exporter_pid"], signal.SIGKILL)
     assert wait_until(lambda: dead(stats["exporter_pid"]))
     receiver.mode = "ok"
-    # The death is noticed on a later frame (frames written before that are lost, and
-    # counted): record until the restart is seen; the restarted process delivers the rest.
-    sent = 100
-    for _ in range(20):
-        record(sent, 100)
-        sent += 100
-        sched_trace.flush(timeout=30)
-        if plugin.sched_trace_collect_stats()["exporter_restarts"]:
-            break
+    record_until_restarted(plugin, 100, 100, restarts=1)  # the restarted process delivers the rest
     sched_trace.shutdown(timeout=60)
     stats = plugin.sched_trace_collect_stats()
 
