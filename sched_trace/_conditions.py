@@ -21,7 +21,7 @@ import re
 from typing import Any, Callable, Optional
 
 from ._errors import ExtractorError
-from ._extract import _GRAMMAR, Extractor, Parameters, _check_steps, _count_missing, _root_reader, parse
+from ._extract import _GRAMMAR, Extractor, Parameters, _check_steps, _count_missing, _root_reader, mapping_items, parse
 
 _IF = re.compile(r"\s+if\s+")  # "EXPR if CONDITION": an extractor has no spaces around a keyword
 
@@ -189,14 +189,8 @@ def _condition_from_callable(function: Callable[..., Any], what: str, after_call
 
 def parse_attributes(specs: Any, params: Parameters) -> tuple[tuple[str, Extractor, Optional[Condition]], ...]:
     """Parse ``attrs={key: "EXPR" or "EXPR if CONDITION" or callable}``: (key, extractor, condition)."""
-    if specs is None:
-        return ()
-    if not isinstance(specs, dict):
-        raise ExtractorError(f"attrs must be a mapping of name to extractor, got {specs!r}")
     parsed = []
-    for key, spec in specs.items():
-        if not isinstance(key, str) or not key.isidentifier():
-            raise ExtractorError(f"attrs key {key!r} must be an identifier")
+    for key, spec in mapping_items(specs, "attrs"):
         what = f"attrs[{key!r}]"
         condition = None
         if isinstance(spec, str) and _IF.search(spec):

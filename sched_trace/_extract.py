@@ -244,18 +244,21 @@ def _from_callable(function: Callable[..., Any], what: str) -> Extractor:
     return extract
 
 
-def parse_mapping(specs: Any, what: str, params: Parameters) -> tuple[tuple[str, Extractor], ...]:
-    """Parse ``{key: extractor}`` (rank keys or attributes) in a stable order."""
+def mapping_items(specs: Any, what: str) -> list[tuple[str, Any]]:
+    """The ``(key, spec)`` pairs of a ``{key: extractor}`` option, checked, in a stable order."""
     if specs is None:
-        return ()
+        return []
     if not isinstance(specs, dict):
         raise ExtractorError(f"{what} must be a mapping of name to extractor, got {specs!r}")
-    parsed = []
-    for key, spec in specs.items():
+    for key in specs:
         if not isinstance(key, str) or not key.isidentifier():
             raise ExtractorError(f"{what} key {key!r} must be an identifier")
-        parsed.append((key, parse(spec, f"{what}[{key!r}]", params)))
-    return tuple(parsed)
+    return list(specs.items())
+
+
+def parse_mapping(specs: Any, what: str, params: Parameters) -> tuple[tuple[str, Extractor], ...]:
+    """Parse ``{key: extractor}`` (rank keys or attributes) in a stable order."""
+    return tuple((key, parse(spec, f"{what}[{key!r}]", params)) for key, spec in mapping_items(specs, what))
 
 
 def _count_missing(label: str) -> None:

@@ -149,14 +149,14 @@ class SGLangServer:
         this one may take ours between the choice and the bind): a start that fails to bind
         is tried again on another port, twice at most.
         """
-        for attempt in range(3):
+        for _ in range(2):
             try:
                 return self._start(timeout)
             except RuntimeError as exc:
-                if attempt == 2 or "address already in use" not in str(exc):
+                if "address already in use" not in str(exc):
                     raise
                 self.port = free_port()
-        raise AssertionError("unreachable")
+        return self._start(timeout)
 
     def _start(self, timeout: float) -> "SGLangServer":
         env = server_env(**self.extra_env)
