@@ -179,6 +179,7 @@ class BackgroundExporter:
         self._wake = threading.Event()
         self._idle = threading.Condition()
         self._busy = False
+        self._flushing = 0  # flush() calls waiting
         self._stopped = False
         self._thread: Optional[threading.Thread] = None
         _live.add(self)
@@ -211,6 +212,7 @@ class BackgroundExporter:
         self._wake = threading.Event()
         self._idle = threading.Condition()
         self._busy = False
+        self._flushing = 0
         self._thread = None
 
     def _run(self) -> None:
@@ -246,6 +248,14 @@ class BackgroundExporter:
                 with self._idle:
                     self._busy = False
                     self.in_flight = 0
+            if len(batch) < self.max_batch and not self._flushing:
+                # Caught up: what the scheduler appended meanwhile waits for the next
+                # interval. Draining it now would chase the scheduler thread with a small
+                # frame per GIL hand-over (a frame's cost is mostly fixed), each one a
+                # forced GIL switch for the scheduler: one frame per interval instead.
+                with self._idle:
+                    self._idle.notify_all()
+                return
             # Hand the GIL back between batches: an encoder in C (pickle, protobuf)
             # holds it for the whole call, and the scheduler thread is waiting.
             time.sleep(0)
@@ -255,9 +265,13 @@ class BackgroundExporter:
         if self._thread is None or not self._thread.is_alive():
             self._drain_all()
             return len(self.buffer) == 0
-        self._wake.set()
         with self._idle:
-            return self._idle.wait_for(lambda: not self._busy and len(self.buffer) == 0, timeout)
+            self._flushing += 1  # until it returns, the thread drains to the end, not one batch per interval
+            try:
+                self._wake.set()
+                return self._idle.wait_for(lambda: not self._busy and len(self.buffer) == 0, timeout)
+            finally:
+                self._flushing -= 1
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Export what is buffered and stop the thread, all within ``timeout``.

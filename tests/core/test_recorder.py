@@ -38,6 +38,45 @@ def test_background_exporter_exports_off_the_scheduler_thread_and_flushes():
                      "in_flight": 0}
 
 
+def test_a_caught_up_exporter_thread_waits_for_the_next_interval_and_flush_drains_to_the_end():
+    """What the scheduler appends while a batch is exported waits for the next interval
+    (one frame per interval, not one per GIL hand-over), unless a flush is waiting."""
+    batches, entered, release = [], threading.Event(), threading.Event()
+
+    def export(batch):
+        batches.append(list(batch))
+        entered.set()
+        release.wait(10)
+
+    exporter = BackgroundExporter(export, name="test", capacity=10000, interval=3600.0)
+    for i in range(10):
+        exporter.append(i)
+    exporter._wake.set()  # the interval's wake-up, now
+    assert entered.wait(10)
+    for i in range(10, 15):  # appended while the first batch is being exported
+        exporter.append(i)
+    release.set()
+    deadline = threading.Event()
+    for _ in range(100):  # until the thread is idle again, waiting for its interval
+        if not exporter.stats()["in_flight"]:
+            break
+        deadline.wait(0.05)
+    deadline.wait(0.2)
+    assert batches == [list(range(10))] and exporter.stats()["buffered"] == 5
+
+    def producer():  # a flush drains everything, also what arrives while it waits
+        for i in range(15, 2015):
+            exporter.append(i)
+
+    thread = threading.Thread(target=producer)
+    thread.start()
+    assert exporter.flush(timeout=10)
+    thread.join()
+    assert exporter.flush(timeout=10)
+    assert [event for batch in batches for event in batch] == list(range(2015))
+    exporter.shutdown()
+
+
 def test_stalled_exporter_never_blocks_the_scheduler_and_counts_drops():
     release = threading.Event()
     exporter = BackgroundExporter(lambda batch: release.wait(10), name="stalled", capacity=10, max_batch=1)
