@@ -124,7 +124,26 @@ def parse(spec: Any, what: str, params: Parameters) -> Optional[Extractor]:
 
     extract = _fast(root, params, getter, use_len, slow)
     extract.spec = spec  # type: ignore[attr-defined]
+    extract.inline = _inline(root, params, attributes, use_len)  # type: ignore[attr-defined]
     return extract
+
+
+def _inline(root: str, params: Parameters, attributes: list[str], use_len: bool) -> Optional[str]:
+    """The extractor's fast path as a Python expression over ``instance`` and ``args`` that
+    raises where the fast path would fall back (``_hotpath`` writes it into the probe's
+    traced function, with the extractor itself as the fallback); None for shapes whose
+    fast path does not raise. Made only of checked names (``_check_steps``), never user text."""
+    if root == "self":
+        if not attributes:
+            return None
+        base = "instance"
+    else:
+        position = params.position.get(root)
+        if position is None:
+            return None
+        base = f"args[{position} if instance is None else {position - 1 if position else 1 << 30}]"
+    expression = base + "".join(f".{step}" for step in attributes)
+    return f"len({expression})" if use_len else expression
 
 
 # long: one small closure per shape of extractor, each a handful of instructions per call

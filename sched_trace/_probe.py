@@ -3,9 +3,11 @@
 A ``Probe`` is compiled once per declaration (stage or batch, level, extractors).
 Its ``wrapper`` has wrapt's ``(wrapped, instance, args, kwargs)`` signature. Every
 kind of function (plain, generator, coroutine, async generator) goes through the
-same gate (:func:`gated`): one comparison when the level is off, and no tracing
-while ``torch.compile`` traces. Past the gate, plain functions run
-:meth:`Probe._sync_traced` (begin and finish inlined: it is the common case) and
+same gate (:func:`gated`, or its comparison at the top of a plain function's
+generated body): one comparison when the level is off, and no tracing while
+``torch.compile`` traces. Past the gate, plain functions run
+:meth:`Probe._sync_traced` (begin and finish inlined, written for the probe by
+``_hotpath``: it is the common case) and
 the others run :meth:`Probe.begin` / :meth:`Probe.finish` around their body.
 
 A probe with ``keep_if`` decides after the call whether the call did work. Until
@@ -24,7 +26,7 @@ from typing import Any, Callable, Mapping, Optional
 
 import wrapt
 
-from . import _clock, _conditions, _extract, _rank
+from . import _clock, _conditions, _extract, _hotpath, _rank
 from ._events import NO_ATTRS, BatchEvent, StageEvent
 from ._manager import BATCH_END, BATCH_START, STAGE_END, STAGE_START, get_manager
 from ._stages import LEVEL
@@ -42,7 +44,11 @@ Wrapper = Callable[[Any, Any, tuple, dict], Any]
 
 
 def gated(level: int, traced: Wrapper) -> Wrapper:
-    """The wrapper every probe installs: ``traced`` when ``level`` is on, else a plain call.
+    """The wrapper a probe installs: ``traced`` when ``level`` is on, else a plain call.
+
+    A plain function's generated traced function (``_hotpath``) opens with this same
+    comparison and is installed as it is: it has no closure, so its frame costs about
+    what this one does when the level is off, and an enabled call saves a frame.
 
     ``traced`` itself skips tracing while torch.compile traces (:data:`compiling`): that
     check costs nothing here, where nothing is traced anyway.
@@ -64,6 +70,13 @@ def _thread_rank(cell: list) -> Any:
     """The thread's own rank, read again (its identity changed) and cached in ``cell``."""
     cell[1] = rank, _ = _rank.current_with_epoch()
     return rank
+
+
+#: What every generated traced function reads besides its probe's own fields (``_hotpath``).
+_HELPERS = {
+    "rank_epoch": _rank.epoch, "compiling": compiling, "_cell_or_none": _cell_or_none, "_context_cell": _context_cell,
+    "_thread_rank": _thread_rank, "_next_span_id": _next_span_id, "_next_batch_id": _next_batch_id,
+    "monotonic_ns": monotonic_ns, "_clock": _clock, "_tuple_new": _tuple_new, "NO_ATTRS": NO_ATTRS, "LEVEL": LEVEL}
 
 
 def kind_of(function: Optional[Callable[..., Any]]) -> str:
@@ -140,7 +153,8 @@ class Probe:
         body = {"sync": self._sync_traced if self.keep is None else self._sync_kept,
                 "generator": self._gen_traced, "coroutine": self._async_traced,
                 "async_generator": self._async_gen_traced}[kind_of(function)]
-        self.wrapper = gated(level, body())
+        # The generated sync body holds the gate itself (see gated).
+        self.wrapper = body() if body == self._sync_traced else gated(level, body())
 
     # --- the fields of an event, and delivering them --------------------------
 
@@ -207,76 +221,10 @@ class Probe:
 
     # --- the traced bodies, one per kind of function ----------------------------
 
-    # long: begin and finish inlined, so an enabled call costs one Python frame (bench_instructions)
     def _sync_traced(self) -> Wrapper:
-        name, level, kind, event_type = self.name, self.level, self.kind, self.event_type
-        microbatch, batch_size, read_attrs = self.microbatch, self.batch_size, self.read_attrs
-        # One plain attribute (usually ``requests``) is the common case: no loop, no comprehension frame.
-        attr_key, attr_read = self.attrs[0][:2] if len(self.attrs) == 1 and self.attrs[0][2] is None else (None, None)
-        calls_of, start_index, end_index = self.manager.event_calls, self.start_index, self.end_index
-        count_error, rank_epoch = self.manager._count_error, _rank.epoch
-        # Rank keys, a batch id extractor, or a batch: the ids come from identity() (a call more).
-        identity = self.identity if self.rank_keys or self.batch_id is not None or self.is_batch else None
-
-        # long: the whole enabled hot path in one frame; every variable here costs on every call
-        def traced(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-            if compiling[0] is not None and compiling[0]():
-                return wrapped(*args, **kwargs) if kwargs else wrapped(*args)
-            cell = _cell_or_none(None) or _context_cell()
-            top = cell[0]
-            parent, batch_id, rank, sink = top
-            if rank is None:  # the thread's own rank, cached while the identities' epoch holds
-                rank, epoch = cell[1]
-                if epoch != rank_epoch[0]:
-                    rank = _thread_rank(cell)
-            inherited = batch_id  # what spans inside this one take as their batch id
-            if identity is not None:
-                rank, batch_id, inherited = identity(instance, args, kwargs, rank, batch_id)
-            span_id = _next_span_id()
-            start_ns = monotonic_ns() + _clock._offset_ns
-            mb = microbatch(instance, args, kwargs) if microbatch is not None else None
-            size = batch_size(instance, args, kwargs) if batch_size is not None else None
-            if attr_key is not None:
-                extra = {attr_key: attr_read(instance, args, kwargs)}
-            else:
-                extra = read_attrs(instance, args, kwargs) if read_attrs is not None else NO_ATTRS
-            calls = calls_of[start_index]
-            if calls:
-                event = _tuple_new(event_type, (name, level, start_ns, None, rank, mb, batch_id, size, extra,
-                                                None, span_id, parent))
-                if sink is not None:  # inside an undecided keep_if span: wait for its decision
-                    sink.append((start_index, event))
-                else:
-                    for function, owner in calls:
-                        try:
-                            function(event)
-                        except Exception as exc:
-                            count_error(owner, kind, exc)
-            cell[0] = (span_id, inherited, rank, sink)
-            error = None
-            try:
-                return wrapped(*args, **kwargs) if kwargs else wrapped(*args)
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                end_ns = monotonic_ns() + _clock._offset_ns
-                cell[0] = top
-                calls = calls_of[end_index]
-                if calls:
-                    event = _tuple_new(event_type, (name, level, start_ns, end_ns, rank, mb, batch_id, size, extra,
-                                                    error, span_id, parent))
-                    if sink is not None:
-                        sink.append((end_index, event))
-                    else:
-                        for function, owner in calls:
-                            try:
-                                function(event)
-                            except Exception as exc:
-                                count_error(owner, kind, exc)
-                error = event = None  # no frame -> exception -> traceback -> frame cycle
-
-        return traced
+        """Begin and finish inlined, extractors written in: an enabled call costs one Python
+        frame (``_hotpath``; bench_instructions)."""
+        return _hotpath.sync_traced(self, _HELPERS)
 
     def _sync_kept(self) -> Wrapper:
         """keep_if on a plain function: the call, the decision, then the events (see above).

@@ -36,7 +36,7 @@ LAYERS = {
     # 3, plugins and hand-off buffers
     "sched_trace._hookspecs": 3, "sched_trace._manager": 3, "sched_trace._watchdog": 3, "sched_trace.recorder": 3,
     # 4, the hot path and what installs it
-    "sched_trace._probe": 4, "sched_trace._request_probe": 4, "sched_trace._instrument": 4,
+    "sched_trace._hotpath": 4, "sched_trace._probe": 4, "sched_trace._request_probe": 4, "sched_trace._instrument": 4,
     # 5, process life and the exporter process
     "sched_trace._lifecycle": 5, "sched_trace._exporter": 5, "sched_trace.capture": 5,
     # 6, the public faces

@@ -1,0 +1,130 @@
+"""The hot path of a plain (sync) probe, written for that probe.
+
+Every call of a traced plain function runs this one function: compare the level
+(off: call through, as ``_probe.gated`` does for the other kinds), read the thread's
+context, take the ids, read the extractors, deliver the start event, run the call,
+deliver the end event. Calls cost here (one Python frame each), so the function is
+generated once per probe from :data:`TEMPLATE`, with each extractor of the grammar
+written in as its expression (``_extract`` gives it, built only of checked names)
+instead of called: a value that cannot be read falls back to the extractor itself,
+which reads it the slow way and counts it. Extractors that are callables, and
+conditional attributes, stay calls. The source is registered with ``linecache``,
+so a traceback through a traced call shows these lines.
+"""
+
+from __future__ import annotations
+
+import itertools
+import linecache
+from typing import Any, Callable, Optional
+
+_next_code = itertools.count(1).__next__
+
+#: The traced function; the fields in braces are the probe's (its constants as literals:
+#: ``repr`` of a str or an int; its extractors' expressions).
+TEMPLATE = '''\
+def traced(wrapped, instance, args, kwargs):
+    if {level!r} > LEVEL.active or (compiling[0] is not None and compiling[0]()):
+        return wrapped(*args, **kwargs) if kwargs else wrapped(*args)
+    cell = _cell_or_none(None) or _context_cell()
+    top = cell[0]
+    parent, batch_id, rank, sink = top
+    if rank is None:  # the thread's own rank, cached while the identities' epoch holds
+        rank, epoch = cell[1]
+        if epoch != rank_epoch[0]:
+            rank = _thread_rank(cell)
+    inherited = batch_id  # what spans inside this one take as their batch id
+{ids}
+    span_id = _next_span_id()
+    start_ns = monotonic_ns() + _clock._offset_ns
+{mb}
+{size}
+{extra}
+    calls = calls_of[{start_index!r}]
+    if calls:
+        event = _tuple_new(event_type, ({name!r}, {level!r}, start_ns, None, rank, mb, batch_id, size, extra,
+                                        None, span_id, parent))
+        if sink is not None:  # inside an undecided keep_if span: wait for its decision
+            sink.append(({start_index!r}, event))
+        else:
+            for function, owner in calls:
+                try:
+                    function(event)
+                except Exception as exc:
+                    count_error(owner, {kind!r}, exc)
+    cell[0] = (span_id, inherited, rank, sink)
+    error = None
+    try:
+        return wrapped(*args, **kwargs) if kwargs else wrapped(*args)
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        end_ns = monotonic_ns() + _clock._offset_ns
+        cell[0] = top
+        calls = calls_of[{end_index!r}]
+        if calls:
+            event = _tuple_new(event_type, ({name!r}, {level!r}, start_ns, end_ns, rank, mb, batch_id, size, extra,
+                                            error, span_id, parent))
+            if sink is not None:
+                sink.append(({end_index!r}, event))
+            else:
+                for function, owner in calls:
+                    try:
+                        function(event)
+                    except Exception as exc:
+                        count_error(owner, {kind!r}, exc)
+        error = event = None  # no frame -> exception -> traceback -> frame cycle
+'''
+_INDENT = " " * 4
+
+
+def _value(target: str, extractor: Optional[Callable[..., Any]], name: str) -> str:
+    """``target = ...``: None, the extractor's expression (falling back to a call), or a call."""
+    if extractor is None:
+        return f"{_INDENT}{target} = None"
+    inline = getattr(extractor, "inline", None)
+    if inline is None:
+        return f"{_INDENT}{target} = {name}(instance, args, kwargs)"
+    return (f"{_INDENT}try:\n{_INDENT}    {target} = {inline}\n"
+            f"{_INDENT}except Exception:  # unreadable: the extractor's slow path reads it and counts it\n"
+            f"{_INDENT}    {target} = {name}(instance, args, kwargs)")
+
+
+def _attributes(attrs: tuple, values: dict[str, Any]) -> str:
+    if not attrs:
+        return f"{_INDENT}extra = NO_ATTRS"
+    if any(condition is not None for _, _, condition in attrs):
+        return f"{_INDENT}extra = read_attrs(instance, args, kwargs)"
+    lines, items = [], []
+    for index, (key, read, _) in enumerate(attrs):
+        values[f"attr_{index}"] = read
+        lines.append(_value(f"attr_value_{index}", read, f"attr_{index}"))
+        items.append(f"{key!r}: attr_value_{index}")  # keys are identifiers (_extract.mapping_items)
+    return "\n".join(lines) + f"\n{_INDENT}extra = {{{', '.join(items)}}}"
+
+
+def _ids(probe: Any) -> str:
+    if probe.rank_keys or probe.batch_id is not None:  # the general case: Probe.identity
+        return f"{_INDENT}rank, batch_id, inherited = identity(instance, args, kwargs, rank, batch_id)"
+    if probe.is_batch:  # a batch takes a new batch id, and so do the spans inside it
+        return f"{_INDENT}batch_id = inherited = _next_batch_id()"
+    return ""
+
+
+def sync_traced(probe: Any, helpers: dict[str, Any]) -> Callable[..., Any]:
+    """The traced function of ``probe`` (a plain function, no keep_if). It reads the probe's
+    constants as literals, and ``helpers`` (the module-level functions and state it calls)
+    and the probe's objects as its globals: one dict, not a closure cell per name."""
+    namespace = dict(helpers, event_type=probe.event_type, calls_of=probe.manager.event_calls,
+                     count_error=probe.manager._count_error, microbatch=probe.microbatch,
+                     batch_size=probe.batch_size, read_attrs=probe.read_attrs, identity=probe.identity,
+                     __builtins__=__builtins__)
+    source = TEMPLATE.format(
+        name=probe.name, level=probe.level, kind=probe.kind, start_index=probe.start_index,
+        end_index=probe.end_index, ids=_ids(probe), mb=_value("mb", probe.microbatch, "microbatch"),
+        size=_value("size", probe.batch_size, "batch_size"), extra=_attributes(probe.attrs, namespace))
+    filename = f"<sched-trace probe {probe.name!r} #{_next_code()}>"
+    exec(compile(source, filename, "exec"), namespace)  # noqa: S102 (a template of checked names)
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    return namespace["traced"]
