@@ -168,7 +168,9 @@ def throughput_rows(result: dict[str, Any], label: str, profile: str = "vllm") -
                 f"{result['tokens']} tokens at batch {result['batch']}")
     for case, text, level_note in (("default", "default level", f"the {profile} profile at level 4"),
                                    ("level1", "level 1", "engine steps and request phases only"),
-                                   ("null", "default level, no exporter", "a do-nothing plugin instead of otel")):
+                                   ("null", "default level, no exporter", "a do-nothing plugin instead of otel"),
+                                   ("wrapt", "default level's targets, wrapt passthroughs only",
+                                    "no sched-trace code: what any wrapt instrumentation of them costs")):
         if case not in rounds:
             continue
         ratios = [1 / r for r in paired(rounds, case, "tokens", "wall_s")]
@@ -180,7 +182,7 @@ def throughput_rows(result: dict[str, Any], label: str, profile: str = "vllm") -
             f"{label} throughput, traced at the {text} vs untraced",
             statistics.median(tps), statistics.median(base), statistics.median(ratios), "tokens/s",
             target=">= 0.99x" if default else None, met=statistics.median(ratios) >= 0.99 if default else None,
-            group=GROUP, note=f"{level_note}{', otel writing OTLP-JSON' if case != 'null' else ''}; {workload}; "
+            group=GROUP, note=f"{level_note}{', otel writing OTLP-JSON' if case not in ('null', 'wrapt') else ''}; {workload}; "
                               "per-group ratios "
                               + ", ".join(f"{r:.2f}" for r in ratios)))
         cpu_traced = [r["engine_cpu_s"] / r["tokens"] * 1e6 for r in rounds[case]]
@@ -226,6 +228,68 @@ def elsewhere_row(rounds: dict[str, list], label: str) -> dict[str, Any]:
              "thread's CPU per token, totals over all rounds; the process's other threads (the exporter "
              f"thread) took {others:+.2f} us/token more than untraced; the garbage collector "
              f"{gc_us:+.1f} us per step and {statistics.median(gc_runs):+.0f} collections per round more")
+
+
+# --- step-interleaved pairs ---------------------------------------------------------
+
+
+def _bootstrap(values: list[float], draws: int = 2000) -> tuple[float, float]:
+    """The 95 % interval of the median of ``values`` (seeded: a rerun prints the same)."""
+    import random
+
+    rng = random.Random(0)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(draws))
+    return medians[int(0.025 * draws)], medians[int(0.975 * draws)]
+
+
+def interleaved_rows(by_batch: dict[int, dict[str, Any]], label: str) -> list[dict[str, Any]]:
+    """Per batch size: the paired decode steps' CPU and wall clock, traced against untraced."""
+    rows = []
+    for batch, result in sorted(by_batch.items()):
+        pairs = result["pairs"]
+        where = (f"{len(pairs)} pairs of decode steps at batch {batch}, traced and untraced taking turns step "
+                 f"by step on one engine (benchmarks/vllm_engine.py StepSwitch), the default level, otel "
+                 f"writing OTLP-JSON")
+        delta = [(p["cpu_traced"] - p["cpu_untraced"]) / 1e3 for p in pairs]
+        low, high = _bootstrap(delta)
+        base_cpu = statistics.median(p["cpu_untraced"] / 1e3 for p in pairs)
+        rows.append(row(
+            f"{label} engine-thread CPU per decode step, default level minus untraced, batch {batch}",
+            statistics.median(delta), base_cpu, statistics.median(delta) / base_cpu, "us/step",
+            target=f"<= {STEP_TARGET_US:g} us", met=statistics.median(delta) <= STEP_TARGET_US, group=GROUP,
+            note=f"median of the paired differences (95 % interval {low:.1f}-{high:.1f} us); baseline: the "
+                 f"untraced step's CPU; {where}"))
+        cpu = [p["cpu_traced"] / p["cpu_untraced"] for p in pairs]  # the pair's steps made the same tokens
+        low, high = _bootstrap(cpu)
+        rows.append(row(
+            f"{label} engine-thread CPU per output token, default level vs untraced, step-interleaved, batch {batch}",
+            statistics.median(cpu) * base_cpu, base_cpu, statistics.median(cpu), "us/step",
+            target="<= 1.01x", met=statistics.median(cpu) <= 1.01, group=GROUP,
+            note=f"median of the paired ratios (95 % interval {low:.4f}-{high:.4f}); {where}"))
+        # The exporter thread's CPU, all of it charged to the traced steps' wall clock as if it had
+        # stopped the engine thread for as long (it runs while torch releases the GIL: an upper bound).
+        thread_ns = result["exporter_thread_cpu_s"] * 1e9 / result["traced_steps"]
+        speed = [p["wall_untraced"] / (p["wall_traced"] + thread_ns) for p in pairs]
+        low, high = _bootstrap(speed)
+        base_wall = statistics.median(p["wall_untraced"] for p in pairs)
+        rows.append(row(
+            f"{label} throughput, default level vs untraced, step-interleaved, batch {batch}",
+            statistics.median(p["tokens_traced"] / (p["wall_traced"] + thread_ns) * 1e9 for p in pairs),
+            statistics.median(p["tokens_untraced"] / p["wall_untraced"] * 1e9 for p in pairs),
+            statistics.median(speed), "tokens/s", target=">= 0.99x", met=statistics.median(speed) >= 0.99,
+            group=GROUP,
+            note=f"median of the paired ratios of tokens per wall-clock second (95 % interval {low:.4f}-"
+                 f"{high:.4f}); each traced step charged with the exporter thread's CPU per traced step "
+                 f"({thread_ns / 1e3:.1f} us, the thread's exact clock), as if it had stopped the engine "
+                 f"thread that long; untraced step {base_wall / 1e3:.0f} us; {where}"))
+    return rows
+
+
+def interleaved(quick: bool, extra: tuple[str, ...] = ()) -> dict[int, dict[str, Any]]:
+    """Batch 64 (128 requests a round) and batch 8 (64 requests a round) of 32-token outputs."""
+    groups = 4 if quick else 30
+    return {batch: vllm("interleaved", groups, requests, 32, batch, None, extra)
+            for batch, requests in ((8, 64), (64, 128))}
 
 
 # --- targets ----------------------------------------------------------------------
@@ -309,7 +373,8 @@ def targets(quick: bool, profile_file: Optional[Path] = None, extra: tuple[str, 
 
 def run(quick: bool) -> list[dict[str, Any]]:
     throughput, by_batch = measure(quick)
-    rows = throughput_rows(throughput, "vLLM") + step_rows(by_batch, "vLLM")
+    rows = (interleaved_rows(interleaved(quick), "vLLM") + throughput_rows(throughput, "vLLM")
+            + step_rows(by_batch, "vLLM"))
     try:
         served = sglang(3 if quick else 12, 16 if quick else 32, 32, 8)
     except RuntimeError as exc:  # no runnable .venv-sglang: the vLLM rows still count
@@ -332,15 +397,25 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--omp", type=int, default=1, help="OpenMP threads of the engine (default 1)")
     parser.add_argument("--json", type=Path, help="also write the raw measurements here")
     parser.add_argument("--sglang", action="store_true", help="only the SGLang server's throughput triples")
+    parser.add_argument("--interleaved", action="store_true",
+                        help="only the step-interleaved pairs (batch 8 and 64): the precise figures")
+    parser.add_argument("--wrapt-only", action="store_true",
+                        help="with --interleaved: traced steps run wrapt passthroughs (what wrapt alone costs)")
     parser.add_argument("--cases", default="untraced,level1,default",
-                        help="the throughput half's cases (untraced, level1, default, null)")
+                        help="the throughput half's cases (untraced, level1, default, null, wrapt)")
     parser.add_argument("--groups", type=int, help="rotated groups in the throughput half (default 12, quick 4)")
     args = parser.parse_args(argv)
     EXTRA_ENV["OMP_NUM_THREADS"] = str(args.omp)
-    extra = ("--plugin", args.plugin) + (("--no-compile-check",) if args.no_compile_check else ())
+    extra = ("--plugin", args.plugin) + (("--no-compile-check",) if args.no_compile_check else ()) + (
+        ("--wrapt-only",) if args.wrapt_only else ())
     raw: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
-    if args.sglang:
+    if args.interleaved:
+        by_interleaved = interleaved(args.quick, extra)
+        raw["interleaved"] = {str(b): r for b, r in by_interleaved.items()}
+        rows += interleaved_rows(by_interleaved, "vLLM")
+        args.table = args.throughput = True  # nothing else
+    elif args.sglang:
         raw["sglang"] = sglang(args.groups or (3 if args.quick else 12), 16 if args.quick else 32, 32, 8)
         rows += throughput_rows(raw["sglang"], "SGLang", "sglang")
         args.table = args.throughput = True  # nothing else

@@ -161,10 +161,28 @@ class Cases:
         tiny_vllm.rebind_step(self.core)
         return self.meter
 
+    def wrapt_only(self) -> None:
+        """Every target of the default level behind a plain wrapt passthrough, no sched-trace
+        code: what any wrapt-based instrumentation of these targets costs at least."""
+        import wrapt
+
+        self.traced(None)
+        self.meter = tiny_vllm.TargetMeter(passthrough=True)
+        for handle in _active_handles():
+            setattr(handle.owner, handle.path[-1], wrapt.FunctionWrapper(handle.original, tiny_vllm._passthrough))
+            self.meter._swapped.append((handle, handle.proxy))
+        tiny_vllm.rebind_step(self.core)
+
     def _unmeter(self) -> None:
         if self.meter is not None:
             self.meter.restore()
             self.meter = None
+
+
+def _active_handles() -> list:
+    from sched_trace._instrument import handles
+
+    return [handle for handle in handles() if handle.active]
 
 
 def one_round(llm: Any, core: Any, gc_clock: GcClock, requests: int, tokens: int, traced: bool) -> dict[str, Any]:
@@ -192,7 +210,8 @@ def run_throughput(llm: Any, cases: Cases, groups: int, requests: int, tokens: i
                    names: tuple[str, ...] = ("untraced", "level1", "default")) -> dict[str, Any]:
     switch: dict[str, Callable[[], None]] = {
         "untraced": cases.untraced, "level1": lambda: cases.traced(1), "default": lambda: cases.traced(None),
-        "null": lambda: cases.traced(None, "null")}  # the default level, a do-nothing plugin instead of otel
+        "null": lambda: cases.traced(None, "null"),  # the default level, a do-nothing plugin instead of otel
+        "wrapt": cases.wrapt_only}  # the default level's targets behind wrapt passthroughs only
     names = list(names)
     gc_clock = GcClock()
     rounds: dict[str, list] = {name: [] for name in names}
@@ -238,6 +257,109 @@ def run_targets(llm: Any, cases: Cases, groups: int, requests: int, tokens: int)
     warm = replay(calls)
     cases.untraced()
     return {"rounds": rounds, "meters": meters, "labels": labels, "warm_ns": warm}
+
+
+class StepSwitch:
+    """Traced and untraced engine steps taking turns, step by step, on one engine.
+
+    The round-level cases share a machine whose speed drifts by +-10 % within a second
+    (other tenants of the host): rounds of half a second paired cannot show a 1 % cost
+    without hundreds of groups. Here each pair of consecutive engine steps (nearly the
+    same work: the same requests, one token apart) runs one step untraced and one traced,
+    the order alternating from pair to pair, and the engine thread's CPU clock and the
+    wall clock are read around each step. Before every step every target's class
+    attribute is set again (to sched-trace's proxy or to vLLM's own function), so both
+    cases start from the same type-cache state. Requests arrive (``add_request``)
+    outside the steps, always traced; their cost per step comes from the target table.
+    """
+
+    def __init__(self, cases: Cases, wrapt_only: bool = False) -> None:
+        self.core = cases.core
+        cases.traced(None)
+        self.handles = _active_handles()
+        self.proxies = {handle.target: handle.proxy for handle in self.handles}
+        if wrapt_only:  # the traced steps run wrapt passthroughs instead: what wrapt alone costs
+            import wrapt
+
+            self.proxies = {handle.target: wrapt.FunctionWrapper(handle.original, tiny_vllm._passthrough)
+                            for handle in self.handles}
+        self.step = self.core.step_fn.__name__  # step or step_with_batch_queue
+        # (traced, cpu ns, wall ns, tokens, decode only: no prompt left to prefill)
+        self.samples: list[tuple[bool, int, int, int, bool]] = []
+        self.count = 0
+        self._own_step = self.core.step_fn
+
+    def _set(self, traced: bool) -> None:
+        for handle in self.handles:
+            setattr(handle.owner, handle.path[-1], self.proxies[handle.target] if traced else handle.original)
+
+    def install(self) -> None:
+        core, kind = self.core, type(self.core)
+
+        def step() -> Any:
+            pair, second = divmod(self.count, 2)
+            traced = (pair % 2 == 0) == bool(second)  # pairs: untraced-traced, then traced-untraced
+            self.count += 1
+            scheduler = core.scheduler
+            full = not scheduler.waiting or len(scheduler.running) >= scheduler.max_num_running_reqs
+            decode = full and all(
+                r.num_computed_tokens >= r.num_prompt_tokens for r in scheduler.running)
+            self._set(traced)
+            method = getattr(kind, self.step).__get__(core)
+            cpu, wall = time.thread_time_ns(), time.perf_counter_ns()
+            outputs, executed = method()
+            wall, cpu = time.perf_counter_ns() - wall, time.thread_time_ns() - cpu
+            self._set(True)  # arrivals between steps: traced
+            tokens = sum(len(o.new_token_ids) for out in (outputs or {}).values() for o in out.outputs)
+            self.samples.append((traced, cpu, wall, tokens, decode))
+            return outputs, executed
+
+        core.step_fn = step
+
+    def uninstall(self) -> None:
+        self._set(True)
+        self.core.step_fn = self._own_step
+
+    def pairs(self) -> list[dict[str, int]]:
+        """Per pair of decode steps (the same requests, one token apart): the traced and
+        untraced figures. A pair with a prefill step compares unlike work: left out."""
+        found = []
+        for first, second in zip(self.samples[0::2], self.samples[1::2]):
+            if not (first[4] and second[4] and first[3] == second[3]):
+                continue
+            traced, untraced = (first, second) if first[0] else (second, first)
+            found.append({"cpu_traced": traced[1], "cpu_untraced": untraced[1], "wall_traced": traced[2],
+                          "wall_untraced": untraced[2], "tokens_traced": traced[3], "tokens_untraced": untraced[3]})
+        return found
+
+
+def run_interleaved(llm: Any, cases: Cases, groups: int, requests: int, tokens: int,
+                    wrapt_only: bool = False) -> dict[str, Any]:
+    import sched_trace
+
+    switch = StepSwitch(cases, wrapt_only=wrapt_only)
+    one_round(llm, cases.core, GcClock(), requests, tokens, True)  # warm-up, traced
+    switch.install()
+    exporter_cpu = []
+    try:
+        for _ in range(groups):
+            before = _exporter_thread_cpu()
+            outputs = tiny_vllm.generate(llm, requests, tokens)
+            sched_trace.flush(30.0)
+            exporter_cpu.append(_exporter_thread_cpu() - before)
+            assert sum(len(o.outputs[0].token_ids) for o in outputs) == requests * tokens
+    finally:
+        switch.uninstall()
+    traced_steps = sum(1 for s in switch.samples if s[0])
+    return {"pairs": switch.pairs(), "steps": len(switch.samples), "traced_steps": traced_steps,
+            "exporter_thread_cpu_s": sum(exporter_cpu)}
+
+
+def _exporter_thread_cpu() -> float:
+    """CPU seconds the plugins' exporter threads in this process spent exporting (exact clocks)."""
+    from sched_trace.recorder import _live
+
+    return sum(exporter.thread_cpu_s for exporter in list(_live))
 
 
 def _noop(*args: Any, **kwargs: Any) -> None:
@@ -297,7 +419,7 @@ def wrapt_passthrough_ns(calls: int = 20000, repeats: int = 7) -> float:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
-    parser.add_argument("--mode", choices=("throughput", "targets"), required=True)
+    parser.add_argument("--mode", choices=("throughput", "targets", "interleaved"), required=True)
     parser.add_argument("--groups", type=int, default=6)
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--tokens", type=int, default=32)
@@ -306,16 +428,20 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--plugin", choices=("otel", "null"), default="otel",
                         help="null: a plugin that does nothing, to tell sched-trace's cost from the exporter's")
     parser.add_argument("--cases", default="untraced,level1,default",
-                        help="throughput mode: the cases that take turns (untraced, level1, default, null)")
+                        help="throughput mode: the cases that take turns (untraced, level1, default, null, wrapt)")
     parser.add_argument("--no-compile-check", action="store_true",
                         help="skip sched-trace's torch.compiler.is_compiling() check per call, to measure it")
+    parser.add_argument("--wrapt-only", action="store_true",
+                        help="interleaved mode: the traced steps run wrapt passthroughs instead (wrapt's own cost)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-engines-") as work:
         llm = tiny_vllm.make_llm(tiny_vllm.write_model(Path(work) / "model"), max_num_seqs=args.batch,
                                  max_num_batched_tokens=max(512, args.batch * tiny_vllm.PROMPT_LEN))
         cases = Cases(llm, Path(work) / "otel", args.profile_file, args.plugin)
         cases.compile_check = not args.no_compile_check
-        if args.mode == "throughput":
+        if args.mode == "interleaved":
+            result = run_interleaved(llm, cases, args.groups, args.requests, args.tokens, args.wrapt_only)
+        elif args.mode == "throughput":
             result = run_throughput(llm, cases, args.groups, args.requests, args.tokens, tuple(args.cases.split(",")))
         else:
             result = run_targets(llm, cases, args.groups, args.requests, args.tokens)
