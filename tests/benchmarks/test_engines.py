@@ -73,3 +73,33 @@ def test_throughput_rows_pair_each_case_with_its_untraced_round() -> None:
     assert throughput["ratio"] == 1.0 and "1 / 1.1" not in throughput["note"] and "0.91" in throughput["note"]
     assert rows["vLLM engine-thread CPU per output token, default level vs untraced"]["ratio"] == 1.0
     assert rows["vLLM CPU elsewhere per output token at the default level: exporter process"]["value"] == approx(100)
+
+
+def test_interleaved_rows_charge_the_exporter_thread_to_the_traced_steps() -> None:
+    pairs = [{"cpu_traced": 5_100_000 + d, "cpu_untraced": 5_000_000, "wall_traced": 5_200_000 + d,
+              "wall_untraced": 5_100_000, "tokens_traced": 64, "tokens_untraced": 64} for d in (0, 10_000, -10_000)]
+    result = {"pairs": pairs, "traced_steps": 10, "exporter_thread_cpu_s": 0.0005}  # 50 us per traced step
+    rows = {r["figure"]: r for r in bench_engines.interleaved_rows({64: result}, "vLLM")}
+    step = rows["vLLM engine-thread CPU per decode step, default level minus untraced, batch 64"]
+    assert step["value"] == approx(100) and step["baseline"] == approx(5000) and not step["met"]
+    cpu = rows["vLLM engine-thread CPU per output token, default level vs untraced, step-interleaved, batch 64"]
+    assert cpu["ratio"] == approx(1.02) and not cpu["met"]
+    speed = rows["vLLM throughput, default level vs untraced, step-interleaved, batch 64"]
+    assert speed["ratio"] == approx(5_100_000 / 5_250_000) and "50.0 us" in speed["note"]
+
+
+def test_step_switch_pairs_only_decode_steps_with_the_same_tokens() -> None:
+    from benchmarks.vllm_engine import StepSwitch
+
+    switch = StepSwitch.__new__(StepSwitch)
+    # (traced, cpu ns, wall ns, tokens, decode only)
+    switch.samples = [(False, 10, 11, 64, True), (True, 12, 13, 64, True),    # a pair
+                      (True, 20, 21, 64, False), (False, 9, 9, 64, True),     # a prefill: left out
+                      (True, 14, 15, 63, True), (False, 10, 10, 64, True),    # unlike tokens: left out
+                      (False, 10, 12, 8, True), (True, 11, 13, 8, True),      # a pair
+                      (True, 1, 1, 8, True)]                                  # no partner
+    assert switch.pairs() == [
+        {"cpu_traced": 12, "cpu_untraced": 10, "wall_traced": 13, "wall_untraced": 11, "tokens_traced": 64,
+         "tokens_untraced": 64},
+        {"cpu_traced": 11, "cpu_untraced": 10, "wall_traced": 13, "wall_untraced": 12, "tokens_traced": 8,
+         "tokens_untraced": 8}]
