@@ -134,3 +134,23 @@ def test_a_new_object_at_a_reused_address_is_read_afresh():
         req = Req(f"r{index}", TP)
         assert cache.context(req) == (f"r{index}", TP)
         del req
+
+
+def test_a_request_without_a_context_is_read_again_ever_more_rarely_the_table_at_once():
+    class Counted:
+        reads = 0
+
+        @property
+        def rid(self):
+            Counted.reads += 1
+            return "counted-1"
+
+    cache, req = ContextCache(), Counted()
+    sightings = [cache.context(req) for _ in range(100)]
+    assert sightings == [("counted-1", None)] * 100
+    assert Counted.reads == 7  # sightings 1, 2, 4, 8, 16, 32, 64
+    register_traceparent("counted-1", TP)
+    try:
+        assert cache.context(req) == ("counted-1", TP)  # the table: at the next sighting
+    finally:
+        forget_traceparent("counted-1")
