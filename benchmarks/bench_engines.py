@@ -92,7 +92,8 @@ def process_cpu_s(pid: int) -> float:
 SGLANG_CASES = {"untraced": (False, None), "level1": (True, 1), "default": (True, None)}
 
 
-def sglang_server(work: Path, model: Path, case: str) -> Any:
+def sglang_server(work: Path, model: Path, case: str, launcher: Optional[Path] = None,
+                  env: Optional[dict[str, str]] = None) -> Any:
     """A server for ``case`` (untraced, or under ``sched-trace run`` at its level), exporting
     OTLP-JSON only, on one OpenMP thread, sleeping when idle so that it leaves the cores to the
     server being measured."""
@@ -103,8 +104,8 @@ def sglang_server(work: Path, model: Path, case: str) -> Any:
     config = f'block = ["perfetto", "prometheus"]\n[plugins.otel]\ndirectory = "{work / "otel"}"\n'
     # Without AMX, SGLang's CPU engine binds no cores: OMP_NUM_THREADS decides, as for vLLM.
     return SGLangServer(work, traced=traced, level=level, config=config, count_steps=True, model=model,
-                        extra_args=["--sleep-on-idle"],
-                        env={"OMP_NUM_THREADS": EXTRA_ENV.get("OMP_NUM_THREADS", "1")})
+                        extra_args=["--sleep-on-idle"], launcher=launcher,
+                        env={"OMP_NUM_THREADS": EXTRA_ENV.get("OMP_NUM_THREADS", "1"), **(env or {})})
 
 
 def sglang_round(server: Any, requests: int, tokens: int, concurrency: int) -> dict[str, Any]:
@@ -147,6 +148,52 @@ def sglang(groups: int, requests: int, tokens: int, concurrency: int) -> dict[st
             for server in servers.values():
                 server.stop()
     return {"rounds": rounds, "requests": requests, "tokens": tokens, "batch": concurrency}
+
+
+SGLANG_SWITCH = Path(__file__).resolve().parent / "sglang_switch.py"
+
+
+def sglang_interleaved(groups: int, requests: int, tokens: int, concurrency: int) -> dict[str, Any]:
+    """One server at the default level whose scheduler runs its loop iterations traced and
+    untraced in turns (sglang_switch.py); pairs of DECODE iterations of the same batch size."""
+    sys.path.insert(0, str(REPO))
+    from tests.sglang.server import NOT_RUNNABLE, build_model, drive_load, runnable
+
+    if not runnable():
+        raise RuntimeError(NOT_RUNNABLE)
+    with tempfile.TemporaryDirectory(prefix="bench-sglang-") as work:
+        switch_dir = Path(work) / "switch"
+        server = sglang_server(Path(work) / "server", build_model(Path(work) / "model"), "default",
+                               launcher=SGLANG_SWITCH, env={"SGLANG_SWITCH_DIR": str(switch_dir)})
+        try:
+            server.start()
+            drive_load(server, requests=8, prompt_tokens=32, max_new_tokens=8, concurrency=concurrency,
+                       prefix="warm")
+            for group in range(groups):
+                drive_load(server, requests=requests, prompt_tokens=32, max_new_tokens=tokens,
+                           concurrency=concurrency, prefix=f"g{group}")
+        finally:
+            server.stop()
+        return switch_pairs([line.split() for path in sorted(switch_dir.glob("*.txt"))
+                             for line in path.read_text().splitlines()])
+
+
+def switch_pairs(lines: list[list[str]]) -> dict[str, Any]:
+    """sglang_switch.py's lines (one scheduler process) as interleaved_rows reads them."""
+    samples = [(line[0] == "1", int(line[1]), int(line[2]), line[3], int(line[4])) for line in lines
+               if line[0] != "E"]
+    exporter = [float(line[1]) for line in lines if line[0] == "E"]
+    pairs = []
+    for first, second in zip(samples[0::2], samples[1::2]):
+        if first[3] != "DECODE" or second[3] != "DECODE" or first[4] != second[4] or first[0] == second[0]:
+            continue
+        traced, untraced = (first, second) if first[0] else (second, first)
+        pairs.append({"cpu_traced": traced[1], "cpu_untraced": untraced[1], "wall_traced": traced[2],
+                      "wall_untraced": untraced[2], "tokens_traced": traced[4], "tokens_untraced": untraced[4]})
+    traced_steps = sum(1 for sample in samples if sample[0] and sample[3] != "IDLE")
+    return {"pairs": pairs, "steps": len(samples), "traced_steps": max(traced_steps, 1),
+            "exporter_thread_cpu_s": (exporter[-1] - exporter[0]) if len(exporter) > 1 else 0.0,
+            "where": "benchmarks/sglang_switch.py: loop iterations of one SGLang 0.5.23 server"}
 
 
 # --- throughput -----------------------------------------------------------------
@@ -245,16 +292,17 @@ def _bootstrap(values: list[float], draws: int = 2000) -> tuple[float, float]:
 def interleaved_rows(by_batch: dict[int, dict[str, Any]], label: str) -> list[dict[str, Any]]:
     """Per batch size: the paired decode steps' CPU and wall clock, traced against untraced."""
     rows = []
+    thread = "scheduler-thread" if label == "SGLang" else "engine-thread"  # the thread that runs the steps
     for batch, result in sorted(by_batch.items()):
         pairs = result["pairs"]
+        engine = result.get("where", "benchmarks/vllm_engine.py StepSwitch: steps of one engine")
         where = (f"{len(pairs)} pairs of decode steps at batch {batch}, traced and untraced taking turns step "
-                 f"by step on one engine (benchmarks/vllm_engine.py StepSwitch), the default level, otel "
-                 f"writing OTLP-JSON")
+                 f"by step ({engine}), the default level, otel writing OTLP-JSON")
         delta = [(p["cpu_traced"] - p["cpu_untraced"]) / 1e3 for p in pairs]
         low, high = _bootstrap(delta)
         base_cpu = statistics.median(p["cpu_untraced"] / 1e3 for p in pairs)
         rows.append(row(
-            f"{label} engine-thread CPU per decode step, default level minus untraced, batch {batch}",
+            f"{label} {thread} CPU per decode step, default level minus untraced, batch {batch}",
             statistics.median(delta), base_cpu, statistics.median(delta) / base_cpu, "us/step",
             target=f"<= {STEP_TARGET_US:g} us", met=statistics.median(delta) <= STEP_TARGET_US, group=GROUP,
             note=f"median of the paired differences (95 % interval {low:.1f}-{high:.1f} us); baseline: the "
@@ -262,7 +310,7 @@ def interleaved_rows(by_batch: dict[int, dict[str, Any]], label: str) -> list[di
         cpu = [p["cpu_traced"] / p["cpu_untraced"] for p in pairs]  # the pair's steps made the same tokens
         low, high = _bootstrap(cpu)
         rows.append(row(
-            f"{label} engine-thread CPU per output token, default level vs untraced, step-interleaved, batch {batch}",
+            f"{label} {thread} CPU per output token, default level vs untraced, step-interleaved, batch {batch}",
             statistics.median(cpu) * base_cpu, base_cpu, statistics.median(cpu), "us/step",
             target="<= 1.01x", met=statistics.median(cpu) <= 1.01, group=GROUP,
             note=f"median of the paired ratios (95 % interval {low:.4f}-{high:.4f}); {where}"))
@@ -280,8 +328,8 @@ def interleaved_rows(by_batch: dict[int, dict[str, Any]], label: str) -> list[di
             group=GROUP,
             note=f"median of the paired ratios of tokens per wall-clock second (95 % interval {low:.4f}-"
                  f"{high:.4f}); each traced step charged with the exporter thread's CPU per traced step "
-                 f"({thread_ns / 1e3:.1f} us, the thread's exact clock), as if it had stopped the engine "
-                 f"thread that long; untraced step {base_wall / 1e3:.0f} us; {where}"))
+                 f"({thread_ns / 1e3:.1f} us, the thread's exact clock), as if it had stopped the {thread} "
+                 f"that long; untraced step {base_wall / 1e3:.0f} us; {where}"))
     return rows
 
 
@@ -401,6 +449,8 @@ def main(argv: list[str]) -> int:
                         help="only the step-interleaved pairs (batch 8 and 64): the precise figures")
     parser.add_argument("--wrapt-only", action="store_true",
                         help="with --interleaved: traced steps run wrapt passthroughs (what wrapt alone costs)")
+    parser.add_argument("--sglang-interleaved", action="store_true",
+                        help="only SGLang's loop iterations, traced and untraced in turns on one server")
     parser.add_argument("--cases", default="untraced,level1,default",
                         help="the throughput half's cases (untraced, level1, default, null, wrapt)")
     parser.add_argument("--groups", type=int, help="rotated groups in the throughput half (default 12, quick 4)")
@@ -410,7 +460,11 @@ def main(argv: list[str]) -> int:
         ("--wrapt-only",) if args.wrapt_only else ())
     raw: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
-    if args.interleaved:
+    if args.sglang_interleaved:
+        raw["sglang_interleaved"] = sglang_interleaved(args.groups or (3 if args.quick else 20), 32, 32, 8)
+        rows += interleaved_rows({8: raw["sglang_interleaved"]}, "SGLang")
+        args.table = args.throughput = True  # nothing else
+    elif args.interleaved:
         by_interleaved = interleaved(args.quick, extra)
         raw["interleaved"] = {str(b): r for b, r in by_interleaved.items()}
         rows += interleaved_rows(by_interleaved, "vLLM")

@@ -103,3 +103,24 @@ def test_step_switch_pairs_only_decode_steps_with_the_same_tokens() -> None:
          "tokens_untraced": 64},
         {"cpu_traced": 11, "cpu_untraced": 10, "wall_traced": 13, "wall_untraced": 12, "tokens_traced": 8,
          "tokens_untraced": 8}]
+
+
+def test_sglang_switch_lines_pair_decode_iterations_of_the_same_batch_size() -> None:
+    lines = [line.split() for line in """0 100 110 DECODE 8
+E 0.5
+1 120 130 DECODE 8
+1 500 500 EXTEND 8
+0 90 90 DECODE 8
+0 100 100 DECODE 7
+1 110 110 DECODE 8
+1 130 140 DECODE 6
+0 100 120 DECODE 6
+0 5 5 IDLE 0
+E 0.75""".splitlines()]
+    result = bench_engines.switch_pairs(lines)
+    assert result["pairs"] == [
+        {"cpu_traced": 120, "cpu_untraced": 100, "wall_traced": 130, "wall_untraced": 110, "tokens_traced": 8,
+         "tokens_untraced": 8},
+        {"cpu_traced": 130, "cpu_untraced": 100, "wall_traced": 140, "wall_untraced": 120, "tokens_traced": 6,
+         "tokens_untraced": 6}]
+    assert result["steps"] == 9 and result["traced_steps"] == 4 and result["exporter_thread_cpu_s"] == 0.25

@@ -105,7 +105,8 @@ class SGLangServer:
 
     def __init__(self, workdir: Path, *, pp_size: int = 1, traced: bool = True, level: Optional[int] = None,
                  config: str = "", count_steps: bool = False, capture: bool = False, extra_args: Sequence[str] = (),
-                 env: Optional[dict[str, str]] = None, model: Optional[Path] = None) -> None:
+                 env: Optional[dict[str, str]] = None, model: Optional[Path] = None,
+                 launcher: Optional[Path] = None) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.model = build_model(model or self.workdir / "model")
@@ -121,6 +122,7 @@ class SGLangServer:
             f'[plugins.otel]\ndirectory = "{self.otel_dir}"\nsglang_compat = true\n'
             f'[plugins.perfetto]\ndirectory = "{self.perfetto_dir}"\n'))
         self.count_steps, self.capture = count_steps, capture
+        self.launcher = launcher  # a script to run instead of sglang.launch_server (as step_counter.py is)
         self.extra_args = list(extra_args)
         self.extra_env = dict(env or {})
         self.process: Optional[subprocess.Popen] = None
@@ -130,7 +132,10 @@ class SGLangServer:
 
     def command(self) -> list[str]:
         launch = [str(VENV_PYTHON)]
-        launch += [str(HERE / "step_counter.py")] if self.count_steps else ["-m", "sglang.launch_server"]
+        if self.launcher is not None:
+            launch.append(str(self.launcher))
+        else:
+            launch += [str(HERE / "step_counter.py")] if self.count_steps else ["-m", "sglang.launch_server"]
         launch += ["--model-path", str(self.model), "--host", "127.0.0.1", "--port", str(self.port),
                    *SERVER_FLAGS, *self.extra_args]
         if self.pp_size > 1:
