@@ -79,29 +79,29 @@ def traced(wrapped, instance, args, kwargs):
 _INDENT = " " * 4
 
 
-def _value(target: str, extractor: Optional[Callable[..., Any]], name: str) -> str:
+def _value(target: str, extractor: Optional[Callable[..., Any]], name: str, indent: str = _INDENT) -> str:
     """``target = ...``: None, the extractor's expression (falling back to a call), or a call."""
     if extractor is None:
-        return f"{_INDENT}{target} = None"
+        return f"{indent}{target} = None"
     inline = getattr(extractor, "inline", None)
     if inline is None:
-        return f"{_INDENT}{target} = {name}(instance, args, kwargs)"
-    return (f"{_INDENT}try:\n{_INDENT}    {target} = {inline}\n"
-            f"{_INDENT}except Exception:  # unreadable: the extractor's slow path reads it and counts it\n"
-            f"{_INDENT}    {target} = {name}(instance, args, kwargs)")
+        return f"{indent}{target} = {name}(instance, args, kwargs)"
+    return (f"{indent}try:\n{indent}    {target} = {inline}\n"
+            f"{indent}except Exception:  # unreadable: the extractor's slow path reads it and counts it\n"
+            f"{indent}    {target} = {name}(instance, args, kwargs)")
 
 
-def _attributes(attrs: tuple, values: dict[str, Any]) -> str:
+def _attributes(attrs: tuple, values: dict[str, Any], indent: str = _INDENT) -> str:
     if not attrs:
-        return f"{_INDENT}extra = NO_ATTRS"
+        return f"{indent}extra = NO_ATTRS"
     if any(condition is not None for _, _, condition in attrs):
-        return f"{_INDENT}extra = read_attrs(instance, args, kwargs)"
+        return f"{indent}extra = read_attrs(instance, args, kwargs)"
     lines, items = [], []
     for index, (key, read, _) in enumerate(attrs):
         values[f"attr_{index}"] = read
-        lines.append(_value(f"attr_value_{index}", read, f"attr_{index}"))
+        lines.append(_value(f"attr_value_{index}", read, f"attr_{index}", indent))
         items.append(f"{key!r}: attr_value_{index}")  # keys are identifiers (_extract.mapping_items)
-    return "\n".join(lines) + f"\n{_INDENT}extra = {{{', '.join(items)}}}"
+    return "\n".join(lines) + f"\n{indent}extra = {{{', '.join(items)}}}"
 
 
 def _ids(probe: Any) -> str:
@@ -124,7 +124,65 @@ def sync_traced(probe: Any, helpers: dict[str, Any]) -> Callable[..., Any]:
         name=probe.name, level=probe.level, kind=probe.kind, start_index=probe.start_index,
         end_index=probe.end_index, ids=_ids(probe), mb=_value("mb", probe.microbatch, "microbatch"),
         size=_value("size", probe.batch_size, "batch_size"), extra=_attributes(probe.attrs, namespace))
-    filename = f"<sched-trace probe {probe.name!r} #{_next_code()}>"
+    return _compiled(source, f"<sched-trace probe {probe.name!r} #{_next_code()}>", namespace)
+
+
+def _compiled(source: str, filename: str, namespace: dict[str, Any]) -> Callable[..., Any]:
     exec(compile(source, filename, "exec"), namespace)  # noqa: S102 (a template of checked names)
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     return namespace["traced"]
+
+
+#: A request probe's traced function: the phase reported at call entry, then the call.
+REQUEST_TEMPLATE = '''\
+def traced(wrapped, instance, args, kwargs):
+    if {level!r} <= LEVEL.active:
+        calls = calls_of[REQUEST]
+        if calls{when}:
+{rid}
+            if rid is not None:  # unreadable: counted in stats()['extract_missing'] by the extractor
+                cell = _cell_or_none(None) or _context_cell()
+                rank, epoch = cell[1]  # the thread's own rank, never an enclosing span's
+                if epoch != rank_epoch[0]:
+                    cell[1] = rank, epoch = current_with_epoch()
+                top = cell[0]
+{rank_keys}
+{extra}
+{prompt}
+{output}
+                event = _tuple_new(RequestEvent, ({phase}, monotonic_ns() + _clock._offset_ns,
+                                                  rid if rid.__class__ is str else str(rid), rank, prompt, output,
+                                                  top[1], extra))
+                if top[3] is not None:  # inside an undecided keep_if span: wait for its decision
+                    top[3].append((REQUEST, event))
+                else:
+                    for function, owner in calls:
+                        try:
+                            function(event)
+                        except Exception as exc:
+                            count_error(owner, "request", exc)
+                event = None
+    return wrapped(*args, **kwargs) if kwargs else wrapped(*args)
+'''
+
+
+def request_traced(probe: Any, helpers: dict[str, Any]) -> Callable[..., Any]:
+    """The traced function of a request probe (``_request_probe.RequestProbe``): its gate,
+    ``when``, extractors and event in one frame, as :func:`sync_traced` does for stages."""
+    manager = probe.manager
+    namespace = dict(helpers, calls_of=manager.event_calls, count_error=manager._count_error, when=probe.when,
+                     request_id=probe.request_id, prompt_tokens=probe.prompt_tokens,
+                     output_tokens=probe.output_tokens, rank_keys=probe.rank_keys, read_attrs=probe.read_attrs,
+                     aborted=probe.aborted, __builtins__=__builtins__)
+    deep = " " * 16
+    phase = (f"'aborted' if str(extra.get('status')) in aborted else {probe.phase!r}" if probe.aborted
+             else repr(probe.phase))
+    rank_keys = (f"{deep}rank = with_overrides(rank, tuple((key, read(instance, args, kwargs)) "
+                 f"for key, read in rank_keys))" if probe.rank_keys else "")
+    source = REQUEST_TEMPLATE.format(
+        level=probe.level, when=" and when(instance, args, kwargs)" if probe.when is not None else "",
+        rid=_value("rid", probe.request_id, "request_id", " " * 12), rank_keys=rank_keys,
+        extra=_attributes(probe.attrs, namespace, deep), phase=phase,
+        prompt=_value("prompt", probe.prompt_tokens, "prompt_tokens", deep),
+        output=_value("output", probe.output_tokens, "output_tokens", deep))
+    return _compiled(source, f"<sched-trace request probe {probe.name!r} #{_next_code()}>", namespace)

@@ -12,12 +12,12 @@ from __future__ import annotations
 from time import monotonic_ns
 from typing import Any, Callable, Mapping, Optional
 
-from . import _clock, _conditions, _extract, _rank
+from . import _clock, _conditions, _extract, _hotpath, _rank
 from ._errors import InstrumentationError
 from ._events import NO_ATTRS, REQUEST_PHASES, RequestEvent
 from ._manager import REQUEST, get_manager
 from ._options import DEFAULT_LEVEL
-from ._probe import attributes_reader, gated
+from ._probe import attributes_reader
 from ._stages import LEVEL
 
 DEFAULT_REQUEST_LEVEL = DEFAULT_LEVEL["request"]
@@ -37,9 +37,11 @@ def thread_context() -> tuple[Any, Optional[int], Optional[list]]:
 
 
 class RequestProbe:
-    """A compiled ``kind="request"`` declaration; ``wrapper`` is the wrapt wrapper."""
+    """A compiled ``kind="request"`` declaration; ``wrapper`` is the wrapt wrapper, generated
+    for it (``_hotpath.request_traced``): its gate, ``when``, extractors and event in one frame."""
 
-    __slots__ = ("name", "level", "kind", "phase", "wrapper", "emit")
+    __slots__ = ("name", "level", "kind", "phase", "wrapper", "manager", "request_id", "prompt_tokens",
+                 "output_tokens", "rank_keys", "attrs", "read_attrs", "when", "aborted")
 
     def __init__(self, name: str, level: int, function: Optional[Callable[..., Any]],
                  options: Mapping[str, Any]) -> None:
@@ -48,76 +50,24 @@ class RequestProbe:
         attr_specs = dict(options.get("attrs") or {})
         if options.get("status") is not None:
             attr_specs["status"] = options["status"]
-        self.emit = _emitter(
-            self.phase,
-            _extract.parse(options["request_id"], "request_id", params),
-            _extract.parse(options.get("prompt_tokens"), "prompt_tokens", params),
-            _extract.parse(options.get("output_tokens"), "output_tokens", params),
-            _extract.parse_mapping(options.get("rank"), "rank", params),
-            attributes_reader(_conditions.parse_attributes(attr_specs or None, params)),
-            _conditions.parse_condition(options.get("when"), "when", params),
-            frozenset(options.get("aborted_statuses") or ()),
-        )
-        self.wrapper = self._make_wrapper(level)
-
-    def _make_wrapper(self, level: int) -> Callable[..., Any]:
-        emit = self.emit
-
-        def traced(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-            emit(instance, args, kwargs)  # at entry: the phase is when the scheduler saw it
-            return wrapped(*args, **kwargs) if kwargs else wrapped(*args)
-
-        return gated(level, traced)
+        self.manager = get_manager()
+        self.request_id = _extract.parse(options["request_id"], "request_id", params)
+        self.prompt_tokens = _extract.parse(options.get("prompt_tokens"), "prompt_tokens", params)
+        self.output_tokens = _extract.parse(options.get("output_tokens"), "output_tokens", params)
+        self.rank_keys = _extract.parse_mapping(options.get("rank"), "rank", params)
+        self.attrs = _conditions.parse_attributes(attr_specs or None, params)
+        self.read_attrs = attributes_reader(self.attrs)
+        self.when = _conditions.parse_condition(options.get("when"), "when", params)
+        self.aborted = frozenset(options.get("aborted_statuses") or ())
+        self.wrapper = _hotpath.request_traced(self, _HELPERS)
 
 
-def _emitter(
-    phase: str,
-    request_id: _extract.Extractor,
-    prompt_tokens: Optional[_extract.Extractor],
-    output_tokens: Optional[_extract.Extractor],
-    rank_keys: tuple,
-    read_attrs: Optional[Callable[[Any, tuple, dict], Mapping[str, Any]]],
-    when: Optional[_conditions.Condition],
-    aborted: frozenset,
-) -> Callable[[Any, tuple, dict], None]:
-    """The per-call work, closed over everything it reads: no attribute lookups per call."""
-    manager = get_manager()
-    calls_of, count_error = manager.event_calls, manager._count_error
-
-    def emit(instance: Any, args: tuple, kwargs: dict) -> None:
-        calls = calls_of[REQUEST]
-        if not calls:
-            return
-        if when is not None and not when(instance, args, kwargs):
-            return
-        rid = request_id(instance, args, kwargs)
-        if rid is None:
-            return  # unreadable: counted in stats()['extract_missing'] by the extractor
-        rank, batch_id, sink = thread_context()
-        if rank_keys:
-            rank = _rank.with_overrides(rank, tuple((key, read(instance, args, kwargs)) for key, read in rank_keys))
-        extra = read_attrs(instance, args, kwargs) if read_attrs is not None else NO_ATTRS
-        this_phase = "aborted" if aborted and str(extra.get("status")) in aborted else phase
-        event = _tuple_new(RequestEvent, (
-            this_phase,
-            monotonic_ns() + _clock._offset_ns,
-            rid if rid.__class__ is str else str(rid),
-            rank,
-            prompt_tokens(instance, args, kwargs) if prompt_tokens is not None else None,
-            output_tokens(instance, args, kwargs) if output_tokens is not None else None,
-            batch_id,
-            extra,
-        ))
-        if sink is not None:  # inside an undecided keep_if span: wait for its decision
-            sink.append((REQUEST, event))
-            return
-        for function, owner in calls:
-            try:
-                function(event)
-            except Exception as exc:
-                count_error(owner, "request", exc)
-
-    return emit
+#: What every generated request traced function reads besides its probe's own fields.
+_HELPERS = {
+    "LEVEL": LEVEL, "REQUEST": REQUEST, "RequestEvent": RequestEvent, "NO_ATTRS": NO_ATTRS,
+    "rank_epoch": _rank.epoch, "current_with_epoch": _rank.current_with_epoch,
+    "with_overrides": _rank.with_overrides, "_cell_or_none": _rank.cell_or_none, "_context_cell": _rank.context_cell,
+    "monotonic_ns": monotonic_ns, "_clock": _clock, "_tuple_new": _tuple_new}
 
 
 def request_event(
