@@ -133,6 +133,8 @@ def _inline(root: str, params: Parameters, attributes: list[str], use_len: bool)
     raises where the fast path would fall back (``_hotpath`` writes it into the probe's
     traced function, with the extractor itself as the fallback); None for shapes whose
     fast path does not raise. Made only of checked names (``_check_steps``), never user text."""
+    if not all(step.isascii() and step.isidentifier() for step in attributes):
+        return None  # source text normalises non-ASCII names (NFKC): getattr reads them as written
     if root == "self":
         if not attributes:
             return None

@@ -90,6 +90,8 @@ def test_every_shape_is_written_in_and_only_checked_names_are():
     }
     assert _extract.parse("self", "attrs", params).inline is None  # its fast path does not raise
     assert _extract.parse("note", "attrs", params).inline is None  # keyword-only: no position
+    # Python source normalises non-ASCII names (NFKC); getattr reads them as written: a call
+    assert _extract.parse("batch.caf\u00e9", "attrs", params).inline is None
 
 
 def test_a_traceback_through_a_traced_call_shows_the_generated_lines(sched_trace_recorder):
