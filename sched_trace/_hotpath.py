@@ -133,6 +133,49 @@ def _compiled(source: str, filename: str, namespace: dict[str, Any]) -> Callable
     return namespace["traced"]
 
 
+#: A keep_if probe's traced function: the call, the decision, then its events (``_probe``).
+KEPT_TEMPLATE = '''\
+def traced(wrapped, instance, args, kwargs):
+    if {level!r} > LEVEL.active or (compiling[0] is not None and compiling[0]()):
+        return wrapped(*args, **kwargs) if kwargs else wrapped(*args)
+    cell = _cell_or_none(None) or _context_cell()
+    top = cell[0]
+{ids}
+    span_id, start_ns, pending = _next_span_id(), monotonic_ns() + _clock._offset_ns, []
+    cell[0] = (span_id, inherited, rank, pending)  # what runs inside waits in ``pending``
+    result = error = None
+    try:
+        result = wrapped(*args, **kwargs) if kwargs else wrapped(*args)
+        return result
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        cell[0] = top
+        if error is None and not keep(instance, args, kwargs, result):  # an error is never idle
+            idle[{name!r}] += 1
+            if pending:
+                decided(False, top, (span_id, batch_id, rank, start_ns), pending, instance, args, kwargs, None)
+        else:
+            decided(True, top, (span_id, batch_id, rank, start_ns), pending, instance, args, kwargs, error)
+        error = result = None  # no frame -> exception -> traceback -> frame cycle
+'''
+
+
+def kept_traced(probe: Any, helpers: dict[str, Any]) -> Callable[..., Any]:
+    """The traced function of a keep_if probe on a plain function: an idle call (a busy
+    poll's usual case) costs a span id, a clock read, the condition and a counter."""
+    namespace = dict(helpers, keep=probe.keep, decided=probe._decided, identity=probe.identity,
+                     __builtins__=__builtins__)
+    if probe.rank_keys or probe.batch_id is not None or probe.is_batch:
+        ids = (f"{_INDENT}rank, batch_id, inherited = identity(instance, args, kwargs, "
+               f"top[2] or current_rank(), top[1])")
+    else:  # spans inside take the enclosing rank (None: the thread's) and batch
+        ids = f"{_INDENT}rank, batch_id = top[2], top[1]\n{_INDENT}inherited = batch_id"
+    source = KEPT_TEMPLATE.format(level=probe.level, name=probe.name, ids=ids)
+    return _compiled(source, f"<sched-trace keep_if probe {probe.name!r} #{_next_code()}>", namespace)
+
+
 #: A request probe's traced function: the phase reported at call entry, then the call.
 REQUEST_TEMPLATE = '''\
 def traced(wrapped, instance, args, kwargs):

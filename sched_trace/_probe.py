@@ -76,7 +76,8 @@ def _thread_rank(cell: list) -> Any:
 _HELPERS = {
     "rank_epoch": _rank.epoch, "compiling": compiling, "_cell_or_none": _cell_or_none, "_context_cell": _context_cell,
     "_thread_rank": _thread_rank, "_next_span_id": _next_span_id, "_next_batch_id": _next_batch_id,
-    "monotonic_ns": monotonic_ns, "_clock": _clock, "_tuple_new": _tuple_new, "NO_ATTRS": NO_ATTRS, "LEVEL": LEVEL}
+    "monotonic_ns": monotonic_ns, "_clock": _clock, "_tuple_new": _tuple_new, "NO_ATTRS": NO_ATTRS, "LEVEL": LEVEL,
+    "idle": idle_calls, "current_rank": _rank.current}
 
 
 def kind_of(function: Optional[Callable[..., Any]]) -> str:
@@ -154,7 +155,7 @@ class Probe:
                 "generator": self._gen_traced, "coroutine": self._async_traced,
                 "async_generator": self._async_gen_traced}[kind_of(function)]
         # The generated sync body holds the gate itself (see gated).
-        self.wrapper = body() if body == self._sync_traced else gated(level, body())
+        self.wrapper = body() if body in (self._sync_traced, self._sync_kept) else gated(level, body())
 
     # --- the fields of an event, and delivering them --------------------------
 
@@ -227,46 +228,9 @@ class Probe:
         return _hotpath.sync_traced(self, _HELPERS)
 
     def _sync_kept(self) -> Wrapper:
-        """keep_if on a plain function: the call, the decision, then the events (see above).
-
-        An idle call (the common case of a busy-poll) costs a span id, a clock read, the
-        condition and a counter: its events are never built.
-        """
-        name, keep, decided, identity = self.name, self.keep, self._decided, self.identity
-        plain = not (self.rank_keys or self.batch_id is not None or self.is_batch)
-        idle = idle_calls
-
-        def traced(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-            if compiling[0] is not None and compiling[0]():
-                return wrapped(*args, **kwargs) if kwargs else wrapped(*args)
-            cell = _cell_or_none(None) or _context_cell()
-            top = cell[0]
-            if plain:  # spans inside take the enclosing rank (None: the thread's) and batch
-                rank, batch_id = top[2], top[1]
-                inherited = batch_id
-            else:
-                rank, batch_id, inherited = identity(instance, args, kwargs, top[2] or _rank.current(), top[1])
-            span_id, start_ns, pending = _next_span_id(), monotonic_ns() + _clock._offset_ns, []
-            cell[0] = (span_id, inherited, rank, pending)  # what runs inside waits in ``pending``
-            result = error = None
-            try:
-                result = wrapped(*args, **kwargs) if kwargs else wrapped(*args)
-                return result
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                cell[0] = top
-                if error is None and not keep(instance, args, kwargs, result):  # an error is never idle
-                    idle[name] += 1
-                    if pending:
-                        decided(False, top, (span_id, batch_id, rank, start_ns), pending, instance, args, kwargs,
-                                None)
-                else:
-                    decided(True, top, (span_id, batch_id, rank, start_ns), pending, instance, args, kwargs, error)
-                error = result = None  # no frame -> exception -> traceback -> frame cycle
-
-        return traced
+        """keep_if on a plain function: the call, the decision, then the events (see above;
+        generated for the probe by ``_hotpath``, the gate inside)."""
+        return _hotpath.kept_traced(self, _HELPERS)
 
     def _decided(self, kept: bool, top: tuple, span: tuple, pending: list, instance: Any, args: tuple,
                  kwargs: dict, error: Optional[BaseException]) -> None:
