@@ -70,11 +70,7 @@ Scheduler.ingest_requests = ingest_requests
 if __name__ == "__main__":  # what `python -m sglang.launch_server` does, with this file as __main__
     import sys
 
-    from sglang.launch_server import kill_process_tree, load_plugins, prepare_server_args, run_server
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "sglang"))
+    from sglang_launch import main
 
-    load_plugins()
-    server_args = prepare_server_args(sys.argv[1:])
-    try:
-        run_server(server_args)
-    finally:
-        kill_process_tree(os.getpid(), include_parent=False)
+    main(sys.argv[1:])

@@ -34,11 +34,6 @@ Scheduler.run_batch = run_batch
 if __name__ == "__main__":  # what `python -m sglang.launch_server` does, with this file as __main__
     import sys
 
-    from sglang.launch_server import kill_process_tree, load_plugins, prepare_server_args, run_server
+    from sglang_launch import main
 
-    load_plugins()
-    server_args = prepare_server_args(sys.argv[1:])
-    try:
-        run_server(server_args)
-    finally:
-        kill_process_tree(os.getpid(), include_parent=False)
+    main(sys.argv[1:])
