@@ -1,15 +1,18 @@
-"""The hot path of a plain (sync) probe, written for that probe.
+"""The hot path of a probe on a plain function, written for that probe.
 
-Every call of a traced plain function runs this one function: compare the level
-(off: call through, as ``_probe.gated`` does for the other kinds), read the thread's
-context, take the ids, read the extractors, deliver the start event, run the call,
-deliver the end event. Calls cost here (one Python frame each), so the function is
-generated once per probe from :data:`TEMPLATE`, with each extractor of the grammar
-written in as its expression (``_extract`` gives it, built only of checked names)
-instead of called: a value that cannot be read falls back to the extractor itself,
-which reads it the slow way and counts it. Extractors that are callables, and
-conditional attributes, stay calls. The source is registered with ``linecache``,
-so a traceback through a traced call shows these lines.
+Every call of a traced plain function runs one function from here: compare the level
+(off: call through, as ``_probe.gated`` does for generators and coroutines), read the
+thread's context, take the ids, read the extractors, deliver the start event, run the
+call, deliver the end event (:data:`TEMPLATE`); a ``keep_if`` probe runs the call first
+and decides (:data:`KEPT_TEMPLATE`); a request probe reports its phase at entry
+(:data:`REQUEST_TEMPLATE`). Calls cost here (one Python frame each), so the function is
+generated once per probe, with each extractor of the grammar written in as its
+expression (``_extract`` gives it, built only of checked ASCII names) instead of called:
+a value that cannot be read falls back to the extractor itself, which reads it the slow
+way and counts it. Extractors that are callables, and conditional attributes, stay
+calls; the probe's constants are literals (``repr`` of a str or an int) and its objects
+the function's globals. The source is registered with ``linecache``, so a traceback
+through a traced call shows these lines.
 """
 
 from __future__ import annotations
