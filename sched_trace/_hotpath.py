@@ -159,23 +159,48 @@ def traced(wrapped, instance, args, kwargs):
             idle[{name!r}] += 1
             if pending:
                 decided(False, top, (span_id, batch_id, rank, start_ns), pending, instance, args, kwargs, None)
-        else:
+        elif pending or top[3] is not None:  # events inside it, or a span around it, wait
             decided(True, top, (span_id, batch_id, rank, start_ns), pending, instance, args, kwargs, error)
+        else:  # kept, and nothing waits: its start and end events now (what Probe._decided does)
+            end_ns = monotonic_ns() + _clock._offset_ns
+            if rank is None:  # the thread's own rank, cached while the identities' epoch holds
+                rank, epoch = cell[1]
+                if epoch != rank_epoch[0]:
+                    rank = _thread_rank(cell)
+{mb}
+{size}
+{extra}
+            calls = calls_of[{start_index!r}]
+            if calls:
+                fire(calls, _tuple_new(event_type, ({name!r}, {level!r}, start_ns, None, rank, mb, batch_id, size,
+                                                    extra, None, span_id, top[0])))
+            calls = calls_of[{end_index!r}]
+            if calls:
+                fire(calls, _tuple_new(event_type, ({name!r}, {level!r}, start_ns, end_ns, rank, mb, batch_id, size,
+                                                    extra, error, span_id, top[0])))
         error = result = None  # no frame -> exception -> traceback -> frame cycle
 '''
 
 
 def kept_traced(probe: Any, helpers: dict[str, Any]) -> Callable[..., Any]:
     """The traced function of a keep_if probe on a plain function: an idle call (a busy
-    poll's usual case) costs a span id, a clock read, the condition and a counter."""
+    poll's usual case) costs a span id, a clock read, the condition and a counter; a kept
+    one with nothing waiting inside or around it delivers its two events in this frame."""
+    manager = probe.manager
     namespace = dict(helpers, keep=probe.keep, decided=probe._decided, identity=probe.identity,
+                     event_type=probe.event_type, calls_of=manager.event_calls, fire=manager.fire,
+                     microbatch=probe.microbatch, batch_size=probe.batch_size, read_attrs=probe.read_attrs,
                      __builtins__=__builtins__)
+    deep = " " * 12
     if probe.rank_keys or probe.batch_id is not None or probe.is_batch:
         ids = (f"{_INDENT}rank, batch_id, inherited = identity(instance, args, kwargs, "
                f"top[2] or current_rank(), top[1])")
     else:  # spans inside take the enclosing rank (None: the thread's) and batch
         ids = f"{_INDENT}rank, batch_id = top[2], top[1]\n{_INDENT}inherited = batch_id"
-    source = KEPT_TEMPLATE.format(level=probe.level, name=probe.name, ids=ids)
+    source = KEPT_TEMPLATE.format(
+        level=probe.level, name=probe.name, ids=ids, start_index=probe.start_index, end_index=probe.end_index,
+        mb=_value("mb", probe.microbatch, "microbatch", deep), size=_value("size", probe.batch_size, "batch_size", deep),
+        extra=_attributes(probe.attrs, namespace, deep))
     return _compiled(source, f"<sched-trace keep_if probe {probe.name!r} #{_next_code()}>", namespace)
 
 
