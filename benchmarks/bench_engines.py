@@ -179,21 +179,31 @@ def sglang_interleaved(groups: int, requests: int, tokens: int, concurrency: int
 
 
 def switch_pairs(lines: list[list[str]]) -> dict[str, Any]:
-    """sglang_switch.py's lines (one scheduler process) as interleaved_rows reads them."""
-    samples = [(line[0] == "1", int(line[1]), int(line[2]), line[3], int(line[4])) for line in lines
-               if line[0] != "E"]
+    """sglang_switch.py's lines (one scheduler process) as interleaved_rows reads them: an
+    iteration's tokens are its batch size, and only DECODE iterations are decode steps."""
+    iterations = [(line[0] == "1", int(line[1]), int(line[2]), line[3], int(line[4])) for line in lines
+                  if line[0] != "E"]
     exporter = [float(line[1]) for line in lines if line[0] == "E"]
+    traced_steps = sum(1 for sample in iterations if sample[0] and sample[3] != "IDLE")
+    return {"pairs": pair_steps([(traced, cpu, wall, size, mode == "DECODE")
+                                 for traced, cpu, wall, mode, size in iterations]),
+            "steps": len(iterations), "traced_steps": max(traced_steps, 1),
+            "exporter_thread_cpu_s": (exporter[-1] - exporter[0]) if len(exporter) > 1 else 0.0,
+            "where": "benchmarks/sglang_switch.py: loop iterations of one SGLang 0.5.23 server"}
+
+
+def pair_steps(samples: list) -> list[dict[str, int]]:
+    """Steps ``(traced, cpu ns, wall ns, tokens, decode)`` that took turns, as pairs (the 1st
+    and 2nd, the 3rd and 4th, ...): only pairs of decode steps with the same tokens, one of
+    each case, count; a pair with a prefill step compares unlike work."""
     pairs = []
     for first, second in zip(samples[0::2], samples[1::2]):
-        if first[3] != "DECODE" or second[3] != "DECODE" or first[4] != second[4] or first[0] == second[0]:
+        if not (first[4] and second[4] and first[3] == second[3] and first[0] != second[0]):
             continue
         traced, untraced = (first, second) if first[0] else (second, first)
         pairs.append({"cpu_traced": traced[1], "cpu_untraced": untraced[1], "wall_traced": traced[2],
-                      "wall_untraced": untraced[2], "tokens_traced": traced[4], "tokens_untraced": untraced[4]})
-    traced_steps = sum(1 for sample in samples if sample[0] and sample[3] != "IDLE")
-    return {"pairs": pairs, "steps": len(samples), "traced_steps": max(traced_steps, 1),
-            "exporter_thread_cpu_s": (exporter[-1] - exporter[0]) if len(exporter) > 1 else 0.0,
-            "where": "benchmarks/sglang_switch.py: loop iterations of one SGLang 0.5.23 server"}
+                      "wall_untraced": untraced[2], "tokens_traced": traced[3], "tokens_untraced": untraced[3]})
+    return pairs
 
 
 # --- throughput -----------------------------------------------------------------
@@ -336,8 +346,11 @@ def interleaved_rows(by_batch: dict[int, dict[str, Any]], label: str) -> list[di
 def interleaved(quick: bool, extra: tuple[str, ...] = ()) -> dict[int, dict[str, Any]]:
     """Batch 64 (128 requests a round) and batch 8 (64 requests a round) of 32-token outputs."""
     groups = 4 if quick else 30
-    return {batch: vllm("interleaved", groups, requests, 32, batch, None, extra)
-            for batch, requests in ((8, 64), (64, 128))}
+    by_batch = {batch: vllm("interleaved", groups, requests, 32, batch, None, extra)
+                for batch, requests in ((8, 64), (64, 128))}
+    for result in by_batch.values():
+        result["pairs"] = pair_steps(result["samples"])
+    return by_batch
 
 
 # --- targets ----------------------------------------------------------------------

@@ -34,9 +34,9 @@ def _active_handles() -> list:
 
 
 def _exporter_thread_cpu() -> float:
-    from sched_trace.recorder import _live
+    import sched_trace
 
-    return sum(exporter.thread_cpu_s for exporter in list(_live))
+    return sum(plugin.get("thread_cpu_s", 0.0) for plugin in sched_trace.stats()["plugins"].values())
 
 
 def ingest_requests(self, *args, **kwargs):

@@ -164,12 +164,10 @@ class Cases:
     def wrapt_only(self) -> None:
         """Every target of the default level behind a plain wrapt passthrough, no sched-trace
         code: what any wrapt-based instrumentation of these targets costs at least."""
-        import wrapt
-
         self.traced(None)
         self.meter = tiny_vllm.TargetMeter(passthrough=True)
         for handle in _active_handles():
-            setattr(handle.owner, handle.path[-1], wrapt.FunctionWrapper(handle.original, tiny_vllm._passthrough))
+            setattr(handle.owner, handle.path[-1], _passthrough_proxy(handle))
             self.meter._swapped.append((handle, handle.proxy))
         tiny_vllm.rebind_step(self.core)
 
@@ -183,6 +181,13 @@ def _active_handles() -> list:
     from sched_trace._instrument import handles
 
     return [handle for handle in handles() if handle.active]
+
+
+def _passthrough_proxy(handle: Any) -> Any:
+    """A plain wrapt passthrough around the target's own function, in place of sched-trace's."""
+    import wrapt
+
+    return wrapt.FunctionWrapper(handle.original, tiny_vllm._passthrough)
 
 
 def one_round(llm: Any, core: Any, gc_clock: GcClock, requests: int, tokens: int, traced: bool) -> dict[str, Any]:
@@ -277,12 +282,9 @@ class StepSwitch:
         self.core = cases.core
         cases.traced(None)
         self.handles = _active_handles()
-        self.proxies = {handle.target: handle.proxy for handle in self.handles}
-        if wrapt_only:  # the traced steps run wrapt passthroughs instead: what wrapt alone costs
-            import wrapt
-
-            self.proxies = {handle.target: wrapt.FunctionWrapper(handle.original, tiny_vllm._passthrough)
-                            for handle in self.handles}
+        # wrapt_only: the traced steps run wrapt passthroughs instead (what wrapt alone costs)
+        self.proxies = {handle.target: _passthrough_proxy(handle) if wrapt_only else handle.proxy
+                        for handle in self.handles}
         self.step = self.core.step_fn.__name__  # step or step_with_batch_queue
         # (traced, cpu ns, wall ns, tokens, decode only: no prompt left to prefill)
         self.samples: list[tuple[bool, int, int, int, bool]] = []
@@ -320,18 +322,6 @@ class StepSwitch:
         self._set(True)
         self.core.step_fn = self._own_step
 
-    def pairs(self) -> list[dict[str, int]]:
-        """Per pair of decode steps (the same requests, one token apart): the traced and
-        untraced figures. A pair with a prefill step compares unlike work: left out."""
-        found = []
-        for first, second in zip(self.samples[0::2], self.samples[1::2]):
-            if not (first[4] and second[4] and first[3] == second[3]):
-                continue
-            traced, untraced = (first, second) if first[0] else (second, first)
-            found.append({"cpu_traced": traced[1], "cpu_untraced": untraced[1], "wall_traced": traced[2],
-                          "wall_untraced": untraced[2], "tokens_traced": traced[3], "tokens_untraced": untraced[3]})
-        return found
-
 
 def run_interleaved(llm: Any, cases: Cases, groups: int, requests: int, tokens: int,
                     wrapt_only: bool = False) -> dict[str, Any]:
@@ -351,15 +341,15 @@ def run_interleaved(llm: Any, cases: Cases, groups: int, requests: int, tokens: 
     finally:
         switch.uninstall()
     traced_steps = sum(1 for s in switch.samples if s[0])
-    return {"pairs": switch.pairs(), "steps": len(switch.samples), "traced_steps": traced_steps,
+    return {"samples": switch.samples, "steps": len(switch.samples), "traced_steps": traced_steps,
             "exporter_thread_cpu_s": sum(exporter_cpu)}
 
 
 def _exporter_thread_cpu() -> float:
     """CPU seconds the plugins' exporter threads in this process spent exporting (exact clocks)."""
-    from sched_trace.recorder import _live
+    import sched_trace
 
-    return sum(exporter.thread_cpu_s for exporter in list(_live))
+    return sum(plugin.get("thread_cpu_s", 0.0) for plugin in sched_trace.stats()["plugins"].values())
 
 
 def _noop(*args: Any, **kwargs: Any) -> None:
@@ -371,9 +361,7 @@ def replay(calls: dict[str, tuple[Any, tuple, dict]], n: int = 500, repeats: int
     (warm caches), the wrapped function a no-op, less a passthrough wrapper's time."""
     import statistics
 
-    from sched_trace._instrument import handles
-
-    wrappers = {h.target: h.probe.wrapper for h in handles() if h.active}
+    wrappers = {h.target: h.probe.wrapper for h in _active_handles()}
     warm = {}
     for target, (instance, args, kwargs) in calls.items():
         wrapper = wrappers.get(target)

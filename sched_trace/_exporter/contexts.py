@@ -111,7 +111,9 @@ class ContextCache:
             return request_context(request)
         key = id(request)
         known = self._known.get(key)
-        if known is not None and known[0]() is request:
+        if known is not None and known[0]() is not request:  # a new object at a freed one's address
+            known = None
+        if known is not None:
             context = known[1]
             if context[1] is not None:
                 return context
@@ -119,7 +121,7 @@ class ContextCache:
             if seen & (seen - 1):  # not a power of two: only the table is read again
                 return context[0], _table.get(context[0])
         context = request_context(request)
-        if known is not None and known[0]() is request:
+        if known is not None:
             if context[1] is not None:
                 known[1] = context
             return context

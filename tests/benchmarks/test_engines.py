@@ -88,17 +88,14 @@ def test_interleaved_rows_charge_the_exporter_thread_to_the_traced_steps() -> No
     assert speed["ratio"] == approx(5_100_000 / 5_250_000) and "50.0 us" in speed["note"]
 
 
-def test_step_switch_pairs_only_decode_steps_with_the_same_tokens() -> None:
-    from benchmarks.vllm_engine import StepSwitch
-
-    switch = StepSwitch.__new__(StepSwitch)
-    # (traced, cpu ns, wall ns, tokens, decode only)
-    switch.samples = [(False, 10, 11, 64, True), (True, 12, 13, 64, True),    # a pair
-                      (True, 20, 21, 64, False), (False, 9, 9, 64, True),     # a prefill: left out
-                      (True, 14, 15, 63, True), (False, 10, 10, 64, True),    # unlike tokens: left out
-                      (False, 10, 12, 8, True), (True, 11, 13, 8, True),      # a pair
-                      (True, 1, 1, 8, True)]                                  # no partner
-    assert switch.pairs() == [
+def test_steps_pair_only_as_decode_steps_with_the_same_tokens() -> None:
+    # (traced, cpu ns, wall ns, tokens, decode only), as vllm_engine.StepSwitch records them
+    samples = [(False, 10, 11, 64, True), (True, 12, 13, 64, True),    # a pair
+               (True, 20, 21, 64, False), (False, 9, 9, 64, True),     # a prefill: left out
+               (True, 14, 15, 63, True), (False, 10, 10, 64, True),    # unlike tokens: left out
+               (False, 10, 12, 8, True), (True, 11, 13, 8, True),      # a pair
+               (True, 1, 1, 8, True)]                                  # no partner
+    assert bench_engines.pair_steps(samples) == [
         {"cpu_traced": 12, "cpu_untraced": 10, "wall_traced": 13, "wall_untraced": 11, "tokens_traced": 64,
          "tokens_untraced": 64},
         {"cpu_traced": 11, "cpu_untraced": 10, "wall_traced": 13, "wall_untraced": 12, "tokens_traced": 8,
