@@ -124,26 +124,36 @@ def parse(spec: Any, what: str, params: Parameters) -> Optional[Extractor]:
 
     extract = _fast(root, params, getter, use_len, slow)
     extract.spec = spec  # type: ignore[attr-defined]
-    extract.inline = _inline(root, params, attributes, use_len)  # type: ignore[attr-defined]
+    extract.plan = _plan(root, params, attributes, use_len)  # type: ignore[attr-defined]
+    extract.inline = _inline(extract.plan)  # type: ignore[attr-defined]
     return extract
 
 
-def _inline(root: str, params: Parameters, attributes: list[str], use_len: bool) -> Optional[str]:
-    """The extractor's fast path as a Python expression over ``instance`` and ``args`` that
-    raises where the fast path would fall back (``_hotpath`` writes it into the probe's
-    traced function, with the extractor itself as the fallback); None for shapes whose
-    fast path does not raise. Made only of checked names (``_check_steps``), never user text."""
+def _plan(root: str, params: Parameters, attributes: list[str], use_len: bool) -> Optional[tuple]:
+    """Where the extractor's fast path reads: ``(position, bound, steps, use_len)``, the
+    root's index in ``args`` called unbound and bound (``position`` None: the instance),
+    the attribute steps, whether to take ``len``; None for shapes whose fast path does
+    not raise. ``_speedups`` follows it; :func:`_inline` writes it as an expression."""
     if not all(step.isascii() and step.isidentifier() for step in attributes):
         return None  # source text normalises non-ASCII names (NFKC): getattr reads them as written
     if root == "self":
-        if not attributes:
-            return None
-        base = "instance"
-    else:
-        position = params.position.get(root)
-        if position is None:
-            return None
-        base = f"args[{position} if instance is None else {position - 1 if position else 1 << 30}]"
+        return (None, 0, tuple(attributes), use_len) if attributes else None
+    position = params.position.get(root)
+    if position is None:
+        return None
+    # Bound, args lack the first parameter: a root that *is* it is out of reach (a far index).
+    return position, position - 1 if position else 1 << 30, tuple(attributes), use_len
+
+
+def _inline(plan: Optional[tuple]) -> Optional[str]:
+    """The extractor's fast path as a Python expression over ``instance`` and ``args`` that
+    raises where the fast path would fall back (``_hotpath`` writes it into the probe's
+    traced function, with the extractor itself as the fallback); None without a plan.
+    Made only of checked names (``_check_steps``), never user text."""
+    if plan is None:
+        return None
+    position, bound, attributes, use_len = plan
+    base = "instance" if position is None else f"args[{position} if instance is None else {bound}]"
     expression = base + "".join(f".{step}" for step in attributes)
     return f"len({expression})" if use_len else expression
 

@@ -13,13 +13,27 @@ way and counts it. Extractors that are callables, and conditional attributes, st
 calls; the probe's constants are literals (``repr`` of a str or an int) and its objects
 the function's globals. The source is registered with ``linecache``, so a traceback
 through a traced call shows these lines.
+
+A stage or batch probe's :data:`TEMPLATE` also exists in C (``_speedups.Traced``, built
+from ``_speedups.c`` at install when a compiler is at hand): the same steps through the
+same helpers, without the Python frame, which is about half of an enabled span's
+instructions. :func:`sync_traced` uses it when it is built, unless the environment sets
+``SCHED_TRACE_PURE_PYTHON=1``; the Python template stays the reference.
 """
 
 from __future__ import annotations
 
 import itertools
 import linecache
+import os
 from typing import Any, Callable, Optional
+
+try:  # the C form of TEMPLATE (sched_trace/_speedups.c), built when a compiler was at hand
+    from . import _speedups  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - a build without the extension
+    _speedups = None
+if os.environ.get("SCHED_TRACE_PURE_PYTHON"):
+    _speedups = None
 
 _next_code = itertools.count(1).__next__
 
@@ -115,10 +129,13 @@ def _ids(probe: Any) -> str:
     return ""
 
 
-def sync_traced(probe: Any, helpers: dict[str, Any]) -> Callable[..., Any]:
-    """The traced function of ``probe`` (a plain function, no keep_if). It reads the probe's
+def sync_traced(probe: Any, helpers: dict[str, Any], pure: bool = False) -> Callable[..., Any]:
+    """The traced function of ``probe`` (a plain function, no keep_if): the C form when it
+    is built (and ``pure`` is false), else the template's. The template reads the probe's
     constants as literals, and ``helpers`` (the module-level functions and state it calls)
     and the probe's objects as its globals: one dict, not a closure cell per name."""
+    if _speedups is not None and not pure:
+        return c_traced(probe, helpers)
     namespace = dict(helpers, event_type=probe.event_type, calls_of=probe.manager.event_calls,
                      count_error=probe.manager._count_error, microbatch=probe.microbatch,
                      batch_size=probe.batch_size, read_attrs=probe.read_attrs, identity=probe.identity,
@@ -128,6 +145,31 @@ def sync_traced(probe: Any, helpers: dict[str, Any]) -> Callable[..., Any]:
         end_index=probe.end_index, ids=_ids(probe), mb=_value("mb", probe.microbatch, "microbatch"),
         size=_value("size", probe.batch_size, "batch_size"), extra=_attributes(probe.attrs, namespace))
     return _compiled(source, f"<sched-trace probe {probe.name!r} #{_next_code()}>", namespace)
+
+
+def _plan(extractor: Optional[Callable[..., Any]]) -> Optional[tuple]:
+    """``(extractor, plan)`` for ``_speedups``: the extractor is the fallback (and, without
+    a plan, the reader)."""
+    return None if extractor is None else (extractor, getattr(extractor, "plan", None))
+
+
+def c_traced(probe: Any, helpers: dict[str, Any]) -> Callable[..., Any]:
+    """The C form of :data:`TEMPLATE` for ``probe`` (``_speedups.Traced``)."""
+    if probe.rank_keys or probe.batch_id is not None:
+        ids = 2  # the general case: Probe.identity
+    else:
+        ids = 1 if probe.is_batch else 0
+    if not probe.attrs:
+        attrs_mode, attrs = 0, helpers["NO_ATTRS"]
+    elif any(condition is not None for _, _, condition in probe.attrs):
+        attrs_mode, attrs = 1, probe.read_attrs
+    else:
+        attrs_mode, attrs = 2, tuple((key, _plan(read)) for key, read, _ in probe.attrs)
+    return _speedups.Traced(
+        probe.name, probe.level, probe.kind, probe.start_index, probe.end_index, ids, probe.event_type,
+        probe.manager.event_calls, probe.manager._count_error, probe.identity, _plan(probe.microbatch),
+        _plan(probe.batch_size), attrs_mode, attrs, helpers)
+
 
 
 def _compiled(source: str, filename: str, namespace: dict[str, Any]) -> Callable[..., Any]:

@@ -1,0 +1,720 @@
+/* sched_trace._speedups: a stage or batch probe's traced call in C.
+ *
+ * The same steps as _hotpath.TEMPLATE, which stays the reference and the fallback
+ * (no compiler, another interpreter, SCHED_TRACE_PURE_PYTHON=1): compare the level,
+ * read the thread's context cell, take the ids, read the extractors, deliver the start
+ * event, run the call, deliver the end event. What a Python frame costs per call
+ * (about half of an enabled span's instructions) is what this saves; every object it
+ * touches is the one the Python template touches, read through the same helpers, so
+ * the two cannot drift in what they record (tests/core/test_speedups.py runs the
+ * hot-path tests against both).
+ *
+ * An extractor of the grammar ('mb_id', 'self.stage_index', 'len(batch.reqs)') comes
+ * as its plan: where its root sits in ``args`` (or the instance), the attribute
+ * steps, whether to take len(). A value the plan cannot read (passed by keyword, an
+ * attribute missing) falls back to the extractor itself, which reads it the slow way
+ * and counts it, as the template's ``except Exception`` does.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+typedef struct {
+    PyObject *fallback; /* the extractor; NULL: the value is None */
+    PyObject *steps;    /* tuple of attribute names; NULL: no plan, call the extractor */
+    Py_ssize_t position; /* index in args when called unbound; -1: the instance */
+    Py_ssize_t bound;    /* index in args when called with an instance */
+    int use_len;
+} Extractor;
+
+enum { IDS_NONE = 0, IDS_BATCH = 1, IDS_IDENTITY = 2 };
+enum { ATTRS_NONE = 0, ATTRS_CALL = 1, ATTRS_PLANNED = 2 };
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    long level;
+    int ids;
+    int attrs_mode;
+    Py_ssize_t start_index, end_index, n_attrs;
+    PyObject *name, *level_obj, *kind, *start_index_obj, *end_index_obj;
+    PyObject *event_type, *calls_of, *count_error, *identity;
+    PyObject *level_state, *compiling, *cell_or_none, *context_cell, *thread_rank, *rank_epoch;
+    PyObject *next_span_id, *next_batch_id;
+    PyObject *attrs;      /* ATTRS_NONE: NO_ATTRS; ATTRS_CALL: read_attrs; ATTRS_PLANNED: tuple of keys */
+    Extractor mb, size;
+    Extractor *attr_extractors; /* ATTRS_PLANNED: n_attrs of them */
+} Traced;
+
+static PyObject *str_active, *str_append;
+
+/* Wall clock minus monotonic clock (sched_trace._clock sets it: at import, after fork). */
+static long long clock_offset_ns;
+
+/* --- extractors ---------------------------------------------------------- */
+
+static int
+extractor_init(Extractor *e, PyObject *spec)
+{
+    /* spec: None, or (extractor, plan); plan: None or (position, bound, steps, use_len) */
+    memset(e, 0, sizeof(*e));
+    if (spec == Py_None)
+        return 0;
+    PyObject *fallback, *plan;
+    if (!PyArg_ParseTuple(spec, "OO", &fallback, &plan))
+        return -1;
+    if (!PyCallable_Check(fallback)) {
+        PyErr_Format(PyExc_TypeError, "extractor %R is not callable", fallback);
+        return -1;
+    }
+    e->fallback = Py_NewRef(fallback);
+    if (plan == Py_None)
+        return 0;
+    PyObject *position, *steps;
+    int use_len;
+    if (!PyArg_ParseTuple(plan, "OnO!p", &position, &e->bound, &PyTuple_Type, &steps, &use_len))
+        return -1;
+    e->position = position == Py_None ? -1 : PyLong_AsSsize_t(position);
+    if (e->position == -1 && PyErr_Occurred())
+        return -1;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(steps); i++) {
+        if (!PyUnicode_CheckExact(PyTuple_GET_ITEM(steps, i))) {
+            PyErr_SetString(PyExc_TypeError, "an extractor's steps are attribute names");
+            return -1;
+        }
+    }
+    e->steps = Py_NewRef(steps);
+    e->use_len = use_len;
+    return 0;
+}
+
+static void
+extractor_clear(Extractor *e)
+{
+    Py_CLEAR(e->fallback);
+    Py_CLEAR(e->steps);
+}
+
+static PyObject *
+call3(PyObject *function, PyObject *a, PyObject *b, PyObject *c)
+{
+    PyObject *argv[3] = {a, b, c};
+    return PyObject_Vectorcall(function, argv, 3, NULL);
+}
+
+/* The value (a new reference), or NULL with an exception the template would not catch. */
+static PyObject *
+extract(Extractor *e, PyObject *instance, PyObject *args, PyObject *kwargs)
+{
+    if (e->fallback == NULL)
+        Py_RETURN_NONE;
+    if (e->steps == NULL)
+        return call3(e->fallback, instance, args, kwargs);
+    PyObject *value;
+    if (e->position < 0) {
+        if (instance == Py_None)
+            goto slow;
+        value = Py_NewRef(instance);
+    }
+    else {
+        Py_ssize_t index = instance == Py_None ? e->position : e->bound;
+        if (!PyTuple_Check(args) || index >= PyTuple_GET_SIZE(args))
+            goto slow;
+        value = Py_NewRef(PyTuple_GET_ITEM(args, index));
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(e->steps); i++) {
+        PyObject *next = PyObject_GetAttr(value, PyTuple_GET_ITEM(e->steps, i));
+        Py_DECREF(value);
+        if (next == NULL)
+            goto failed;
+        value = next;
+    }
+    if (e->use_len) {
+        Py_ssize_t length = PyObject_Length(value);
+        Py_DECREF(value);
+        if (length < 0)
+            goto failed;
+        return PyLong_FromSsize_t(length);
+    }
+    return value;
+failed:
+    if (!PyErr_ExceptionMatches(PyExc_Exception))
+        return NULL;
+    PyErr_Clear();
+slow: /* unreadable here: the extractor's slow path reads it and counts it */
+    return call3(e->fallback, instance, args, kwargs);
+}
+
+/* --- the type ------------------------------------------------------------ */
+
+static int
+traced_traverse(Traced *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->name);
+    Py_VISIT(self->kind);
+    Py_VISIT(self->event_type);
+    Py_VISIT(self->calls_of);
+    Py_VISIT(self->count_error);
+    Py_VISIT(self->identity);
+    Py_VISIT(self->level_state);
+    Py_VISIT(self->compiling);
+    Py_VISIT(self->cell_or_none);
+    Py_VISIT(self->context_cell);
+    Py_VISIT(self->thread_rank);
+    Py_VISIT(self->rank_epoch);
+    Py_VISIT(self->next_span_id);
+    Py_VISIT(self->next_batch_id);
+    Py_VISIT(self->attrs);
+    Py_VISIT(self->mb.fallback);
+    Py_VISIT(self->size.fallback);
+    for (Py_ssize_t i = 0; self->attr_extractors && i < self->n_attrs; i++)
+        Py_VISIT(self->attr_extractors[i].fallback);
+    return 0;
+}
+
+static int
+traced_clear(Traced *self)
+{
+    Py_CLEAR(self->name);
+    Py_CLEAR(self->level_obj);
+    Py_CLEAR(self->kind);
+    Py_CLEAR(self->start_index_obj);
+    Py_CLEAR(self->end_index_obj);
+    Py_CLEAR(self->event_type);
+    Py_CLEAR(self->calls_of);
+    Py_CLEAR(self->count_error);
+    Py_CLEAR(self->identity);
+    Py_CLEAR(self->level_state);
+    Py_CLEAR(self->compiling);
+    Py_CLEAR(self->cell_or_none);
+    Py_CLEAR(self->context_cell);
+    Py_CLEAR(self->thread_rank);
+    Py_CLEAR(self->rank_epoch);
+    Py_CLEAR(self->next_span_id);
+    Py_CLEAR(self->next_batch_id);
+    Py_CLEAR(self->attrs);
+    extractor_clear(&self->mb);
+    extractor_clear(&self->size);
+    if (self->attr_extractors) {
+        for (Py_ssize_t i = 0; i < self->n_attrs; i++)
+            extractor_clear(&self->attr_extractors[i]);
+        PyMem_Free(self->attr_extractors);
+        self->attr_extractors = NULL;
+    }
+    return 0;
+}
+
+static void
+traced_dealloc(Traced *self)
+{
+    PyObject_GC_UnTrack(self);
+    traced_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+helper(PyObject *helpers, const char *key)
+{
+    PyObject *value = PyDict_GetItemString(helpers, key);
+    if (value == NULL) {
+        PyErr_Format(PyExc_KeyError, "sched_trace._speedups: helper %s missing", key);
+        return NULL;
+    }
+    return Py_NewRef(value);
+}
+
+static PyObject *traced_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject *kwnames);
+
+static PyObject *
+traced_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *keywords[] = {"name", "level", "kind", "start_index", "end_index", "ids", "event_type",
+                               "calls_of", "count_error", "identity", "microbatch", "batch_size",
+                               "attrs_mode", "attrs", "helpers", NULL};
+    PyObject *name, *kind, *event_type, *calls_of, *count_error, *identity, *mb, *size, *attrs, *helpers;
+    long level;
+    Py_ssize_t start_index, end_index;
+    int ids, attrs_mode;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "UlUnniO!O!OOOOiOO!:Traced", keywords, &name, &level, &kind,
+                                     &start_index, &end_index, &ids, &PyType_Type, &event_type, &PyList_Type,
+                                     &calls_of, &count_error, &identity, &mb, &size, &attrs_mode, &attrs,
+                                     &PyDict_Type, &helpers))
+        return NULL;
+    PyTypeObject *event = (PyTypeObject *)event_type;
+    if (!PyType_IsSubtype(event, &PyTuple_Type) || event->tp_basicsize != PyTuple_Type.tp_basicsize ||
+        event->tp_itemsize != PyTuple_Type.tp_itemsize) {
+        PyErr_Format(PyExc_TypeError, "event_type %R is not a tuple type without fields of its own", event_type);
+        return NULL;
+    }
+    if (ids < IDS_NONE || ids > IDS_IDENTITY || attrs_mode < ATTRS_NONE || attrs_mode > ATTRS_PLANNED) {
+        PyErr_SetString(PyExc_ValueError, "ids or attrs_mode out of range");
+        return NULL;
+    }
+    Traced *self = (Traced *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->vectorcall = traced_vectorcall;
+    self->level = level;
+    self->ids = ids;
+    self->attrs_mode = attrs_mode;
+    self->start_index = start_index;
+    self->end_index = end_index;
+    self->name = Py_NewRef(name);
+    self->kind = Py_NewRef(kind);
+    self->event_type = Py_NewRef(event_type);
+    self->calls_of = Py_NewRef(calls_of);
+    self->count_error = Py_NewRef(count_error);
+    self->identity = Py_NewRef(identity);
+    if ((self->level_obj = PyLong_FromLong(level)) == NULL ||
+        (self->start_index_obj = PyLong_FromSsize_t(start_index)) == NULL ||
+        (self->end_index_obj = PyLong_FromSsize_t(end_index)) == NULL ||
+        (self->level_state = helper(helpers, "LEVEL")) == NULL ||
+        (self->compiling = helper(helpers, "compiling")) == NULL ||
+        (self->cell_or_none = helper(helpers, "_cell_or_none")) == NULL ||
+        (self->context_cell = helper(helpers, "_context_cell")) == NULL ||
+        (self->thread_rank = helper(helpers, "_thread_rank")) == NULL ||
+        (self->rank_epoch = helper(helpers, "rank_epoch")) == NULL ||
+        (self->next_span_id = helper(helpers, "_next_span_id")) == NULL ||
+        (self->next_batch_id = helper(helpers, "_next_batch_id")) == NULL)
+        goto error;
+    if (!PyList_Check(self->compiling) || PyList_GET_SIZE(self->compiling) != 1 ||
+        !PyList_Check(self->rank_epoch) || PyList_GET_SIZE(self->rank_epoch) != 1) {
+        PyErr_SetString(PyExc_TypeError, "compiling and rank_epoch are one-item lists");
+        goto error;
+    }
+    if (extractor_init(&self->mb, mb) < 0 || extractor_init(&self->size, size) < 0)
+        goto error;
+    if (attrs_mode == ATTRS_PLANNED) {
+        /* attrs: ((key, (extractor, plan)), ...) */
+        if (!PyTuple_Check(attrs)) {
+            PyErr_SetString(PyExc_TypeError, "planned attrs are a tuple of (key, extractor) pairs");
+            goto error;
+        }
+        Py_ssize_t n = PyTuple_GET_SIZE(attrs);
+        PyObject *keys = PyTuple_New(n);
+        if (keys == NULL)
+            goto error;
+        self->attrs = keys;
+        self->attr_extractors = PyMem_Calloc(n ? n : 1, sizeof(Extractor));
+        if (self->attr_extractors == NULL) {
+            PyErr_NoMemory();
+            goto error;
+        }
+        self->n_attrs = n;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *key, *spec;
+            if (!PyArg_ParseTuple(PyTuple_GET_ITEM(attrs, i), "UO", &key, &spec) ||
+                extractor_init(&self->attr_extractors[i], spec) < 0)
+                goto error;
+            PyTuple_SET_ITEM(keys, i, Py_NewRef(key));
+        }
+    }
+    else {
+        self->attrs = Py_NewRef(attrs);
+    }
+    return (PyObject *)self;
+error:
+    Py_DECREF(self);
+    return NULL;
+}
+
+/* --- the call ------------------------------------------------------------ */
+
+static PyObject *
+call_through(PyObject *wrapped, PyObject *args, PyObject *kwargs)
+{
+    if (kwargs != NULL && PyDict_Check(kwargs) && PyDict_GET_SIZE(kwargs) == 0)
+        kwargs = NULL;
+    if (kwargs != NULL && kwargs != Py_None && !PyDict_Check(kwargs)) {
+        PyErr_SetString(PyExc_TypeError, "kwargs must be a dict");
+        return NULL;
+    }
+    return PyObject_Call(wrapped, args, kwargs == Py_None ? NULL : kwargs);
+}
+
+/* time.monotonic_ns() + _clock._offset_ns, read from the clock time.monotonic_ns reads. */
+static PyObject *
+now_ns(void)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    PyTime_t now;
+    if (PyTime_Monotonic(&now) < 0)
+        return NULL;
+#else
+    _PyTime_t now = _PyTime_GetMonotonicClock();
+#endif
+    return PyLong_FromLongLong((long long)now + clock_offset_ns);
+}
+
+static PyObject *
+set_clock_offset(PyObject *module, PyObject *arg)
+{
+    long long offset = PyLong_AsLongLong(arg);
+    if (offset == -1 && PyErr_Occurred())
+        return NULL;
+    clock_offset_ns = offset;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+read_attrs(Traced *self, PyObject *instance, PyObject *args, PyObject *kwargs)
+{
+    if (self->attrs_mode == ATTRS_NONE)
+        return Py_NewRef(self->attrs);
+    if (self->attrs_mode == ATTRS_CALL)
+        return call3(self->attrs, instance, args, kwargs);
+    PyObject *extra = PyDict_New();
+    if (extra == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < self->n_attrs; i++) {
+        PyObject *value = extract(&self->attr_extractors[i], instance, args, kwargs);
+        if (value == NULL || PyDict_SetItem(extra, PyTuple_GET_ITEM(self->attrs, i), value) < 0) {
+            Py_XDECREF(value);
+            Py_DECREF(extra);
+            return NULL;
+        }
+        Py_DECREF(value);
+    }
+    return extra;
+}
+
+static PyObject *
+new_event(Traced *self, PyObject *const *fields)
+{
+    PyTypeObject *type = (PyTypeObject *)self->event_type;
+    PyObject *event = type->tp_alloc(type, 12);
+    if (event == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < 12; i++)
+        PyTuple_SET_ITEM(event, i, Py_NewRef(fields[i]));
+    return event;
+}
+
+static int
+atomic(PyObject *value)
+{
+    return value == Py_None || PyLong_CheckExact(value) || PyUnicode_CheckExact(value) ||
+           PyFloat_CheckExact(value) || PyBool_Check(value);
+}
+
+/* An event without an error whose microbatch and batch size are plain values is left out
+ * of the cyclic collector, as CPython leaves out tuples of atomic values after their
+ * first collection: it can sit in a plugin's buffer for a while, and the collector's
+ * passes over kept events were about a sixth of an enabled span's instructions
+ * (benchmarks/bench_instructions.py). Its other fields are the probe's strings and
+ * numbers, the rank (ours), and the attributes dict built for this event (still
+ * tracked itself); only a plugin that stored the event inside one of its own attribute
+ * values would make a cycle the collector cannot see. */
+static void
+untrack_plain(PyObject *event, PyObject *mb, PyObject *size)
+{
+    if (atomic(mb) && atomic(size))
+        PyObject_GC_UnTrack(event);
+}
+
+/* Hand ``event`` to each of ``calls``, or to ``sink`` (an undecided keep_if span's list).
+ * A plugin that raises an Exception is counted (count_error), never propagated. */
+static int
+deliver(Traced *self, PyObject *calls, PyObject *sink, PyObject *index, PyObject *event)
+{
+    if (sink != Py_None) {
+        PyObject *item = PyTuple_Pack(2, index, event);
+        if (item == NULL)
+            return -1;
+        int status;
+        if (PyList_CheckExact(sink))
+            status = PyList_Append(sink, item);
+        else {
+            PyObject *done = PyObject_CallMethodOneArg(sink, str_append, item);
+            status = done == NULL ? -1 : 0;
+            Py_XDECREF(done);
+        }
+        Py_DECREF(item);
+        return status;
+    }
+    if (!PyTuple_Check(calls)) {
+        PyErr_SetString(PyExc_TypeError, "event_calls hold tuples of (function, owner)");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(calls); i++) {
+        PyObject *pair = PyTuple_GET_ITEM(calls, i);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            PyErr_SetString(PyExc_TypeError, "event_calls hold tuples of (function, owner)");
+            return -1;
+        }
+        PyObject *done = PyObject_CallOneArg(PyTuple_GET_ITEM(pair, 0), event);
+        if (done != NULL) {
+            Py_DECREF(done);
+            continue;
+        }
+        if (!PyErr_ExceptionMatches(PyExc_Exception))
+            return -1;
+        PyObject *type, *value, *traceback;
+        PyErr_Fetch(&type, &value, &traceback);
+        PyErr_NormalizeException(&type, &value, &traceback);
+        if (traceback != NULL)
+            PyException_SetTraceback(value, traceback);
+        PyObject *argv[3] = {PyTuple_GET_ITEM(pair, 1), self->kind, value};
+        PyObject *counted = PyObject_Vectorcall(self->count_error, argv, 3, NULL);
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(traceback);
+        if (counted == NULL)
+            return -1;
+        Py_DECREF(counted);
+    }
+    return 0;
+}
+
+static PyObject *
+calls_at(Traced *self, Py_ssize_t index)
+{
+    if (!PyList_Check(self->calls_of) || index < 0 || index >= PyList_GET_SIZE(self->calls_of)) {
+        PyErr_SetString(PyExc_IndexError, "event index out of range");
+        return NULL;
+    }
+    return Py_NewRef(PyList_GET_ITEM(self->calls_of, index));
+}
+
+static PyObject *
+traced_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject *kwnames)
+{
+    Traced *self = (Traced *)op;
+    if (PyVectorcall_NARGS(nargsf) != 4 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "traced(wrapped, instance, args, kwargs) takes 4 positional arguments");
+        return NULL;
+    }
+    PyObject *wrapped = argv[0], *instance = argv[1], *args = argv[2], *kwargs = argv[3];
+
+    /* The gate: the level, then torch.compile tracing. */
+    PyObject *active_obj = PyObject_GetAttr(self->level_state, str_active);
+    if (active_obj == NULL)
+        return NULL;
+    long active = PyLong_AsLong(active_obj);
+    Py_DECREF(active_obj);
+    if (active == -1 && PyErr_Occurred())
+        return NULL;
+    if (self->level > active)
+        return call_through(wrapped, args, kwargs);
+    PyObject *compiling = PyList_GET_ITEM(self->compiling, 0);
+    if (compiling != Py_None) {
+        Py_INCREF(compiling);
+        PyObject *busy = PyObject_CallNoArgs(compiling);
+        Py_DECREF(compiling);
+        if (busy == NULL)
+            return NULL;
+        int truth = PyObject_IsTrue(busy);
+        Py_DECREF(busy);
+        if (truth < 0)
+            return NULL;
+        if (truth)
+            return call_through(wrapped, args, kwargs);
+    }
+
+    PyObject *cell = NULL, *top = NULL, *rank = NULL, *batch_id = NULL, *inherited = NULL, *span_id = NULL;
+    PyObject *start_ns = NULL, *mb = NULL, *size = NULL, *extra = NULL, *calls = NULL, *event = NULL;
+    PyObject *result = NULL;
+
+    /* The thread's context: (parent, batch id, rank, sink) of the span around this call. */
+    cell = PyObject_CallOneArg(self->cell_or_none, Py_None);
+    if (cell == NULL)
+        return NULL;
+    if (cell == Py_None) {
+        Py_DECREF(cell);
+        if ((cell = PyObject_CallNoArgs(self->context_cell)) == NULL)
+            return NULL;
+    }
+    if (!PyList_Check(cell) || PyList_GET_SIZE(cell) < 2 || !PyTuple_Check(PyList_GET_ITEM(cell, 0)) ||
+        PyTuple_GET_SIZE(PyList_GET_ITEM(cell, 0)) != 4) {
+        PyErr_SetString(PyExc_SystemError, "sched_trace: malformed context cell");
+        goto done;
+    }
+    top = Py_NewRef(PyList_GET_ITEM(cell, 0));
+    PyObject *parent = PyTuple_GET_ITEM(top, 0), *sink = PyTuple_GET_ITEM(top, 3);
+    batch_id = Py_NewRef(PyTuple_GET_ITEM(top, 1));
+    rank = Py_NewRef(PyTuple_GET_ITEM(top, 2));
+    if (rank == Py_None) { /* the thread's own rank, cached while the identities' epoch holds */
+        PyObject *cached = Py_NewRef(PyList_GET_ITEM(cell, 1));
+        if (!PyTuple_Check(cached) || PyTuple_GET_SIZE(cached) != 2) {
+            Py_DECREF(cached);
+            PyErr_SetString(PyExc_SystemError, "sched_trace: malformed rank cache");
+            goto done;
+        }
+        Py_SETREF(rank, Py_NewRef(PyTuple_GET_ITEM(cached, 0)));
+        PyObject *epoch = PyList_GET_ITEM(self->rank_epoch, 0);
+        Py_INCREF(epoch);
+        int changed = PyObject_RichCompareBool(PyTuple_GET_ITEM(cached, 1), epoch, Py_NE);
+        Py_DECREF(epoch);
+        Py_DECREF(cached);
+        if (changed < 0)
+            goto done;
+        if (changed) {
+            Py_SETREF(rank, PyObject_CallOneArg(self->thread_rank, cell));
+            if (rank == NULL)
+                goto done;
+        }
+    }
+    inherited = Py_NewRef(batch_id); /* what spans inside this one take as their batch id */
+    if (self->ids == IDS_BATCH) { /* a batch takes a new batch id, and so do the spans inside it */
+        Py_SETREF(batch_id, PyObject_CallNoArgs(self->next_batch_id));
+        if (batch_id == NULL)
+            goto done;
+        Py_SETREF(inherited, Py_NewRef(batch_id));
+    }
+    else if (self->ids == IDS_IDENTITY) {
+        PyObject *iargv[5] = {instance, args, kwargs, rank, batch_id};
+        PyObject *ids = PyObject_Vectorcall(self->identity, iargv, 5, NULL);
+        if (ids == NULL)
+            goto done;
+        if (!PyTuple_Check(ids) || PyTuple_GET_SIZE(ids) != 3) {
+            Py_DECREF(ids);
+            PyErr_SetString(PyExc_TypeError, "identity() returns (rank, batch_id, inherited)");
+            goto done;
+        }
+        Py_SETREF(rank, Py_NewRef(PyTuple_GET_ITEM(ids, 0)));
+        Py_SETREF(batch_id, Py_NewRef(PyTuple_GET_ITEM(ids, 1)));
+        Py_SETREF(inherited, Py_NewRef(PyTuple_GET_ITEM(ids, 2)));
+        Py_DECREF(ids);
+    }
+    if ((span_id = PyObject_CallNoArgs(self->next_span_id)) == NULL || (start_ns = now_ns()) == NULL ||
+        (mb = extract(&self->mb, instance, args, kwargs)) == NULL ||
+        (size = extract(&self->size, instance, args, kwargs)) == NULL ||
+        (extra = read_attrs(self, instance, args, kwargs)) == NULL ||
+        (calls = calls_at(self, self->start_index)) == NULL)
+        goto done;
+    int listening = PyObject_IsTrue(calls);
+    if (listening < 0)
+        goto done;
+    if (listening) {
+        PyObject *fields[12] = {self->name, self->level_obj, start_ns, Py_None, rank, mb, batch_id, size, extra,
+                                Py_None, span_id, parent};
+        if ((event = new_event(self, fields)) == NULL)
+            goto done;
+        untrack_plain(event, mb, size);
+        if (deliver(self, calls, sink, self->start_index_obj, event) < 0)
+            goto done;
+        Py_CLEAR(event);
+    }
+    Py_CLEAR(calls);
+    PyObject *inside = PyTuple_Pack(4, span_id, inherited, rank, sink);
+    if (inside == NULL || PyList_SetItem(cell, 0, inside) < 0) /* steals inside */
+        goto done;
+
+    result = call_through(wrapped, args, kwargs);
+
+    /* The end: the error (if any) held while the end event is delivered, then raised again. */
+    PyObject *error_type = NULL, *error = NULL, *traceback = NULL;
+    if (result == NULL) {
+        PyErr_Fetch(&error_type, &error, &traceback);
+        PyErr_NormalizeException(&error_type, &error, &traceback);
+        if (traceback != NULL && error != NULL)
+            PyException_SetTraceback(error, traceback);
+    }
+    PyObject *end_ns = now_ns();
+    int failed = end_ns == NULL;
+    if (PyList_SetItem(cell, 0, Py_NewRef(top)) < 0)
+        failed = 1;
+    if (!failed && (calls = calls_at(self, self->end_index)) == NULL)
+        failed = 1;
+    if (!failed) {
+        int listening = PyObject_IsTrue(calls);
+        if (listening < 0)
+            failed = 1;
+        else if (listening) {
+            PyObject *fields[12] = {self->name, self->level_obj, start_ns, end_ns, rank, mb, batch_id, size, extra,
+                                    error != NULL ? error : Py_None, span_id, parent};
+            if ((event = new_event(self, fields)) == NULL)
+                failed = 1;
+            else {
+                if (error == NULL)
+                    untrack_plain(event, mb, size);
+                if (deliver(self, calls, sink, self->end_index_obj, event) < 0)
+                    failed = 1;
+            }
+        }
+    }
+    Py_XDECREF(end_ns);
+    if (failed) { /* what the end raised replaces the call's result or error, as a finally's raise does */
+        Py_CLEAR(result);
+        Py_XDECREF(error_type);
+        Py_XDECREF(error);
+        Py_XDECREF(traceback);
+    }
+    else if (result == NULL) {
+        PyErr_Restore(error_type, error, traceback);
+    }
+done:
+    Py_XDECREF(cell);
+    Py_XDECREF(top);
+    Py_XDECREF(rank);
+    Py_XDECREF(batch_id);
+    Py_XDECREF(inherited);
+    Py_XDECREF(span_id);
+    Py_XDECREF(start_ns);
+    Py_XDECREF(mb);
+    Py_XDECREF(size);
+    Py_XDECREF(extra);
+    Py_XDECREF(calls);
+    Py_XDECREF(event);
+    return result;
+}
+
+static PyObject *
+traced_repr(Traced *self)
+{
+    return PyUnicode_FromFormat("<sched-trace probe %R (C hot path)>", self->name);
+}
+
+static PyMemberDef traced_members[] = {
+    {"name", T_OBJECT, offsetof(Traced, name), READONLY, "the probe's stage or batch name"},
+    {NULL},
+};
+
+static PyTypeObject TracedType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sched_trace._speedups.Traced",
+    .tp_doc = "A stage or batch probe's traced call: (wrapped, instance, args, kwargs) -> result "
+              "(the C form of sched_trace._hotpath.TEMPLATE).",
+    .tp_basicsize = sizeof(Traced),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_new = traced_new,
+    .tp_dealloc = (destructor)traced_dealloc,
+    .tp_traverse = (traverseproc)traced_traverse,
+    .tp_clear = (inquiry)traced_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(Traced, vectorcall),
+    .tp_repr = (reprfunc)traced_repr,
+    .tp_members = traced_members,
+};
+
+static PyMethodDef speedups_methods[] = {
+    {"set_clock_offset", set_clock_offset, METH_O,
+     "Set the offset (ns) the hot path adds to the monotonic clock (sched_trace._clock's)."},
+    {NULL},
+};
+
+static struct PyModuleDef speedups_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_methods = speedups_methods,
+    .m_name = "sched_trace._speedups",
+    .m_doc = "The C form of a stage or batch probe's hot path (sched_trace._hotpath).",
+    .m_size = -1,
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    if ((str_active = PyUnicode_InternFromString("active")) == NULL ||
+        (str_append = PyUnicode_InternFromString("append")) == NULL)
+        return NULL;
+    if (PyType_Ready(&TracedType) < 0)
+        return NULL;
+    PyObject *module = PyModule_Create(&speedups_module);
+    if (module == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(module, "Traced", (PyObject *)&TracedType) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}

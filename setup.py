@@ -1,0 +1,9 @@
+"""The optional C extension; everything else is in pyproject.toml.
+
+``sched_trace._speedups`` is the C form of a probe's hot path. It is optional: without a
+compiler the build goes on and sched-trace runs the same hot path in Python.
+"""
+
+from setuptools import Extension, setup
+
+setup(ext_modules=[Extension("sched_trace._speedups", ["sched_trace/_speedups.c"], optional=True)])

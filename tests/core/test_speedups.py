@@ -1,0 +1,164 @@
+"""The C hot path (``sched_trace._speedups``) does what the Python template does.
+
+Every test in tests/core runs on both forms (tests/core/conftest.py); these add what
+only a C form can get wrong: the clock it reads, the references it holds, what it
+leaves to the cyclic collector, and errors that must not be swallowed. Ground truth:
+``_clock.now_ns`` read around the call, ``sys.getrefcount`` before and after, weak
+references.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+import weakref
+
+import pytest
+
+import sched_trace
+from sched_trace import _clock, _hotpath, _probe
+
+
+class Batch:
+    def __init__(self, reqs):
+        self.reqs = reqs
+        self.mode = "decode"
+
+
+class Token:
+    """A microbatch that is an object, not a number."""
+
+
+class StepError(KeyError):
+    """The scheduler's own error (a class of its own: weak references reach it)."""
+
+
+class Worker:
+    name = "w0"
+
+    def step(self, batch, mb_id=0, *, note=None):
+        if note == "raise":
+            raise StepError("the scheduler's own error")
+        return mb_id
+
+
+def trace_step(**options):
+    sched_trace.instrument(f"{__name__}:Worker.step", stage="step", **options)
+
+
+def test_a_span_lies_between_clock_readings_around_its_call(sched_trace_recorder):
+    trace_step(microbatch="mb_id")
+    before = _clock.now_ns()
+    Worker().step(Batch([1]), 3)
+    after = _clock.now_ns()
+    (event,) = sched_trace_recorder.stages("step")
+    assert before <= event.start_ns <= event.end_ns <= after
+
+
+def test_a_forked_child_stamps_spans_on_its_own_clock(sched_trace_recorder):
+    trace_step()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its clock offset is calibrated again after the fork
+        ok = False
+        try:
+            before = _clock.now_ns()
+            Worker().step(Batch([]))
+            after = _clock.now_ns()
+            event = sched_trace_recorder.stages("step")[-1]
+            ok = before <= event.start_ns <= event.end_ns <= after
+        finally:
+            os.write(write, b"1" if ok else b"0")
+            os._exit(0)
+    os.close(write)
+    answer = os.read(read, 1)
+    os.waitpid(pid, 0)
+    os.close(read)
+    assert answer == b"1"
+
+
+def test_every_reference_is_given_back(sched_trace_recorder):
+    class Broken:
+        def sched_trace_stage_end(self, event):
+            raise ValueError("exporter bug")
+
+    sched_trace.register(Broken(), name="broken-for-references")
+    trace_step(microbatch="mb_id", batch_size="len(batch.reqs)", attrs={"mode": "batch.mode", "who": "self.name"})
+    worker, batch, token = Worker(), Batch([1, 2]), Token()
+    watched = (worker, batch, batch.reqs, token, Worker.step)
+
+    def calls():
+        worker.step(batch, token)  # read in place
+        worker.step(batch=batch, mb_id=token)  # by keyword: the extractors' slow path
+        worker.step(None, token)  # unreadable: counted
+        with pytest.raises(StepError):
+            worker.step(batch, token, note="raise")
+
+    calls()  # the first plugin error is logged with its traceback (and the log keeps it)
+    del sched_trace_recorder.events[:]
+    gc.collect()
+    before = [sys.getrefcount(value) for value in watched]
+    for _ in range(200):
+        calls()
+    assert sched_trace.stats()["plugin_errors"]["broken-for-references"] == 804
+    del sched_trace_recorder.events[:]
+    gc.collect()
+    assert [sys.getrefcount(value) for value in watched] == before
+
+
+def test_plain_events_are_left_to_reference_counting(sched_trace_recorder, hot_path):
+    trace_step(microbatch="mb_id")
+    worker = Worker()
+    worker.step(Batch([]), 1)
+    worker.step(Batch([]), Token())
+    with pytest.raises(StepError):
+        worker.step(Batch([]), 2, note="raise")
+    plain, holding_an_object, failed = sched_trace_recorder.stages("step")
+    # CPython never untracks a tuple subclass; the C form leaves out events of plain values.
+    assert gc.is_tracked(plain) is (hot_path == "python")
+    assert gc.is_tracked(holding_an_object) and gc.is_tracked(failed)
+    # An error's traceback refers to frames: that event stays collectable with them.
+    error = weakref.ref(failed.error)
+    del sched_trace_recorder.events[:], plain, holding_an_object, failed
+    gc.collect()
+    assert error() is None
+
+
+def test_a_plugin_raising_base_exception_stops_the_caller(sched_trace_recorder):
+    class Interrupting:
+        def sched_trace_stage_end(self, event):
+            raise KeyboardInterrupt
+
+    sched_trace.register(Interrupting(), name="interrupting")
+    trace_step()
+    with pytest.raises(KeyboardInterrupt):
+        Worker().step(Batch([]))
+    assert "interrupting" not in sched_trace.stats()["plugin_errors"]
+
+
+def test_calls_pass_through_while_torch_compile_traces(sched_trace_recorder):
+    trace_step(microbatch="mb_id")
+    before = _probe.compiling[0]
+    try:
+        _probe.compiling[0] = lambda: True
+        assert Worker().step(Batch([]), 5) == 5
+        assert sched_trace_recorder.stages("step") == []
+        _probe.compiling[0] = lambda: False
+        Worker().step(Batch([]), 6)
+    finally:
+        _probe.compiling[0] = before
+    assert [event.microbatch for event in sched_trace_recorder.stages("step")] == [6]
+
+
+def test_the_environment_chooses_the_python_template(hot_path):
+    if hot_path == "python":
+        pytest.skip("one run is enough")
+    code = "from sched_trace import _hotpath; print(_hotpath._speedups is None)"
+    pure = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env=dict(os.environ, SCHED_TRACE_PURE_PYTHON="1"))
+    assert pure.stdout.strip() == "True"
+    built = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={k: v for k, v in os.environ.items() if k != "SCHED_TRACE_PURE_PYTHON"})
+    assert built.stdout.strip() == str(_hotpath._speedups is None)
