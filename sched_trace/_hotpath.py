@@ -14,11 +14,12 @@ calls; the probe's constants are literals (``repr`` of a str or an int) and its 
 the function's globals. The source is registered with ``linecache``, so a traceback
 through a traced call shows these lines.
 
-A stage or batch probe's :data:`TEMPLATE` also exists in C (``_speedups.Traced``, built
+:data:`TEMPLATE` and :data:`KEPT_TEMPLATE` also exist in C (``_speedups.Traced``, built
 from ``_speedups.c`` at install when a compiler is at hand): the same steps through the
 same helpers, without the Python frame, which is about half of an enabled span's
-instructions. :func:`sync_traced` uses it when it is built, unless the environment sets
-``SCHED_TRACE_PURE_PYTHON=1``; the Python template stays the reference.
+instructions. :func:`sync_traced` and :func:`kept_traced` use it when it is built,
+unless the environment sets ``SCHED_TRACE_PURE_PYTHON=1``; the Python templates stay
+the reference (tests/core runs on both).
 """
 
 from __future__ import annotations
@@ -129,12 +130,12 @@ def _ids(probe: Any) -> str:
     return ""
 
 
-def sync_traced(probe: Any, helpers: dict[str, Any], pure: bool = False) -> Callable[..., Any]:
+def sync_traced(probe: Any, helpers: dict[str, Any]) -> Callable[..., Any]:
     """The traced function of ``probe`` (a plain function, no keep_if): the C form when it
-    is built (and ``pure`` is false), else the template's. The template reads the probe's
+    is built, else the template's. The template reads the probe's
     constants as literals, and ``helpers`` (the module-level functions and state it calls)
     and the probe's objects as its globals: one dict, not a closure cell per name."""
-    if _speedups is not None and not pure:
+    if _speedups is not None:
         return c_traced(probe, helpers)
     namespace = dict(helpers, event_type=probe.event_type, calls_of=probe.manager.event_calls,
                      count_error=probe.manager._count_error, microbatch=probe.microbatch,
@@ -154,8 +155,9 @@ def _plan(extractor: Optional[Callable[..., Any]]) -> Optional[tuple]:
 
 
 def c_traced(probe: Any, helpers: dict[str, Any]) -> Callable[..., Any]:
-    """The C form of :data:`TEMPLATE` for ``probe`` (``_speedups.Traced``)."""
-    if probe.rank_keys or probe.batch_id is not None:
+    """The C form of :data:`TEMPLATE` for ``probe``, or of :data:`KEPT_TEMPLATE` for a
+    keep_if probe (``_speedups.Traced``)."""
+    if probe.rank_keys or probe.batch_id is not None or (probe.keep is not None and probe.is_batch):
         ids = 2  # the general case: Probe.identity
     else:
         ids = 1 if probe.is_batch else 0
@@ -168,7 +170,8 @@ def c_traced(probe: Any, helpers: dict[str, Any]) -> Callable[..., Any]:
     return _speedups.Traced(
         probe.name, probe.level, probe.kind, probe.start_index, probe.end_index, ids, probe.event_type,
         probe.manager.event_calls, probe.manager._count_error, probe.identity, _plan(probe.microbatch),
-        _plan(probe.batch_size), attrs_mode, attrs, helpers)
+        _plan(probe.batch_size), attrs_mode, attrs, helpers,
+        **({} if probe.keep is None else {"keep": probe.keep, "decided": probe._decided}))
 
 
 
@@ -225,9 +228,12 @@ def traced(wrapped, instance, args, kwargs):
 
 
 def kept_traced(probe: Any, helpers: dict[str, Any]) -> Callable[..., Any]:
-    """The traced function of a keep_if probe on a plain function: an idle call (a busy
-    poll's usual case) costs a span id, a clock read, the condition and a counter; a kept
-    one with nothing waiting inside or around it delivers its two events in this frame."""
+    """The traced function of a keep_if probe on a plain function (the C form when it is
+    built, as :func:`sync_traced`): an idle call (a busy poll's usual case) costs a span
+    id, a clock read, the condition and a counter; a kept one with nothing waiting inside
+    or around it delivers its two events in this frame."""
+    if _speedups is not None:
+        return c_traced(probe, helpers)
     manager = probe.manager
     namespace = dict(helpers, keep=probe.keep, decided=probe._decided, identity=probe.identity,
                      event_type=probe.event_type, calls_of=manager.event_calls, fire=manager.fire,

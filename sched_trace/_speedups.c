@@ -1,13 +1,13 @@
 /* sched_trace._speedups: a stage or batch probe's traced call in C.
  *
- * The same steps as _hotpath.TEMPLATE, which stays the reference and the fallback
+ * The same steps as _hotpath.TEMPLATE (and, for a keep_if probe, KEPT_TEMPLATE: the
+ * call, the decision, then the events), which stay the reference and the fallback
  * (no compiler, another interpreter, SCHED_TRACE_PURE_PYTHON=1): compare the level,
  * read the thread's context cell, take the ids, read the extractors, deliver the start
  * event, run the call, deliver the end event. What a Python frame costs per call
  * (about half of an enabled span's instructions) is what this saves; every object it
- * touches is the one the Python template touches, read through the same helpers, so
- * the two cannot drift in what they record (tests/core/test_speedups.py runs the
- * hot-path tests against both).
+ * touches is the one the Python template touches, read through the same helpers
+ * (tests/core/conftest.py runs every test in tests/core on both forms).
  *
  * An extractor of the grammar ('mb_id', 'self.stage_index', 'len(batch.reqs)') comes
  * as its plan: where its root sits in ``args`` (or the instance), the attribute
@@ -41,6 +41,7 @@ typedef struct {
     PyObject *event_type, *calls_of, *count_error, *identity;
     PyObject *level_state, *compiling, *cell_or_none, *context_cell, *thread_rank, *rank_epoch;
     PyObject *next_span_id, *next_batch_id;
+    PyObject *keep, *decided, *idle, *current_rank; /* a keep_if probe's; NULL otherwise */
     PyObject *attrs;      /* ATTRS_NONE: NO_ATTRS; ATTRS_CALL: read_attrs; ATTRS_PLANNED: tuple of keys */
     Extractor mb, size;
     Extractor *attr_extractors; /* ATTRS_PLANNED: n_attrs of them */
@@ -165,6 +166,10 @@ traced_traverse(Traced *self, visitproc visit, void *arg)
     Py_VISIT(self->next_span_id);
     Py_VISIT(self->next_batch_id);
     Py_VISIT(self->attrs);
+    Py_VISIT(self->keep);
+    Py_VISIT(self->decided);
+    Py_VISIT(self->idle);
+    Py_VISIT(self->current_rank);
     Py_VISIT(self->mb.fallback);
     Py_VISIT(self->size.fallback);
     for (Py_ssize_t i = 0; self->attr_extractors && i < self->n_attrs; i++)
@@ -193,6 +198,10 @@ traced_clear(Traced *self)
     Py_CLEAR(self->next_span_id);
     Py_CLEAR(self->next_batch_id);
     Py_CLEAR(self->attrs);
+    Py_CLEAR(self->keep);
+    Py_CLEAR(self->decided);
+    Py_CLEAR(self->idle);
+    Py_CLEAR(self->current_rank);
     extractor_clear(&self->mb);
     extractor_clear(&self->size);
     if (self->attr_extractors) {
@@ -224,21 +233,23 @@ helper(PyObject *helpers, const char *key)
 }
 
 static PyObject *traced_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject *kwnames);
+static PyObject *kept_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject *kwnames);
 
 static PyObject *
 traced_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *keywords[] = {"name", "level", "kind", "start_index", "end_index", "ids", "event_type",
                                "calls_of", "count_error", "identity", "microbatch", "batch_size",
-                               "attrs_mode", "attrs", "helpers", NULL};
+                               "attrs_mode", "attrs", "helpers", "keep", "decided", NULL};
     PyObject *name, *kind, *event_type, *calls_of, *count_error, *identity, *mb, *size, *attrs, *helpers;
+    PyObject *keep = Py_None, *decided = Py_None;
     long level;
     Py_ssize_t start_index, end_index;
     int ids, attrs_mode;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "UlUnniO!O!OOOOiOO!:Traced", keywords, &name, &level, &kind,
-                                     &start_index, &end_index, &ids, &PyType_Type, &event_type, &PyList_Type,
-                                     &calls_of, &count_error, &identity, &mb, &size, &attrs_mode, &attrs,
-                                     &PyDict_Type, &helpers))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "UlUnniO!O!OOOOiOO!|$OO:Traced", keywords, &name, &level,
+                                     &kind, &start_index, &end_index, &ids, &PyType_Type, &event_type,
+                                     &PyList_Type, &calls_of, &count_error, &identity, &mb, &size, &attrs_mode,
+                                     &attrs, &PyDict_Type, &helpers, &keep, &decided))
         return NULL;
     PyTypeObject *event = (PyTypeObject *)event_type;
     if (!PyType_IsSubtype(event, &PyTuple_Type) || event->tp_basicsize != PyTuple_Type.tp_basicsize ||
@@ -253,7 +264,7 @@ traced_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     Traced *self = (Traced *)type->tp_alloc(type, 0);
     if (self == NULL)
         return NULL;
-    self->vectorcall = traced_vectorcall;
+    self->vectorcall = keep == Py_None ? traced_vectorcall : kept_vectorcall;
     self->level = level;
     self->ids = ids;
     self->attrs_mode = attrs_mode;
@@ -277,6 +288,21 @@ traced_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         (self->next_span_id = helper(helpers, "_next_span_id")) == NULL ||
         (self->next_batch_id = helper(helpers, "_next_batch_id")) == NULL)
         goto error;
+    if (keep != Py_None) {
+        if (!PyCallable_Check(keep) || !PyCallable_Check(decided)) {
+            PyErr_SetString(PyExc_TypeError, "keep and decided are callables");
+            goto error;
+        }
+        self->keep = Py_NewRef(keep);
+        self->decided = Py_NewRef(decided);
+        if ((self->idle = helper(helpers, "idle")) == NULL ||
+            (self->current_rank = helper(helpers, "current_rank")) == NULL)
+            goto error;
+        if (!PyDict_Check(self->idle)) {
+            PyErr_SetString(PyExc_TypeError, "idle is a dict of counts");
+            goto error;
+        }
+    }
     if (!PyList_Check(self->compiling) || PyList_GET_SIZE(self->compiling) != 1 ||
         !PyList_Check(self->rank_epoch) || PyList_GET_SIZE(self->rank_epoch) != 1) {
         PyErr_SetString(PyExc_TypeError, "compiling and rank_epoch are one-item lists");
@@ -476,6 +502,90 @@ calls_at(Traced *self, Py_ssize_t index)
     return Py_NewRef(PyList_GET_ITEM(self->calls_of, index));
 }
 
+/* The gate both forms open with: 1 to trace, 0 to call through, -1 on error. */
+static int
+gate(Traced *self)
+{
+    PyObject *active_obj = PyObject_GetAttr(self->level_state, str_active);
+    if (active_obj == NULL)
+        return -1;
+    long active = PyLong_AsLong(active_obj);
+    Py_DECREF(active_obj);
+    if (active == -1 && PyErr_Occurred())
+        return -1;
+    if (self->level > active)
+        return 0;
+    PyObject *compiling = PyList_GET_ITEM(self->compiling, 0);
+    if (compiling == Py_None)
+        return 1;
+    Py_INCREF(compiling);
+    PyObject *busy = PyObject_CallNoArgs(compiling);
+    Py_DECREF(compiling);
+    if (busy == NULL)
+        return -1;
+    int truth = PyObject_IsTrue(busy);
+    Py_DECREF(busy);
+    return truth < 0 ? -1 : !truth;
+}
+
+/* The thread's context cell (a new reference), its top checked: (parent, batch id, rank, sink). */
+static PyObject *
+context_cell(Traced *self)
+{
+    PyObject *cell = PyObject_CallOneArg(self->cell_or_none, Py_None);
+    if (cell == Py_None) {
+        Py_DECREF(cell);
+        cell = PyObject_CallNoArgs(self->context_cell);
+    }
+    if (cell == NULL)
+        return NULL;
+    if (!PyList_Check(cell) || PyList_GET_SIZE(cell) < 2 || !PyTuple_Check(PyList_GET_ITEM(cell, 0)) ||
+        PyTuple_GET_SIZE(PyList_GET_ITEM(cell, 0)) != 4) {
+        Py_DECREF(cell);
+        PyErr_SetString(PyExc_SystemError, "sched_trace: malformed context cell");
+        return NULL;
+    }
+    return cell;
+}
+
+/* The thread's own rank, cached in the cell while the identities' epoch holds (a new reference). */
+static PyObject *
+thread_rank(Traced *self, PyObject *cell)
+{
+    PyObject *cached = Py_NewRef(PyList_GET_ITEM(cell, 1));
+    if (!PyTuple_Check(cached) || PyTuple_GET_SIZE(cached) != 2) {
+        Py_DECREF(cached);
+        PyErr_SetString(PyExc_SystemError, "sched_trace: malformed rank cache");
+        return NULL;
+    }
+    PyObject *epoch = Py_NewRef(PyList_GET_ITEM(self->rank_epoch, 0));
+    int changed = PyObject_RichCompareBool(PyTuple_GET_ITEM(cached, 1), epoch, Py_NE);
+    Py_DECREF(epoch);
+    PyObject *rank = changed ? NULL : Py_NewRef(PyTuple_GET_ITEM(cached, 0));
+    Py_DECREF(cached);
+    if (changed > 0)
+        rank = PyObject_CallOneArg(self->thread_rank, cell);
+    return rank;
+}
+
+static int
+count_idle(Traced *self)
+{
+    PyObject *count = PyDict_GetItemWithError(self->idle, self->name);
+    if (count == NULL && PyErr_Occurred())
+        return -1;
+    PyObject *one = PyLong_FromLong(1);
+    if (one == NULL)
+        return -1;
+    PyObject *more = count == NULL ? Py_NewRef(one) : PyNumber_Add(count, one);
+    Py_DECREF(one);
+    if (more == NULL)
+        return -1;
+    int status = PyDict_SetItem(self->idle, self->name, more);
+    Py_DECREF(more);
+    return status;
+}
+
 static PyObject *
 traced_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject *kwnames)
 {
@@ -486,73 +596,25 @@ traced_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject *
     }
     PyObject *wrapped = argv[0], *instance = argv[1], *args = argv[2], *kwargs = argv[3];
 
-    /* The gate: the level, then torch.compile tracing. */
-    PyObject *active_obj = PyObject_GetAttr(self->level_state, str_active);
-    if (active_obj == NULL)
-        return NULL;
-    long active = PyLong_AsLong(active_obj);
-    Py_DECREF(active_obj);
-    if (active == -1 && PyErr_Occurred())
-        return NULL;
-    if (self->level > active)
-        return call_through(wrapped, args, kwargs);
-    PyObject *compiling = PyList_GET_ITEM(self->compiling, 0);
-    if (compiling != Py_None) {
-        Py_INCREF(compiling);
-        PyObject *busy = PyObject_CallNoArgs(compiling);
-        Py_DECREF(compiling);
-        if (busy == NULL)
-            return NULL;
-        int truth = PyObject_IsTrue(busy);
-        Py_DECREF(busy);
-        if (truth < 0)
-            return NULL;
-        if (truth)
-            return call_through(wrapped, args, kwargs);
-    }
+    int open = gate(self); /* the level, then torch.compile tracing */
+    if (open <= 0)
+        return open < 0 ? NULL : call_through(wrapped, args, kwargs);
 
     PyObject *cell = NULL, *top = NULL, *rank = NULL, *batch_id = NULL, *inherited = NULL, *span_id = NULL;
     PyObject *start_ns = NULL, *mb = NULL, *size = NULL, *extra = NULL, *calls = NULL, *event = NULL;
     PyObject *result = NULL;
 
     /* The thread's context: (parent, batch id, rank, sink) of the span around this call. */
-    cell = PyObject_CallOneArg(self->cell_or_none, Py_None);
-    if (cell == NULL)
+    if ((cell = context_cell(self)) == NULL)
         return NULL;
-    if (cell == Py_None) {
-        Py_DECREF(cell);
-        if ((cell = PyObject_CallNoArgs(self->context_cell)) == NULL)
-            return NULL;
-    }
-    if (!PyList_Check(cell) || PyList_GET_SIZE(cell) < 2 || !PyTuple_Check(PyList_GET_ITEM(cell, 0)) ||
-        PyTuple_GET_SIZE(PyList_GET_ITEM(cell, 0)) != 4) {
-        PyErr_SetString(PyExc_SystemError, "sched_trace: malformed context cell");
-        goto done;
-    }
     top = Py_NewRef(PyList_GET_ITEM(cell, 0));
     PyObject *parent = PyTuple_GET_ITEM(top, 0), *sink = PyTuple_GET_ITEM(top, 3);
     batch_id = Py_NewRef(PyTuple_GET_ITEM(top, 1));
     rank = Py_NewRef(PyTuple_GET_ITEM(top, 2));
-    if (rank == Py_None) { /* the thread's own rank, cached while the identities' epoch holds */
-        PyObject *cached = Py_NewRef(PyList_GET_ITEM(cell, 1));
-        if (!PyTuple_Check(cached) || PyTuple_GET_SIZE(cached) != 2) {
-            Py_DECREF(cached);
-            PyErr_SetString(PyExc_SystemError, "sched_trace: malformed rank cache");
+    if (rank == Py_None) {
+        Py_SETREF(rank, thread_rank(self, cell));
+        if (rank == NULL)
             goto done;
-        }
-        Py_SETREF(rank, Py_NewRef(PyTuple_GET_ITEM(cached, 0)));
-        PyObject *epoch = PyList_GET_ITEM(self->rank_epoch, 0);
-        Py_INCREF(epoch);
-        int changed = PyObject_RichCompareBool(PyTuple_GET_ITEM(cached, 1), epoch, Py_NE);
-        Py_DECREF(epoch);
-        Py_DECREF(cached);
-        if (changed < 0)
-            goto done;
-        if (changed) {
-            Py_SETREF(rank, PyObject_CallOneArg(self->thread_rank, cell));
-            if (rank == NULL)
-                goto done;
-        }
     }
     inherited = Py_NewRef(batch_id); /* what spans inside this one take as their batch id */
     if (self->ids == IDS_BATCH) { /* a batch takes a new batch id, and so do the spans inside it */
@@ -651,6 +713,193 @@ done:
     Py_XDECREF(inherited);
     Py_XDECREF(span_id);
     Py_XDECREF(start_ns);
+    Py_XDECREF(mb);
+    Py_XDECREF(size);
+    Py_XDECREF(extra);
+    Py_XDECREF(calls);
+    Py_XDECREF(event);
+    return result;
+}
+
+/* --- a keep_if probe: the call, the decision, then its events ------------ */
+
+static PyObject *
+kept_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject *kwnames)
+{
+    Traced *self = (Traced *)op;
+    if (PyVectorcall_NARGS(nargsf) != 4 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "traced(wrapped, instance, args, kwargs) takes 4 positional arguments");
+        return NULL;
+    }
+    PyObject *wrapped = argv[0], *instance = argv[1], *args = argv[2], *kwargs = argv[3];
+    int open = gate(self);
+    if (open <= 0)
+        return open < 0 ? NULL : call_through(wrapped, args, kwargs);
+
+    PyObject *cell = NULL, *top = NULL, *rank = NULL, *batch_id = NULL, *inherited = NULL, *span_id = NULL;
+    PyObject *start_ns = NULL, *pending = NULL, *result = NULL, *end_ns = NULL, *span = NULL;
+    PyObject *mb = NULL, *size = NULL, *extra = NULL, *calls = NULL, *event = NULL;
+    PyObject *error_type = NULL, *error = NULL, *traceback = NULL;
+    int failed = 0;
+
+    if ((cell = context_cell(self)) == NULL)
+        return NULL;
+    top = Py_NewRef(PyList_GET_ITEM(cell, 0));
+    PyObject *parent = PyTuple_GET_ITEM(top, 0), *sink = PyTuple_GET_ITEM(top, 3);
+    if (self->ids == IDS_IDENTITY) { /* rank keys, a batch id or a batch: Probe.identity */
+        PyObject *enclosing = PyTuple_GET_ITEM(top, 2);
+        int truth = PyObject_IsTrue(enclosing);
+        if (truth < 0)
+            goto done;
+        PyObject *around = truth ? Py_NewRef(enclosing) : PyObject_CallNoArgs(self->current_rank);
+        if (around == NULL)
+            goto done;
+        PyObject *iargv[5] = {instance, args, kwargs, around, PyTuple_GET_ITEM(top, 1)};
+        PyObject *ids = PyObject_Vectorcall(self->identity, iargv, 5, NULL);
+        Py_DECREF(around);
+        if (ids == NULL)
+            goto done;
+        if (!PyTuple_Check(ids) || PyTuple_GET_SIZE(ids) != 3) {
+            Py_DECREF(ids);
+            PyErr_SetString(PyExc_TypeError, "identity() returns (rank, batch_id, inherited)");
+            goto done;
+        }
+        rank = Py_NewRef(PyTuple_GET_ITEM(ids, 0));
+        batch_id = Py_NewRef(PyTuple_GET_ITEM(ids, 1));
+        inherited = Py_NewRef(PyTuple_GET_ITEM(ids, 2));
+        Py_DECREF(ids);
+    }
+    else { /* spans inside take the enclosing rank (None: the thread's) and batch */
+        rank = Py_NewRef(PyTuple_GET_ITEM(top, 2));
+        batch_id = Py_NewRef(PyTuple_GET_ITEM(top, 1));
+        inherited = Py_NewRef(batch_id);
+    }
+    if ((span_id = PyObject_CallNoArgs(self->next_span_id)) == NULL || (start_ns = now_ns()) == NULL ||
+        (pending = PyList_New(0)) == NULL)
+        goto done;
+    PyObject *inside = PyTuple_Pack(4, span_id, inherited, rank, pending); /* what runs inside waits in pending */
+    if (inside == NULL || PyList_SetItem(cell, 0, inside) < 0)
+        goto done;
+
+    result = call_through(wrapped, args, kwargs);
+
+    if (result == NULL) {
+        PyErr_Fetch(&error_type, &error, &traceback);
+        PyErr_NormalizeException(&error_type, &error, &traceback);
+        if (traceback != NULL && error != NULL)
+            PyException_SetTraceback(error, traceback);
+    }
+    if (PyList_SetItem(cell, 0, Py_NewRef(top)) < 0) {
+        failed = 1;
+        goto end;
+    }
+    int kept = 1; /* an error is never idle */
+    if (error == NULL) {
+        PyObject *kargv[4] = {instance, args, kwargs, result};
+        PyObject *verdict = PyObject_Vectorcall(self->keep, kargv, 4, NULL);
+        kept = verdict == NULL ? -1 : PyObject_IsTrue(verdict);
+        Py_XDECREF(verdict);
+        if (kept < 0) {
+            failed = 1;
+            goto end;
+        }
+    }
+    Py_ssize_t waiting = PyList_GET_SIZE(pending);
+    if (!kept || waiting || sink != Py_None) { /* idle, or events inside it, or a span around it, wait */
+        if (!kept && count_idle(self) < 0) {
+            failed = 1;
+            goto end;
+        }
+        if (kept || waiting) {
+            if ((span = PyTuple_Pack(4, span_id, batch_id, rank, start_ns)) == NULL) {
+                failed = 1;
+                goto end;
+            }
+            PyObject *dargv[8] = {kept ? Py_True : Py_False, top, span, pending, instance, args, kwargs,
+                                  error != NULL && kept ? error : Py_None};
+            PyObject *done_ = PyObject_Vectorcall(self->decided, dargv, 8, NULL);
+            if (done_ == NULL)
+                failed = 1;
+            Py_XDECREF(done_);
+        }
+        goto end;
+    }
+    /* kept, and nothing waits: its start and end events now (what Probe._decided does) */
+    if ((end_ns = now_ns()) == NULL) {
+        failed = 1;
+        goto end;
+    }
+    if (rank == Py_None) {
+        Py_SETREF(rank, thread_rank(self, cell));
+        if (rank == NULL) {
+            failed = 1;
+            goto end;
+        }
+    }
+    if ((mb = extract(&self->mb, instance, args, kwargs)) == NULL ||
+        (size = extract(&self->size, instance, args, kwargs)) == NULL ||
+        (extra = read_attrs(self, instance, args, kwargs)) == NULL ||
+        (calls = calls_at(self, self->start_index)) == NULL) {
+        failed = 1;
+        goto end;
+    }
+    int listening = PyObject_IsTrue(calls);
+    if (listening < 0) {
+        failed = 1;
+        goto end;
+    }
+    if (listening) {
+        PyObject *fields[12] = {self->name, self->level_obj, start_ns, Py_None, rank, mb, batch_id, size, extra,
+                                Py_None, span_id, parent};
+        if ((event = new_event(self, fields)) == NULL) {
+            failed = 1;
+            goto end;
+        }
+        untrack_plain(event, mb, size);
+        if (deliver(self, calls, Py_None, self->start_index_obj, event) < 0) {
+            failed = 1;
+            goto end;
+        }
+        Py_CLEAR(event);
+    }
+    Py_SETREF(calls, calls_at(self, self->end_index));
+    if (calls == NULL || (listening = PyObject_IsTrue(calls)) < 0) {
+        failed = 1;
+        goto end;
+    }
+    if (listening) {
+        PyObject *fields[12] = {self->name, self->level_obj, start_ns, end_ns, rank, mb, batch_id, size, extra,
+                                error != NULL ? error : Py_None, span_id, parent};
+        if ((event = new_event(self, fields)) == NULL) {
+            failed = 1;
+            goto end;
+        }
+        if (error == NULL)
+            untrack_plain(event, mb, size);
+        if (deliver(self, calls, Py_None, self->end_index_obj, event) < 0)
+            failed = 1;
+    }
+end:
+    if (failed) { /* what the end raised replaces the call's result or error, as a finally's raise does */
+        Py_CLEAR(result);
+        Py_XDECREF(error_type);
+        Py_XDECREF(error);
+        Py_XDECREF(traceback);
+    }
+    else if (result == NULL) {
+        PyErr_Restore(error_type, error, traceback);
+    }
+done:
+    Py_XDECREF(cell);
+    Py_XDECREF(top);
+    Py_XDECREF(rank);
+    Py_XDECREF(batch_id);
+    Py_XDECREF(inherited);
+    Py_XDECREF(span_id);
+    Py_XDECREF(start_ns);
+    Py_XDECREF(pending);
+    Py_XDECREF(end_ns);
+    Py_XDECREF(span);
     Py_XDECREF(mb);
     Py_XDECREF(size);
     Py_XDECREF(extra);

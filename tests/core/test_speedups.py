@@ -43,6 +43,14 @@ class Worker:
             raise StepError("the scheduler's own error")
         return mb_id
 
+    def poll(self, batch, mb_id=0, inside=False):
+        """A busy poll: idle (nothing back) unless the batch has requests."""
+        if inside:
+            self.step(batch, mb_id)
+        if mb_id == "raise":
+            raise StepError("the poll's own error")
+        return list(batch.reqs)
+
 
 def trace_step(**options):
     sched_trace.instrument(f"{__name__}:Worker.step", stage="step", **options)
@@ -103,6 +111,35 @@ def test_every_reference_is_given_back(sched_trace_recorder):
     for _ in range(200):
         calls()
     assert sched_trace.stats()["plugin_errors"]["broken-for-references"] == 804
+    del sched_trace_recorder.events[:]
+    gc.collect()
+    assert [sys.getrefcount(value) for value in watched] == before
+
+
+def test_every_reference_is_given_back_by_a_keep_if_probe(sched_trace_recorder):
+    sched_trace.instrument(f"{__name__}:Worker.poll", stage="poll", keep_if="result", microbatch="mb_id",
+                           batch_size="len(batch.reqs)", attrs={"who": "self.name"})
+    trace_step(microbatch="mb_id")
+    worker, busy, idle, token = Worker(), Batch([1, 2]), Batch([]), Token()
+    watched = (worker, busy, idle, busy.reqs, token)
+
+    def calls():
+        worker.poll(idle, token)  # idle: counted
+        worker.poll(idle, token, inside=True)  # idle, a span inside: delivered to the span around
+        worker.poll(busy, token)  # kept, nothing waiting: its events at once
+        worker.poll(busy, token, inside=True)  # kept, a span inside waited for the decision
+        with pytest.raises(StepError):
+            worker.poll(idle, "raise")  # an error is never idle
+
+    calls()
+    del sched_trace_recorder.events[:]
+    gc.collect()
+    before = [sys.getrefcount(value) for value in watched]
+    for _ in range(200):
+        calls()
+    assert len(sched_trace_recorder.stages("poll")) == 3 * 200
+    assert len(sched_trace_recorder.stages("step")) == 2 * 200
+    assert sched_trace.stats()["idle_calls"]["poll"] == 2 * 201
     del sched_trace_recorder.events[:]
     gc.collect()
     assert [sys.getrefcount(value) for value in watched] == before
