@@ -9,7 +9,9 @@ Deterministic enough to compare code versions on a busy machine. Skipped with
 
 The method is the workload's ``run_batch(batch, mb_id)`` with ``microbatch``,
 ``batch_size`` and ``requests`` extractors, bound once (the strict case: no bound
-wrapper built per call). ``floor`` is the least pure Python can do for the same
+wrapper built per call). The traced rows run the C hot path (``sched_trace._speedups``)
+where it is built; the ``pure Python`` rows set ``SCHED_TRACE_PURE_PYTHON=1`` (the
+generated Python template). ``floor`` is the least a Python wrapper can do for the same
 event: one hand-written frame building it, no span stack, no extractor calls, handed
 to the same buffer-append hook as the built-in exporters' (a list-append plugin keeps
 every event, and the collector's passes over them count too).
@@ -37,10 +39,13 @@ CASES = {
     "on, list-append plugin": ("traced", "list"),
     "on, built-in exporter hook (buffer append)": ("traced", "exporter"),
     "on, keep_if drops an idle call": ("idle", "list"),
-    "floor: the same event by hand in one frame": ("floor", "exporter"),
+    "off, pure Python": ("traced", "none", "pure"),
+    "on, built-in exporter hook, pure Python": ("traced", "exporter", "pure"),
+    "floor of a Python wrapper: the same event by hand in one frame": ("floor", "exporter"),
 }
 LIMITS = {"off": 1.05, "above level": 1.05, "on, list-append plugin": 3.0,
-          "on, built-in exporter hook (buffer append)": 3.0, "on, keep_if drops an idle call": 3.5}
+          "on, built-in exporter hook (buffer append)": 3.0, "on, keep_if drops an idle call": 3.5,
+          "off, pure Python": 1.05}
 EXTRA = 10000
 _TOTALS = re.compile(r"^(?:summary|totals):\s*(\d+)", re.M)
 
@@ -99,24 +104,25 @@ def _floor(workload: Any) -> Callable[[int], None]:
     return lambda n: workload._loop_prebound(function, batch, n)
 
 
-def _instructions(kind: str, listening: str, calls: int) -> int:
+def _instructions(kind: str, listening: str, calls: int, pure: str = "") -> int:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, SCHED_TRACE_DISABLE_PLUGIN_AUTOLOAD="1", PYTHONHASHSEED="0")
+    if pure:
+        env["SCHED_TRACE_PURE_PYTHON"] = "1"
     with tempfile.TemporaryDirectory() as directory:
         out = os.path.join(directory, "callgrind.out")
         subprocess.run(
             ["valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={out}",
              sys.executable, "-m", "benchmarks.bench_instructions", kind, listening, str(calls)],
-            cwd=root, capture_output=True, text=True, timeout=600, check=True,
-            env=dict(os.environ, SCHED_TRACE_DISABLE_PLUGIN_AUTOLOAD="1", PYTHONHASHSEED="0"),
+            cwd=root, capture_output=True, text=True, timeout=600, check=True, env=env,
         )
         main = sorted(glob.glob(out + "-*"))[0]  # thread 1: the one that made the calls
         with open(main, encoding="utf-8") as handle:
             return int(_TOTALS.search(handle.read()).group(1))
 
 
-def _per_call(case: tuple[str, str]) -> float:
-    kind, listening = case
-    return (_instructions(kind, listening, 1000 + EXTRA) - _instructions(kind, listening, 1000)) / EXTRA
+def _per_call(case: tuple[str, ...]) -> float:
+    return (_instructions(*case[:2], 1000 + EXTRA, *case[2:]) - _instructions(*case[:2], 1000, *case[2:])) / EXTRA
 
 
 def run(quick: bool) -> list[dict[str, Any]]:
