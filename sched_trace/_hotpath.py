@@ -14,12 +14,12 @@ calls; the probe's constants are literals (``repr`` of a str or an int) and its 
 the function's globals. The source is registered with ``linecache``, so a traceback
 through a traced call shows these lines.
 
-:data:`TEMPLATE` and :data:`KEPT_TEMPLATE` also exist in C (``_speedups.Traced``, built
-from ``_speedups.c`` at install when a compiler is at hand): the same steps through the
-same helpers, without the Python frame, which is about half of an enabled span's
-instructions. :func:`sync_traced` and :func:`kept_traced` use it when it is built,
-unless the environment sets ``SCHED_TRACE_PURE_PYTHON=1``; the Python templates stay
-the reference (tests/core runs on both).
+The three templates also exist in C (``_speedups``, built from ``_speedups.c`` at
+install when a compiler is at hand): the same steps through the same helpers, without
+the Python frame, which is about half of an enabled span's instructions.
+:func:`sync_traced`, :func:`kept_traced` and :func:`request_traced` use it when it is
+built, unless the environment sets ``SCHED_TRACE_PURE_PYTHON=1``; the Python templates
+stay the reference (tests/core and tests/requests run on both: tests/hot_path.py).
 """
 
 from __future__ import annotations
@@ -154,6 +154,15 @@ def _plan(extractor: Optional[Callable[..., Any]]) -> Optional[tuple]:
     return None if extractor is None else (extractor, getattr(extractor, "plan", None))
 
 
+def _c_attrs(probe: Any, helpers: dict[str, Any]) -> tuple[int, Any]:
+    """(mode, what) of the probe's attributes for ``_speedups``: none, a call, or planned."""
+    if not probe.attrs:
+        return 0, helpers["NO_ATTRS"]
+    if any(condition is not None for _, _, condition in probe.attrs):
+        return 1, probe.read_attrs
+    return 2, tuple((key, _plan(read)) for key, read, _ in probe.attrs)
+
+
 def c_traced(probe: Any, helpers: dict[str, Any]) -> Callable[..., Any]:
     """The C form of :data:`TEMPLATE` for ``probe``, or of :data:`KEPT_TEMPLATE` for a
     keep_if probe (``_speedups.Traced``)."""
@@ -161,12 +170,7 @@ def c_traced(probe: Any, helpers: dict[str, Any]) -> Callable[..., Any]:
         ids = 2  # the general case: Probe.identity
     else:
         ids = 1 if probe.is_batch else 0
-    if not probe.attrs:
-        attrs_mode, attrs = 0, helpers["NO_ATTRS"]
-    elif any(condition is not None for _, _, condition in probe.attrs):
-        attrs_mode, attrs = 1, probe.read_attrs
-    else:
-        attrs_mode, attrs = 2, tuple((key, _plan(read)) for key, read, _ in probe.attrs)
+    attrs_mode, attrs = _c_attrs(probe, helpers)
     return _speedups.Traced(
         probe.name, probe.level, probe.kind, probe.start_index, probe.end_index, ids, probe.event_type,
         probe.manager.event_calls, probe.manager._count_error, probe.identity, _plan(probe.microbatch),
@@ -287,8 +291,15 @@ def traced(wrapped, instance, args, kwargs):
 
 def request_traced(probe: Any, helpers: dict[str, Any]) -> Callable[..., Any]:
     """The traced function of a request probe (``_request_probe.RequestProbe``): its gate,
-    ``when``, extractors and event in one frame, as :func:`sync_traced` does for stages."""
+    ``when``, extractors and event in one frame, as :func:`sync_traced` does for stages
+    (in C, ``_speedups.request_traced``, when it is built)."""
     manager = probe.manager
+    if _speedups is not None:
+        attrs_mode, attrs = _c_attrs(probe, helpers)
+        return _speedups.request_traced(
+            probe.phase, probe.level, helpers["REQUEST"], helpers["RequestEvent"], manager.event_calls,
+            manager._count_error, probe.when, _plan(probe.request_id), _plan(probe.prompt_tokens),
+            _plan(probe.output_tokens), tuple(probe.rank_keys), attrs_mode, attrs, probe.aborted, helpers)
     namespace = dict(helpers, calls_of=manager.event_calls, count_error=manager._count_error, when=probe.when,
                      request_id=probe.request_id, prompt_tokens=probe.prompt_tokens,
                      output_tokens=probe.output_tokens, rank_keys=probe.rank_keys, read_attrs=probe.read_attrs,

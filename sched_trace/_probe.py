@@ -77,7 +77,7 @@ _HELPERS = {
     "rank_epoch": _rank.epoch, "compiling": compiling, "_cell_or_none": _cell_or_none, "_context_cell": _context_cell,
     "_thread_rank": _thread_rank, "_next_span_id": _next_span_id, "_next_batch_id": _next_batch_id,
     "monotonic_ns": monotonic_ns, "_clock": _clock, "_tuple_new": _tuple_new, "NO_ATTRS": NO_ATTRS, "LEVEL": LEVEL,
-    "idle": idle_calls, "current_rank": _rank.current}
+    "idle": idle_calls, "current_rank": _rank.current, "current_with_epoch": _rank.current_with_epoch}
 
 
 def kind_of(function: Optional[Callable[..., Any]]) -> str:

@@ -1,7 +1,8 @@
-/* sched_trace._speedups: a stage or batch probe's traced call in C.
+/* sched_trace._speedups: a probe's traced call in C.
  *
- * The same steps as _hotpath.TEMPLATE (and, for a keep_if probe, KEPT_TEMPLATE: the
- * call, the decision, then the events), which stay the reference and the fallback
+ * The same steps as _hotpath.TEMPLATE (a stage or batch probe), KEPT_TEMPLATE (a keep_if
+ * probe: the call, the decision, then the events) and REQUEST_TEMPLATE (a request probe:
+ * its phase at call entry, then the call), which stay the reference and the fallback
  * (no compiler, another interpreter, SCHED_TRACE_PURE_PYTHON=1): compare the level,
  * read the thread's context cell, take the ids, read the extractors, deliver the start
  * event, run the call, deliver the end event. What a Python frame costs per call
@@ -39,14 +40,19 @@ typedef struct {
     Py_ssize_t start_index, end_index, n_attrs;
     PyObject *name, *level_obj, *kind, *start_index_obj, *end_index_obj;
     PyObject *event_type, *calls_of, *count_error, *identity;
-    PyObject *level_state, *compiling, *cell_or_none, *context_cell, *thread_rank, *rank_epoch;
+    PyObject *level_state, *compiling, *cell_or_none, *context_cell, *current_with_epoch, *rank_epoch;
     PyObject *next_span_id, *next_batch_id;
     PyObject *keep, *decided, *idle, *current_rank; /* a keep_if probe's; NULL otherwise */
+    /* a request probe's (NULL otherwise): its phase, aborted statuses, when, rank keys */
+    PyObject *phase, *aborted, *when, *rank_keys, *with_overrides;
+    Extractor request_id;
+    Py_ssize_t n_fields; /* of the event type: 12 (stage, batch) or 8 (request) */
     PyObject *attrs;      /* ATTRS_NONE: NO_ATTRS; ATTRS_CALL: read_attrs; ATTRS_PLANNED: tuple of keys */
     Extractor mb, size;
     Extractor *attr_extractors; /* ATTRS_PLANNED: n_attrs of them */
 } Traced;
 
+static PyTypeObject TracedType;
 static PyObject *str_active, *str_append;
 
 /* Wall clock minus monotonic clock (sched_trace._clock sets it: at import, after fork). */
@@ -161,7 +167,7 @@ traced_traverse(Traced *self, visitproc visit, void *arg)
     Py_VISIT(self->compiling);
     Py_VISIT(self->cell_or_none);
     Py_VISIT(self->context_cell);
-    Py_VISIT(self->thread_rank);
+    Py_VISIT(self->current_with_epoch);
     Py_VISIT(self->rank_epoch);
     Py_VISIT(self->next_span_id);
     Py_VISIT(self->next_batch_id);
@@ -170,6 +176,12 @@ traced_traverse(Traced *self, visitproc visit, void *arg)
     Py_VISIT(self->decided);
     Py_VISIT(self->idle);
     Py_VISIT(self->current_rank);
+    Py_VISIT(self->phase);
+    Py_VISIT(self->aborted);
+    Py_VISIT(self->when);
+    Py_VISIT(self->rank_keys);
+    Py_VISIT(self->with_overrides);
+    Py_VISIT(self->request_id.fallback);
     Py_VISIT(self->mb.fallback);
     Py_VISIT(self->size.fallback);
     for (Py_ssize_t i = 0; self->attr_extractors && i < self->n_attrs; i++)
@@ -193,7 +205,7 @@ traced_clear(Traced *self)
     Py_CLEAR(self->compiling);
     Py_CLEAR(self->cell_or_none);
     Py_CLEAR(self->context_cell);
-    Py_CLEAR(self->thread_rank);
+    Py_CLEAR(self->current_with_epoch);
     Py_CLEAR(self->rank_epoch);
     Py_CLEAR(self->next_span_id);
     Py_CLEAR(self->next_batch_id);
@@ -202,6 +214,12 @@ traced_clear(Traced *self)
     Py_CLEAR(self->decided);
     Py_CLEAR(self->idle);
     Py_CLEAR(self->current_rank);
+    Py_CLEAR(self->phase);
+    Py_CLEAR(self->aborted);
+    Py_CLEAR(self->when);
+    Py_CLEAR(self->rank_keys);
+    Py_CLEAR(self->with_overrides);
+    extractor_clear(&self->request_id);
     extractor_clear(&self->mb);
     extractor_clear(&self->size);
     if (self->attr_extractors) {
@@ -235,6 +253,44 @@ helper(PyObject *helpers, const char *key)
 static PyObject *traced_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject *kwnames);
 static PyObject *kept_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject *kwnames);
 
+/* The attributes: NO_ATTRS, read_attrs (a call), or ((key, (extractor, plan)), ...). */
+static int
+attrs_init(Traced *self, int attrs_mode, PyObject *attrs)
+{
+    if (attrs_mode < ATTRS_NONE || attrs_mode > ATTRS_PLANNED) {
+        PyErr_SetString(PyExc_ValueError, "attrs_mode out of range");
+        return -1;
+    }
+    self->attrs_mode = attrs_mode;
+    if (attrs_mode != ATTRS_PLANNED) {
+        self->attrs = Py_NewRef(attrs);
+        return 0;
+    }
+    if (!PyTuple_Check(attrs)) {
+        PyErr_SetString(PyExc_TypeError, "planned attrs are a tuple of (key, extractor) pairs");
+        return -1;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(attrs);
+    PyObject *keys = PyTuple_New(n);
+    if (keys == NULL)
+        return -1;
+    self->attrs = keys;
+    self->attr_extractors = PyMem_Calloc(n ? n : 1, sizeof(Extractor));
+    if (self->attr_extractors == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->n_attrs = n;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *key, *spec;
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(attrs, i), "UO", &key, &spec) ||
+            extractor_init(&self->attr_extractors[i], spec) < 0)
+            return -1;
+        PyTuple_SET_ITEM(keys, i, Py_NewRef(key));
+    }
+    return 0;
+}
+
 static PyObject *
 traced_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
@@ -257,17 +313,17 @@ traced_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         PyErr_Format(PyExc_TypeError, "event_type %R is not a tuple type without fields of its own", event_type);
         return NULL;
     }
-    if (ids < IDS_NONE || ids > IDS_IDENTITY || attrs_mode < ATTRS_NONE || attrs_mode > ATTRS_PLANNED) {
-        PyErr_SetString(PyExc_ValueError, "ids or attrs_mode out of range");
+    if (ids < IDS_NONE || ids > IDS_IDENTITY) {
+        PyErr_SetString(PyExc_ValueError, "ids out of range");
         return NULL;
     }
     Traced *self = (Traced *)type->tp_alloc(type, 0);
     if (self == NULL)
         return NULL;
     self->vectorcall = keep == Py_None ? traced_vectorcall : kept_vectorcall;
+    self->n_fields = 12;
     self->level = level;
     self->ids = ids;
-    self->attrs_mode = attrs_mode;
     self->start_index = start_index;
     self->end_index = end_index;
     self->name = Py_NewRef(name);
@@ -283,7 +339,7 @@ traced_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         (self->compiling = helper(helpers, "compiling")) == NULL ||
         (self->cell_or_none = helper(helpers, "_cell_or_none")) == NULL ||
         (self->context_cell = helper(helpers, "_context_cell")) == NULL ||
-        (self->thread_rank = helper(helpers, "_thread_rank")) == NULL ||
+        (self->current_with_epoch = helper(helpers, "current_with_epoch")) == NULL ||
         (self->rank_epoch = helper(helpers, "rank_epoch")) == NULL ||
         (self->next_span_id = helper(helpers, "_next_span_id")) == NULL ||
         (self->next_batch_id = helper(helpers, "_next_batch_id")) == NULL)
@@ -310,34 +366,8 @@ traced_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     }
     if (extractor_init(&self->mb, mb) < 0 || extractor_init(&self->size, size) < 0)
         goto error;
-    if (attrs_mode == ATTRS_PLANNED) {
-        /* attrs: ((key, (extractor, plan)), ...) */
-        if (!PyTuple_Check(attrs)) {
-            PyErr_SetString(PyExc_TypeError, "planned attrs are a tuple of (key, extractor) pairs");
-            goto error;
-        }
-        Py_ssize_t n = PyTuple_GET_SIZE(attrs);
-        PyObject *keys = PyTuple_New(n);
-        if (keys == NULL)
-            goto error;
-        self->attrs = keys;
-        self->attr_extractors = PyMem_Calloc(n ? n : 1, sizeof(Extractor));
-        if (self->attr_extractors == NULL) {
-            PyErr_NoMemory();
-            goto error;
-        }
-        self->n_attrs = n;
-        for (Py_ssize_t i = 0; i < n; i++) {
-            PyObject *key, *spec;
-            if (!PyArg_ParseTuple(PyTuple_GET_ITEM(attrs, i), "UO", &key, &spec) ||
-                extractor_init(&self->attr_extractors[i], spec) < 0)
-                goto error;
-            PyTuple_SET_ITEM(keys, i, Py_NewRef(key));
-        }
-    }
-    else {
-        self->attrs = Py_NewRef(attrs);
-    }
+    if (attrs_init(self, attrs_mode, attrs) < 0)
+        goto error;
     return (PyObject *)self;
 error:
     Py_DECREF(self);
@@ -408,10 +438,10 @@ static PyObject *
 new_event(Traced *self, PyObject *const *fields)
 {
     PyTypeObject *type = (PyTypeObject *)self->event_type;
-    PyObject *event = type->tp_alloc(type, 12);
+    PyObject *event = type->tp_alloc(type, self->n_fields);
     if (event == NULL)
         return NULL;
-    for (Py_ssize_t i = 0; i < 12; i++)
+    for (Py_ssize_t i = 0; i < self->n_fields; i++)
         PyTuple_SET_ITEM(event, i, Py_NewRef(fields[i]));
     return event;
 }
@@ -548,7 +578,8 @@ context_cell(Traced *self)
     return cell;
 }
 
-/* The thread's own rank, cached in the cell while the identities' epoch holds (a new reference). */
+/* The thread's own rank, cached in the cell while the identities' epoch holds (a new
+ * reference): what _probe._thread_rank does when the epoch moved. */
 static PyObject *
 thread_rank(Traced *self, PyObject *cell)
 {
@@ -561,10 +592,22 @@ thread_rank(Traced *self, PyObject *cell)
     PyObject *epoch = Py_NewRef(PyList_GET_ITEM(self->rank_epoch, 0));
     int changed = PyObject_RichCompareBool(PyTuple_GET_ITEM(cached, 1), epoch, Py_NE);
     Py_DECREF(epoch);
-    PyObject *rank = changed ? NULL : Py_NewRef(PyTuple_GET_ITEM(cached, 0));
+    if (changed > 0) {
+        Py_SETREF(cached, PyObject_CallNoArgs(self->current_with_epoch));
+        if (cached == NULL)
+            return NULL;
+        if (!PyTuple_Check(cached) || PyTuple_GET_SIZE(cached) != 2) {
+            Py_DECREF(cached);
+            PyErr_SetString(PyExc_TypeError, "current_with_epoch() returns (rank, epoch)");
+            return NULL;
+        }
+        if (PyList_SetItem(cell, 1, Py_NewRef(cached)) < 0) {
+            Py_DECREF(cached);
+            return NULL;
+        }
+    }
+    PyObject *rank = changed < 0 ? NULL : Py_NewRef(PyTuple_GET_ITEM(cached, 0));
     Py_DECREF(cached);
-    if (changed > 0)
-        rank = PyObject_CallOneArg(self->thread_rank, cell);
     return rank;
 }
 
@@ -908,6 +951,193 @@ done:
     return result;
 }
 
+/* --- a request probe: its phase at call entry, then the call ------------- */
+
+static PyObject *
+request_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject *kwnames)
+{
+    Traced *self = (Traced *)op;
+    if (PyVectorcall_NARGS(nargsf) != 4 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "traced(wrapped, instance, args, kwargs) takes 4 positional arguments");
+        return NULL;
+    }
+    PyObject *wrapped = argv[0], *instance = argv[1], *args = argv[2], *kwargs = argv[3];
+    PyObject *active_obj = PyObject_GetAttr(self->level_state, str_active);
+    if (active_obj == NULL)
+        return NULL;
+    long active = PyLong_AsLong(active_obj);
+    Py_DECREF(active_obj);
+    if (active == -1 && PyErr_Occurred())
+        return NULL;
+    if (self->level > active)
+        return call_through(wrapped, args, kwargs);
+
+    PyObject *calls = NULL, *rid = NULL, *cell = NULL, *rank = NULL, *top = NULL, *extra = NULL;
+    PyObject *prompt = NULL, *output = NULL, *ts = NULL, *rid_text = NULL, *event = NULL, *phase = NULL;
+    int status = -1;
+    if ((calls = calls_at(self, self->start_index)) == NULL)
+        goto done;
+    int listening = PyObject_IsTrue(calls);
+    if (listening < 0)
+        goto done;
+    if (listening && self->when != Py_None) {
+        PyObject *verdict = call3(self->when, instance, args, kwargs);
+        listening = verdict == NULL ? -1 : PyObject_IsTrue(verdict);
+        Py_XDECREF(verdict);
+        if (listening < 0)
+            goto done;
+    }
+    if (!listening || (rid = extract(&self->request_id, instance, args, kwargs)) == NULL) {
+        status = listening ? -1 : 0;
+        goto done;
+    }
+    if (rid == Py_None) { /* unreadable: counted in stats()['extract_missing'] by the extractor */
+        status = 0;
+        goto done;
+    }
+    if ((cell = context_cell(self)) == NULL || (rank = thread_rank(self, cell)) == NULL)
+        goto done; /* the thread's own rank, never an enclosing span's */
+    top = Py_NewRef(PyList_GET_ITEM(cell, 0));
+    if (self->rank_keys != Py_None && PyTuple_GET_SIZE(self->rank_keys)) {
+        Py_ssize_t n = PyTuple_GET_SIZE(self->rank_keys);
+        PyObject *overrides = PyTuple_New(n);
+        if (overrides == NULL)
+            goto done;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *pair = PyTuple_GET_ITEM(self->rank_keys, i);
+            PyObject *value = call3(PyTuple_GET_ITEM(pair, 1), instance, args, kwargs);
+            PyObject *item = value == NULL ? NULL : PyTuple_Pack(2, PyTuple_GET_ITEM(pair, 0), value);
+            Py_XDECREF(value);
+            if (item == NULL) {
+                Py_DECREF(overrides);
+                goto done;
+            }
+            PyTuple_SET_ITEM(overrides, i, item);
+        }
+        PyObject *oargv[2] = {rank, overrides};
+        Py_SETREF(rank, PyObject_Vectorcall(self->with_overrides, oargv, 2, NULL));
+        Py_DECREF(overrides);
+        if (rank == NULL)
+            goto done;
+    }
+    if ((extra = read_attrs(self, instance, args, kwargs)) == NULL ||
+        (prompt = extract(&self->mb, instance, args, kwargs)) == NULL ||
+        (output = extract(&self->size, instance, args, kwargs)) == NULL)
+        goto done;
+    phase = Py_NewRef(self->phase);
+    if (PyAnySet_Check(self->aborted) && PySet_GET_SIZE(self->aborted)) {
+        PyObject *got = PyObject_CallMethod(extra, "get", "s", "status");
+        PyObject *text = got == NULL ? NULL : PyObject_Str(got);
+        Py_XDECREF(got);
+        int hit = text == NULL ? -1 : PySet_Contains(self->aborted, text);
+        Py_XDECREF(text);
+        if (hit < 0)
+            goto done;
+        if (hit)
+            Py_SETREF(phase, PyUnicode_FromString("aborted"));
+        if (phase == NULL)
+            goto done;
+    }
+    if ((ts = now_ns()) == NULL)
+        goto done;
+    rid_text = PyUnicode_CheckExact(rid) ? Py_NewRef(rid) : PyObject_Str(rid);
+    if (rid_text == NULL)
+        goto done;
+    PyObject *fields[8] = {phase, ts, rid_text, rank, prompt, output, PyTuple_GET_ITEM(top, 1), extra};
+    if ((event = new_event(self, fields)) == NULL)
+        goto done;
+    untrack_plain(event, prompt, output);
+    status = deliver(self, calls, PyTuple_GET_ITEM(top, 3), self->start_index_obj, event);
+done:
+    Py_XDECREF(calls);
+    Py_XDECREF(rid);
+    Py_XDECREF(cell);
+    Py_XDECREF(rank);
+    Py_XDECREF(top);
+    Py_XDECREF(extra);
+    Py_XDECREF(prompt);
+    Py_XDECREF(output);
+    Py_XDECREF(ts);
+    Py_XDECREF(rid_text);
+    Py_XDECREF(event);
+    Py_XDECREF(phase);
+    if (status < 0)
+        return NULL;
+    return call_through(wrapped, args, kwargs);
+}
+
+/* request_traced(...): a request probe's traced call (the C form of _hotpath.REQUEST_TEMPLATE). */
+static PyObject *
+request_traced(PyObject *module, PyObject *args, PyObject *kwds)
+{
+    static char *keywords[] = {"phase", "level", "request_index", "event_type", "calls_of", "count_error",
+                               "when", "request_id", "prompt_tokens", "output_tokens", "rank_keys",
+                               "attrs_mode", "attrs", "aborted", "helpers", NULL};
+    PyObject *phase, *event_type, *calls_of, *count_error, *when, *rid, *prompt, *output, *rank_keys, *attrs;
+    PyObject *aborted, *helpers;
+    long level;
+    Py_ssize_t index;
+    int attrs_mode;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "UlnO!O!OOOOOO!iOO!O!:request_traced", keywords, &phase, &level,
+                                     &index, &PyType_Type, &event_type, &PyList_Type, &calls_of, &count_error,
+                                     &when, &rid, &prompt, &output, &PyTuple_Type, &rank_keys, &attrs_mode,
+                                     &attrs, &PyFrozenSet_Type, &aborted, &PyDict_Type, &helpers))
+        return NULL;
+    PyTypeObject *event = (PyTypeObject *)event_type;
+    if (!PyType_IsSubtype(event, &PyTuple_Type) || event->tp_basicsize != PyTuple_Type.tp_basicsize) {
+        PyErr_Format(PyExc_TypeError, "event_type %R is not a tuple type without fields of its own", event_type);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(rank_keys); i++) {
+        PyObject *pair = PyTuple_GET_ITEM(rank_keys, i);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 || !PyCallable_Check(PyTuple_GET_ITEM(pair, 1))) {
+            PyErr_SetString(PyExc_TypeError, "rank_keys are (key, extractor) pairs");
+            return NULL;
+        }
+    }
+    Traced *self = (Traced *)TracedType.tp_alloc(&TracedType, 0);
+    if (self == NULL)
+        return NULL;
+    self->vectorcall = request_vectorcall;
+    self->n_fields = 8;
+    self->level = level;
+    self->start_index = self->end_index = index;
+    self->name = Py_NewRef(phase);
+    self->phase = Py_NewRef(phase);
+    self->kind = PyUnicode_FromString("request");
+    self->event_type = Py_NewRef(event_type);
+    self->calls_of = Py_NewRef(calls_of);
+    self->count_error = Py_NewRef(count_error);
+    self->when = Py_NewRef(when);
+    self->rank_keys = Py_NewRef(rank_keys);
+    self->aborted = Py_NewRef(aborted);
+    self->attrs_mode = attrs_mode;
+    if (self->kind == NULL || (self->start_index_obj = PyLong_FromSsize_t(index)) == NULL ||
+        (self->level_state = helper(helpers, "LEVEL")) == NULL ||
+        (self->cell_or_none = helper(helpers, "_cell_or_none")) == NULL ||
+        (self->context_cell = helper(helpers, "_context_cell")) == NULL ||
+        (self->current_with_epoch = helper(helpers, "current_with_epoch")) == NULL ||
+        (self->with_overrides = helper(helpers, "with_overrides")) == NULL ||
+        (self->rank_epoch = helper(helpers, "rank_epoch")) == NULL)
+        goto error;
+    if (!PyList_Check(self->rank_epoch) || PyList_GET_SIZE(self->rank_epoch) != 1) {
+        PyErr_SetString(PyExc_TypeError, "rank_epoch is a one-item list");
+        goto error;
+    }
+    if (extractor_init(&self->request_id, rid) < 0 || self->request_id.fallback == NULL ||
+        extractor_init(&self->mb, prompt) < 0 || extractor_init(&self->size, output) < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "a request probe needs a request_id extractor");
+        goto error;
+    }
+    if (attrs_init(self, attrs_mode, attrs) < 0)
+        goto error;
+    return (PyObject *)self;
+error:
+    Py_DECREF(self);
+    return NULL;
+}
+
 static PyObject *
 traced_repr(Traced *self)
 {
@@ -937,6 +1167,8 @@ static PyTypeObject TracedType = {
 };
 
 static PyMethodDef speedups_methods[] = {
+    {"request_traced", (PyCFunction)(void (*)(void))request_traced, METH_VARARGS | METH_KEYWORDS,
+     "A request probe's traced call: the C form of sched_trace._hotpath.REQUEST_TEMPLATE."},
     {"set_clock_offset", set_clock_offset, METH_O,
      "Set the offset (ns) the hot path adds to the monotonic clock (sched_trace._clock's)."},
     {NULL},

@@ -35,8 +35,17 @@ class StepError(KeyError):
     """The scheduler's own error (a class of its own: weak references reach it)."""
 
 
+class Request:
+    def __init__(self, rid, status="FINISHED_STOPPED"):
+        self.rid, self.prompt, self.output, self.status = rid, [1, 2, 3], [4, 5], status
+
+
 class Worker:
     name = "w0"
+    dp = 1
+
+    def finish(self, req):
+        return req.rid
 
     def step(self, batch, mb_id=0, *, note=None):
         if note == "raise":
@@ -141,6 +150,36 @@ def test_every_reference_is_given_back_by_a_keep_if_probe(sched_trace_recorder):
     assert len(sched_trace_recorder.stages("step")) == 2 * 200
     assert sched_trace.stats()["idle_calls"]["poll"] == 2 * 201
     del sched_trace_recorder.events[:]
+    gc.collect()
+    assert [sys.getrefcount(value) for value in watched] == before
+
+
+def test_every_reference_is_given_back_by_a_request_probe(sched_trace_recorder):
+    sched_trace.instrument(f"{__name__}:Worker.finish", kind="request", phase="finished", request_id="req.rid",
+                           prompt_tokens="len(req.prompt)", output_tokens="len(req.output)", when="req.output",
+                           status="req.status", aborted_statuses=["FINISHED_ABORTED"], rank={"dp_rank": "self.dp"},
+                           attrs={"who": "self.name"})
+    worker, token = Worker(), Token()
+    done, aborted, silent, numbered = Request("r1"), Request("r2", "FINISHED_ABORTED"), Request("r3"), Request(token)
+    silent.output = []  # ``when`` says no
+    watched = (worker, done, aborted, silent, numbered, token)
+
+    def calls():
+        for request in (done, aborted, silent, numbered):
+            assert worker.finish(request) is request.rid
+
+    calls()
+    del sched_trace_recorder.request_events[:]
+    gc.collect()
+    before = [sys.getrefcount(value) for value in watched]
+    for _ in range(200):
+        calls()
+    events = sched_trace_recorder.request_events
+    assert [(e.phase, e.prompt_tokens, e.output_tokens, e.rank.dp_rank) for e in events[:3]] == [
+        ("finished", 3, 2, 1), ("aborted", 3, 2, 1), ("finished", 3, 2, 1)]
+    assert [e.request_id for e in events[:3]] == ["r1", "r2", str(token)]
+    assert len(events) == 3 * 200
+    del events[:]
     gc.collect()
     assert [sys.getrefcount(value) for value in watched] == before
 
