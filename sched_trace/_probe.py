@@ -35,8 +35,11 @@ _next_span_id = itertools.count(1).__next__
 _next_batch_id = itertools.count(1).__next__
 _tuple_new = tuple.__new__
 _cell_or_none, _context_cell = _rank.cell_or_none, _rank.context_cell
-# torch.compiler.is_compiling once torch is imported (see watch_torch).
-compiling: list[Optional[Callable[[], bool]]] = [None]
+# torch.compiler.is_compiling once torch is imported (see watch_torch); then [1] is
+# (is_compiling, its module's globals) if all it reads there is ``_is_compiling_flag``:
+# the C hot path (_speedups) reads that flag instead of making two Python calls, for
+# as long as [0] is that function.
+compiling: list[Any] = [None, None]
 #: Calls dropped by keep_if, per stage name (``sched_trace.stats()["idle_calls"]``).
 idle_calls: dict[str, int] = {}
 
@@ -322,5 +325,11 @@ def watch_torch() -> None:
         is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
         if callable(is_compiling):
             compiling[0] = is_compiling
+            home, code = getattr(is_compiling, "__globals__", None), getattr(is_compiling, "__code__", None)
+            # torch >= 2.4: ``return False if torch.jit.is_scripting() else _is_compiling_flag``
+            # (scripting is never true where Python runs the hot path)
+            if isinstance(home, dict) and "_is_compiling_flag" in home and \
+                    "_is_compiling_flag" in getattr(code, "co_names", ()):
+                compiling[1] = (is_compiling, home)
 
     wrapt.register_post_import_hook(on_torch, "torch")

@@ -53,7 +53,7 @@ typedef struct {
 } Traced;
 
 static PyTypeObject TracedType;
-static PyObject *str_active, *str_append;
+static PyObject *str_active, *str_append, *str_is_compiling_flag;
 
 /* Wall clock minus monotonic clock (sched_trace._clock sets it: at import, after fork). */
 static long long clock_offset_ns;
@@ -359,9 +359,9 @@ traced_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
             goto error;
         }
     }
-    if (!PyList_Check(self->compiling) || PyList_GET_SIZE(self->compiling) != 1 ||
+    if (!PyList_Check(self->compiling) || PyList_GET_SIZE(self->compiling) != 2 ||
         !PyList_Check(self->rank_epoch) || PyList_GET_SIZE(self->rank_epoch) != 1) {
-        PyErr_SetString(PyExc_TypeError, "compiling and rank_epoch are one-item lists");
+        PyErr_SetString(PyExc_TypeError, "compiling is a two-item list, rank_epoch a one-item list");
         goto error;
     }
     if (extractor_init(&self->mb, mb) < 0 || extractor_init(&self->size, size) < 0)
@@ -548,6 +548,17 @@ gate(Traced *self)
     PyObject *compiling = PyList_GET_ITEM(self->compiling, 0);
     if (compiling == Py_None)
         return 1;
+    PyObject *known = PyList_GET_ITEM(self->compiling, 1); /* (is_compiling, its globals) */
+    if (PyTuple_Check(known) && PyTuple_GET_SIZE(known) == 2 && PyTuple_GET_ITEM(known, 0) == compiling &&
+        PyDict_Check(PyTuple_GET_ITEM(known, 1))) {
+        PyObject *flag = PyDict_GetItemWithError(PyTuple_GET_ITEM(known, 1), str_is_compiling_flag);
+        if (flag != NULL) { /* what is_compiling() returns, without its two Python calls */
+            int truth = PyObject_IsTrue(flag);
+            return truth < 0 ? -1 : !truth;
+        }
+        if (PyErr_Occurred())
+            return -1;
+    }
     Py_INCREF(compiling);
     PyObject *busy = PyObject_CallNoArgs(compiling);
     Py_DECREF(compiling);
@@ -1186,7 +1197,8 @@ PyMODINIT_FUNC
 PyInit__speedups(void)
 {
     if ((str_active = PyUnicode_InternFromString("active")) == NULL ||
-        (str_append = PyUnicode_InternFromString("append")) == NULL)
+        (str_append = PyUnicode_InternFromString("append")) == NULL ||
+        (str_is_compiling_flag = PyUnicode_InternFromString("_is_compiling_flag")) == NULL)
         return NULL;
     if (PyType_Ready(&TracedType) < 0)
         return NULL;

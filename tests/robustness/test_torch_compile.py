@@ -87,3 +87,15 @@ def test_a_traced_wrapper_skips_recording_whenever_torch_says_it_is_compiling(re
         assert len(recorder.events) == 2
     finally:
         probe.compiling[0] = saved
+
+
+def test_a_traced_wrapper_reads_torchs_own_compiling_flag(recorder, monkeypatch) -> None:
+    # What torch.compiler.is_compiling() returns while torch.compile traces; the C hot path
+    # reads the flag itself, the Python one calls the function: both must see it.
+    assert probe.compiling[1] is None or probe.compiling[1][0] is torch.compiler.is_compiling
+    monkeypatch.setattr(torch.compiler, "_is_compiling_flag", True)
+    layer(torch.randn(4), 2)
+    assert recorder.events == []
+    monkeypatch.setattr(torch.compiler, "_is_compiling_flag", False)
+    layer(torch.randn(4), 2)
+    assert len(recorder.events) == 2
