@@ -468,6 +468,43 @@ untrack_plain(PyObject *event, PyObject *mb, PyObject *size)
         PyObject_GC_UnTrack(event);
 }
 
+/* An exception held while events are delivered (fetched, normalized, its traceback set). */
+typedef struct {
+    PyObject *type, *value, *traceback;
+} Raised;
+
+static void
+raised_take(Raised *raised)
+{
+    PyErr_Fetch(&raised->type, &raised->value, &raised->traceback);
+    PyErr_NormalizeException(&raised->type, &raised->value, &raised->traceback);
+    if (raised->traceback != NULL && raised->value != NULL)
+        PyException_SetTraceback(raised->value, raised->traceback);
+}
+
+static void
+raised_clear(Raised *raised)
+{
+    Py_CLEAR(raised->type);
+    Py_CLEAR(raised->value);
+    Py_CLEAR(raised->traceback);
+}
+
+/* The end of a traced call: its result, or its error raised again; when the end itself
+ * failed, what it raised replaces both, as a ``finally`` that raises does. */
+static PyObject *
+raised_finish(Raised *raised, PyObject *result, int failed)
+{
+    if (failed) {
+        Py_XDECREF(result);
+        raised_clear(raised);
+        return NULL;
+    }
+    if (result == NULL)
+        PyErr_Restore(raised->type, raised->value, raised->traceback);
+    return result;
+}
+
 /* Hand ``event`` to each of ``calls``, or to ``sink`` (an undecided keep_if span's list).
  * A plugin that raises an Exception is counted (count_error), never propagated. */
 static int
@@ -505,16 +542,11 @@ deliver(Traced *self, PyObject *calls, PyObject *sink, PyObject *index, PyObject
         }
         if (!PyErr_ExceptionMatches(PyExc_Exception))
             return -1;
-        PyObject *type, *value, *traceback;
-        PyErr_Fetch(&type, &value, &traceback);
-        PyErr_NormalizeException(&type, &value, &traceback);
-        if (traceback != NULL)
-            PyException_SetTraceback(value, traceback);
-        PyObject *argv[3] = {PyTuple_GET_ITEM(pair, 1), self->kind, value};
+        Raised raised;
+        raised_take(&raised);
+        PyObject *argv[3] = {PyTuple_GET_ITEM(pair, 1), self->kind, raised.value};
         PyObject *counted = PyObject_Vectorcall(self->count_error, argv, 3, NULL);
-        Py_XDECREF(type);
-        Py_XDECREF(value);
-        Py_XDECREF(traceback);
+        raised_clear(&raised);
         if (counted == NULL)
             return -1;
         Py_DECREF(counted);
@@ -532,9 +564,42 @@ calls_at(Traced *self, Py_ssize_t index)
     return Py_NewRef(PyList_GET_ITEM(self->calls_of, index));
 }
 
-/* The gate both forms open with: 1 to trace, 0 to call through, -1 on error. */
+/* A stage or batch event of ``fields`` at ``index``, if any plugin listens: to their
+ * calls, or to ``sink``. ``plain``: no error, so untrack_plain's rule may apply. */
 static int
-gate(Traced *self)
+emit(Traced *self, Py_ssize_t index, PyObject *index_obj, PyObject *sink, PyObject *const *fields, int plain)
+{
+    PyObject *calls = calls_at(self, index);
+    if (calls == NULL)
+        return -1;
+    int status = PyObject_IsTrue(calls);
+    if (status > 0) {
+        PyObject *event = new_event(self, fields);
+        status = -1;
+        if (event != NULL) {
+            if (plain)
+                untrack_plain(event, fields[5], fields[7]); /* the microbatch and the batch size */
+            status = deliver(self, calls, sink, index_obj, event);
+            Py_DECREF(event);
+        }
+    }
+    Py_DECREF(calls);
+    return status < 0 ? -1 : 0;
+}
+
+/* Called as traced(wrapped, instance, args, kwargs)? 0, else -1 with a TypeError. */
+static int
+check_call(size_t nargsf, PyObject *kwnames)
+{
+    if (PyVectorcall_NARGS(nargsf) == 4 && (kwnames == NULL || PyTuple_GET_SIZE(kwnames) == 0))
+        return 0;
+    PyErr_SetString(PyExc_TypeError, "traced(wrapped, instance, args, kwargs) takes 4 positional arguments");
+    return -1;
+}
+
+/* 1 when the probe's level is at or below the active one, 0 when above, -1 on error. */
+static int
+level_on(Traced *self)
 {
     PyObject *active_obj = PyObject_GetAttr(self->level_state, str_active);
     if (active_obj == NULL)
@@ -543,8 +608,16 @@ gate(Traced *self)
     Py_DECREF(active_obj);
     if (active == -1 && PyErr_Occurred())
         return -1;
-    if (self->level > active)
-        return 0;
+    return self->level <= active;
+}
+
+/* The gate stage and batch probes open with: 1 to trace, 0 to call through, -1 on error. */
+static int
+gate(Traced *self)
+{
+    int on = level_on(self);
+    if (on <= 0)
+        return on;
     PyObject *compiling = PyList_GET_ITEM(self->compiling, 0);
     if (compiling == Py_None)
         return 1;
@@ -622,6 +695,138 @@ thread_rank(Traced *self, PyObject *cell)
     return rank;
 }
 
+/* What a traced call holds while it runs (new references, NULL until taken). */
+typedef struct {
+    PyObject *cell;      /* the thread's context cell */
+    PyObject *top;       /* its top when the call began: (parent, batch id, rank, sink) */
+    PyObject *rank, *batch_id, *inherited, *span_id, *start_ns;
+    PyObject *mb, *size, *extra;
+} Span;
+
+static void
+span_clear(Span *span)
+{
+    Py_CLEAR(span->cell);
+    Py_CLEAR(span->top);
+    Py_CLEAR(span->rank);
+    Py_CLEAR(span->batch_id);
+    Py_CLEAR(span->inherited);
+    Py_CLEAR(span->span_id);
+    Py_CLEAR(span->start_ns);
+    Py_CLEAR(span->mb);
+    Py_CLEAR(span->size);
+    Py_CLEAR(span->extra);
+}
+
+/* rank, batch_id, inherited = identity(instance, args, kwargs, rank, batch_id) */
+static int
+identify(Traced *self, Span *span, PyObject *instance, PyObject *args, PyObject *kwargs, PyObject *rank,
+         PyObject *batch_id)
+{
+    PyObject *argv[5] = {instance, args, kwargs, rank, batch_id};
+    PyObject *ids = PyObject_Vectorcall(self->identity, argv, 5, NULL);
+    if (ids == NULL)
+        return -1;
+    if (!PyTuple_Check(ids) || PyTuple_GET_SIZE(ids) != 3) {
+        Py_DECREF(ids);
+        PyErr_SetString(PyExc_TypeError, "identity() returns (rank, batch_id, inherited)");
+        return -1;
+    }
+    Py_XSETREF(span->rank, Py_NewRef(PyTuple_GET_ITEM(ids, 0)));
+    Py_XSETREF(span->batch_id, Py_NewRef(PyTuple_GET_ITEM(ids, 1)));
+    Py_XSETREF(span->inherited, Py_NewRef(PyTuple_GET_ITEM(ids, 2)));
+    Py_DECREF(ids);
+    return 0;
+}
+
+/* None (the thread's own) replaced by the thread's rank. */
+static int
+own_rank(Traced *self, Span *span)
+{
+    if (span->rank != Py_None)
+        return 0;
+    Py_SETREF(span->rank, thread_rank(self, span->cell));
+    return span->rank == NULL ? -1 : 0;
+}
+
+/* The extractors' values: micro-batch, batch size, attributes. */
+static int
+read_values(Traced *self, Span *span, PyObject *instance, PyObject *args, PyObject *kwargs)
+{
+    if ((span->mb = extract(&self->mb, instance, args, kwargs)) == NULL ||
+        (span->size = extract(&self->size, instance, args, kwargs)) == NULL ||
+        (span->extra = read_attrs(self, instance, args, kwargs)) == NULL)
+        return -1;
+    return 0;
+}
+
+/* The span's start (end_ns None) or end event, to its plugins or to ``sink``. */
+static int
+emit_span(Traced *self, Span *span, PyObject *end_ns, PyObject *error, PyObject *sink)
+{
+    PyObject *fields[12] = {self->name, self->level_obj, span->start_ns, end_ns, span->rank, span->mb,
+                            span->batch_id, span->size, span->extra, error, span->span_id,
+                            PyTuple_GET_ITEM(span->top, 0)};
+    int start = end_ns == Py_None;
+    return emit(self, start ? self->start_index : self->end_index, start ? self->start_index_obj : self->end_index_obj,
+                sink, fields, error == Py_None);
+}
+
+/* A stage or batch probe (TEMPLATE): the start event, the call, the end event. */
+static PyObject *
+traced_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject *kwnames)
+{
+    Traced *self = (Traced *)op;
+    if (check_call(nargsf, kwnames) < 0)
+        return NULL;
+    PyObject *wrapped = argv[0], *instance = argv[1], *args = argv[2], *kwargs = argv[3];
+    int open = gate(self); /* the level, then torch.compile tracing */
+    if (open <= 0)
+        return open < 0 ? NULL : call_through(wrapped, args, kwargs);
+
+    Span span = {NULL};
+    PyObject *result = NULL;
+    if ((span.cell = context_cell(self)) == NULL)
+        return NULL;
+    span.top = Py_NewRef(PyList_GET_ITEM(span.cell, 0));
+    PyObject *sink = PyTuple_GET_ITEM(span.top, 3);
+    span.batch_id = Py_NewRef(PyTuple_GET_ITEM(span.top, 1));
+    span.rank = Py_NewRef(PyTuple_GET_ITEM(span.top, 2));
+    if (own_rank(self, &span) < 0)
+        goto done;
+    span.inherited = Py_NewRef(span.batch_id); /* what spans inside this one take as their batch id */
+    if (self->ids == IDS_BATCH) { /* a batch takes a new batch id, and so do the spans inside it */
+        PyObject *own = PyObject_CallNoArgs(self->next_batch_id);
+        if (own == NULL)
+            goto done;
+        Py_SETREF(span.batch_id, Py_NewRef(own));
+        Py_SETREF(span.inherited, own);
+    }
+    else if (self->ids == IDS_IDENTITY &&
+             identify(self, &span, instance, args, kwargs, span.rank, span.batch_id) < 0)
+        goto done;
+    if ((span.span_id = PyObject_CallNoArgs(self->next_span_id)) == NULL || (span.start_ns = now_ns()) == NULL ||
+        read_values(self, &span, instance, args, kwargs) < 0 || emit_span(self, &span, Py_None, Py_None, sink) < 0)
+        goto done;
+    PyObject *inside = PyTuple_Pack(4, span.span_id, span.inherited, span.rank, sink);
+    if (inside == NULL || PyList_SetItem(span.cell, 0, inside) < 0) /* steals inside */
+        goto done;
+
+    result = call_through(wrapped, args, kwargs);
+
+    Raised raised = {NULL};
+    if (result == NULL)
+        raised_take(&raised);
+    PyObject *end_ns = now_ns();
+    int failed = end_ns == NULL || PyList_SetItem(span.cell, 0, Py_NewRef(span.top)) < 0 ||
+                 emit_span(self, &span, end_ns, raised.value != NULL ? raised.value : Py_None, sink) < 0;
+    Py_XDECREF(end_ns);
+    result = raised_finish(&raised, result, failed);
+done:
+    span_clear(&span);
+    return result;
+}
+
 static int
 count_idle(Traced *self)
 {
@@ -640,140 +845,6 @@ count_idle(Traced *self)
     return status;
 }
 
-static PyObject *
-traced_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject *kwnames)
-{
-    Traced *self = (Traced *)op;
-    if (PyVectorcall_NARGS(nargsf) != 4 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
-        PyErr_SetString(PyExc_TypeError, "traced(wrapped, instance, args, kwargs) takes 4 positional arguments");
-        return NULL;
-    }
-    PyObject *wrapped = argv[0], *instance = argv[1], *args = argv[2], *kwargs = argv[3];
-
-    int open = gate(self); /* the level, then torch.compile tracing */
-    if (open <= 0)
-        return open < 0 ? NULL : call_through(wrapped, args, kwargs);
-
-    PyObject *cell = NULL, *top = NULL, *rank = NULL, *batch_id = NULL, *inherited = NULL, *span_id = NULL;
-    PyObject *start_ns = NULL, *mb = NULL, *size = NULL, *extra = NULL, *calls = NULL, *event = NULL;
-    PyObject *result = NULL;
-
-    /* The thread's context: (parent, batch id, rank, sink) of the span around this call. */
-    if ((cell = context_cell(self)) == NULL)
-        return NULL;
-    top = Py_NewRef(PyList_GET_ITEM(cell, 0));
-    PyObject *parent = PyTuple_GET_ITEM(top, 0), *sink = PyTuple_GET_ITEM(top, 3);
-    batch_id = Py_NewRef(PyTuple_GET_ITEM(top, 1));
-    rank = Py_NewRef(PyTuple_GET_ITEM(top, 2));
-    if (rank == Py_None) {
-        Py_SETREF(rank, thread_rank(self, cell));
-        if (rank == NULL)
-            goto done;
-    }
-    inherited = Py_NewRef(batch_id); /* what spans inside this one take as their batch id */
-    if (self->ids == IDS_BATCH) { /* a batch takes a new batch id, and so do the spans inside it */
-        Py_SETREF(batch_id, PyObject_CallNoArgs(self->next_batch_id));
-        if (batch_id == NULL)
-            goto done;
-        Py_SETREF(inherited, Py_NewRef(batch_id));
-    }
-    else if (self->ids == IDS_IDENTITY) {
-        PyObject *iargv[5] = {instance, args, kwargs, rank, batch_id};
-        PyObject *ids = PyObject_Vectorcall(self->identity, iargv, 5, NULL);
-        if (ids == NULL)
-            goto done;
-        if (!PyTuple_Check(ids) || PyTuple_GET_SIZE(ids) != 3) {
-            Py_DECREF(ids);
-            PyErr_SetString(PyExc_TypeError, "identity() returns (rank, batch_id, inherited)");
-            goto done;
-        }
-        Py_SETREF(rank, Py_NewRef(PyTuple_GET_ITEM(ids, 0)));
-        Py_SETREF(batch_id, Py_NewRef(PyTuple_GET_ITEM(ids, 1)));
-        Py_SETREF(inherited, Py_NewRef(PyTuple_GET_ITEM(ids, 2)));
-        Py_DECREF(ids);
-    }
-    if ((span_id = PyObject_CallNoArgs(self->next_span_id)) == NULL || (start_ns = now_ns()) == NULL ||
-        (mb = extract(&self->mb, instance, args, kwargs)) == NULL ||
-        (size = extract(&self->size, instance, args, kwargs)) == NULL ||
-        (extra = read_attrs(self, instance, args, kwargs)) == NULL ||
-        (calls = calls_at(self, self->start_index)) == NULL)
-        goto done;
-    int listening = PyObject_IsTrue(calls);
-    if (listening < 0)
-        goto done;
-    if (listening) {
-        PyObject *fields[12] = {self->name, self->level_obj, start_ns, Py_None, rank, mb, batch_id, size, extra,
-                                Py_None, span_id, parent};
-        if ((event = new_event(self, fields)) == NULL)
-            goto done;
-        untrack_plain(event, mb, size);
-        if (deliver(self, calls, sink, self->start_index_obj, event) < 0)
-            goto done;
-        Py_CLEAR(event);
-    }
-    Py_CLEAR(calls);
-    PyObject *inside = PyTuple_Pack(4, span_id, inherited, rank, sink);
-    if (inside == NULL || PyList_SetItem(cell, 0, inside) < 0) /* steals inside */
-        goto done;
-
-    result = call_through(wrapped, args, kwargs);
-
-    /* The end: the error (if any) held while the end event is delivered, then raised again. */
-    PyObject *error_type = NULL, *error = NULL, *traceback = NULL;
-    if (result == NULL) {
-        PyErr_Fetch(&error_type, &error, &traceback);
-        PyErr_NormalizeException(&error_type, &error, &traceback);
-        if (traceback != NULL && error != NULL)
-            PyException_SetTraceback(error, traceback);
-    }
-    PyObject *end_ns = now_ns();
-    int failed = end_ns == NULL;
-    if (PyList_SetItem(cell, 0, Py_NewRef(top)) < 0)
-        failed = 1;
-    if (!failed && (calls = calls_at(self, self->end_index)) == NULL)
-        failed = 1;
-    if (!failed) {
-        int listening = PyObject_IsTrue(calls);
-        if (listening < 0)
-            failed = 1;
-        else if (listening) {
-            PyObject *fields[12] = {self->name, self->level_obj, start_ns, end_ns, rank, mb, batch_id, size, extra,
-                                    error != NULL ? error : Py_None, span_id, parent};
-            if ((event = new_event(self, fields)) == NULL)
-                failed = 1;
-            else {
-                if (error == NULL)
-                    untrack_plain(event, mb, size);
-                if (deliver(self, calls, sink, self->end_index_obj, event) < 0)
-                    failed = 1;
-            }
-        }
-    }
-    Py_XDECREF(end_ns);
-    if (failed) { /* what the end raised replaces the call's result or error, as a finally's raise does */
-        Py_CLEAR(result);
-        Py_XDECREF(error_type);
-        Py_XDECREF(error);
-        Py_XDECREF(traceback);
-    }
-    else if (result == NULL) {
-        PyErr_Restore(error_type, error, traceback);
-    }
-done:
-    Py_XDECREF(cell);
-    Py_XDECREF(top);
-    Py_XDECREF(rank);
-    Py_XDECREF(batch_id);
-    Py_XDECREF(inherited);
-    Py_XDECREF(span_id);
-    Py_XDECREF(start_ns);
-    Py_XDECREF(mb);
-    Py_XDECREF(size);
-    Py_XDECREF(extra);
-    Py_XDECREF(calls);
-    Py_XDECREF(event);
-    return result;
-}
 
 /* --- a keep_if probe: the call, the decision, then its events ------------ */
 
@@ -781,184 +852,82 @@ static PyObject *
 kept_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject *kwnames)
 {
     Traced *self = (Traced *)op;
-    if (PyVectorcall_NARGS(nargsf) != 4 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
-        PyErr_SetString(PyExc_TypeError, "traced(wrapped, instance, args, kwargs) takes 4 positional arguments");
+    if (check_call(nargsf, kwnames) < 0)
         return NULL;
-    }
     PyObject *wrapped = argv[0], *instance = argv[1], *args = argv[2], *kwargs = argv[3];
     int open = gate(self);
     if (open <= 0)
         return open < 0 ? NULL : call_through(wrapped, args, kwargs);
 
-    PyObject *cell = NULL, *top = NULL, *rank = NULL, *batch_id = NULL, *inherited = NULL, *span_id = NULL;
-    PyObject *start_ns = NULL, *pending = NULL, *result = NULL, *end_ns = NULL, *span = NULL;
-    PyObject *mb = NULL, *size = NULL, *extra = NULL, *calls = NULL, *event = NULL;
-    PyObject *error_type = NULL, *error = NULL, *traceback = NULL;
-    int failed = 0;
-
-    if ((cell = context_cell(self)) == NULL)
+    Span span = {NULL};
+    PyObject *pending = NULL, *result = NULL, *end_ns = NULL;
+    if ((span.cell = context_cell(self)) == NULL)
         return NULL;
-    top = Py_NewRef(PyList_GET_ITEM(cell, 0));
-    PyObject *parent = PyTuple_GET_ITEM(top, 0), *sink = PyTuple_GET_ITEM(top, 3);
+    span.top = Py_NewRef(PyList_GET_ITEM(span.cell, 0));
+    PyObject *sink = PyTuple_GET_ITEM(span.top, 3);
     if (self->ids == IDS_IDENTITY) { /* rank keys, a batch id or a batch: Probe.identity */
-        PyObject *enclosing = PyTuple_GET_ITEM(top, 2);
+        PyObject *enclosing = PyTuple_GET_ITEM(span.top, 2);
         int truth = PyObject_IsTrue(enclosing);
-        if (truth < 0)
-            goto done;
-        PyObject *around = truth ? Py_NewRef(enclosing) : PyObject_CallNoArgs(self->current_rank);
+        PyObject *around = truth < 0 ? NULL : truth ? Py_NewRef(enclosing) : PyObject_CallNoArgs(self->current_rank);
         if (around == NULL)
             goto done;
-        PyObject *iargv[5] = {instance, args, kwargs, around, PyTuple_GET_ITEM(top, 1)};
-        PyObject *ids = PyObject_Vectorcall(self->identity, iargv, 5, NULL);
+        int status = identify(self, &span, instance, args, kwargs, around, PyTuple_GET_ITEM(span.top, 1));
         Py_DECREF(around);
-        if (ids == NULL)
+        if (status < 0)
             goto done;
-        if (!PyTuple_Check(ids) || PyTuple_GET_SIZE(ids) != 3) {
-            Py_DECREF(ids);
-            PyErr_SetString(PyExc_TypeError, "identity() returns (rank, batch_id, inherited)");
-            goto done;
-        }
-        rank = Py_NewRef(PyTuple_GET_ITEM(ids, 0));
-        batch_id = Py_NewRef(PyTuple_GET_ITEM(ids, 1));
-        inherited = Py_NewRef(PyTuple_GET_ITEM(ids, 2));
-        Py_DECREF(ids);
     }
     else { /* spans inside take the enclosing rank (None: the thread's) and batch */
-        rank = Py_NewRef(PyTuple_GET_ITEM(top, 2));
-        batch_id = Py_NewRef(PyTuple_GET_ITEM(top, 1));
-        inherited = Py_NewRef(batch_id);
+        span.rank = Py_NewRef(PyTuple_GET_ITEM(span.top, 2));
+        span.batch_id = Py_NewRef(PyTuple_GET_ITEM(span.top, 1));
+        span.inherited = Py_NewRef(span.batch_id);
     }
-    if ((span_id = PyObject_CallNoArgs(self->next_span_id)) == NULL || (start_ns = now_ns()) == NULL ||
+    if ((span.span_id = PyObject_CallNoArgs(self->next_span_id)) == NULL || (span.start_ns = now_ns()) == NULL ||
         (pending = PyList_New(0)) == NULL)
         goto done;
-    PyObject *inside = PyTuple_Pack(4, span_id, inherited, rank, pending); /* what runs inside waits in pending */
-    if (inside == NULL || PyList_SetItem(cell, 0, inside) < 0)
+    PyObject *inside = PyTuple_Pack(4, span.span_id, span.inherited, span.rank, pending); /* inside waits */
+    if (inside == NULL || PyList_SetItem(span.cell, 0, inside) < 0)
         goto done;
 
     result = call_through(wrapped, args, kwargs);
 
-    if (result == NULL) {
-        PyErr_Fetch(&error_type, &error, &traceback);
-        PyErr_NormalizeException(&error_type, &error, &traceback);
-        if (traceback != NULL && error != NULL)
-            PyException_SetTraceback(error, traceback);
-    }
-    if (PyList_SetItem(cell, 0, Py_NewRef(top)) < 0) {
-        failed = 1;
-        goto end;
-    }
+    Raised raised = {NULL};
+    if (result == NULL)
+        raised_take(&raised);
+    int failed = PyList_SetItem(span.cell, 0, Py_NewRef(span.top)) < 0;
     int kept = 1; /* an error is never idle */
-    if (error == NULL) {
+    if (!failed && raised.value == NULL) {
         PyObject *kargv[4] = {instance, args, kwargs, result};
         PyObject *verdict = PyObject_Vectorcall(self->keep, kargv, 4, NULL);
         kept = verdict == NULL ? -1 : PyObject_IsTrue(verdict);
         Py_XDECREF(verdict);
-        if (kept < 0) {
-            failed = 1;
-            goto end;
-        }
+        failed = kept < 0;
     }
     Py_ssize_t waiting = PyList_GET_SIZE(pending);
-    if (!kept || waiting || sink != Py_None) { /* idle, or events inside it, or a span around it, wait */
-        if (!kept && count_idle(self) < 0) {
-            failed = 1;
-            goto end;
-        }
-        if (kept || waiting) {
-            if ((span = PyTuple_Pack(4, span_id, batch_id, rank, start_ns)) == NULL) {
-                failed = 1;
-                goto end;
-            }
-            PyObject *dargv[8] = {kept ? Py_True : Py_False, top, span, pending, instance, args, kwargs,
-                                  error != NULL && kept ? error : Py_None};
-            PyObject *done_ = PyObject_Vectorcall(self->decided, dargv, 8, NULL);
-            if (done_ == NULL)
-                failed = 1;
+    if (!failed && (!kept || waiting || sink != Py_None)) { /* idle, or events inside it, or a span around it, wait */
+        failed = !kept && count_idle(self) < 0;
+        if (!failed && (kept || waiting)) {
+            PyObject *decided = PyTuple_Pack(4, span.span_id, span.batch_id, span.rank, span.start_ns);
+            PyObject *dargv[8] = {kept ? Py_True : Py_False, span.top, decided, pending, instance, args, kwargs,
+                                  raised.value != NULL ? raised.value : Py_None};
+            PyObject *done_ = decided == NULL ? NULL : PyObject_Vectorcall(self->decided, dargv, 8, NULL);
+            failed = done_ == NULL;
             Py_XDECREF(done_);
-        }
-        goto end;
-    }
-    /* kept, and nothing waits: its start and end events now (what Probe._decided does) */
-    if ((end_ns = now_ns()) == NULL) {
-        failed = 1;
-        goto end;
-    }
-    if (rank == Py_None) {
-        Py_SETREF(rank, thread_rank(self, cell));
-        if (rank == NULL) {
-            failed = 1;
-            goto end;
+            Py_XDECREF(decided);
         }
     }
-    if ((mb = extract(&self->mb, instance, args, kwargs)) == NULL ||
-        (size = extract(&self->size, instance, args, kwargs)) == NULL ||
-        (extra = read_attrs(self, instance, args, kwargs)) == NULL ||
-        (calls = calls_at(self, self->start_index)) == NULL) {
-        failed = 1;
-        goto end;
+    else if (!failed) { /* kept, and nothing waits: its start and end events now (what Probe._decided does) */
+        PyObject *error = raised.value != NULL ? raised.value : Py_None;
+        failed = (end_ns = now_ns()) == NULL ||
+                 own_rank(self, &span) < 0 ||
+                 read_values(self, &span, instance, args, kwargs) < 0 ||
+                 emit_span(self, &span, Py_None, Py_None, Py_None) < 0 ||
+                 emit_span(self, &span, end_ns, error, Py_None) < 0;
     }
-    int listening = PyObject_IsTrue(calls);
-    if (listening < 0) {
-        failed = 1;
-        goto end;
-    }
-    if (listening) {
-        PyObject *fields[12] = {self->name, self->level_obj, start_ns, Py_None, rank, mb, batch_id, size, extra,
-                                Py_None, span_id, parent};
-        if ((event = new_event(self, fields)) == NULL) {
-            failed = 1;
-            goto end;
-        }
-        untrack_plain(event, mb, size);
-        if (deliver(self, calls, Py_None, self->start_index_obj, event) < 0) {
-            failed = 1;
-            goto end;
-        }
-        Py_CLEAR(event);
-    }
-    Py_SETREF(calls, calls_at(self, self->end_index));
-    if (calls == NULL || (listening = PyObject_IsTrue(calls)) < 0) {
-        failed = 1;
-        goto end;
-    }
-    if (listening) {
-        PyObject *fields[12] = {self->name, self->level_obj, start_ns, end_ns, rank, mb, batch_id, size, extra,
-                                error != NULL ? error : Py_None, span_id, parent};
-        if ((event = new_event(self, fields)) == NULL) {
-            failed = 1;
-            goto end;
-        }
-        if (error == NULL)
-            untrack_plain(event, mb, size);
-        if (deliver(self, calls, Py_None, self->end_index_obj, event) < 0)
-            failed = 1;
-    }
-end:
-    if (failed) { /* what the end raised replaces the call's result or error, as a finally's raise does */
-        Py_CLEAR(result);
-        Py_XDECREF(error_type);
-        Py_XDECREF(error);
-        Py_XDECREF(traceback);
-    }
-    else if (result == NULL) {
-        PyErr_Restore(error_type, error, traceback);
-    }
+    result = raised_finish(&raised, result, failed);
 done:
-    Py_XDECREF(cell);
-    Py_XDECREF(top);
-    Py_XDECREF(rank);
-    Py_XDECREF(batch_id);
-    Py_XDECREF(inherited);
-    Py_XDECREF(span_id);
-    Py_XDECREF(start_ns);
+    span_clear(&span);
     Py_XDECREF(pending);
     Py_XDECREF(end_ns);
-    Py_XDECREF(span);
-    Py_XDECREF(mb);
-    Py_XDECREF(size);
-    Py_XDECREF(extra);
-    Py_XDECREF(calls);
-    Py_XDECREF(event);
     return result;
 }
 
@@ -968,20 +937,12 @@ static PyObject *
 request_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject *kwnames)
 {
     Traced *self = (Traced *)op;
-    if (PyVectorcall_NARGS(nargsf) != 4 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
-        PyErr_SetString(PyExc_TypeError, "traced(wrapped, instance, args, kwargs) takes 4 positional arguments");
+    if (check_call(nargsf, kwnames) < 0)
         return NULL;
-    }
     PyObject *wrapped = argv[0], *instance = argv[1], *args = argv[2], *kwargs = argv[3];
-    PyObject *active_obj = PyObject_GetAttr(self->level_state, str_active);
-    if (active_obj == NULL)
-        return NULL;
-    long active = PyLong_AsLong(active_obj);
-    Py_DECREF(active_obj);
-    if (active == -1 && PyErr_Occurred())
-        return NULL;
-    if (self->level > active)
-        return call_through(wrapped, args, kwargs);
+    int on = level_on(self);
+    if (on <= 0)
+        return on < 0 ? NULL : call_through(wrapped, args, kwargs);
 
     PyObject *calls = NULL, *rid = NULL, *cell = NULL, *rank = NULL, *top = NULL, *extra = NULL;
     PyObject *prompt = NULL, *output = NULL, *ts = NULL, *rid_text = NULL, *event = NULL, *phase = NULL;
