@@ -818,7 +818,7 @@ traced_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject *
     if (result == NULL)
         raised_take(&raised);
     PyObject *end_ns = now_ns();
-    int failed = end_ns == NULL || PyList_SetItem(span.cell, 0, Py_NewRef(span.top)) < 0 ||
+    int failed = PyList_SetItem(span.cell, 0, Py_NewRef(span.top)) < 0 || end_ns == NULL ||
                  emit_span(self, &span, end_ns, raised.value != NULL ? raised.value : Py_None, sink) < 0;
     Py_XDECREF(end_ns);
     result = raised_finish(&raised, result, failed);
