@@ -29,7 +29,7 @@ import linecache
 import os
 from typing import Any, Callable, Optional
 
-try:  # the C form of TEMPLATE (sched_trace/_speedups.c), built when a compiler was at hand
+try:  # the C forms of the templates (sched_trace/_speedups.c), built when a compiler was at hand
     from . import _speedups  # type: ignore[attr-defined]
 except ImportError:  # pragma: no cover - a build without the extension
     _speedups = None
@@ -148,7 +148,7 @@ def sync_traced(probe: Any, helpers: dict[str, Any]) -> Callable[..., Any]:
     return _compiled(source, f"<sched-trace probe {probe.name!r} #{_next_code()}>", namespace)
 
 
-def _plan(extractor: Optional[Callable[..., Any]]) -> Optional[tuple]:
+def _c_extractor(extractor: Optional[Callable[..., Any]]) -> Optional[tuple]:
     """``(extractor, plan)`` for ``_speedups``: the extractor is the fallback (and, without
     a plan, the reader)."""
     return None if extractor is None else (extractor, getattr(extractor, "plan", None))
@@ -160,7 +160,7 @@ def _c_attrs(probe: Any, helpers: dict[str, Any]) -> tuple[int, Any]:
         return 0, helpers["NO_ATTRS"]
     if any(condition is not None for _, _, condition in probe.attrs):
         return 1, probe.read_attrs
-    return 2, tuple((key, _plan(read)) for key, read, _ in probe.attrs)
+    return 2, tuple((key, _c_extractor(read)) for key, read, _ in probe.attrs)
 
 
 def c_traced(probe: Any, helpers: dict[str, Any]) -> Callable[..., Any]:
@@ -173,10 +173,9 @@ def c_traced(probe: Any, helpers: dict[str, Any]) -> Callable[..., Any]:
     attrs_mode, attrs = _c_attrs(probe, helpers)
     return _speedups.Traced(
         probe.name, probe.level, probe.kind, probe.start_index, probe.end_index, ids, probe.event_type,
-        probe.manager.event_calls, probe.manager._count_error, probe.identity, _plan(probe.microbatch),
-        _plan(probe.batch_size), attrs_mode, attrs, helpers,
+        probe.manager.event_calls, probe.manager._count_error, probe.identity, _c_extractor(probe.microbatch),
+        _c_extractor(probe.batch_size), attrs_mode, attrs, helpers,
         **({} if probe.keep is None else {"keep": probe.keep, "decided": probe._decided}))
-
 
 
 def _compiled(source: str, filename: str, namespace: dict[str, Any]) -> Callable[..., Any]:
@@ -298,8 +297,8 @@ def request_traced(probe: Any, helpers: dict[str, Any]) -> Callable[..., Any]:
         attrs_mode, attrs = _c_attrs(probe, helpers)
         return _speedups.request_traced(
             probe.phase, probe.level, helpers["REQUEST"], helpers["RequestEvent"], manager.event_calls,
-            manager._count_error, probe.when, _plan(probe.request_id), _plan(probe.prompt_tokens),
-            _plan(probe.output_tokens), tuple(probe.rank_keys), attrs_mode, attrs, probe.aborted, helpers)
+            manager._count_error, probe.when, _c_extractor(probe.request_id), _c_extractor(probe.prompt_tokens),
+            _c_extractor(probe.output_tokens), tuple(probe.rank_keys), attrs_mode, attrs, probe.aborted, helpers)
     namespace = dict(helpers, calls_of=manager.event_calls, count_error=manager._count_error, when=probe.when,
                      request_id=probe.request_id, prompt_tokens=probe.prompt_tokens,
                      output_tokens=probe.output_tokens, rank_keys=probe.rank_keys, read_attrs=probe.read_attrs,
