@@ -47,6 +47,8 @@ typedef struct {
     PyObject *phase, *aborted, *when, *rank_keys, *with_overrides;
     Extractor request_id;
     Py_ssize_t n_fields; /* of the event type: 12 (stage, batch) or 8 (request) */
+    PyTypeObject *level_type; /* the type of LEVEL when its ``active`` is a slot (borrowed, held by level_state) */
+    Py_ssize_t active_offset; /* where that slot lives in LEVEL; 0: read it as an attribute */
     PyObject *attrs;      /* ATTRS_NONE: NO_ATTRS; ATTRS_CALL: read_attrs; ATTRS_PLANNED: tuple of keys */
     Extractor mb, size;
     Extractor *attr_extractors; /* ATTRS_PLANNED: n_attrs of them */
@@ -250,6 +252,22 @@ helper(PyObject *helpers, const char *key)
     return Py_NewRef(value);
 }
 
+/* Where LEVEL keeps ``active`` when it is a plain object slot (``__slots__``): one
+ * attribute lookup fewer on every call. Anything else is read as an attribute. */
+static void
+find_active_slot(Traced *self)
+{
+    PyTypeObject *type = Py_TYPE(self->level_state);
+    PyObject *descr = _PyType_Lookup(type, str_active);
+    if (descr != NULL && Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+        PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+        if ((member->type == T_OBJECT_EX || member->type == T_OBJECT) && member->offset > 0) {
+            self->level_type = type;
+            self->active_offset = member->offset;
+        }
+    }
+}
+
 static PyObject *traced_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject *kwnames);
 static PyObject *kept_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject *kwnames);
 
@@ -344,6 +362,7 @@ traced_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         (self->next_span_id = helper(helpers, "_next_span_id")) == NULL ||
         (self->next_batch_id = helper(helpers, "_next_batch_id")) == NULL)
         goto error;
+    find_active_slot(self);
     if (keep != Py_None) {
         if (!PyCallable_Check(keep) || !PyCallable_Check(decided)) {
             PyErr_SetString(PyExc_TypeError, "keep and decided are callables");
@@ -601,8 +620,15 @@ check_call(size_t nargsf, PyObject *kwnames)
 static int
 level_on(Traced *self)
 {
-    PyObject *active_obj = PyObject_GetAttr(self->level_state, str_active);
-    if (active_obj == NULL)
+    PyObject *active_obj;
+    if (self->active_offset > 0 && Py_TYPE(self->level_state) == self->level_type) {
+        /* the slot ``_Level.active``, read where its member descriptor says it lives */
+        active_obj = *(PyObject **)((char *)self->level_state + self->active_offset);
+        if (active_obj == NULL)
+            return PyErr_SetString(PyExc_AttributeError, "active"), -1;
+        Py_INCREF(active_obj);
+    }
+    else if ((active_obj = PyObject_GetAttr(self->level_state, str_active)) == NULL)
         return -1;
     long active = PyLong_AsLong(active_obj);
     Py_DECREF(active_obj);
@@ -1092,6 +1118,7 @@ request_traced(PyObject *module, PyObject *args, PyObject *kwds)
         (self->with_overrides = helper(helpers, "with_overrides")) == NULL ||
         (self->rank_epoch = helper(helpers, "rank_epoch")) == NULL)
         goto error;
+    find_active_slot(self);
     if (!PyList_Check(self->rank_epoch) || PyList_GET_SIZE(self->rank_epoch) != 1) {
         PyErr_SetString(PyExc_TypeError, "rank_epoch is a one-item list");
         goto error;
