@@ -122,10 +122,24 @@ def _attributes(attrs: tuple, values: dict[str, Any], indent: str = _INDENT) -> 
     return "\n".join(lines) + f"\n{indent}extra = {{{', '.join(items)}}}"
 
 
+#: How a call takes its rank and batch ids (``_id_mode``; the C form reads the same numbers).
+IDS_ENCLOSING, IDS_NEW_BATCH, IDS_IDENTITY = 0, 1, 2
+
+
+def _id_mode(probe: Any) -> int:
+    """:data:`IDS_IDENTITY`: ``Probe.identity`` (rank keys, a batch id extractor, or a keep_if
+    batch, whose ids wait for the call); :data:`IDS_NEW_BATCH`: a batch takes a new batch id,
+    and so do the spans inside it; :data:`IDS_ENCLOSING`: the enclosing span's."""
+    if probe.rank_keys or probe.batch_id is not None or (probe.keep is not None and probe.is_batch):
+        return IDS_IDENTITY
+    return IDS_NEW_BATCH if probe.is_batch else IDS_ENCLOSING
+
+
 def _ids(probe: Any) -> str:
-    if probe.rank_keys or probe.batch_id is not None:  # the general case: Probe.identity
+    mode = _id_mode(probe)
+    if mode == IDS_IDENTITY:
         return f"{_INDENT}rank, batch_id, inherited = identity(instance, args, kwargs, rank, batch_id)"
-    if probe.is_batch:  # a batch takes a new batch id, and so do the spans inside it
+    if mode == IDS_NEW_BATCH:
         return f"{_INDENT}batch_id = inherited = _next_batch_id()"
     return ""
 
@@ -166,13 +180,9 @@ def _c_attrs(probe: Any, helpers: dict[str, Any]) -> tuple[int, Any]:
 def c_traced(probe: Any, helpers: dict[str, Any]) -> Callable[..., Any]:
     """The C form of :data:`TEMPLATE` for ``probe``, or of :data:`KEPT_TEMPLATE` for a
     keep_if probe (``_speedups.Traced``)."""
-    if probe.rank_keys or probe.batch_id is not None or (probe.keep is not None and probe.is_batch):
-        ids = 2  # the general case: Probe.identity
-    else:
-        ids = 1 if probe.is_batch else 0
     attrs_mode, attrs = _c_attrs(probe, helpers)
     return _speedups.Traced(
-        probe.name, probe.level, probe.kind, probe.start_index, probe.end_index, ids, probe.event_type,
+        probe.name, probe.level, probe.kind, probe.start_index, probe.end_index, _id_mode(probe), probe.event_type,
         probe.manager.event_calls, probe.manager._count_error, probe.identity, _c_extractor(probe.microbatch),
         _c_extractor(probe.batch_size), attrs_mode, attrs, helpers,
         **({} if probe.keep is None else {"keep": probe.keep, "decided": probe._decided}))
@@ -243,7 +253,7 @@ def kept_traced(probe: Any, helpers: dict[str, Any]) -> Callable[..., Any]:
                      microbatch=probe.microbatch, batch_size=probe.batch_size, read_attrs=probe.read_attrs,
                      __builtins__=__builtins__)
     deep = " " * 12
-    if probe.rank_keys or probe.batch_id is not None or probe.is_batch:
+    if _id_mode(probe) == IDS_IDENTITY:  # a keep_if batch is one too
         ids = (f"{_INDENT}rank, batch_id, inherited = identity(instance, args, kwargs, "
                f"top[2] or current_rank(), top[1])")
     else:  # spans inside take the enclosing rank (None: the thread's) and batch

@@ -28,7 +28,7 @@ typedef struct {
     int use_len;
 } Extractor;
 
-enum { IDS_NONE = 0, IDS_BATCH = 1, IDS_IDENTITY = 2 };
+enum { IDS_ENCLOSING = 0, IDS_NEW_BATCH = 1, IDS_IDENTITY = 2 }; /* _hotpath._id_mode */
 enum { ATTRS_NONE = 0, ATTRS_CALL = 1, ATTRS_PLANNED = 2 };
 
 typedef struct {
@@ -331,7 +331,7 @@ traced_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         PyErr_Format(PyExc_TypeError, "event_type %R is not a tuple type without fields of its own", event_type);
         return NULL;
     }
-    if (ids < IDS_NONE || ids > IDS_IDENTITY) {
+    if (ids < IDS_ENCLOSING || ids > IDS_IDENTITY) {
         PyErr_SetString(PyExc_ValueError, "ids out of range");
         return NULL;
     }
@@ -744,6 +744,17 @@ span_clear(Span *span)
     Py_CLEAR(span->extra);
 }
 
+/* The thread's context cell and its top taken into ``span``; the top's sink (borrowed:
+ * an undecided keep_if span's list, or None), or NULL on error. */
+static PyObject *
+open_span(Traced *self, Span *span)
+{
+    if ((span->cell = context_cell(self)) == NULL)
+        return NULL;
+    span->top = Py_NewRef(PyList_GET_ITEM(span->cell, 0));
+    return PyTuple_GET_ITEM(span->top, 3);
+}
+
 /* rank, batch_id, inherited = identity(instance, args, kwargs, rank, batch_id) */
 static int
 identify(Traced *self, Span *span, PyObject *instance, PyObject *args, PyObject *kwargs, PyObject *rank,
@@ -811,17 +822,15 @@ traced_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject *
         return open < 0 ? NULL : call_through(wrapped, args, kwargs);
 
     Span span = {NULL};
-    PyObject *result = NULL;
-    if ((span.cell = context_cell(self)) == NULL)
-        return NULL;
-    span.top = Py_NewRef(PyList_GET_ITEM(span.cell, 0));
-    PyObject *sink = PyTuple_GET_ITEM(span.top, 3);
+    PyObject *result = NULL, *sink = open_span(self, &span);
+    if (sink == NULL)
+        goto done;
     span.batch_id = Py_NewRef(PyTuple_GET_ITEM(span.top, 1));
     span.rank = Py_NewRef(PyTuple_GET_ITEM(span.top, 2));
     if (own_rank(self, &span) < 0)
         goto done;
     span.inherited = Py_NewRef(span.batch_id); /* what spans inside this one take as their batch id */
-    if (self->ids == IDS_BATCH) { /* a batch takes a new batch id, and so do the spans inside it */
+    if (self->ids == IDS_NEW_BATCH) { /* a batch takes a new batch id, and so do the spans inside it */
         PyObject *own = PyObject_CallNoArgs(self->next_batch_id);
         if (own == NULL)
             goto done;
@@ -886,11 +895,9 @@ kept_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject *kw
         return open < 0 ? NULL : call_through(wrapped, args, kwargs);
 
     Span span = {NULL};
-    PyObject *pending = NULL, *result = NULL, *end_ns = NULL;
-    if ((span.cell = context_cell(self)) == NULL)
-        return NULL;
-    span.top = Py_NewRef(PyList_GET_ITEM(span.cell, 0));
-    PyObject *sink = PyTuple_GET_ITEM(span.top, 3);
+    PyObject *pending = NULL, *result = NULL, *end_ns = NULL, *sink = open_span(self, &span);
+    if (sink == NULL)
+        goto done;
     if (self->ids == IDS_IDENTITY) { /* rank keys, a batch id or a batch: Probe.identity */
         PyObject *enclosing = PyTuple_GET_ITEM(span.top, 2);
         int truth = PyObject_IsTrue(enclosing);

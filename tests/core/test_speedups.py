@@ -96,6 +96,23 @@ def test_a_forked_child_stamps_spans_on_its_own_clock(sched_trace_recorder):
     assert answer == b"1"
 
 
+def assert_references_given_back(calls, watched, recorded, check=lambda: None, rounds=200):
+    """``sys.getrefcount`` of each watched object is the same before and after ``rounds`` more
+    rounds of ``calls``, once ``recorded`` (the recorder's list of events) lets its events go.
+    One round first: the first plugin error is logged with its traceback, and the log keeps
+    it. ``check`` looks at the recorded events before they go."""
+    calls()
+    del recorded[:]
+    gc.collect()
+    before = [sys.getrefcount(value) for value in watched]
+    for _ in range(rounds):
+        calls()
+    check()
+    del recorded[:]
+    gc.collect()
+    assert [sys.getrefcount(value) for value in watched] == before
+
+
 def test_every_reference_is_given_back(sched_trace_recorder):
     class Broken:
         def sched_trace_stage_end(self, event):
@@ -113,16 +130,8 @@ def test_every_reference_is_given_back(sched_trace_recorder):
         with pytest.raises(StepError):
             worker.step(batch, token, note="raise")
 
-    calls()  # the first plugin error is logged with its traceback (and the log keeps it)
-    del sched_trace_recorder.events[:]
-    gc.collect()
-    before = [sys.getrefcount(value) for value in watched]
-    for _ in range(200):
-        calls()
+    assert_references_given_back(calls, watched, sched_trace_recorder.events)
     assert sched_trace.stats()["plugin_errors"]["broken-for-references"] == 804
-    del sched_trace_recorder.events[:]
-    gc.collect()
-    assert [sys.getrefcount(value) for value in watched] == before
 
 
 def test_every_reference_is_given_back_by_a_keep_if_probe(sched_trace_recorder):
@@ -140,18 +149,12 @@ def test_every_reference_is_given_back_by_a_keep_if_probe(sched_trace_recorder):
         with pytest.raises(StepError):
             worker.poll(idle, "raise")  # an error is never idle
 
-    calls()
-    del sched_trace_recorder.events[:]
-    gc.collect()
-    before = [sys.getrefcount(value) for value in watched]
-    for _ in range(200):
-        calls()
-    assert len(sched_trace_recorder.stages("poll")) == 3 * 200
-    assert len(sched_trace_recorder.stages("step")) == 2 * 200
+    def check():
+        assert len(sched_trace_recorder.stages("poll")) == 3 * 200
+        assert len(sched_trace_recorder.stages("step")) == 2 * 200
+
+    assert_references_given_back(calls, watched, sched_trace_recorder.events, check)
     assert sched_trace.stats()["idle_calls"]["poll"] == 2 * 201
-    del sched_trace_recorder.events[:]
-    gc.collect()
-    assert [sys.getrefcount(value) for value in watched] == before
 
 
 def test_every_reference_is_given_back_by_a_request_probe(sched_trace_recorder):
@@ -168,20 +171,15 @@ def test_every_reference_is_given_back_by_a_request_probe(sched_trace_recorder):
         for request in (done, aborted, silent, numbered):
             assert worker.finish(request) is request.rid
 
-    calls()
-    del sched_trace_recorder.request_events[:]
-    gc.collect()
-    before = [sys.getrefcount(value) for value in watched]
-    for _ in range(200):
-        calls()
     events = sched_trace_recorder.request_events
-    assert [(e.phase, e.prompt_tokens, e.output_tokens, e.rank.dp_rank) for e in events[:3]] == [
-        ("finished", 3, 2, 1), ("aborted", 3, 2, 1), ("finished", 3, 2, 1)]
-    assert [e.request_id for e in events[:3]] == ["r1", "r2", str(token)]
-    assert len(events) == 3 * 200
-    del events[:]
-    gc.collect()
-    assert [sys.getrefcount(value) for value in watched] == before
+
+    def check():
+        assert [(e.phase, e.prompt_tokens, e.output_tokens, e.rank.dp_rank) for e in events[:3]] == [
+            ("finished", 3, 2, 1), ("aborted", 3, 2, 1), ("finished", 3, 2, 1)]
+        assert [e.request_id for e in events[:3]] == ["r1", "r2", str(token)]
+        assert len(events) == 3 * 200
+
+    assert_references_given_back(calls, watched, events, check)
 
 
 def test_plain_events_are_left_to_reference_counting(sched_trace_recorder, hot_path):
