@@ -9,10 +9,7 @@ from __future__ import annotations
 import os
 import time
 
-try:
-    from . import _speedups  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - a build without the C extension
-    _speedups = None
+from ._native import built as _speedups
 
 _offset_ns = 0
 

@@ -18,7 +18,7 @@ The three templates also exist in C (``_speedups``, built from ``_speedups.c`` a
 install when a compiler is at hand): the same steps through the same helpers, without
 the Python frame, which is about half of an enabled span's instructions.
 :func:`sync_traced`, :func:`kept_traced` and :func:`request_traced` use it when it is
-built, unless the environment sets ``SCHED_TRACE_PURE_PYTHON=1``; the Python templates
+built, unless the environment sets ``SCHED_TRACE_PURE_PYTHON=1`` (:mod:`._native`); the Python templates
 stay the reference (tests/core and tests/requests run on both: tests/hot_path.py).
 """
 
@@ -26,15 +26,9 @@ from __future__ import annotations
 
 import itertools
 import linecache
-import os
 from typing import Any, Callable, Optional
 
-try:  # the C forms of the templates (sched_trace/_speedups.c), built when a compiler was at hand
-    from . import _speedups  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - a build without the extension
-    _speedups = None
-if os.environ.get("SCHED_TRACE_PURE_PYTHON"):
-    _speedups = None
+from . import _native
 
 _next_code = itertools.count(1).__next__
 
@@ -149,7 +143,7 @@ def sync_traced(probe: Any, helpers: dict[str, Any]) -> Callable[..., Any]:
     is built, else the template's. The template reads the probe's
     constants as literals, and ``helpers`` (the module-level functions and state it calls)
     and the probe's objects as its globals: one dict, not a closure cell per name."""
-    if _speedups is not None:
+    if _native.speedups is not None:
         return c_traced(probe, helpers)
     namespace = dict(helpers, event_type=probe.event_type, calls_of=probe.manager.event_calls,
                      count_error=probe.manager._count_error, microbatch=probe.microbatch,
@@ -181,7 +175,7 @@ def c_traced(probe: Any, helpers: dict[str, Any]) -> Callable[..., Any]:
     """The C form of :data:`TEMPLATE` for ``probe``, or of :data:`KEPT_TEMPLATE` for a
     keep_if probe (``_speedups.Traced``)."""
     attrs_mode, attrs = _c_attrs(probe, helpers)
-    return _speedups.Traced(
+    return _native.speedups.Traced(
         probe.name, probe.level, probe.kind, probe.start_index, probe.end_index, _id_mode(probe), probe.event_type,
         probe.manager.event_calls, probe.manager._count_error, probe.identity, _c_extractor(probe.microbatch),
         _c_extractor(probe.batch_size), attrs_mode, attrs, helpers,
@@ -245,7 +239,7 @@ def kept_traced(probe: Any, helpers: dict[str, Any]) -> Callable[..., Any]:
     built, as :func:`sync_traced`): an idle call (a busy poll's usual case) costs a span
     id, a clock read, the condition and a counter; a kept one with nothing waiting inside
     or around it delivers its two events in this frame."""
-    if _speedups is not None:
+    if _native.speedups is not None:
         return c_traced(probe, helpers)
     manager = probe.manager
     namespace = dict(helpers, keep=probe.keep, decided=probe._decided, identity=probe.identity,
@@ -303,9 +297,9 @@ def request_traced(probe: Any, helpers: dict[str, Any]) -> Callable[..., Any]:
     ``when``, extractors and event in one frame, as :func:`sync_traced` does for stages
     (in C, ``_speedups.request_traced``, when it is built)."""
     manager = probe.manager
-    if _speedups is not None:
+    if _native.speedups is not None:
         attrs_mode, attrs = _c_attrs(probe, helpers)
-        return _speedups.request_traced(
+        return _native.speedups.request_traced(
             probe.phase, probe.level, helpers["REQUEST"], helpers["RequestEvent"], manager.event_calls,
             manager._count_error, probe.when, _c_extractor(probe.request_id), _c_extractor(probe.prompt_tokens),
             _c_extractor(probe.output_tokens), tuple(probe.rank_keys), attrs_mode, attrs, probe.aborted, helpers)

@@ -22,6 +22,7 @@ from . import _hookspecs
 from ._watchdog import HookWatchdog, budget_from_env, code_of
 from ._errors import ConfigError, PluginError
 from ._stages import LEVEL
+from .recorder import c_form
 
 log = logging.getLogger("sched_trace")
 
@@ -266,7 +267,7 @@ class PluginManager:
 
 def _positional(impl: Any) -> Callable[..., Any]:
     if impl.argnames == ("event",):
-        return impl.function
+        return c_form(impl.function)
     if not impl.argnames:
         function = impl.function
         return lambda event: function()

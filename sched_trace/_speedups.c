@@ -41,7 +41,9 @@ typedef struct {
     PyObject *name, *level_obj, *kind, *start_index_obj, *end_index_obj;
     PyObject *event_type, *calls_of, *count_error, *identity;
     PyObject *level_state, *compiling, *cell_or_none, *context_cell, *current_with_epoch, *rank_epoch;
+    PyObject *context_var; /* the ContextVar behind cell_or_none (read directly); NULL: call it */
     PyObject *next_span_id, *next_batch_id;
+    PyObject *span_ids, *batch_ids; /* the counters behind them (their tp_iternext); NULL: call them */
     PyObject *keep, *decided, *idle, *current_rank; /* a keep_if probe's; NULL otherwise */
     /* a request probe's (NULL otherwise): its phase, aborted statuses, when, rank keys */
     PyObject *phase, *aborted, *when, *rank_keys, *with_overrides;
@@ -168,11 +170,14 @@ traced_traverse(Traced *self, visitproc visit, void *arg)
     Py_VISIT(self->level_state);
     Py_VISIT(self->compiling);
     Py_VISIT(self->cell_or_none);
+    Py_VISIT(self->context_var);
     Py_VISIT(self->context_cell);
     Py_VISIT(self->current_with_epoch);
     Py_VISIT(self->rank_epoch);
     Py_VISIT(self->next_span_id);
     Py_VISIT(self->next_batch_id);
+    Py_VISIT(self->span_ids);
+    Py_VISIT(self->batch_ids);
     Py_VISIT(self->attrs);
     Py_VISIT(self->keep);
     Py_VISIT(self->decided);
@@ -206,11 +211,14 @@ traced_clear(Traced *self)
     Py_CLEAR(self->level_state);
     Py_CLEAR(self->compiling);
     Py_CLEAR(self->cell_or_none);
+    Py_CLEAR(self->context_var);
     Py_CLEAR(self->context_cell);
     Py_CLEAR(self->current_with_epoch);
     Py_CLEAR(self->rank_epoch);
     Py_CLEAR(self->next_span_id);
     Py_CLEAR(self->next_batch_id);
+    Py_CLEAR(self->span_ids);
+    Py_CLEAR(self->batch_ids);
     Py_CLEAR(self->attrs);
     Py_CLEAR(self->keep);
     Py_CLEAR(self->decided);
@@ -252,20 +260,86 @@ helper(PyObject *helpers, const char *key)
     return Py_NewRef(value);
 }
 
-/* Where LEVEL keeps ``active`` when it is a plain object slot (``__slots__``): one
- * attribute lookup fewer on every call. Anything else is read as an attribute. */
+/* Where instances of ``type`` keep attribute ``name`` when it is a plain object slot
+ * (``__slots__``); 0 when it is not one (then it is read as an attribute). */
+static Py_ssize_t
+slot_offset(PyTypeObject *type, PyObject *name)
+{
+    PyObject *descr = _PyType_Lookup(type, name);
+    if (descr != NULL && Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+        PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+        if ((member->type == T_OBJECT_EX || member->type == T_OBJECT) && member->offset > 0)
+            return member->offset;
+    }
+    return 0;
+}
+
+/* The object ``method`` is bound to when it is the method ``name`` (a new reference),
+ * else NULL without an error; -1 on error. */
+static int
+bound_to(PyObject *method, const char *name, PyObject **owner)
+{
+    *owner = NULL;
+    if (!PyObject_HasAttrString(method, "__self__"))
+        return 0;
+    PyObject *found = PyObject_GetAttrString(method, "__self__");
+    PyObject *its_name = found == NULL ? NULL : PyObject_GetAttrString(method, "__name__");
+    if (its_name == NULL) {
+        Py_XDECREF(found);
+        return -1;
+    }
+    if (PyUnicode_Check(its_name) && PyUnicode_CompareWithASCIIString(its_name, name) == 0)
+        *owner = found;
+    else
+        Py_DECREF(found);
+    Py_DECREF(its_name);
+    return 0;
+}
+
+/* The iterator whose ``__next__`` ``next`` is (an itertools.count's, for the span and
+ * batch ids), to be advanced through its own slot without the call protocol; *counter
+ * stays NULL for anything else (then ``next`` is called). */
+static int
+counter_behind(PyObject *next, PyObject **counter)
+{
+    if (bound_to(next, "__next__", counter) < 0)
+        return -1;
+    if (*counter != NULL && (Py_TYPE(*counter)->tp_iternext == NULL || !PyIter_Check(*counter)))
+        Py_CLEAR(*counter);
+    return 0;
+}
+
+/* The context variable whose ``get`` ``get`` is (the thread's context cell), read with
+ * PyContextVar_Get; *var stays NULL for anything else (then ``get`` is called). */
+static int
+context_var_behind(PyObject *get, PyObject **var)
+{
+    if (bound_to(get, "get", var) < 0)
+        return -1;
+    if (*var != NULL && !PyContextVar_CheckExact(*var))
+        Py_CLEAR(*var);
+    return 0;
+}
+
+/* The next id: through the counter's slot when there is one. */
+static PyObject *
+next_id(PyObject *next, PyObject *counter)
+{
+    if (counter == NULL)
+        return PyObject_CallNoArgs(next);
+    PyObject *id = Py_TYPE(counter)->tp_iternext(counter);
+    if (id == NULL && !PyErr_Occurred())
+        PyErr_SetNone(PyExc_StopIteration);
+    return id;
+}
+
+/* Where LEVEL keeps ``active``, when it is a slot: one attribute lookup fewer on every call. */
 static void
 find_active_slot(Traced *self)
 {
     PyTypeObject *type = Py_TYPE(self->level_state);
-    PyObject *descr = _PyType_Lookup(type, str_active);
-    if (descr != NULL && Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
-        PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
-        if ((member->type == T_OBJECT_EX || member->type == T_OBJECT) && member->offset > 0) {
-            self->level_type = type;
-            self->active_offset = member->offset;
-        }
-    }
+    self->active_offset = slot_offset(type, str_active);
+    self->level_type = self->active_offset > 0 ? type : NULL;
 }
 
 static PyObject *traced_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject *kwnames);
@@ -360,7 +434,10 @@ traced_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         (self->current_with_epoch = helper(helpers, "current_with_epoch")) == NULL ||
         (self->rank_epoch = helper(helpers, "rank_epoch")) == NULL ||
         (self->next_span_id = helper(helpers, "_next_span_id")) == NULL ||
-        (self->next_batch_id = helper(helpers, "_next_batch_id")) == NULL)
+        (self->next_batch_id = helper(helpers, "_next_batch_id")) == NULL ||
+        counter_behind(self->next_span_id, &self->span_ids) < 0 ||
+        counter_behind(self->next_batch_id, &self->batch_ids) < 0 ||
+        context_var_behind(self->cell_or_none, &self->context_var) < 0)
         goto error;
     find_active_slot(self);
     if (keep != Py_None) {
@@ -672,7 +749,11 @@ gate(Traced *self)
 static PyObject *
 context_cell(Traced *self)
 {
-    PyObject *cell = PyObject_CallOneArg(self->cell_or_none, Py_None);
+    PyObject *cell;
+    if (self->context_var == NULL)
+        cell = PyObject_CallOneArg(self->cell_or_none, Py_None);
+    else if (PyContextVar_Get(self->context_var, Py_None, &cell) < 0)
+        return NULL;
     if (cell == Py_None) {
         Py_DECREF(cell);
         cell = PyObject_CallNoArgs(self->context_cell);
@@ -831,7 +912,7 @@ traced_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject *
         goto done;
     span.inherited = Py_NewRef(span.batch_id); /* what spans inside this one take as their batch id */
     if (self->ids == IDS_NEW_BATCH) { /* a batch takes a new batch id, and so do the spans inside it */
-        PyObject *own = PyObject_CallNoArgs(self->next_batch_id);
+        PyObject *own = next_id(self->next_batch_id, self->batch_ids);
         if (own == NULL)
             goto done;
         Py_SETREF(span.batch_id, Py_NewRef(own));
@@ -840,7 +921,7 @@ traced_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject *
     else if (self->ids == IDS_IDENTITY &&
              identify(self, &span, instance, args, kwargs, span.rank, span.batch_id) < 0)
         goto done;
-    if ((span.span_id = PyObject_CallNoArgs(self->next_span_id)) == NULL || (span.start_ns = now_ns()) == NULL ||
+    if ((span.span_id = next_id(self->next_span_id, self->span_ids)) == NULL || (span.start_ns = now_ns()) == NULL ||
         read_values(self, &span, instance, args, kwargs) < 0 || emit_span(self, &span, Py_None, Py_None, sink) < 0)
         goto done;
     PyObject *inside = PyTuple_Pack(4, span.span_id, span.inherited, span.rank, sink);
@@ -914,7 +995,7 @@ kept_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject *kw
         span.batch_id = Py_NewRef(PyTuple_GET_ITEM(span.top, 1));
         span.inherited = Py_NewRef(span.batch_id);
     }
-    if ((span.span_id = PyObject_CallNoArgs(self->next_span_id)) == NULL || (span.start_ns = now_ns()) == NULL ||
+    if ((span.span_id = next_id(self->next_span_id, self->span_ids)) == NULL || (span.start_ns = now_ns()) == NULL ||
         (pending = PyList_New(0)) == NULL)
         goto done;
     PyObject *inside = PyTuple_Pack(4, span.span_id, span.inherited, span.rank, pending); /* inside waits */
@@ -1123,7 +1204,8 @@ request_traced(PyObject *module, PyObject *args, PyObject *kwds)
         (self->context_cell = helper(helpers, "_context_cell")) == NULL ||
         (self->current_with_epoch = helper(helpers, "current_with_epoch")) == NULL ||
         (self->with_overrides = helper(helpers, "with_overrides")) == NULL ||
-        (self->rank_epoch = helper(helpers, "rank_epoch")) == NULL)
+        (self->rank_epoch = helper(helpers, "rank_epoch")) == NULL ||
+        context_var_behind(self->cell_or_none, &self->context_var) < 0)
         goto error;
     find_active_slot(self);
     if (!PyList_Check(self->rank_epoch) || PyList_GET_SIZE(self->rank_epoch) != 1) {
@@ -1172,6 +1254,167 @@ static PyTypeObject TracedType = {
     .tp_members = traced_members,
 };
 
+/* --- the built-in exporters' hook: an event into their buffer -------------- */
+
+/* recorder.BackgroundExporter.append without its Python frame, for the common case:
+ * the exporter thread runs and the buffer has room. Anything else (the first event,
+ * which starts the thread; a full buffer, whose drop is counted and marked; a buffer
+ * whose slots are not where they were) goes to that Python method, which stays the
+ * reference. Not atomic, as the Python method is not: one scheduler thread appends. */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *buffer;          /* the EventBuffer (slots capacity and _items) */
+    PyObject *slow;            /* the Python append, bound to its BackgroundExporter */
+    PyTypeObject *buffer_type; /* borrowed, held by buffer */
+    Py_ssize_t capacity_offset, items_offset; /* 0: not slots, every event takes the Python path */
+    PyTypeObject *items_type;  /* the type of the buffer's _items when made (held) */
+    PyObject *items_append;    /* that type's ``append`` (a method descriptor: no lookup per event) */
+    char started;              /* the exporter thread runs (BackgroundExporter keeps it in step) */
+} Appender;
+
+static PyTypeObject AppenderType;
+
+static PyObject *
+appender_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject *kwnames)
+{
+    Appender *self = (Appender *)op;
+    if (PyVectorcall_NARGS(nargsf) != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "append(event) takes one positional argument");
+        return NULL;
+    }
+    if (self->started && self->items_offset > 0 && Py_TYPE(self->buffer) == self->buffer_type) {
+        PyObject *capacity = *(PyObject **)((char *)self->buffer + self->capacity_offset);
+        PyObject *items = *(PyObject **)((char *)self->buffer + self->items_offset);
+        if (capacity != NULL && items != NULL && PyLong_CheckExact(capacity)) {
+            int overflow;
+            long long limit = PyLong_AsLongLongAndOverflow(capacity, &overflow);
+            Py_ssize_t held = PyObject_Size(items);
+            if (held < 0)
+                PyErr_Clear(); /* the Python path says what is wrong */
+            else if (!overflow && held < limit) {
+                PyObject *call[2] = {items, argv[0]};
+                Py_INCREF(items); /* the buffer could let go of it during the call */
+                PyObject *done = Py_TYPE(items) == self->items_type
+                                     ? PyObject_Vectorcall(self->items_append, call, 2, NULL)
+                                     : PyObject_VectorcallMethod(str_append, call, 2, NULL);
+                Py_DECREF(items);
+                if (done == NULL)
+                    return NULL;
+                Py_DECREF(done);
+                Py_RETURN_NONE;
+            }
+        }
+    }
+    return PyObject_Vectorcall(self->slow, argv, 1, NULL);
+}
+
+static PyObject *
+appender_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"buffer", "slow", NULL};
+    PyObject *buffer, *slow;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO:Appender", kwlist, &buffer, &slow))
+        return NULL;
+    if (!PyCallable_Check(slow)) {
+        PyErr_SetString(PyExc_TypeError, "Appender(buffer, slow): slow is the Python append, a callable");
+        return NULL;
+    }
+    PyObject *capacity_name = PyUnicode_InternFromString("capacity");
+    PyObject *items_name = PyUnicode_InternFromString("_items");
+    if (capacity_name == NULL || items_name == NULL) {
+        Py_XDECREF(capacity_name);
+        Py_XDECREF(items_name);
+        return NULL;
+    }
+    Appender *self = PyObject_GC_New(Appender, type);
+    if (self == NULL) {
+        Py_DECREF(capacity_name);
+        Py_DECREF(items_name);
+        return NULL;
+    }
+    self->vectorcall = appender_vectorcall;
+    self->buffer = Py_NewRef(buffer);
+    self->slow = Py_NewRef(slow);
+    self->buffer_type = Py_TYPE(buffer);
+    self->capacity_offset = slot_offset(self->buffer_type, capacity_name);
+    self->items_offset = slot_offset(self->buffer_type, items_name);
+    if (self->capacity_offset == 0)
+        self->items_offset = 0;
+    self->items_type = NULL;
+    self->items_append = NULL;
+    PyObject *items = self->items_offset > 0 ? *(PyObject **)((char *)buffer + self->items_offset) : NULL;
+    if (items != NULL) {
+        PyObject *append = _PyType_Lookup(Py_TYPE(items), str_append); /* borrowed */
+        if (append != NULL && Py_IS_TYPE(append, &PyMethodDescr_Type)) {
+            self->items_type = (PyTypeObject *)Py_NewRef(Py_TYPE(items));
+            self->items_append = Py_NewRef(append);
+        }
+    }
+    self->started = 0;
+    Py_DECREF(capacity_name);
+    Py_DECREF(items_name);
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
+static int
+appender_traverse(Appender *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->buffer);
+    Py_VISIT(self->slow);
+    Py_VISIT(self->items_type);
+    Py_VISIT(self->items_append);
+    return 0;
+}
+
+static int
+appender_clear(Appender *self)
+{
+    Py_CLEAR(self->buffer);
+    Py_CLEAR(self->slow);
+    Py_CLEAR(self->items_type);
+    Py_CLEAR(self->items_append);
+    return 0;
+}
+
+static void
+appender_dealloc(Appender *self)
+{
+    PyObject_GC_UnTrack(self);
+    appender_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+appender_repr(Appender *self)
+{
+    return PyUnicode_FromFormat("<sched-trace buffer append of %R (C)>", self->slow);
+}
+
+static PyMemberDef appender_members[] = {
+    {"started", T_BOOL, offsetof(Appender, started), 0,
+     "the exporter thread runs: events go straight to the buffer while it has room"},
+    {NULL},
+};
+
+static PyTypeObject AppenderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sched_trace._speedups.Appender",
+    .tp_doc = "Appender(buffer, slow): a BackgroundExporter's append(event) in C; "
+              "slow, its Python append, takes what the C path does not.",
+    .tp_basicsize = sizeof(Appender),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_new = appender_new,
+    .tp_dealloc = (destructor)appender_dealloc,
+    .tp_traverse = (traverseproc)appender_traverse,
+    .tp_clear = (inquiry)appender_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(Appender, vectorcall),
+    .tp_repr = (reprfunc)appender_repr,
+    .tp_members = appender_members,
+};
+
 static PyMethodDef speedups_methods[] = {
     {"request_traced", (PyCFunction)(void (*)(void))request_traced, METH_VARARGS | METH_KEYWORDS,
      "A request probe's traced call: the C form of sched_trace._hotpath.REQUEST_TEMPLATE."},
@@ -1195,12 +1438,13 @@ PyInit__speedups(void)
         (str_append = PyUnicode_InternFromString("append")) == NULL ||
         (str_is_compiling_flag = PyUnicode_InternFromString("_is_compiling_flag")) == NULL)
         return NULL;
-    if (PyType_Ready(&TracedType) < 0)
+    if (PyType_Ready(&TracedType) < 0 || PyType_Ready(&AppenderType) < 0)
         return NULL;
     PyObject *module = PyModule_Create(&speedups_module);
     if (module == NULL)
         return NULL;
-    if (PyModule_AddObjectRef(module, "Traced", (PyObject *)&TracedType) < 0) {
+    if (PyModule_AddObjectRef(module, "Traced", (PyObject *)&TracedType) < 0 ||
+        PyModule_AddObjectRef(module, "Appender", (PyObject *)&AppenderType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

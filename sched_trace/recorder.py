@@ -24,6 +24,7 @@ from collections import deque
 from itertools import repeat
 from typing import Any, Callable, Iterable, Optional, Sequence
 
+from . import _native
 from ._events import StageEvent
 
 log = logging.getLogger("sched_trace")
@@ -182,9 +183,16 @@ class BackgroundExporter:
         self._flushing = 0  # flush() calls waiting
         self._stopped = False
         self._thread: Optional[threading.Thread] = None
+        self._appender: Any = None
+        if _native.speedups is not None:
+            # The hot path in C (sched_trace/_speedups.c): what the plugin manager calls
+            # when a plugin binds ``append`` as an event hook (:func:`c_form`), this method
+            # without its Python frame while the thread runs and the buffer has room; the
+            # method takes the rest.
+            self._appender = _native.speedups.Appender(self.buffer, self.append)
         _live.add(self)
 
-    # The hot path: one bound-method call and a deque append.
+    # The hot path: one bound-method call and a deque append (in C where it is built).
     def append(self, event: Any) -> None:
         # EventBuffer.append inlined: this runs on the scheduler thread for every event.
         buffer = self.buffer
@@ -205,6 +213,12 @@ class BackgroundExporter:
             self._stopped = False
             self._thread = threading.Thread(target=self._run, name=f"sched-trace-{self.name}", daemon=True)
             self._thread.start()
+            self._running(True)
+
+    def _running(self, running: bool) -> None:
+        """Keep the C append in step with the thread: it takes events only while one runs."""
+        if self._appender is not None:
+            self._appender.started = running
 
     def _after_fork_in_child(self) -> None:
         # The parent's thread does not exist here and its events are the parent's to export.
@@ -214,6 +228,7 @@ class BackgroundExporter:
         self._busy = False
         self._flushing = 0
         self._thread = None
+        self._running(False)
 
     def _run(self) -> None:
         while True:
@@ -289,6 +304,7 @@ class BackgroundExporter:
             left = self.buffer.drain(len(self.buffer))
         self.abandoned += len(left)
         self._thread = None
+        self._running(False)
         _live.discard(self)
         warning = loss_warning(self.name, self.stats(), self.advice) if self.warn else None
         if warning:
@@ -309,6 +325,15 @@ class BackgroundExporter:
         if self.drops is not None:
             stats["drop_markers"] = self.markers
         return stats
+
+
+def c_form(hook: Callable[[Any], None]) -> Callable[[Any], None]:
+    """What to call for ``hook``: the C form of a :class:`BackgroundExporter`'s ``append``
+    bound as a plugin's event hook (pluggy registers the Python method; the plugin
+    manager calls this), ``hook`` itself otherwise."""
+    if getattr(hook, "__func__", None) is BackgroundExporter.append:
+        return getattr(hook.__self__, "_appender", None) or hook  # type: ignore[attr-defined]
+    return hook
 
 
 _live: "weakref.WeakSet[BackgroundExporter]" = weakref.WeakSet()

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import pytest
 
-from sched_trace import _hotpath
+from sched_trace import _native
 
 
 @pytest.fixture(autouse=True, params=["c", "python"])
 def hot_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "c" and _hotpath._speedups is None:
+    if request.param == "c" and _native.speedups is None:
         pytest.skip("the C hot path is not built here (no compiler at install, or SCHED_TRACE_PURE_PYTHON=1)")
     if request.param == "python":
-        monkeypatch.setattr(_hotpath, "_speedups", None)
+        monkeypatch.setattr(_native, "speedups", None)
     return request.param

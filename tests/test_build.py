@@ -57,9 +57,9 @@ def test_a_build_without_a_compiler_goes_on_and_traces_in_python(tmp_path):
         import sys  # the checkout's editable install maps sched_trace to itself: not here
         sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
         import sched_trace
-        from sched_trace import _hotpath
+        from sched_trace import _native
         from sched_trace.testing import MemoryRecorder
-        assert _hotpath._speedups is None, _hotpath._speedups
+        assert _native.speedups is None, _native.speedups
         assert sched_trace.__file__.startswith(%r), sched_trace.__file__
 
         @sched_trace.stage("work", microbatch="mb")

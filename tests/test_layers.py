@@ -29,7 +29,7 @@ LAYERS = {
     # 1, leaves: what everything else builds on
     "sched_trace._errors": 1, "sched_trace._events": 1, "sched_trace._clock": 1, "sched_trace._stages": 1,
     "sched_trace._extract": 1, "sched_trace._targets": 1, "sched_trace._options": 1, "sched_trace._protowire": 1,
-    "sched_trace._conditions": 1,
+    "sched_trace._conditions": 1, "sched_trace._native": 1,
     # 2, configuration and identity; trace files and their analysis need only the leaves
     "sched_trace.config": 2, "sched_trace._rank": 2, "sched_trace.profile_check": 2, "sched_trace.source_attrs": 2,
     "sched_trace.traceio": 2, "sched_trace.analysis": 2,

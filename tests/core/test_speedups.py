@@ -18,7 +18,9 @@ import weakref
 import pytest
 
 import sched_trace
-from sched_trace import _clock, _hotpath, _probe
+from sched_trace import _clock, _native, _probe
+from sched_trace.export import Exporter, ExporterPlugin
+from sched_trace.recorder import DEFAULT_CAPACITY, BackgroundExporter, EventBuffer
 
 
 class Batch:
@@ -229,10 +231,132 @@ def test_calls_pass_through_while_torch_compile_traces(sched_trace_recorder):
 def test_the_environment_chooses_the_python_template(hot_path):
     if hot_path == "python":
         pytest.skip("one run is enough")
-    code = "from sched_trace import _hotpath; print(_hotpath._speedups is None)"
+    code = "from sched_trace import _native; print(_native.speedups is None)"
     pure = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           env=dict(os.environ, SCHED_TRACE_PURE_PYTHON="1"))
     assert pure.stdout.strip() == "True"
     built = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={k: v for k, v in os.environ.items() if k != "SCHED_TRACE_PURE_PYTHON"})
-    assert built.stdout.strip() == str(_hotpath._speedups is None)
+    assert built.stdout.strip() == str(_native.speedups is None)
+
+
+# --- the built-in exporters' hook: BackgroundExporter.append in C -----------------------------
+
+
+def exporter_plugin(capacity=DEFAULT_CAPACITY):
+    return ExporterPlugin(ListExporter, "listed", process=False, requests=False, capacity=capacity)
+
+
+class ListExporter(Exporter):
+    batches: list = []
+
+    def export(self, events):
+        ListExporter.batches.append(list(events))
+
+
+def test_an_exporter_plugin_hook_is_called_in_the_form_of_the_hot_path(hot_path):
+    from sched_trace._manager import STAGE_END, get_manager
+
+    plugin = exporter_plugin()
+    sched_trace.register(plugin, name="listed")
+    try:
+        hook = get_manager().event_calls[STAGE_END][-1][0]
+        assert (type(hook).__name__ == "Appender") == (hot_path == "c")
+        ListExporter.batches = []
+        trace_step(microbatch="mb_id")
+        worker, batch = Worker(), Batch([1])
+        for mb in range(50):
+            worker.step(batch, mb)
+        assert plugin.processor.flush(5.0)
+        assert [event.microbatch for batch in ListExporter.batches for event in batch] == list(range(50))
+        assert plugin.processor.stats()["dropped"] == 0
+    finally:
+        sched_trace.unregister(plugin)
+        plugin.stop(5.0)
+
+
+def make_appender(hot_path, capacity):
+    """An Appender on a real EventBuffer whose Python path (``slow``) records what it is handed."""
+    if hot_path == "python":
+        pytest.skip("the C form's own test: one run is enough")
+    buffer, slow = EventBuffer(capacity), []
+    return _native.speedups.Appender(buffer, slow.append), buffer, slow
+
+
+def test_the_c_append_takes_events_only_while_the_thread_runs_and_the_buffer_has_room(hot_path):
+    appender, buffer, slow = make_appender(hot_path, capacity=3)
+    appender("first")  # no thread yet: the Python path starts it
+    assert (list(buffer._items), slow) == ([], ["first"])
+    appender.started = True
+    for event in ("a", "b", "c", "d", "e"):
+        appender(event)
+    assert (list(buffer._items), slow) == (["a", "b", "c"], ["first", "d", "e"])  # full: the Python path drops
+    buffer.capacity = 4  # read on every call
+    appender("f")
+    assert list(buffer._items) == ["a", "b", "c", "f"]
+    buffer._items, buffer.capacity = CountedItems(buffer._items), 10  # another type than when made
+    appender("g")  # its own append
+    assert (list(buffer._items), buffer._items.appended) == (["a", "b", "c", "f"], ["g"])
+    with pytest.raises(TypeError, match="one positional argument"):
+        appender("g", "h")
+    with pytest.raises(TypeError, match="one positional argument"):
+        appender(event="g")
+
+
+class CountedItems(list):
+    """A buffer's items of another type, keeping what was appended apart."""
+
+    def __init__(self, items):
+        super().__init__(items)
+        self.appended = []
+
+    def append(self, item):
+        self.appended.append(item)
+
+
+def test_a_buffer_without_its_slots_takes_the_python_path(hot_path):
+    if hot_path == "python":
+        pytest.skip("the C form's own test: one run is enough")
+
+    class Unslotted:
+        def __init__(self):
+            self.capacity, self._items = 10, []
+
+    slow = []
+    appender = _native.speedups.Appender(Unslotted(), slow.append)
+    appender.started = True
+    appender("x")
+    assert slow == ["x"]
+
+
+def test_the_c_append_follows_the_exporter_thread(hot_path):
+    exported = []
+    exporter = BackgroundExporter(exported.extend, name="follow", capacity=10)
+    appender = exporter._appender
+    if hot_path == "python":
+        assert appender is None
+        return
+    assert not appender.started
+    appender(1)
+    assert appender.started  # the first event started the thread
+    exporter.shutdown(5.0)
+    assert not appender.started and exported == [1]
+    appender(2)  # after a shutdown the next event starts it again
+    assert appender.started
+    assert exporter.flush(5.0) and exported == [1, 2]
+    exporter.shutdown(5.0)
+
+
+def test_every_reference_is_given_back_by_the_c_append(hot_path):
+    appender, buffer, slow = make_appender(hot_path, capacity=2)
+    appender.started = True
+    event, recorded = ("an", "event"), []
+
+    def calls():
+        for _ in range(3):  # two to the buffer, one to the Python path
+            appender(event)
+        recorded.extend(buffer.drain(10))
+        recorded.extend(slow)
+        del slow[:]
+
+    assert_references_given_back(calls, (event, buffer, buffer._items), recorded)
