@@ -129,4 +129,4 @@ def test_the_busy_polled_stages_keep_spans_only_for_work() -> None:
     assert by_target["Scheduler.get_next_batch_to_run"]["keep_if"] == "result.batch_to_run is not None"
     assert by_target["Scheduler.process_input_requests"]["keep_if"] == "recv_reqs"
     extend_tokens = by_target["Scheduler.run_batch"]["attrs"]["extend_tokens"]
-    assert extend_tokens.endswith(" if batch.forward_mode.name in ('EXTEND', 'MIXED')")
+    assert extend_tokens.endswith(" if batch.forward_mode._name_ in ('EXTEND', 'MIXED')")
