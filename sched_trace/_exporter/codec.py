@@ -37,6 +37,7 @@ MAX_STACK = 8192          # characters kept of a traceback (its end: the raising
 CONTEXTS_SENT_LIMIT = 65536
 _ATTRS = 8                # index of ``attrs`` in StageEvent / BatchEvent
 _EVENT_CLASSES = frozenset((StageEvent, BatchEvent, RequestEvent))
+_SEQUENCES = (list, tuple)
 _BASES = ((int, int.__index__), (float, float.__float__), (str, str.__str__), (tuple, tuple),
           (list, list))
 
@@ -159,7 +160,8 @@ class EventEncoder:
         if requests is None:
             ids: list[str] = []
         else:
-            if isinstance(requests, (str, int)) or not isinstance(requests, Iterable):
+            if type(requests) not in _SEQUENCES and (isinstance(requests, (str, int)) or
+                                                     not isinstance(requests, Iterable)):  # an ABC check: slow
                 requests = (requests,)
             try:
                 items = list(requests)  # the scheduler may change its list later: read it once

@@ -107,10 +107,8 @@ class ContextCache:
         self._known: dict[int, list] = {}  # id -> [weak reference, context, sightings]
 
     def context(self, request: Any) -> Context:
-        if isinstance(request, (str, int)):
-            return request_context(request)
         key = id(request)
-        known = self._known.get(key)
+        known = self._known.get(key)  # first: a request seen before is the common case
         if known is not None and known[0]() is not request:  # a new object at a freed one's address
             known = None
         if known is not None:
@@ -119,7 +117,9 @@ class ContextCache:
                 return context
             known[2] = seen = known[2] + 1
             if seen & (seen - 1):  # not a power of two: only the table is read again
-                return context[0], _table.get(context[0])
+                return (context[0], _table.get(context[0])) if _table else context
+        elif isinstance(request, (str, int)):  # never kept (no weak references to them)
+            return request_context(request)
         context = request_context(request)
         if known is not None:
             if context[1] is not None:

@@ -154,3 +154,14 @@ def test_a_request_without_a_context_is_read_again_ever_more_rarely_the_table_at
         assert cache.context(req) == ("counted-1", TP)  # the table: at the next sighting
     finally:
         forget_traceparent("counted-1")
+
+
+def test_a_bare_id_is_its_own_request_and_takes_its_context_from_the_table():
+    cache = ContextCache()
+    assert cache.context("bare-1") == ("bare-1", None)
+    assert cache.context(7) == ("7", None)
+    register_traceparent("bare-1", TP)
+    try:
+        assert [cache.context("bare-1") for _ in range(3)] == [("bare-1", TP)] * 3
+    finally:
+        forget_traceparent("bare-1")
