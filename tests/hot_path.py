@@ -1,7 +1,8 @@
-"""The ``hot_path`` fixture: a test runs on both forms of a probe's hot path, the C one
-(``sched_trace._speedups``, what an install with a compiler runs) and the generated
-Python it follows (``_hotpath``). Probes declared while the test runs take the form its
-parameter names. tests/core and tests/requests use it for every test (their conftest)."""
+"""The ``hot_path`` fixture: a test runs on both forms of the hot path, the C one
+(``sched_trace._speedups``, what an install with a compiler runs) and the Python it
+follows (``_hotpath``'s templates, ``BackgroundExporter.append``). Probes and exporter
+buffers made while the test runs take the form its parameter names (``_native``, the one
+switch). tests/core and tests/requests use it for every test (their conftest)."""
 
 from __future__ import annotations
 
