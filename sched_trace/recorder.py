@@ -214,6 +214,7 @@ class BackgroundExporter:
             self._thread = threading.Thread(target=self._run, name=f"sched-trace-{self.name}", daemon=True)
             self._thread.start()
             self._running(True)
+            _live.add(self)  # again after a shutdown: a fork child must reset it too
 
     def _running(self, running: bool) -> None:
         """Keep the C append in step with the thread: it takes events only while one runs."""

@@ -146,3 +146,26 @@ def test_forked_child_starts_with_an_empty_buffer_and_its_own_thread(tmp_path):
     exporter.flush(5)
     assert exported == ["parent"]
     exporter.shutdown()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_an_exporter_started_again_after_shutdown_is_reset_in_a_fork_child(tmp_path):
+    exported = []
+    exporter = BackgroundExporter(exported.extend, name="again", interval=60)
+    exporter.append("first")
+    exporter.shutdown()
+    exporter.append("again")  # starts it again; held until a flush (interval 60 s)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            exporter.append("child")
+            exporter.flush(5)
+            ok = exported == ["first", "child"]  # the parent's "again" is the parent's to export
+            (tmp_path / "child").write_text("ok" if ok else repr(exported))
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert (tmp_path / "child").read_text() == "ok"
+    exporter.flush(5)
+    assert exported == ["first", "again"]
+    exporter.shutdown()
