@@ -127,22 +127,26 @@ def test_shutdown_flushes_every_plugin(sched_trace_recorder):
     assert [e.name for e in exported] == ["flushed"] * 3
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_forked_child_starts_with_an_empty_buffer_and_its_own_thread(tmp_path):
-    exported = []
-    exporter = BackgroundExporter(exported.extend, name="fork", interval=60)
-    exporter.append("parent")
+def exported_in_fork_child(tmp_path, exporter, exported):
+    """What ``exported`` holds in a fork child after it appends "child" and flushes."""
     pid = os.fork()
     if pid == 0:
         try:
             exporter.append("child")
             exporter.flush(5)
-            ok = exported == ["child"]
-            (tmp_path / "child").write_text("ok" if ok else repr(exported))
+            (tmp_path / "child").write_text(repr(exported))
         finally:
             os._exit(0)
     os.waitpid(pid, 0)
-    assert (tmp_path / "child").read_text() == "ok"
+    return (tmp_path / "child").read_text()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_starts_with_an_empty_buffer_and_its_own_thread(tmp_path):
+    exported = []
+    exporter = BackgroundExporter(exported.extend, name="fork", interval=60)
+    exporter.append("parent")
+    assert exported_in_fork_child(tmp_path, exporter, exported) == repr(["child"])
     exporter.flush(5)
     assert exported == ["parent"]
     exporter.shutdown()
@@ -155,17 +159,8 @@ def test_an_exporter_started_again_after_shutdown_is_reset_in_a_fork_child(tmp_p
     exporter.append("first")
     exporter.shutdown()
     exporter.append("again")  # starts it again; held until a flush (interval 60 s)
-    pid = os.fork()
-    if pid == 0:
-        try:
-            exporter.append("child")
-            exporter.flush(5)
-            ok = exported == ["first", "child"]  # the parent's "again" is the parent's to export
-            (tmp_path / "child").write_text("ok" if ok else repr(exported))
-        finally:
-            os._exit(0)
-    os.waitpid(pid, 0)
-    assert (tmp_path / "child").read_text() == "ok"
+    # the parent's "again" is the parent's to export
+    assert exported_in_fork_child(tmp_path, exporter, exported) == repr(["first", "child"])
     exporter.flush(5)
     assert exported == ["first", "again"]
     exporter.shutdown()
