@@ -163,12 +163,11 @@ def _c_extractor(extractor: Optional[Callable[..., Any]]) -> Optional[tuple]:
 
 
 def _c_attrs(probe: Any, helpers: dict[str, Any]) -> tuple[int, Any]:
-    """(mode, what) of the probe's attributes for ``_speedups``: none, a call, or planned."""
+    """(mode, what) of the probe's attributes for ``_speedups``: none, or planned (each key's
+    extractor and its condition, read where the condition holds, as ``probe.read_attrs``)."""
     if not probe.attrs:
         return 0, helpers["NO_ATTRS"]
-    if any(condition is not None for _, _, condition in probe.attrs):
-        return 1, probe.read_attrs
-    return 2, tuple((key, _c_extractor(read)) for key, read, _ in probe.attrs)
+    return 2, tuple((key, _c_extractor(read), condition) for key, read, condition in probe.attrs)
 
 
 def c_traced(probe: Any, helpers: dict[str, Any]) -> Callable[..., Any]:

@@ -29,7 +29,7 @@ typedef struct {
 } Extractor;
 
 enum { IDS_ENCLOSING = 0, IDS_NEW_BATCH = 1, IDS_IDENTITY = 2 }; /* _hotpath._id_mode */
-enum { ATTRS_NONE = 0, ATTRS_CALL = 1, ATTRS_PLANNED = 2 };
+enum { ATTRS_NONE = 0, ATTRS_PLANNED = 2 }; /* 1, a call of read_attrs, is no longer made */
 
 typedef struct {
     PyObject_HEAD
@@ -51,7 +51,9 @@ typedef struct {
     Py_ssize_t n_fields; /* of the event type: 12 (stage, batch) or 8 (request) */
     PyTypeObject *level_type; /* the type of LEVEL when its ``active`` is a slot (borrowed, held by level_state) */
     Py_ssize_t active_offset; /* where that slot lives in LEVEL; 0: read it as an attribute */
-    PyObject *attrs;      /* ATTRS_NONE: NO_ATTRS; ATTRS_CALL: read_attrs; ATTRS_PLANNED: tuple of keys */
+    PyObject *attrs;      /* ATTRS_NONE: NO_ATTRS; ATTRS_PLANNED: tuple of keys */
+    PyObject *attr_conditions; /* ATTRS_PLANNED with a condition: per key, None or its condition */
+    PyObject *no_attrs;   /* with conditions: NO_ATTRS, what no attribute read gives */
     Extractor mb, size;
     Extractor *attr_extractors; /* ATTRS_PLANNED: n_attrs of them */
 } Traced;
@@ -179,6 +181,8 @@ traced_traverse(Traced *self, visitproc visit, void *arg)
     Py_VISIT(self->span_ids);
     Py_VISIT(self->batch_ids);
     Py_VISIT(self->attrs);
+    Py_VISIT(self->attr_conditions);
+    Py_VISIT(self->no_attrs);
     Py_VISIT(self->keep);
     Py_VISIT(self->decided);
     Py_VISIT(self->idle);
@@ -220,6 +224,8 @@ traced_clear(Traced *self)
     Py_CLEAR(self->span_ids);
     Py_CLEAR(self->batch_ids);
     Py_CLEAR(self->attrs);
+    Py_CLEAR(self->attr_conditions);
+    Py_CLEAR(self->no_attrs);
     Py_CLEAR(self->keep);
     Py_CLEAR(self->decided);
     Py_CLEAR(self->idle);
@@ -345,11 +351,12 @@ find_active_slot(Traced *self)
 static PyObject *traced_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject *kwnames);
 static PyObject *kept_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject *kwnames);
 
-/* The attributes: NO_ATTRS, read_attrs (a call), or ((key, (extractor, plan)), ...). */
+/* The attributes: NO_ATTRS, or ((key, (extractor, plan), condition or None), ...); a key
+ * with a condition is read only where its condition holds (``"EXPR if CONDITION"``). */
 static int
-attrs_init(Traced *self, int attrs_mode, PyObject *attrs)
+attrs_init(Traced *self, int attrs_mode, PyObject *attrs, PyObject *helpers)
 {
-    if (attrs_mode < ATTRS_NONE || attrs_mode > ATTRS_PLANNED) {
+    if (attrs_mode != ATTRS_NONE && attrs_mode != ATTRS_PLANNED) {
         PyErr_SetString(PyExc_ValueError, "attrs_mode out of range");
         return -1;
     }
@@ -359,7 +366,7 @@ attrs_init(Traced *self, int attrs_mode, PyObject *attrs)
         return 0;
     }
     if (!PyTuple_Check(attrs)) {
-        PyErr_SetString(PyExc_TypeError, "planned attrs are a tuple of (key, extractor) pairs");
+        PyErr_SetString(PyExc_TypeError, "planned attrs are a tuple of (key, extractor, condition) triples");
         return -1;
     }
     Py_ssize_t n = PyTuple_GET_SIZE(attrs);
@@ -373,14 +380,32 @@ attrs_init(Traced *self, int attrs_mode, PyObject *attrs)
         return -1;
     }
     self->n_attrs = n;
+    PyObject *conditions = PyTuple_New(n);
+    if (conditions == NULL)
+        return -1;
+    int conditional = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *key, *spec;
-        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(attrs, i), "UO", &key, &spec) ||
-            extractor_init(&self->attr_extractors[i], spec) < 0)
+        PyObject *key, *spec, *condition;
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(attrs, i), "UOO", &key, &spec, &condition) ||
+            extractor_init(&self->attr_extractors[i], spec) < 0) {
+            Py_DECREF(conditions);
             return -1;
+        }
+        if (condition != Py_None && !PyCallable_Check(condition)) {
+            Py_DECREF(conditions);
+            PyErr_Format(PyExc_TypeError, "condition %R of attribute %R is not callable", condition, key);
+            return -1;
+        }
+        conditional |= condition != Py_None;
         PyTuple_SET_ITEM(keys, i, Py_NewRef(key));
+        PyTuple_SET_ITEM(conditions, i, Py_NewRef(condition));
     }
-    return 0;
+    if (!conditional) {
+        Py_DECREF(conditions);
+        return 0;
+    }
+    self->attr_conditions = conditions;
+    return (self->no_attrs = helper(helpers, "NO_ATTRS")) == NULL ? -1 : 0;
 }
 
 static PyObject *
@@ -462,7 +487,7 @@ traced_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     }
     if (extractor_init(&self->mb, mb) < 0 || extractor_init(&self->size, size) < 0)
         goto error;
-    if (attrs_init(self, attrs_mode, attrs) < 0)
+    if (attrs_init(self, attrs_mode, attrs, helpers) < 0)
         goto error;
     return (PyObject *)self;
 error:
@@ -513,12 +538,22 @@ read_attrs(Traced *self, PyObject *instance, PyObject *args, PyObject *kwargs)
 {
     if (self->attrs_mode == ATTRS_NONE)
         return Py_NewRef(self->attrs);
-    if (self->attrs_mode == ATTRS_CALL)
-        return call3(self->attrs, instance, args, kwargs);
     PyObject *extra = PyDict_New();
     if (extra == NULL)
         return NULL;
     for (Py_ssize_t i = 0; i < self->n_attrs; i++) {
+        PyObject *condition = self->attr_conditions ? PyTuple_GET_ITEM(self->attr_conditions, i) : Py_None;
+        if (condition != Py_None) { /* the condition counts what it cannot read and never raises */
+            PyObject *holds = call3(condition, instance, args, kwargs);
+            int truth = holds == NULL ? -1 : PyObject_IsTrue(holds);
+            Py_XDECREF(holds);
+            if (truth < 0) {
+                Py_DECREF(extra);
+                return NULL;
+            }
+            if (!truth)
+                continue;
+        }
         PyObject *value = extract(&self->attr_extractors[i], instance, args, kwargs);
         if (value == NULL || PyDict_SetItem(extra, PyTuple_GET_ITEM(self->attrs, i), value) < 0) {
             Py_XDECREF(value);
@@ -526,6 +561,10 @@ read_attrs(Traced *self, PyObject *instance, PyObject *args, PyObject *kwargs)
             return NULL;
         }
         Py_DECREF(value);
+    }
+    if (self->no_attrs != NULL && PyDict_GET_SIZE(extra) == 0) { /* no condition held: as read_attrs */
+        Py_DECREF(extra);
+        return Py_NewRef(self->no_attrs);
     }
     return extra;
 }
@@ -1218,7 +1257,7 @@ request_traced(PyObject *module, PyObject *args, PyObject *kwds)
             PyErr_SetString(PyExc_TypeError, "a request probe needs a request_id extractor");
         goto error;
     }
-    if (attrs_init(self, attrs_mode, attrs) < 0)
+    if (attrs_init(self, attrs_mode, attrs, helpers) < 0)
         goto error;
     return (PyObject *)self;
 error:

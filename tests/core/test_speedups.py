@@ -121,7 +121,8 @@ def test_every_reference_is_given_back(sched_trace_recorder):
             raise ValueError("exporter bug")
 
     sched_trace.register(Broken(), name="broken-for-references")
-    trace_step(microbatch="mb_id", batch_size="len(batch.reqs)", attrs={"mode": "batch.mode", "who": "self.name"})
+    trace_step(microbatch="mb_id", batch_size="len(batch.reqs)", attrs={
+        "mode": "batch.mode", "who": "self.name", "size": "len(batch.reqs) if batch.mode == 'decode'"})
     worker, batch, token = Worker(), Batch([1, 2]), Token()
     watched = (worker, batch, batch.reqs, token, Worker.step)
 
@@ -182,6 +183,21 @@ def test_every_reference_is_given_back_by_a_request_probe(sched_trace_recorder):
         assert len(events) == 3 * 200
 
     assert_references_given_back(calls, watched, events, check)
+
+
+def test_a_conditional_attribute_is_read_only_where_its_condition_holds(sched_trace_recorder):
+    from sched_trace._events import NO_ATTRS
+
+    trace_step(attrs={"size": "len(batch.reqs) if batch.mode == 'decode'"})
+    worker, decode, prefill = Worker(), Batch([1, 2]), Batch([1])
+    prefill.mode = "prefill"
+    worker.step(decode)
+    worker.step(prefill)
+    worker.step(None)  # the condition cannot read its value: it does not hold, and that is counted
+    attrs = [event.attrs for event in sched_trace_recorder.stages("step")]
+    assert attrs[0] == {"size": 2}
+    assert attrs[1] is NO_ATTRS and attrs[2] is NO_ATTRS  # none held: the shared empty mapping
+    assert sum(sched_trace.stats()["extract_missing"].values()) == 1
 
 
 def test_plain_events_are_left_to_reference_counting(sched_trace_recorder, hot_path):
