@@ -59,7 +59,7 @@ typedef struct {
 } Traced;
 
 static PyTypeObject TracedType;
-static PyObject *str_active, *str_append, *str_is_compiling_flag;
+static PyObject *str_active, *str_append, *str_is_compiling_flag, *str_capacity, *str_items;
 
 /* Wall clock minus monotonic clock (sched_trace._clock sets it: at import, after fork). */
 static long long clock_offset_ns;
@@ -1359,25 +1359,15 @@ appender_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_TypeError, "Appender(buffer, slow): slow is the Python append, a callable");
         return NULL;
     }
-    PyObject *capacity_name = PyUnicode_InternFromString("capacity");
-    PyObject *items_name = PyUnicode_InternFromString("_items");
-    if (capacity_name == NULL || items_name == NULL) {
-        Py_XDECREF(capacity_name);
-        Py_XDECREF(items_name);
-        return NULL;
-    }
     Appender *self = PyObject_GC_New(Appender, type);
-    if (self == NULL) {
-        Py_DECREF(capacity_name);
-        Py_DECREF(items_name);
+    if (self == NULL)
         return NULL;
-    }
     self->vectorcall = appender_vectorcall;
     self->buffer = Py_NewRef(buffer);
     self->slow = Py_NewRef(slow);
     self->buffer_type = Py_TYPE(buffer);
-    self->capacity_offset = slot_offset(self->buffer_type, capacity_name);
-    self->items_offset = slot_offset(self->buffer_type, items_name);
+    self->capacity_offset = slot_offset(self->buffer_type, str_capacity);
+    self->items_offset = slot_offset(self->buffer_type, str_items);
     if (self->capacity_offset == 0)
         self->items_offset = 0;
     self->items_type = NULL;
@@ -1391,8 +1381,6 @@ appender_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         }
     }
     self->started = 0;
-    Py_DECREF(capacity_name);
-    Py_DECREF(items_name);
     PyObject_GC_Track(self);
     return (PyObject *)self;
 }
@@ -1475,7 +1463,9 @@ PyInit__speedups(void)
 {
     if ((str_active = PyUnicode_InternFromString("active")) == NULL ||
         (str_append = PyUnicode_InternFromString("append")) == NULL ||
-        (str_is_compiling_flag = PyUnicode_InternFromString("_is_compiling_flag")) == NULL)
+        (str_is_compiling_flag = PyUnicode_InternFromString("_is_compiling_flag")) == NULL ||
+        (str_capacity = PyUnicode_InternFromString("capacity")) == NULL ||
+        (str_items = PyUnicode_InternFromString("_items")) == NULL)
         return NULL;
     if (PyType_Ready(&TracedType) < 0 || PyType_Ready(&AppenderType) < 0)
         return NULL;

@@ -333,7 +333,7 @@ def c_form(hook: Callable[[Any], None]) -> Callable[[Any], None]:
     bound as a plugin's event hook (pluggy registers the Python method; the plugin
     manager calls this), ``hook`` itself otherwise."""
     if getattr(hook, "__func__", None) is BackgroundExporter.append:
-        return getattr(hook.__self__, "_appender", None) or hook  # type: ignore[attr-defined]
+        return hook.__self__._appender or hook  # type: ignore[attr-defined]
     return hook
 
 

@@ -20,7 +20,7 @@ import pytest
 import sched_trace
 from sched_trace import _clock, _native, _probe
 from sched_trace.export import Exporter, ExporterPlugin
-from sched_trace.recorder import DEFAULT_CAPACITY, BackgroundExporter, EventBuffer
+from sched_trace.recorder import BackgroundExporter, EventBuffer
 
 
 class Batch:
@@ -259,10 +259,6 @@ def test_the_environment_chooses_the_python_template(hot_path):
 # --- the built-in exporters' hook: BackgroundExporter.append in C -----------------------------
 
 
-def exporter_plugin(capacity=DEFAULT_CAPACITY):
-    return ExporterPlugin(ListExporter, "listed", process=False, requests=False, capacity=capacity)
-
-
 class ListExporter(Exporter):
     batches: list = []
 
@@ -273,7 +269,7 @@ class ListExporter(Exporter):
 def test_an_exporter_plugin_hook_is_called_in_the_form_of_the_hot_path(hot_path):
     from sched_trace._manager import STAGE_END, get_manager
 
-    plugin = exporter_plugin()
+    plugin = ExporterPlugin(ListExporter, "listed", process=False, requests=False)
     sched_trace.register(plugin, name="listed")
     try:
         hook = get_manager().event_calls[STAGE_END][-1][0]
