@@ -43,6 +43,13 @@ CASES = {
     "on, built-in exporter hook, pure Python": ("traced", "exporter", "pure"),
     "floor of a Python wrapper: the same event by hand in one frame": ("floor", "exporter"),
 }
+# self.run_batch(...) looked up on the instance at every call, as a scheduler calls it: the
+# method's binding counts too (wrapt's BoundFunctionWrapper, or sched-trace's bound method).
+PER_LOOKUP = {
+    "wrapt": ("wrapt", "none", "", "lookup"),
+    "off": ("traced", "none", "", "lookup"),
+    "on, built-in exporter hook (buffer append)": ("traced", "exporter", "", "lookup"),
+}
 LIMITS = {"off": 1.05, "above level": 1.05, "on, list-append plugin": 3.0,
           "on, built-in exporter hook (buffer append)": 3.0, "on, keep_if drops an idle call": 3.5,
           "off, pure Python": 1.05}
@@ -50,14 +57,14 @@ EXTRA = 10000
 _TOTALS = re.compile(r"^(?:summary|totals):\s*(\d+)", re.M)
 
 
-def child(kind: str, listening: str, calls: int) -> None:
+def child(kind: str, listening: str, calls: int, how: str = "prebound") -> None:
     from . import workload
 
     if listening == "list":
         workload.configure(plugins=(workload.ListPlugin(),), level=4)
     elif listening == "exporter":
         workload.configure(plugins=(_null_exporter_plugin(),), level=4)
-    loop = _floor(workload) if kind == "floor" else workload.caller(kind, prebound=True)
+    loop = _floor(workload) if kind == "floor" else workload.caller(kind, prebound=how == "prebound")
     loop(200 + calls)
 
 
@@ -104,7 +111,7 @@ def _floor(workload: Any) -> Callable[[int], None]:
     return lambda n: workload._loop_prebound(function, batch, n)
 
 
-def _instructions(kind: str, listening: str, calls: int, pure: str = "") -> int:
+def _instructions(kind: str, listening: str, calls: int, pure: str = "", how: str = "prebound") -> int:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, SCHED_TRACE_DISABLE_PLUGIN_AUTOLOAD="1", PYTHONHASHSEED="0")
     if pure:
@@ -113,7 +120,7 @@ def _instructions(kind: str, listening: str, calls: int, pure: str = "") -> int:
         out = os.path.join(directory, "callgrind.out")
         subprocess.run(
             ["valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={out}",
-             sys.executable, "-m", "benchmarks.bench_instructions", kind, listening, str(calls)],
+             sys.executable, "-m", "benchmarks.bench_instructions", kind, listening, str(calls), how],
             cwd=root, capture_output=True, text=True, timeout=600, check=True, env=env,
         )
         main = sorted(glob.glob(out + "-*"))[0]  # thread 1: the one that made the calls
@@ -132,6 +139,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
         return [row(f"skipped ({reason})", float("nan"), None, None, "", group=group)]
     with ThreadPoolExecutor(max_workers=max(1, min(2, os.cpu_count() or 1))) as pool:
         counts = dict(zip(CASES, pool.map(_per_call, CASES.values())))
+        looked_up = dict(zip(PER_LOOKUP, pool.map(_per_call, PER_LOOKUP.values())))
     wrapt = counts["wrapt"]
     rows = [row("wrapt passthrough vs bare call", wrapt, counts["bare"], wrapt / counts["bare"], "instr/call",
                 group=group)]
@@ -142,8 +150,13 @@ def run(quick: bool) -> list[dict[str, Any]]:
                         counts[name], wrapt, ratio, "instr/call",
                         target=f"<= {limit:g}x" if limit else None, met=ratio <= limit if limit else None,
                         group=group))
+    wrapt = looked_up["wrapt"]
+    for name in list(PER_LOOKUP)[1:]:
+        rows.append(row(f"self.run_batch(): traced, {name} vs wrapt", looked_up[name], wrapt,
+                        looked_up[name] / wrapt, "instr/call", group=group,
+                        note="the method looked up on the instance at every call: binding included"))
     return rows
 
 
 if __name__ == "__main__":
-    child(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    child(sys.argv[1], sys.argv[2], int(sys.argv[3]), *sys.argv[4:])

@@ -379,11 +379,16 @@ def replay(calls: dict[str, tuple[Any, tuple, dict]], n: int = 500, repeats: int
     return warm
 
 
-def wrapt_passthrough_ns(calls: int = 20000, repeats: int = 7) -> float:
-    """What a wrapt passthrough proxy adds to one ``self.method()`` call in this process:
-    the floor that any wrapt instrumentation pays, on top of sched-trace's wrapper."""
+def passthrough_ns(traced: bool, calls: int = 20000, repeats: int = 7) -> float:
+    """What a passthrough proxy adds to one ``self.method()`` call in this process: the
+    binding and the wrapper call any instrumentation of a method pays, on top of
+    sched-trace's wrapper. ``traced``: sched-trace's own ``Traced`` (the binding the
+    probes get: C where it is built); else a plain wrapt ``FunctionWrapper``."""
     import statistics
+
     import wrapt
+
+    from sched_trace._instrument import Traced
 
     class Bare:
         def method(self, x: int) -> int:
@@ -392,7 +397,10 @@ def wrapt_passthrough_ns(calls: int = 20000, repeats: int = 7) -> float:
     class Proxied(Bare):
         pass
 
-    Proxied.method = wrapt.FunctionWrapper(vars(Bare)["method"], tiny_vllm._passthrough)  # type: ignore[method-assign]
+    original = vars(Bare)["method"]
+    proxy = Traced(original, tiny_vllm._passthrough, None) if traced else wrapt.FunctionWrapper(
+        original, tiny_vllm._passthrough)
+    Proxied.method = proxy  # type: ignore[method-assign]
 
     def per_call(obj: Any) -> float:
         started = time.perf_counter_ns()
@@ -433,7 +441,8 @@ def main(argv: list[str]) -> int:
             result = run_throughput(llm, cases, args.groups, args.requests, args.tokens, tuple(args.cases.split(",")))
         else:
             result = run_targets(llm, cases, args.groups, args.requests, args.tokens)
-        result["wrapt_passthrough_ns"] = wrapt_passthrough_ns()
+        result["wrapt_passthrough_ns"] = passthrough_ns(traced=False)
+        result["binding_ns"] = passthrough_ns(traced=True)
         import sched_trace
 
         sched_trace.shutdown()

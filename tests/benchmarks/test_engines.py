@@ -51,12 +51,22 @@ def test_step_rows_split_the_step_part_from_the_request_part_and_hold_the_30_us_
     assert "3.5 us for the step's batch and stages" in small["note"]
 
 
-def test_the_table_has_a_row_per_target_that_ran_and_one_for_wrapt() -> None:
-    lines = bench_engines.table({8: targets_result(8), 64: targets_result(64)}).splitlines()
+def test_the_table_has_a_row_per_target_that_ran_and_two_for_the_binding() -> None:
+    lines = bench_engines.table({8: targets_result(8), 64: dict(targets_result(64), binding_ns=200.0)}).splitlines()
     assert lines[0].count("|") == lines[1].count("|") == lines[2].count("|") == lines[-1].count("|") == 9
-    assert [line.split(" | ")[0] for line in lines[2:]] == ["| `EngineCore.step`", "| `Scheduler.add_request`",
-                                                            "| wrapt's proxy, every call above"]
+    assert [line.split(" | ")[0] for line in lines[2:]] == [
+        "| `EngineCore.step`", "| `Scheduler.add_request`", "| binding and wrapper call, every call above",
+        "| (the same with a wrapt proxy's binding, for comparison)"]
     assert "| 1.00 | 1.00 | 3.00 | 1.50 | 3.00 |" in lines[2]
+    # 1 + 6.4 calls per step at batch 64: 7.4 x 0.2 us, and x 0.5 us with wrapt's, of a 1 ms step
+    assert lines[-2].endswith("| 0.20 | | 1.48 | 0.15% |") and lines[-1].endswith("| 0.50 | | 3.70 | 0.37% |")
+
+
+def test_the_step_row_counts_the_binding_and_falls_back_to_wrapt_for_older_results() -> None:
+    (new,) = bench_engines.step_rows({8: dict(targets_result(8), binding_ns=200.0)}, "vLLM")
+    (old,) = bench_engines.step_rows({8: targets_result(8)}, "vLLM")  # wrapt's 500 ns
+    calls_per_step = 1 + 0.8  # the step, and 8 arrivals over 10 steps
+    assert old["value"] - new["value"] == approx(0.3 * calls_per_step)
 
 
 def test_throughput_rows_pair_each_case_with_its_untraced_round() -> None:
