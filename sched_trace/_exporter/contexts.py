@@ -52,13 +52,28 @@ def traceparent_of(rid: str) -> Optional[str]:
     return _table.get(rid)
 
 
-def _field(request: Any, name: str) -> Any:
-    if isinstance(request, Mapping):
-        return request.get(name)
-    return getattr(request, name, None)
+_ID_NAMES = ("rid", "request_id", "id")
+_HEADER_NAMES = ("trace_context", "external_trace_header")
+_MAPPING_KINDS: dict[type, bool] = {}  # per request type: is it a Mapping (an ABC check is slow)
+
+
+def _is_mapping(request: Any) -> bool:
+    kind = type(request)
+    mapping = _MAPPING_KINDS.get(kind)
+    if mapping is None:
+        mapping = isinstance(request, Mapping)
+        if len(_MAPPING_KINDS) < 256:
+            _MAPPING_KINDS[kind] = mapping
+    return mapping
+
+
+def _field(request: Any, name: str, mapping: bool) -> Any:
+    return request.get(name) if mapping else getattr(request, name, None)
 
 
 def _as_traceparent(value: Any) -> Optional[str]:
+    if value is None:
+        return None
     if not isinstance(value, str):
         value = getattr(value, "traceparent", None)  # a carrier object
     return value if isinstance(value, str) and parse_traceparent(value) is not None else None
@@ -69,10 +84,11 @@ def request_context(request: Any) -> Context:
     if isinstance(request, (str, int)):
         rid = str(request)
         return rid, _table.get(rid)
+    mapping = _is_mapping(request)
     rid_value = None
-    for name in ("rid", "request_id", "id"):
+    for name in _ID_NAMES:
         try:
-            rid_value = _field(request, name)
+            rid_value = _field(request, name, mapping)
         except Exception:  # a property that raises is no id
             rid_value = None
         if isinstance(rid_value, (str, int)):
@@ -80,10 +96,10 @@ def request_context(request: Any) -> Context:
         rid_value = None
     rid = str(rid_value) if rid_value is not None else f"obj-{id(request):x}"
     try:
-        value = _as_traceparent(_field(request, "traceparent"))
+        value = _as_traceparent(_field(request, "traceparent", mapping))
         if value is None:
-            for name in ("trace_context", "external_trace_header"):
-                headers = _field(request, name)
+            for name in _HEADER_NAMES:
+                headers = _field(request, name, mapping)
                 if headers is not None:
                     value = _as_traceparent(headers.get("traceparent") if isinstance(headers, Mapping) else headers)
                     break

@@ -165,3 +165,42 @@ def test_a_bare_id_is_its_own_request_and_takes_its_context_from_the_table():
         assert [cache.context("bare-1") for _ in range(3)] == [("bare-1", TP)] * 3
     finally:
         forget_traceparent("bare-1")
+
+
+class Carrier:
+    def __init__(self, traceparent):
+        self.traceparent = traceparent
+
+
+class Headers(dict):
+    """A dict subclass: a Mapping, read by key."""
+
+
+class Raising:
+    @property
+    def rid(self):
+        raise RuntimeError("not yet")
+
+    request_id = "fallback-id"
+
+    @property
+    def traceparent(self):
+        raise RuntimeError("broken")
+
+
+def test_every_place_a_request_keeps_its_id_and_context_is_read():
+    from sched_trace._exporter.contexts import request_context
+
+    (r1,) = rids(1)
+    with_headers, with_carrier = Req(r1), Req(r1)
+    with_headers.trace_context = {"traceparent": TP}
+    with_carrier.external_trace_header = Carrier(TP)
+    cases = [
+        ({"rid": r1, "traceparent": TP}, (r1, TP)),          # a mapping, read by key
+        (Headers(id=7, traceparent=Carrier(TP)), ("7", TP)),  # a dict subclass; a carrier object
+        (with_headers, (r1, TP)), (with_carrier, (r1, TP)),
+        (Req(r1, "not a traceparent"), (r1, None)),
+        (Raising(), ("fallback-id", None)),                     # raising properties: the next name, no context
+    ]
+    for _ in range(2):  # the second time, each type's kind is remembered
+        assert [request_context(request) for request, _ in cases] == [expected for _, expected in cases]
