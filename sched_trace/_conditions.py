@@ -20,6 +20,7 @@ import operator
 import re
 from typing import Any, Callable, Optional
 
+from . import _native
 from ._errors import ExtractorError
 from ._extract import _GRAMMAR, Extractor, Parameters, _check_steps, _count_missing, _root_reader, mapping_items, parse
 
@@ -42,6 +43,9 @@ _COMPARISONS: dict[type, tuple[Callable[[Any, Any], Any], bool, bool]] = {
     ast.In: (operator.contains, False, True), ast.NotIn: (operator.contains, True, True),
 }
 _LITERAL_TYPES = (int, float, str, bool, type(None))
+#: OP -> its code in the C form (``_speedups.Condition``; ``not in`` is ``in`` inverted).
+_OP_CODES = {ast.Eq: 1, ast.NotEq: 2, ast.Lt: 3, ast.LtE: 4, ast.Gt: 5, ast.GtE: 6, ast.Is: 7, ast.IsNot: 8,
+             ast.In: 9, ast.NotIn: 9}
 
 
 def parse_condition(spec: Any, what: str, params: Parameters, *, after_call: bool = False) -> Optional[Condition]:
@@ -86,7 +90,7 @@ def _comparison(op: ast.cmpop, node: ast.expr, what: str, spec: str) -> tuple:
     if isinstance(op, (ast.In, ast.NotIn)) and not isinstance(literal, (tuple, str)):
         raise ExtractorError(f"{what}={spec!r}: 'in' needs a tuple or a string, e.g. ('EXTEND', 'MIXED')")
     function, invert, flip = _COMPARISONS[type(op)]
-    return function, literal, invert, flip
+    return function, literal, invert, flip, _OP_CODES[type(op)]
 
 
 def _literal(node: ast.expr, what: str, spec: str) -> Any:
@@ -104,7 +108,8 @@ def _literal(node: ast.expr, what: str, spec: str) -> Any:
 
 
 def _value_plan(text: str, what: str, spec: str, params: Parameters, after_call: bool) -> tuple:
-    """How a condition reads its VALUE: (from the result, position, bound position, reader, getter, len).
+    """How a condition reads its VALUE: (from the result, position, bound position, reader, getter, len,
+    root, attribute steps).
 
     ``position`` is where the root sits in ``args`` (``bound``: with the instance taken
     out), None when the root is read by ``reader`` (``self``, keywords, defaults).
@@ -122,18 +127,18 @@ def _value_plan(text: str, what: str, spec: str, params: Parameters, after_call:
                 f"{what}={spec!r}: 'result' is the return value, known only after the call; a condition "
                 f"on it belongs in keep_if (decided after the call)"
             )
-        return True, None, None, None, getter, use_len
+        return True, None, None, None, getter, use_len, root, tuple(steps[1:])
     if root != "self":
         params.check(root, what, spec)
     position = params.position.get(root) if root != "self" else None
     bound = (position - 1 if position else 1 << 30) if position is not None else None
-    return False, position, bound, _root_reader(root, params), getter, use_len
+    return False, position, bound, _root_reader(root, params), getter, use_len, root, tuple(steps[1:])
 
 
 # long: one frame per condition (read, compare, negate), as it runs on every call of its target
 def _condition(plan: tuple, compare: Optional[tuple], negate: bool, label: str) -> Condition:
-    from_result, position, bound, reader, getter, use_len = plan
-    op, literal, invert, flip = compare if compare is not None else (None, None, False, False)
+    from_result, position, bound, reader, getter, use_len, root, steps = plan
+    op, literal, invert, flip, code = compare if compare is not None else (None, None, False, False, 0)
 
     def holds(instance: Any, args: tuple, kwargs: dict, result: Any = None) -> bool:
         try:
@@ -162,7 +167,12 @@ def _condition(plan: tuple, compare: Optional[tuple], negate: bool, label: str) 
             return False
 
     holds.spec = label  # type: ignore[attr-defined]
-    return holds
+    speedups = _native.speedups
+    if speedups is None or not (from_result or position is not None or root == "self"):
+        return holds
+    # The C form: the same plan decided without a frame; what it cannot read goes to holds.
+    return speedups.Condition(holds, from_result, -1 if position is None else position,
+                              -1 if bound is None else bound, steps, use_len, code, literal, invert, negate)
 
 
 def _condition_from_callable(function: Callable[..., Any], what: str, after_call: bool) -> Condition:

@@ -108,3 +108,85 @@ def test_callable_conditions() -> None:
     assert keep(None, (), {}, 3) and not keep(None, (), {}, 2)
     with pytest.raises(ExtractorError, match=r"takes \(instance, args, kwargs, result\)"):
         parse_condition(lambda instance: True, "keep_if", PARAMS, after_call=True)
+
+
+def test_the_c_form_decides_a_planned_condition_and_leaves_the_rest_to_python(hot_path) -> None:
+    from sched_trace import _native
+
+    planned = parse_condition("len(batch.reqs) > 0", "when", PARAMS)
+    assert type(planned).__name__ == ("Condition" if hot_path == "c" else "function")
+    assert planned.spec == "when='len(batch.reqs) > 0'"  # the Python condition's own attributes
+
+    def by_keyword(self, *, batch):
+        return batch
+
+    keyword_only = parse_condition("batch.reqs", "when", Parameters(by_keyword))  # no position to plan
+    assert type(keyword_only).__name__ == "function"
+    assert keyword_only(MODE(), (), {"batch": BATCHES[0]}) is True
+    assert (_native.speedups is not None) == (hot_path == "c")
+
+
+class Awkward:
+    """Values whose comparison or truth raises, and one attribute that interrupts."""
+
+    def __eq__(self, other):
+        raise ValueError("no equality")
+
+    def __bool__(self):
+        raise TypeError("no truth")
+
+    @property
+    def stop(self):
+        raise KeyboardInterrupt
+
+
+def test_every_way_in_gives_the_answer_and_count_python_gives(hot_path) -> None:
+    cases = [("batch.note == 'x'", (BATCHES[1],)), ("batch == 3", (Awkward(),)), ("batch", (Awkward(),)),
+             ("not batch", (Awkward(),)), ("mb_id > 1.5", (BATCHES[0], float("nan"))),
+             ("mb_id != 1.5", (BATCHES[0], float("nan"))), ("batch.missing", (BATCHES[0],)),
+             ("len(batch) > 0", (BATCHES[0],)), ("batch is None", (None,)), ("batch is not None", (None,))]
+    for text, args in cases:
+        holds = parse_condition(text, "when", PARAMS)
+        unbound = holds(None, (MODE(),) + args, {})  # called through the class: self in args
+        bound = holds(MODE(), args, {})
+        by_keyword = holds(MODE(), (), dict(zip(("batch", "mb_id"), args)))  # the slow path
+        expected = python_answer(text, *args)
+        assert (unbound, bound, by_keyword) == (expected,) * 3, text
+    before = sched_trace.stats()["extract_missing"].get("when='batch.missing'", 0)
+    parse_condition("batch.missing", "when", PARAMS)(MODE(), (BATCHES[0],), {})
+    assert sched_trace.stats()["extract_missing"]["when='batch.missing'"] == before + 1  # counted once
+    with pytest.raises(KeyboardInterrupt):  # not an Exception: it reaches the scheduler, as in Python
+        parse_condition("batch.stop", "when", PARAMS)(MODE(), (Awkward(),), {})
+
+
+def python_answer(text: str, batch, mb_id=0) -> bool:
+    """What the grammar promises, from Python itself: unreadable or uncomparable is false."""
+    negate, value_text = text.startswith("not "), text.removeprefix("not ")
+    try:
+        value = eval(value_text.split(" ")[0], {"len": len}, {"batch": batch, "mb_id": mb_id})
+    except Exception:
+        return False
+    try:
+        if value_text.split(" ")[0] == value_text:
+            return False if value is None else (not value if negate else bool(value))
+        return bool(eval(text, {}, {"batch": batch, "mb_id": mb_id}))
+    except Exception:
+        return False
+
+
+def test_a_c_condition_gives_back_every_reference(hot_path) -> None:
+    import gc
+    import sys
+
+    holds = parse_condition("len(result.reqs) > 1", "keep_if", PARAMS, after_call=True)
+    keyed = parse_condition("batch.forward_mode.name in ('EXTEND', 'MIXED')", "when", PARAMS)
+    batch, this = BATCHES[0], MODE()
+    watched = (batch, batch.reqs, batch.forward_mode, this)
+    for _ in range(2):
+        holds(this, (batch,), {}, batch), keyed(this, (batch,), {}), keyed(this, (), {"batch": batch})
+    gc.collect()
+    before = [sys.getrefcount(value) for value in watched]
+    for _ in range(500):
+        holds(this, (batch,), {}, batch), keyed(this, (batch,), {}), keyed(this, (), {"batch": batch})
+    gc.collect()
+    assert [sys.getrefcount(value) for value in watched] == before
