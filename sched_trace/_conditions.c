@@ -29,6 +29,7 @@ typedef struct {
 } Condition;
 
 static PyTypeObject ConditionType;
+PyObject *plan_steps(PyObject *value, PyObject *steps, int use_len); /* _speedups.c: as extractors read */
 
 /* The value by the plan (a new reference); NULL without an exception: the slow path. */
 static PyObject *
@@ -48,19 +49,7 @@ plan_value(Condition *self, PyObject *const *argv, Py_ssize_t nargs)
             return NULL;
         value = Py_NewRef(PyTuple_GET_ITEM(args, index));
     }
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(self->steps); i++) {
-        PyObject *next = PyObject_GetAttr(value, PyTuple_GET_ITEM(self->steps, i));
-        Py_DECREF(value);
-        if (next == NULL)
-            return NULL;
-        value = next;
-    }
-    if (self->use_len) {
-        Py_ssize_t length = PyObject_Length(value);
-        Py_DECREF(value);
-        return length < 0 ? NULL : PyLong_FromSsize_t(length);
-    }
-    return value;
+    return plan_steps(value, self->steps, self->use_len);
 }
 
 /* 1 or 0: the comparison (or truth) of value; -1 when it raised something not an Exception. */

@@ -117,6 +117,26 @@ call3(PyObject *function, PyObject *a, PyObject *b, PyObject *c)
     return PyObject_Vectorcall(function, argv, 3, NULL);
 }
 
+/* A plan's attribute steps, then len() when it says so, from its root ``value`` (a reference
+ * it takes): the value (a new reference), or NULL with the exception raised. Conditions
+ * (_conditions.c) read their value the same way. */
+PyObject *
+plan_steps(PyObject *value, PyObject *steps, int use_len)
+{
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(steps); i++) {
+        PyObject *next = PyObject_GetAttr(value, PyTuple_GET_ITEM(steps, i));
+        Py_DECREF(value);
+        if (next == NULL)
+            return NULL;
+        value = next;
+    }
+    if (!use_len)
+        return value;
+    Py_ssize_t length = PyObject_Length(value);
+    Py_DECREF(value);
+    return length < 0 ? NULL : PyLong_FromSsize_t(length);
+}
+
 /* The value (a new reference), or NULL with an exception the template would not catch. */
 static PyObject *
 extract(Extractor *e, PyObject *instance, PyObject *args, PyObject *kwargs)
@@ -137,22 +157,8 @@ extract(Extractor *e, PyObject *instance, PyObject *args, PyObject *kwargs)
             goto slow;
         value = Py_NewRef(PyTuple_GET_ITEM(args, index));
     }
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(e->steps); i++) {
-        PyObject *next = PyObject_GetAttr(value, PyTuple_GET_ITEM(e->steps, i));
-        Py_DECREF(value);
-        if (next == NULL)
-            goto failed;
-        value = next;
-    }
-    if (e->use_len) {
-        Py_ssize_t length = PyObject_Length(value);
-        Py_DECREF(value);
-        if (length < 0)
-            goto failed;
-        return PyLong_FromSsize_t(length);
-    }
-    return value;
-failed:
+    if ((value = plan_steps(value, e->steps, e->use_len)) != NULL)
+        return value;
     if (!PyErr_ExceptionMatches(PyExc_Exception))
         return NULL;
     PyErr_Clear();
