@@ -64,9 +64,11 @@ def _function_wrapper() -> type:
     (``_native.speedups``); without the C form, wrapt binds as always.
     """
     base = wrapt.FunctionWrapper
-    if _native.speedups is None or not isinstance(base.__get__, WrapperDescriptorType):
-        return base
-    return _native.speedups.fast_binding(base)
+    speedups = _native.speedups
+    if speedups is None or not hasattr(speedups, "fast_binding") or not isinstance(base.__get__,
+                                                                                    WrapperDescriptorType):
+        return base  # wrapt's own pure-Python wrappers (WRAPT_DISABLE_EXTENSIONS) define __get__ in Python
+    return speedups.fast_binding(base)
 
 
 class Traced(_function_wrapper()):  # type: ignore[misc]
@@ -78,11 +80,15 @@ class Traced(_function_wrapper()):  # type: ignore[misc]
         super().__init__(wrapped, wrapper)
         self._self_probe = probe
         speedups = _native.speedups
-        if speedups is not None and type(wrapped) is FunctionType and hasattr(speedups, "TracedMethod"):
+        if BINDS_IN_C and speedups is not None and type(wrapped) is FunctionType:
             self._self_method = speedups.TracedMethod(wrapped, wrapper)
 
     def __reduce_ex__(self, protocol: int) -> Any:
         return resolve_qualname, (self.__module__, self.__qualname__)
+
+
+#: Whether ``obj.method`` can be bound in C here (the extension built, wrapt's C wrappers).
+BINDS_IN_C = Traced.__base__ is not wrapt.FunctionWrapper
 
 
 def _declare(name: str, level: int, kind: str, function: Any, options: dict, where: str) -> Any:
