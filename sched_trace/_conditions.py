@@ -33,19 +33,18 @@ _CONDITION_HELP = (
     "in, not in, <, <=, >, >=, LITERAL a number, a quoted string, None, True, False or a tuple of them: "
     "e.g. 'result is not None', 'len(recv_reqs) > 0', \"batch.forward_mode.name in ('EXTEND', 'MIXED')\""
 )
-#: OP -> (operator, invert, flip): the comparison is ``operator(value, literal)`` (``flip``:
-#: ``operator(literal, value)``), negated when ``invert``. C functions: no frame per call.
-_COMPARISONS: dict[type, tuple[Callable[[Any, Any], Any], bool, bool]] = {
-    ast.Eq: (operator.eq, False, False), ast.NotEq: (operator.ne, False, False),
-    ast.Lt: (operator.lt, False, False), ast.LtE: (operator.le, False, False),
-    ast.Gt: (operator.gt, False, False), ast.GtE: (operator.ge, False, False),
-    ast.Is: (operator.is_, False, False), ast.IsNot: (operator.is_not, False, False),
-    ast.In: (operator.contains, False, True), ast.NotIn: (operator.contains, True, True),
+#: OP -> (operator, invert, flip, code): the comparison is ``operator(value, literal)``
+#: (``flip``: ``operator(literal, value)``), negated when ``invert``. C functions: no frame
+#: per call. ``code``: the OP in the C form (``_speedups.Condition``; ``not in`` is ``in``
+#: inverted).
+_COMPARISONS: dict[type, tuple[Callable[[Any, Any], Any], bool, bool, int]] = {
+    ast.Eq: (operator.eq, False, False, 1), ast.NotEq: (operator.ne, False, False, 2),
+    ast.Lt: (operator.lt, False, False, 3), ast.LtE: (operator.le, False, False, 4),
+    ast.Gt: (operator.gt, False, False, 5), ast.GtE: (operator.ge, False, False, 6),
+    ast.Is: (operator.is_, False, False, 7), ast.IsNot: (operator.is_not, False, False, 8),
+    ast.In: (operator.contains, False, True, 9), ast.NotIn: (operator.contains, True, True, 9),
 }
 _LITERAL_TYPES = (int, float, str, bool, type(None))
-#: OP -> its code in the C form (``_speedups.Condition``; ``not in`` is ``in`` inverted).
-_OP_CODES = {ast.Eq: 1, ast.NotEq: 2, ast.Lt: 3, ast.LtE: 4, ast.Gt: 5, ast.GtE: 6, ast.Is: 7, ast.IsNot: 8,
-             ast.In: 9, ast.NotIn: 9}
 
 
 def parse_condition(spec: Any, what: str, params: Parameters, *, after_call: bool = False) -> Optional[Condition]:
@@ -89,8 +88,8 @@ def _comparison(op: ast.cmpop, node: ast.expr, what: str, spec: str) -> tuple:
                              f"for other values")
     if isinstance(op, (ast.In, ast.NotIn)) and not isinstance(literal, (tuple, str)):
         raise ExtractorError(f"{what}={spec!r}: 'in' needs a tuple or a string, e.g. ('EXTEND', 'MIXED')")
-    function, invert, flip = _COMPARISONS[type(op)]
-    return function, literal, invert, flip, _OP_CODES[type(op)]
+    function, invert, flip, code = _COMPARISONS[type(op)]
+    return function, literal, invert, flip, code
 
 
 def _literal(node: ast.expr, what: str, spec: str) -> Any:
