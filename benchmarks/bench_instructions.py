@@ -150,10 +150,10 @@ def run(quick: bool) -> list[dict[str, Any]]:
                         counts[name], wrapt, ratio, "instr/call",
                         target=f"<= {limit:g}x" if limit else None, met=ratio <= limit if limit else None,
                         group=group))
-    wrapt = looked_up["wrapt"]
+    wrapt_looked_up = looked_up["wrapt"]
     for name in list(PER_LOOKUP)[1:]:
-        rows.append(row(f"self.run_batch(): traced, {name} vs wrapt", looked_up[name], wrapt,
-                        looked_up[name] / wrapt, "instr/call", group=group,
+        rows.append(row(f"self.run_batch(): traced, {name} vs wrapt", looked_up[name], wrapt_looked_up,
+                        looked_up[name] / wrapt_looked_up, "instr/call", group=group,
                         note="the method looked up on the instance at every call: binding included"))
     return rows
 
