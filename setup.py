@@ -7,6 +7,7 @@ compiler the build goes on and sched-trace runs the same hot path in Python.
 
 from setuptools import Extension, setup
 
-SOURCES = ["sched_trace/_speedups.c", "sched_trace/_binding.c", "sched_trace/_conditions.c"]
+SOURCES = ["sched_trace/_speedups.c", "sched_trace/_binding.c", "sched_trace/_conditions.c",
+           "sched_trace/_encode.c"]
 
 setup(ext_modules=[Extension("sched_trace._speedups", SOURCES, optional=True)])

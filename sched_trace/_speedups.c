@@ -61,6 +61,7 @@ typedef struct {
 static PyTypeObject TracedType;
 int binding_init(PyObject *module);    /* _binding.c: a traced method bound to its instance */
 int conditions_init(PyObject *module); /* _conditions.c: a condition decided by its plan */
+int encode_init(PyObject *module);     /* _encode.c: an events frame's payload */
 static PyObject *str_active, *str_append, *str_is_compiling_flag, *str_capacity, *str_items;
 
 /* Wall clock minus monotonic clock (sched_trace._clock sets it: at import, after fork). */
@@ -1482,7 +1483,7 @@ PyInit__speedups(void)
         return NULL;
     if (PyModule_AddObjectRef(module, "Traced", (PyObject *)&TracedType) < 0 ||
         PyModule_AddObjectRef(module, "Appender", (PyObject *)&AppenderType) < 0 || binding_init(module) < 0 ||
-        conditions_init(module) < 0) {
+        conditions_init(module) < 0 || encode_init(module) < 0) {
         Py_DECREF(module);
         return NULL;
     }

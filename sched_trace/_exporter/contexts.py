@@ -120,7 +120,9 @@ class ContextCache:
     """
 
     def __init__(self) -> None:
-        self._known: dict[int, list] = {}  # id -> [weak reference, context, sightings]
+        # id -> [weak reference, context, sightings]; the C encoder (_encode.c, context_of) reads and
+        # counts in it the same way: change both or neither
+        self._known: dict[int, list] = {}
 
     def context(self, request: Any) -> Context:
         key = id(request)

@@ -1,9 +1,15 @@
-"""The one event encoding: what goes into a frame comes out as the same events, read by field name."""
+"""The one event encoding: what goes into a frame comes out as the same events, read by field name.
+
+Every test runs on both forms of the encoder (tests/hot_path.py): the C writer
+(``_speedups.encode_frame``) and the pickler it follows."""
 
 from __future__ import annotations
 
 import enum
+import math
 import pickle
+import pickletools
+import sys
 import uuid
 from types import MappingProxyType
 
@@ -13,6 +19,7 @@ from sched_trace._events import NO_ATTRS, BatchEvent, RankInfo, RecordedError, R
 from sched_trace.export import (EventEncoder, decode_events, forget_traceparent, plain_value, register_traceparent,
                                 traceparent_of)
 from sched_trace._exporter.contexts import ContextCache
+from tests.hot_path import hot_path  # noqa: F401 (an autouse fixture: both forms)
 
 TP = "00-0000000000000000000000000000abcd-00000000000000ef-01"
 RANK = RankInfo("host", 11, 22, "Scheduler", tp_rank=0, pp_rank=1, dp_rank=None, extra=(("stage_index", 3),))
@@ -204,3 +211,151 @@ def test_every_place_a_request_keeps_its_id_and_context_is_read():
     ]
     for _ in range(2):  # the second time, each type's kind is remembered
         assert [request_context(request) for request, _ in cases] == [expected for _, expected in cases]
+
+
+# --- the C writer: the same frame as the pickler, or the pickler's ------------------
+
+
+def python_form() -> EventEncoder:
+    encoder = EventEncoder()
+    encoder._fast = None
+    return encoder
+
+
+def same(left, right) -> bool:
+    """Equal, NaN included (repr tells -0.0 from 0.0 and a tuple from a list, as == does not)."""
+    return repr(left) == repr(right)
+
+
+VALUES = [None, True, False, 0, 1, 255, 256, 65535, 65536, -1, -255, -256, -65536, 2 ** 31 - 1, 2 ** 31,
+          -2 ** 31, -2 ** 31 - 1, 2 ** 40, -2 ** 40, 2 ** 63 - 1, -2 ** 63, 0.0, -0.0, 1.5, -2.25e300, math.inf,
+          -math.inf, math.nan, "", "x", "naïve ☃", "é" * 200, b"", b"\x00ab", b"x" * 300, (), (1, "a"), [],
+          [1, [2, (3, None)]], {}, {"a": {"b": [None, 1.0]}}, {1: "int key", (2, 3): "tuple key"}, NO_ATTRS]
+
+
+@pytest.mark.parametrize("value", VALUES, ids=[repr(v)[:24] for v in VALUES])
+def test_the_c_writer_writes_what_the_pickler_writes(hot_path, value):
+    events = [stage(value=value, name="x"), RequestEvent("arrived", 1, "r-plain", RANK, 10, None, None, NO_ATTRS),
+              BatchEvent("step", 1, 90, 210, RANK, None, 3, 8, {"value": value}, None, 4, 0), stage(value=value)]
+    encoder = EventEncoder()
+    payload = encoder.encode(events)
+    pickletools.dis(payload, out=open("/dev/null", "w"))  # well-formed, opcode by opcode
+    assert same(pickle.loads(payload), pickle.loads(python_form().encode(events)))
+    decoded = decode_events(payload)
+    assert same(decoded, decode_events(python_form().encode(events)))
+    assert decoded == events or value != value  # NaN: never equal to itself
+    assert decoded[0].rank is decoded[1].rank is decoded[3].rank  # one RankInfo per frame
+    assert (encoder.frames_in_c, encoder.frames_in_python) == ((1, 0) if hot_path == "c" else (0, 1))
+
+
+NOT_PLAIN = [Mode.DECODE, Opaque(), 2 ** 64, -2 ** 63 - 1, "lone \ud800 surrogate", MappingProxyType({"a": 1}),
+             {"a": Mode.DECODE}, [Opaque()], {1, 2}, bytearray(b"ab")]
+
+
+@pytest.mark.parametrize("value", NOT_PLAIN, ids=[repr(v)[:24] for v in NOT_PLAIN])
+def test_a_frame_with_anything_else_is_the_picklers(hot_path, value):
+    events = [stage(v=1), stage(value=value), stage(v=2)]
+    encoder = EventEncoder()
+    payload = encoder.encode(events)
+    assert payload == python_form().encode(events)
+    assert (encoder.frames_in_c, encoder.frames_in_python) == (0, 1)
+
+
+def test_nesting_deeper_than_the_writer_goes_and_a_list_holding_itself_are_the_picklers():
+    deep: list = []
+    for _ in range(40):
+        deep = [deep]
+    looped: list = [1]
+    looped.append(looped)
+    encoder = EventEncoder()
+    decoded = decode_events(encoder.encode([stage(deep=deep, looped=looped)]))[0]
+    assert decoded.attrs["deep"] == deep and decoded.attrs["looped"][1] is decoded.attrs["looped"]
+    assert encoder.frames_in_c == 0
+
+
+def test_many_strings_and_ranks_in_one_frame():
+    """Past the writer's memo table (1,536 objects) strings are written out; past 64 ranks, each rank is."""
+    ranks = [RANK._replace(tid=tid) if hasattr(RANK, "_replace") else RankInfo("host", 11, tid, "Scheduler", 0, 1,
+                                                                                None, ()) for tid in range(80)]
+    events = [StageEvent(f"stage-{i}", 2, i, i + 1, ranks[i % 80], None, i, 1, {f"key-{i}": f"value-{i}"}, None, i,
+                         None) for i in range(3000)]
+    events += events[:100]  # seen again: fetched by memo (index over 255: LONG_BINGET) or written again
+    encoder = EventEncoder()
+    decoded = decode_events(encoder.encode(events))
+    assert decoded == events
+    assert decoded[3000].name == "stage-0" and decoded[3000].rank == ranks[0]
+
+
+def test_request_ids_through_the_remembered_contexts_count_their_sightings_as_the_cache_does():
+    class Counted:
+        reads = 0
+
+        @property
+        def rid(self):
+            Counted.reads += 1
+            return "counted-2"
+
+    encoder, req = EventEncoder(), Counted()
+    frames = [pickle.loads(encoder.encode([stage(requests=[req])])) for _ in range(100)]
+    assert [fields[0][8]["requests"] for _, _, fields in frames] == [("counted-2",)] * 100
+    assert Counted.reads == 7 and all(contexts == [] for contexts, _, _ in frames)  # 1, 2, 4 ... 64
+    register_traceparent("counted-2", TP)
+    try:
+        assert pickle.loads(encoder.encode([stage(requests=(req,))]))[0] == [("counted-2", TP)]  # the table, at once
+        assert pickle.loads(encoder.encode([stage(requests=[req])]))[0] == []  # sent once
+    finally:
+        forget_traceparent("counted-2")
+    attached = Req(rids(1)[0])
+    encoder.encode([stage(requests=[attached])] * 3)  # sightings 1-3: no context
+    attached.traceparent = TP
+    contexts = [pickle.loads(encoder.encode([stage(requests=[attached])]))[0] for _ in range(3)]
+    assert contexts == [[(attached.rid, TP)], [], []]  # read again at sighting 4
+
+
+def test_a_new_request_at_a_freed_ones_address_is_read_afresh_by_the_encoder():
+    encoder = EventEncoder()
+    for index in range(200):  # freed objects' addresses are reused quickly
+        req = Req(f"reused-{index}", TP if index % 2 else None)
+        contexts, _, fields = pickle.loads(encoder.encode([stage(requests=[req, req])]))
+        assert fields[0][8]["requests"] == (f"reused-{index}",) * 2
+        assert contexts == ([(f"reused-{index}", TP)] if index % 2 else [])
+        del req
+
+
+REQUESTS = {"none": (lambda: None, ()), "bare": (lambda: "bare-id", ("bare-id",)), "one": (lambda: Req("single"), ("single",)),
+            "set": (lambda: {Req("in-a-set")}, ("in-a-set",)), "iterator": (lambda: iter([Req("in-gen")]), ("in-gen",))}
+
+
+@pytest.mark.parametrize("kind", REQUESTS)
+def test_requests_that_are_not_a_list_or_tuple_follow_the_python_rules(kind):
+    make, expected = REQUESTS[kind]
+    assert pickle.loads(EventEncoder().encode([stage(requests=make())]))[2][0][8]["requests"] == expected
+
+
+def test_contexts_found_before_the_pickler_takes_over_travel_once(hot_path):
+    (r1, r2) = rids(2)
+    register_traceparent(r2, TP)
+    try:
+        encoder = EventEncoder()
+        events = [stage(requests=[Req(r1, TP)]), RequestEvent("arrived", 1, r2, RANK, 1, None, None, NO_ATTRS),
+                  stage(mode=Mode.DECODE)]  # the C writer meets this last, after both contexts
+        contexts, _, fields = pickle.loads(encoder.encode(events))
+        assert contexts == [(r1, TP), (r2, TP)] and fields[2][8] == {"mode": 2}
+        assert encoder.frames_in_python == 1
+        assert pickle.loads(encoder.encode(events))[0] == []
+    finally:
+        forget_traceparent(r2)
+
+
+def test_the_writer_gives_back_every_reference_it_takes(hot_path):
+    req, name, value = Req(rids(1)[0], TP), "held-name", "held-value"
+    attrs = {"requests": [req], "v": value, "n": [1, 2]}
+    events = [StageEvent(name, 2, 1, 2, RANK, None, 1, 1, attrs, None, 1, None),
+              RequestEvent("arrived", 1, req.rid, RANK, 1, None, None, NO_ATTRS)]
+    encoder = EventEncoder()
+    encoder.encode(events)  # the first sighting keeps the request's context: counted from here
+    watched = [req, name, value, attrs, attrs["n"], RANK, req.rid, NO_ATTRS, events[0], StageEvent]
+    before = [sys.getrefcount(obj) for obj in watched]
+    for _ in range(500):
+        encoder.encode(events)
+    assert [sys.getrefcount(obj) for obj in watched] == before

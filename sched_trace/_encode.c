@@ -1,0 +1,693 @@
+/* sched_trace._speedups.encode_frame: an events frame's payload, written in C.
+ *
+ * The exporter thread's work, under the scheduler's GIL, was a Python loop over the
+ * events (a tuple copy each, a look for ``requests``) and then the pickler's generic
+ * walk (a memo entry for every tuple and dict). This writes the same pickle (protocol 5)
+ * of ``(contexts, classes, fields)`` that codec.EventEncoder's Python form writes, so
+ * the receiving side (codec.decode_events: ``pickle.loads``) is the same for both:
+ *
+ *   - each event's fields as a plain tuple, straight from the event (no copy);
+ *   - its class, and a RankInfo, once per frame (the Python form's ``rank_args`` gives
+ *     what a RankInfo is rebuilt from), then by memo reference, as the pickler does;
+ *   - strings once per frame, then by memo reference (by identity: the names of a
+ *     frame's events are the same few objects);
+ *   - a ``requests`` attribute through the Python form's ``request_ids`` (the ids, and
+ *     the trace contexts to send), a request event's id through ``context_of_request``
+ *     unless ``sent`` holds it: the only Python calls left, and the same ones.
+ *
+ * Only plain data is written here: None, bool, int (64 bits), float, str, bytes, and
+ * tuples, lists and dicts of them, ``NO_ATTRS`` as an empty dict. Anything else (an
+ * exception, an enum, a user object, a larger int, a str with lone surrogates) makes
+ * it answer None, and the Python form encodes the frame with what the callbacks did so
+ * far (the contexts found stay in ``contexts``; ``sent`` knows them).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <limits.h>
+#include <string.h>
+
+#define NOT_PLAIN 1
+#define MAX_DEPTH 32
+#define MEMO_SLOTS 2048 /* a power of two; filled to three quarters at most */
+#define MAX_RANKS 64
+
+typedef struct {
+    char *data;
+    Py_ssize_t size, capacity;
+} Buffer;
+
+typedef struct {
+    PyObject *key; /* borrowed: alive as long as the events (or ``keep``) hold it */
+    Py_ssize_t index;
+} MemoSlot;
+
+typedef struct {
+    Buffer *out;
+    int memo_on;
+    Py_ssize_t memo_used, next_index;
+    MemoSlot memo[MEMO_SLOTS];
+    PyObject *ranks[MAX_RANKS];
+    Py_ssize_t rank_index[MAX_RANKS];
+    int n_ranks;
+    Py_ssize_t global_index[4]; /* memo index of each event class and RankInfo; -1: not written yet */
+    PyObject *kinds[4];         /* StageEvent, BatchEvent, RequestEvent, RankInfo (borrowed) */
+    PyObject *no_attrs, *rank_args, *keep;
+    /* a batch's requests: the Python form's ContextCache (its table of known requests and its
+     * ``context``), the trace context table, ``sent`` and ``_send``; NULL known: call request_ids */
+    PyObject *known, *context, *table, *sent, *send;
+} Writer;
+
+static PyObject *str_requests, *str_module, *str_qualname;
+
+static int
+grow(Buffer *b, Py_ssize_t need)
+{
+    Py_ssize_t capacity = b->capacity ? b->capacity : 4096;
+    while (capacity < b->size + need)
+        capacity *= 2;
+    char *data = PyMem_Realloc(b->data, capacity);
+    if (data == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->data = data;
+    b->capacity = capacity;
+    return 0;
+}
+
+static inline int
+put(Buffer *b, const char *bytes, Py_ssize_t n)
+{
+    if (b->size + n > b->capacity && grow(b, n) < 0)
+        return -1;
+    memcpy(b->data + b->size, bytes, n);
+    b->size += n;
+    return 0;
+}
+
+static inline int
+put1(Buffer *b, char op)
+{
+    if (b->size + 1 > b->capacity && grow(b, 1) < 0)
+        return -1;
+    b->data[b->size++] = op;
+    return 0;
+}
+
+static inline int
+put_sized(Buffer *b, char short_op, char long_op, const char *bytes, Py_ssize_t n)
+{
+    char head[5];
+    if (n < 256) {
+        head[0] = short_op;
+        head[1] = (char)n;
+        if (put(b, head, 2) < 0)
+            return -1;
+    }
+    else {
+        if (n > 0xffffffffLL) {
+            PyErr_SetString(PyExc_OverflowError, "a string over 4 GiB in an event");
+            return -1;
+        }
+        uint32_t size = (uint32_t)n;
+        head[0] = long_op;
+        for (int i = 0; i < 4; i++)
+            head[1 + i] = (char)(size >> (8 * i));
+        if (put(b, head, 5) < 0)
+            return -1;
+    }
+    return put(b, bytes, n);
+}
+
+/* --- the memo: objects written once, then fetched by index -------------------- */
+
+static inline size_t
+slot_of(PyObject *key)
+{
+    return (size_t)(((uintptr_t)key >> 4) * 0x9E3779B97F4A7C15ULL) & (MEMO_SLOTS - 1);
+}
+
+static Py_ssize_t
+memo_get(Writer *w, PyObject *key)
+{
+    for (size_t slot = slot_of(key);; slot = (slot + 1) & (MEMO_SLOTS - 1)) {
+        if (w->memo[slot].key == key)
+            return w->memo[slot].index;
+        if (w->memo[slot].key == NULL)
+            return -1;
+    }
+}
+
+/* After the object is on the unpickler's stack: MEMOIZE it, if the table has room. */
+static int
+memo_put(Writer *w, PyObject *key)
+{
+    if (w->memo_used >= MEMO_SLOTS * 3 / 4)
+        return 0;
+    size_t slot = slot_of(key);
+    while (w->memo[slot].key != NULL)
+        slot = (slot + 1) & (MEMO_SLOTS - 1);
+    w->memo[slot].key = key;
+    w->memo[slot].index = w->next_index++;
+    w->memo_used++;
+    return put1(w->out, '\x94'); /* MEMOIZE */
+}
+
+static int
+put_get(Buffer *b, Py_ssize_t index)
+{
+    char op[5];
+    if (index < 256) {
+        op[0] = 'h'; /* BINGET */
+        op[1] = (char)index;
+        return put(b, op, 2);
+    }
+    op[0] = 'j'; /* LONG_BINGET */
+    for (int i = 0; i < 4; i++)
+        op[1 + i] = (char)((uint32_t)index >> (8 * i));
+    return put(b, op, 5);
+}
+
+/* --- values ------------------------------------------------------------------- */
+
+static int
+write_long(Writer *w, PyObject *value)
+{
+    int overflow;
+    long long x = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (overflow)
+        return NOT_PLAIN;
+    if (x == -1 && PyErr_Occurred())
+        return -1;
+    char op[10];
+    if (x >= 0 && x < 256) {
+        op[0] = 'K'; /* BININT1 */
+        op[1] = (char)x;
+        return put(w->out, op, 2);
+    }
+    if (x >= 0 && x < 65536) {
+        op[0] = 'M'; /* BININT2 */
+        op[1] = (char)(x & 0xff);
+        op[2] = (char)(x >> 8);
+        return put(w->out, op, 3);
+    }
+    if (x >= INT32_MIN && x <= INT32_MAX) {
+        op[0] = 'J'; /* BININT */
+        uint32_t bits = (uint32_t)(int32_t)x;
+        for (int i = 0; i < 4; i++)
+            op[1 + i] = (char)(bits >> (8 * i));
+        return put(w->out, op, 5);
+    }
+    /* LONG1: the fewest little-endian two's complement bytes */
+    uint64_t bits = (uint64_t)x;
+    unsigned char bytes[8];
+    for (int i = 0; i < 8; i++)
+        bytes[i] = (unsigned char)(bits >> (8 * i));
+    int n = 8;
+    while (n > 1 && ((bytes[n - 1] == 0x00 && !(bytes[n - 2] & 0x80)) ||
+                     (bytes[n - 1] == 0xff && (bytes[n - 2] & 0x80))))
+        n--;
+    op[0] = '\x8a';
+    op[1] = (char)n;
+    memcpy(op + 2, bytes, n);
+    return put(w->out, op, 2 + n);
+}
+
+static int
+write_float(Writer *w, PyObject *value)
+{
+    double x = PyFloat_AS_DOUBLE(value);
+    uint64_t bits;
+    memcpy(&bits, &x, 8);
+    char op[9];
+    op[0] = 'G'; /* BINFLOAT: big-endian IEEE 754 */
+    for (int i = 0; i < 8; i++)
+        op[1 + i] = (char)(bits >> (8 * (7 - i)));
+    return put(w->out, op, 9);
+}
+
+static int
+write_str(Writer *w, PyObject *value)
+{
+    if (w->memo_on) {
+        Py_ssize_t index = memo_get(w, value);
+        if (index >= 0)
+            return put_get(w->out, index);
+    }
+    Py_ssize_t n;
+    const char *text = PyUnicode_AsUTF8AndSize(value, &n);
+    if (text == NULL) { /* lone surrogates: the pickler writes them its own way */
+        if (!PyErr_ExceptionMatches(PyExc_UnicodeEncodeError))
+            return -1;
+        PyErr_Clear();
+        return NOT_PLAIN;
+    }
+    if (put_sized(w->out, '\x8c', 'X', text, n) < 0) /* SHORT_BINUNICODE, BINUNICODE */
+        return -1;
+    return w->memo_on ? memo_put(w, value) : 0;
+}
+
+static int write_value(Writer *w, PyObject *value, int depth);
+
+static int
+write_items(Writer *w, PyObject *const *items, Py_ssize_t n, int depth)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int done = write_value(w, items[i], depth);
+        if (done)
+            return done;
+    }
+    return 0;
+}
+
+static int
+write_tuple(Writer *w, PyObject *value, int depth)
+{
+    Py_ssize_t n = PyTuple_GET_SIZE(value);
+    if (n == 0)
+        return put1(w->out, ')'); /* EMPTY_TUPLE */
+    if (put1(w->out, '(') < 0)     /* MARK */
+        return -1;
+    int done = write_items(w, &PyTuple_GET_ITEM(value, 0), n, depth);
+    return done ? done : put1(w->out, 't'); /* TUPLE */
+}
+
+static int
+write_list(Writer *w, PyObject *value, int depth)
+{
+    if (put1(w->out, ']') < 0) /* EMPTY_LIST */
+        return -1;
+    Py_ssize_t n = PyList_GET_SIZE(value);
+    if (n == 0)
+        return 0;
+    if (put1(w->out, '(') < 0)
+        return -1;
+    /* Nothing written here runs Python code, so the list cannot change under us. */
+    int done = write_items(w, &PyList_GET_ITEM(value, 0), n, depth);
+    return done ? done : put1(w->out, 'e'); /* APPENDS */
+}
+
+static int
+write_dict(Writer *w, PyObject *value, int depth)
+{
+    if (put1(w->out, '}') < 0) /* EMPTY_DICT */
+        return -1;
+    if (PyDict_GET_SIZE(value) == 0)
+        return 0;
+    if (put1(w->out, '(') < 0)
+        return -1;
+    Py_ssize_t position = 0;
+    PyObject *key, *item;
+    while (PyDict_Next(value, &position, &key, &item)) {
+        int done = write_value(w, key, depth);
+        if (!done)
+            done = write_value(w, item, depth);
+        if (done)
+            return done;
+    }
+    return put1(w->out, 'u'); /* SETITEMS */
+}
+
+/* 0 written, NOT_PLAIN (nothing to rely on was written), -1 an exception. */
+static int
+write_value(Writer *w, PyObject *value, int depth)
+{
+    PyTypeObject *type = Py_TYPE(value);
+    if (value == Py_None)
+        return put1(w->out, 'N');
+    if (type == &PyUnicode_Type)
+        return write_str(w, value);
+    if (type == &PyLong_Type)
+        return write_long(w, value);
+    if (type == &PyBool_Type)
+        return put1(w->out, value == Py_True ? '\x88' : '\x89'); /* NEWTRUE, NEWFALSE */
+    if (type == &PyFloat_Type)
+        return write_float(w, value);
+    if (depth >= MAX_DEPTH) /* deeper (or a container holding itself): the pickler's memo copes */
+        return NOT_PLAIN;
+    if (type == &PyTuple_Type)
+        return write_tuple(w, value, depth + 1);
+    if (type == &PyDict_Type)
+        return write_dict(w, value, depth + 1);
+    if (type == &PyList_Type)
+        return write_list(w, value, depth + 1);
+    if (type == &PyBytes_Type)
+        return put_sized(w->out, 'C', 'B', PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value)); /* SHORT_BINBYTES, BINBYTES */
+    if (value == w->no_attrs)
+        return put1(w->out, '}');
+    return NOT_PLAIN;
+}
+
+/* --- classes and ranks ---------------------------------------------------------- */
+
+static int
+write_global(Writer *w, int kind)
+{
+    if (w->global_index[kind] >= 0)
+        return put_get(w->out, w->global_index[kind]);
+    PyObject *module = PyObject_GetAttr(w->kinds[kind], str_module);
+    PyObject *name = module ? PyObject_GetAttr(w->kinds[kind], str_qualname) : NULL;
+    int done = -1;
+    if (name != NULL && PyUnicode_CheckExact(module) && PyUnicode_CheckExact(name)) {
+        int saved = w->memo_on;
+        w->memo_on = 0; /* both are fetched by the global's own memo entry from here on */
+        done = write_str(w, module);
+        if (!done)
+            done = write_str(w, name);
+        w->memo_on = saved;
+        if (!done && (done = put1(w->out, '\x93')) == 0) { /* STACK_GLOBAL */
+            w->global_index[kind] = w->next_index++;
+            done = put1(w->out, '\x94');
+        }
+    }
+    else if (name != NULL) {
+        done = NOT_PLAIN;
+    }
+    Py_XDECREF(module);
+    Py_XDECREF(name);
+    return done;
+}
+
+/* A RankInfo: RankInfo(*rank_args(rank)), REDUCE, once per frame. */
+static int
+write_rank(Writer *w, PyObject *rank)
+{
+    for (int i = 0; i < w->n_ranks; i++)
+        if (w->ranks[i] == rank)
+            return put_get(w->out, w->rank_index[i]);
+    PyObject *args = PyObject_CallOneArg(w->rank_args, rank);
+    if (args == NULL)
+        return -1;
+    int done = PyList_Append(w->keep, args); /* its strings are memoized by identity */
+    Py_DECREF(args);
+    if (done < 0)
+        return -1;
+    if (!PyTuple_CheckExact(args))
+        return NOT_PLAIN;
+    if ((done = write_global(w, 3)) || (done = write_value(w, args, 1)) || (done = put1(w->out, 'R'))) /* REDUCE */
+        return done;
+    if (w->n_ranks < MAX_RANKS) {
+        w->ranks[w->n_ranks] = rank;
+        w->rank_index[w->n_ranks++] = w->next_index++;
+        return put1(w->out, '\x94');
+    }
+    return 0;
+}
+
+
+/* --- a batch's requests: their ids, the contexts not sent yet ------------------------ */
+
+static PyObject *
+referent(PyObject *reference) /* a new reference, or NULL (gone, or not a weak reference) */
+{
+    if (!PyWeakref_CheckRef(reference))
+        return NULL;
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject *object;
+    if (PyWeakref_GetRef(reference, &object) < 0) {
+        PyErr_Clear();
+        return NULL;
+    }
+    return object;
+#else
+    PyObject *object = PyWeakref_GetObject(reference);
+    return object == Py_None ? NULL : Py_NewRef(object);
+#endif
+}
+
+/* ContextCache.context(request) where its table answers without reading the request (its
+ * common case: a request seen before); else that method itself. A new reference to (rid, tp). */
+static PyObject *
+context_of(Writer *w, PyObject *request)
+{
+    PyObject *key = PyLong_FromVoidPtr(request);
+    if (key == NULL)
+        return NULL;
+    PyObject *known = PyDict_GetItemWithError(w->known, key); /* [weak reference, context, sightings] */
+    Py_DECREF(key);
+    if (known == NULL && PyErr_Occurred())
+        return NULL;
+    if (known != NULL && PyList_CheckExact(known) && PyList_GET_SIZE(known) == 3) {
+        PyObject *object = referent(PyList_GET_ITEM(known, 0));
+        Py_XDECREF(object); /* compared by identity only */
+        PyObject *context = PyList_GET_ITEM(known, 1), *sightings = PyList_GET_ITEM(known, 2);
+        if (object == request && PyTuple_CheckExact(context) && PyTuple_GET_SIZE(context) == 2 &&
+            PyLong_CheckExact(sightings)) {
+            PyObject *rid = PyTuple_GET_ITEM(context, 0);
+            if (PyTuple_GET_ITEM(context, 1) != Py_None)
+                return Py_NewRef(context);
+            long long seen = PyLong_AsLongLong(sightings);
+            if (seen < 0 || seen >= LLONG_MAX / 2) {
+                PyErr_Clear();
+            }
+            else if ((seen + 1) & seen) { /* not a power of two: only the table is read again */
+                PyObject *count = PyLong_FromLongLong(seen + 1);
+                if (count == NULL)
+                    return NULL;
+                PyList_SET_ITEM(known, 2, count);
+                Py_DECREF(sightings);
+                if (PyDict_GET_SIZE(w->table) == 0)
+                    return Py_NewRef(context);
+                PyObject *traceparent = PyDict_GetItemWithError(w->table, rid);
+                if (traceparent == NULL) {
+                    if (PyErr_Occurred())
+                        return NULL;
+                    return Py_NewRef(context);
+                }
+                return PyTuple_Pack(2, rid, traceparent);
+            }
+        }
+    }
+    return PyObject_CallOneArg(w->context, request);
+}
+
+/* ``{**attrs, "requests": ids}`` (a new reference), or NULL. */
+static PyObject *
+with_request_ids(Writer *w, PyObject *attrs, PyObject *requests, PyObject *contexts)
+{
+    PyObject *items = PySequence_Tuple(requests); /* read once: the scheduler may change its list */
+    if (items == NULL)
+        return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(items);
+    PyObject *ids = PyTuple_New(n), *result = NULL;
+    if (ids == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *context = context_of(w, PyTuple_GET_ITEM(items, i));
+        if (context == NULL)
+            goto done;
+        if (!PyTuple_CheckExact(context) || PyTuple_GET_SIZE(context) != 2) {
+            Py_DECREF(context);
+            PyErr_SetString(PyExc_TypeError, "a request's context is (rid, traceparent)");
+            goto done;
+        }
+        PyObject *rid = PyTuple_GET_ITEM(context, 0), *traceparent = PyTuple_GET_ITEM(context, 1);
+        PyTuple_SET_ITEM(ids, i, Py_NewRef(rid));
+        if (traceparent != Py_None) {
+            int known = PyDict_Contains(w->sent, rid);
+            PyObject *none = known ? NULL : PyObject_CallFunctionObjArgs(w->send, rid, traceparent, contexts, NULL);
+            Py_XDECREF(none);
+            if (known < 0 || (!known && none == NULL)) {
+                Py_DECREF(context);
+                goto done;
+            }
+        }
+        Py_DECREF(context);
+    }
+    result = PyDict_Copy(attrs);
+    if (result != NULL && PyDict_SetItem(result, str_requests, ids) < 0)
+        Py_CLEAR(result);
+done:
+    Py_DECREF(items);
+    Py_XDECREF(ids);
+    return result;
+}
+
+/* --- events ----------------------------------------------------------------------- */
+
+static int
+kind_of(Writer *w, PyObject *event)
+{
+    for (int kind = 0; kind < 3; kind++)
+        if ((PyObject *)Py_TYPE(event) == w->kinds[kind])
+            return kind;
+    return -1;
+}
+
+static int
+write_event(Writer *w, PyObject *event, int kind, PyObject *contexts, PyObject *sent, PyObject *context_of_request,
+            PyObject *request_ids)
+{
+    Py_ssize_t n = PyTuple_GET_SIZE(event);
+    if (put1(w->out, '(') < 0)
+        return -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *field = PyTuple_GET_ITEM(event, i);
+        int done;
+        if ((PyObject *)Py_TYPE(field) == w->kinds[3]) {
+            done = write_rank(w, field);
+        }
+        else if (kind != 2 && i == 8 && PyDict_CheckExact(field) && PyDict_GET_SIZE(field)) {
+            PyObject *requests = PyDict_GetItemWithError(field, str_requests);
+            if (requests == NULL && PyErr_Occurred())
+                return -1;
+            if (requests != NULL) { /* the ids instead of the objects; their contexts to send */
+                PyObject *attrs;
+                Py_INCREF(requests);
+                if (w->known != NULL && (PyList_CheckExact(requests) || PyTuple_CheckExact(requests)))
+                    attrs = with_request_ids(w, field, requests, contexts);
+                else /* None, one request, another iterable: the Python form's rules */
+                    attrs = PyObject_CallFunctionObjArgs(request_ids, field, contexts, NULL);
+                Py_DECREF(requests);
+                if (attrs == NULL)
+                    return -1;
+                done = PyList_Append(w->keep, attrs);
+                Py_DECREF(attrs);
+                if (done == 0)
+                    done = write_value(w, attrs, 1);
+            }
+            else {
+                done = write_value(w, field, 0);
+            }
+        }
+        else {
+            done = write_value(w, field, 0);
+            if (!done && kind == 2 && i == 2) { /* a request event's id: its context, once */
+                int known = PyDict_Contains(sent, field);
+                if (known < 0)
+                    return -1;
+                if (!known) {
+                    PyObject *none = PyObject_CallFunctionObjArgs(context_of_request, field, contexts, NULL);
+                    if (none == NULL)
+                        return -1;
+                    Py_DECREF(none);
+                }
+            }
+        }
+        if (done)
+            return done;
+    }
+    return put1(w->out, 't');
+}
+
+static int
+write_frame(Writer *w, PyObject *events, PyObject *contexts, PyObject *sent, PyObject *context_of_request,
+            PyObject *request_ids, Buffer *head)
+{
+    Py_ssize_t n = PyList_GET_SIZE(events);
+    int done;
+    /* classes */
+    if (put1(w->out, ']') < 0 || (n && put1(w->out, '(') < 0))
+        return -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int kind = kind_of(w, PyList_GET_ITEM(events, i));
+        if (kind < 0)
+            return NOT_PLAIN;
+        if ((done = write_global(w, kind)))
+            return done;
+    }
+    if ((n && put1(w->out, 'e') < 0) || put1(w->out, ']') < 0 || (n && put1(w->out, '(') < 0))
+        return -1;
+    /* fields; a callback may change the list: read it by index, with a reference held */
+    for (Py_ssize_t i = 0; i < n && i < PyList_GET_SIZE(events); i++) {
+        PyObject *event = PyList_GET_ITEM(events, i);
+        int kind = kind_of(w, event);
+        if (kind < 0)
+            return NOT_PLAIN;
+        Py_INCREF(event);
+        done = write_event(w, event, kind, contexts, sent, context_of_request, request_ids);
+        Py_DECREF(event);
+        if (done)
+            return done;
+    }
+    if ((n && put1(w->out, 'e') < 0) || put(w->out, "\x87.", 2) < 0) /* TUPLE3, STOP */
+        return -1;
+    /* contexts, found on the way, go first: written apart, without memo entries */
+    if (!PyList_CheckExact(contexts))
+        return NOT_PLAIN;
+    w->out = head;
+    w->memo_on = 0;
+    if (put(head, "\x80\x05", 2) < 0) /* PROTO 5 */
+        return -1;
+    return write_value(w, contexts, 0);
+}
+
+static PyObject *
+encode_frame(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"events", "contexts", "sent", "context_of_request", "request_ids", "rank_args",
+                               "kinds", "no_attrs", "cache", NULL};
+    PyObject *events, *contexts, *sent, *context_of_request, *request_ids, *rank_args, *kinds, *no_attrs;
+    PyObject *cache = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!O!OOOO!O|O!:encode_frame", keywords, &PyList_Type, &events,
+                                     &PyList_Type, &contexts, &PyDict_Type, &sent, &context_of_request, &request_ids,
+                                     &rank_args, &PyTuple_Type, &kinds, &no_attrs, &PyTuple_Type, &cache))
+        return NULL;
+    if (cache != NULL && (PyTuple_GET_SIZE(cache) != 4 || !PyDict_Check(PyTuple_GET_ITEM(cache, 0)) ||
+                          !PyDict_Check(PyTuple_GET_ITEM(cache, 2)))) {
+        PyErr_SetString(PyExc_ValueError, "cache: (known requests, context, trace context table, send)");
+        return NULL;
+    }
+    if (PyTuple_GET_SIZE(kinds) != 4) {
+        PyErr_SetString(PyExc_ValueError, "kinds: (StageEvent, BatchEvent, RequestEvent, RankInfo)");
+        return NULL;
+    }
+    Writer *w = PyMem_Calloc(1, sizeof(Writer));
+    if (w == NULL)
+        return PyErr_NoMemory();
+    Buffer body = {NULL, 0, 0}, head = {NULL, 0, 0};
+    PyObject *result = NULL;
+    w->keep = PyList_New(0);
+    if (w->keep == NULL)
+        goto done;
+    w->out = &body;
+    w->memo_on = 1;
+    for (int i = 0; i < 4; i++) {
+        w->kinds[i] = PyTuple_GET_ITEM(kinds, i);
+        w->global_index[i] = -1;
+    }
+    w->no_attrs = no_attrs;
+    w->rank_args = rank_args;
+    w->sent = sent;
+    if (cache != NULL) {
+        w->known = PyTuple_GET_ITEM(cache, 0);
+        w->context = PyTuple_GET_ITEM(cache, 1);
+        w->table = PyTuple_GET_ITEM(cache, 2);
+        w->send = PyTuple_GET_ITEM(cache, 3);
+    }
+    int written = write_frame(w, events, contexts, sent, context_of_request, request_ids, &head);
+    if (written < 0)
+        goto done;
+    if (written == NOT_PLAIN) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    result = PyBytes_FromStringAndSize(NULL, head.size + body.size);
+    if (result != NULL) {
+        memcpy(PyBytes_AS_STRING(result), head.data, head.size);
+        memcpy(PyBytes_AS_STRING(result) + head.size, body.data, body.size);
+    }
+done:
+    Py_XDECREF(w->keep);
+    PyMem_Free(body.data);
+    PyMem_Free(head.data);
+    PyMem_Free(w);
+    return result;
+}
+
+static PyMethodDef encode_methods[] = {
+    {"encode_frame", (PyCFunction)(void (*)(void))encode_frame, METH_VARARGS | METH_KEYWORDS,
+     "An events frame's payload, the C form of codec.EventEncoder.encode; None where a value is not plain data."},
+    {NULL},
+};
+
+int
+encode_init(PyObject *module)
+{
+    if ((str_requests = PyUnicode_InternFromString("requests")) == NULL ||
+        (str_module = PyUnicode_InternFromString("__module__")) == NULL ||
+        (str_qualname = PyUnicode_InternFromString("__qualname__")) == NULL)
+        return -1;
+    return PyModule_AddFunctions(module, encode_methods);
+}
