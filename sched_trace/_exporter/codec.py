@@ -156,6 +156,10 @@ class EventEncoder:
     def reset(self) -> None:
         self._sent.clear()
 
+    def counters(self) -> dict[str, int]:
+        """Frames written in C and by the pickler (a frame with a value that is not plain data)."""
+        return {"frames_in_c": self.frames_in_c, "frames_in_python": self.frames_in_python}
+
     def encode(self, events: Sequence[Any]) -> bytes:
         """One frame's payload: ``(new trace contexts, event classes, event fields)``.
 

@@ -55,7 +55,7 @@ class _ProcessBack:
         self.process.close(timeout)
 
     def stats(self) -> dict[str, Any]:
-        return self.process.stats()
+        return {**self.process.stats(), **self.encoder.counters()}
 
 
 class _ThreadBack:
@@ -94,7 +94,7 @@ class _ThreadBack:
     def stats(self) -> dict[str, Any]:
         exporter = self.exporter
         counters = _counters(exporter) if exporter is not None and self.pid == os.getpid() else self.final
-        return {**counters, "handled": self.handled}
+        return {**counters, "handled": self.handled, **self.encoder.counters()}
 
 
 def _counters(exporter: Any) -> dict[str, Any]:
