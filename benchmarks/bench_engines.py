@@ -184,11 +184,13 @@ def switch_pairs(lines: list[list[str]]) -> dict[str, Any]:
     iterations = [(line[0] == "1", int(line[1]), int(line[2]), line[3], int(line[4])) for line in lines
                   if line[0] != "E"]
     exporter = [float(line[1]) for line in lines if line[0] == "E"]
+    frames = [tuple(map(int, line[2:4])) for line in lines if line[0] == "E" and len(line) >= 4]
     traced_steps = sum(1 for sample in iterations if sample[0] and sample[3] != "IDLE")
     return {"pairs": pair_steps([(traced, cpu, wall, size, mode == "DECODE")
                                  for traced, cpu, wall, mode, size in iterations]),
             "steps": len(iterations), "traced_steps": max(traced_steps, 1),
             "exporter_thread_cpu_s": (exporter[-1] - exporter[0]) if len(exporter) > 1 else 0.0,
+            "frames": frames[-1] if frames else None,
             "where": "benchmarks/sglang_switch.py: loop iterations of one SGLang 0.5.23 server"}
 
 
@@ -327,6 +329,7 @@ def interleaved_rows(by_batch: dict[int, dict[str, Any]], label: str) -> list[di
         # The exporter thread's CPU, all of it charged to the traced steps' wall clock as if it had
         # stopped the engine thread for as long (it runs while torch releases the GIL: an upper bound).
         thread_ns = result["exporter_thread_cpu_s"] * 1e9 / result["traced_steps"]
+        frames = _frames(result)
         speed = [p["wall_untraced"] / (p["wall_traced"] + thread_ns) for p in pairs]
         low, high = _bootstrap(speed)
         base_wall = statistics.median(p["wall_untraced"] for p in pairs)
@@ -338,9 +341,19 @@ def interleaved_rows(by_batch: dict[int, dict[str, Any]], label: str) -> list[di
             group=GROUP,
             note=f"median of the paired ratios of tokens per wall-clock second (95 % interval {low:.4f}-"
                  f"{high:.4f}); each traced step charged with the exporter thread's CPU per traced step "
-                 f"({thread_ns / 1e3:.1f} us, the thread's exact clock), as if it had stopped the {thread} "
-                 f"that long; untraced step {base_wall / 1e3:.0f} us; {where}"))
+                 f"({thread_ns / 1e3:.1f} us, the thread's exact clock{frames}), as if it had stopped the "
+                 f"{thread} that long; untraced step {base_wall / 1e3:.0f} us; {where}"))
     return rows
+
+
+def _frames(result: dict[str, Any]) -> str:
+    """Which encoder the exporter thread's frames took, where the run says (results from before do not)."""
+    frames = result.get("frames")  # SGLang's switch lines
+    if frames is None and isinstance(result.get("otel"), dict):  # vLLM: the otel plugin's stats
+        frames = result["otel"].get("frames_in_c"), result["otel"].get("frames_in_python")
+    if frames is None or None in frames:
+        return ""
+    return f"; frames encoded in C: {frames[0]} of {frames[0] + frames[1]}"
 
 
 def interleaved(quick: bool, extra: tuple[str, ...] = ()) -> dict[int, dict[str, Any]]:

@@ -12,7 +12,8 @@ reads the scheduler thread's CPU clock and the wall clock, writes the iteration 
 sched-trace's proxy or to SGLang's own function for the next iteration: pairs of
 iterations, one of each, the order alternating from pair to pair. One unbuffered line
 per iteration in ``$SGLANG_SWITCH_DIR/<pid>.txt``: SGLang's SIGKILL at shutdown loses
-none. Every 64 iterations an ``E`` line gives the exporter threads' CPU so far.
+none. Every 64 iterations an ``E`` line gives the exporter threads' CPU so far and the
+frames they encoded in C and with the pickler.
 """
 
 from __future__ import annotations
@@ -33,10 +34,13 @@ def _active_handles() -> list:
     return [handle for handle in handles() if handle.active]
 
 
-def _exporter_thread_cpu() -> float:
+def _exporter_threads() -> str:
+    """The exporter threads' CPU so far, and the frames they encoded in C and with the pickler."""
     import sched_trace
 
-    return sum(plugin.get("thread_cpu_s", 0.0) for plugin in sched_trace.stats()["plugins"].values())
+    plugins = sched_trace.stats()["plugins"].values()
+    return " ".join(str(sum(plugin.get(key, 0) for plugin in plugins))
+                    for key in ("thread_cpu_s", "frames_in_c", "frames_in_python"))
 
 
 def ingest_requests(self, *args, **kwargs):
@@ -54,7 +58,7 @@ def ingest_requests(self, *args, **kwargs):
         size = len(batch.reqs) if batch is not None else 0
         line = f"{int(traced)} {cpu - cpu0} {wall - wall0} {mode} {size}\n"
         if state["count"] % 64 == 0:
-            line += f"E {_exporter_thread_cpu()}\n"
+            line += f"E {_exporter_threads()}\n"
         os.write(state["fd"], line.encode())
     pair, second = divmod(state["count"], 2)
     traced = (pair % 2 == 0) == bool(second)  # pairs: untraced-traced, then traced-untraced
