@@ -55,10 +55,10 @@ typedef struct {
     PyObject *no_attrs, *rank_args, *keep;
     /* a batch's requests: the Python form's ContextCache (its table of known requests and its
      * ``context``), the trace context table, ``sent`` and ``_send``; NULL known: call request_ids */
-    PyObject *known, *context, *table, *sent, *send;
+    PyObject *known, *context, *table, *sent, *send, *mapping_kinds;
 } Writer;
 
-static PyObject *str_requests, *str_module, *str_qualname;
+static PyObject *str_requests, *str_module, *str_qualname, *str_rid, *context_names[3];
 
 static int
 grow(Buffer *b, Py_ssize_t need)
@@ -416,6 +416,51 @@ referent(PyObject *reference) /* a new reference, or NULL (gone, or not a weak r
 #endif
 }
 
+static int
+optional_attr(PyObject *object, PyObject *name, PyObject **value) /* 1 found, 0 absent, -1 raised */
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    return PyObject_GetOptionalAttr(object, name, value);
+#else
+    return _PyObject_LookupAttr(object, name, value);
+#endif
+}
+
+/* contexts.request_context(request) for a plain object (not a Mapping) whose ``rid`` is a str
+ * and which has none of the places a context could be (``traceparent``, ``trace_context``,
+ * ``external_trace_header``: absent or None): ``(rid, table.get(rid))``, a new reference.
+ * NULL with no exception: anything else (the Python form reads it). */
+static PyObject *
+plain_request_context(Writer *w, PyObject *request)
+{
+    PyObject *mapping = PyDict_GetItemWithError(w->mapping_kinds, (PyObject *)Py_TYPE(request));
+    if (mapping != Py_False) { /* a Mapping, or a type the Python form has not met yet */
+        PyErr_Clear();
+        return NULL;
+    }
+    PyObject *rid = NULL, *value = NULL;
+    if (optional_attr(request, str_rid, &rid) <= 0 || !PyUnicode_CheckExact(rid))
+        goto python;
+    for (int i = 0; i < 3; i++) {
+        if (optional_attr(request, context_names[i], &value) < 0)
+            goto python;
+        if (value != NULL && value != Py_None)
+            goto python;
+        Py_CLEAR(value);
+    }
+    PyObject *traceparent = PyDict_GET_SIZE(w->table) ? PyDict_GetItemWithError(w->table, rid) : NULL;
+    if (traceparent == NULL && PyErr_Occurred())
+        goto python;
+    PyObject *context = PyTuple_Pack(2, rid, traceparent ? traceparent : Py_None);
+    Py_DECREF(rid);
+    return context;
+python:
+    PyErr_Clear();
+    Py_XDECREF(rid);
+    Py_XDECREF(value);
+    return NULL;
+}
+
 /* ContextCache.context(request) where its table answers without reading the request (its
  * common case: a request seen before); else that method itself. A new reference to (rid, tp). */
 static PyObject *
@@ -441,12 +486,25 @@ context_of(Writer *w, PyObject *request)
             if (seen < 0 || seen >= LLONG_MAX / 2) {
                 PyErr_Clear();
             }
-            else if ((seen + 1) & seen) { /* not a power of two: only the table is read again */
+            else {
+                PyObject *fresh = NULL;
+                if (!((seen + 1) & seen)) { /* a power of two: the request is read again */
+                    if ((fresh = plain_request_context(w, request)) == NULL) {
+                        if (PyErr_Occurred())
+                            return NULL;
+                        return PyObject_CallOneArg(w->context, request); /* counts the sighting */
+                    }
+                }
                 PyObject *count = PyLong_FromLongLong(seen + 1);
-                if (count == NULL)
+                if (count == NULL) {
+                    Py_XDECREF(fresh);
                     return NULL;
+                }
                 PyList_SET_ITEM(known, 2, count);
                 Py_DECREF(sightings);
+                if (fresh != NULL) /* read again, still no context: as the Python form, the table's */
+                    return fresh;
+                /* not a power of two: only the table is read again */
                 if (PyDict_GET_SIZE(w->table) == 0)
                     return Py_NewRef(context);
                 PyObject *traceparent = PyDict_GetItemWithError(w->table, rid);
@@ -624,9 +682,10 @@ encode_frame(PyObject *module, PyObject *args, PyObject *kwargs)
                                      &PyList_Type, &contexts, &PyDict_Type, &sent, &context_of_request, &request_ids,
                                      &rank_args, &PyTuple_Type, &kinds, &no_attrs, &PyTuple_Type, &cache))
         return NULL;
-    if (cache != NULL && (PyTuple_GET_SIZE(cache) != 4 || !PyDict_Check(PyTuple_GET_ITEM(cache, 0)) ||
-                          !PyDict_Check(PyTuple_GET_ITEM(cache, 2)))) {
-        PyErr_SetString(PyExc_ValueError, "cache: (known requests, context, trace context table, send)");
+    if (cache != NULL && (PyTuple_GET_SIZE(cache) != 5 || !PyDict_Check(PyTuple_GET_ITEM(cache, 0)) ||
+                          !PyDict_Check(PyTuple_GET_ITEM(cache, 2)) || !PyDict_Check(PyTuple_GET_ITEM(cache, 4)))) {
+        PyErr_SetString(PyExc_ValueError,
+                        "cache: (known requests, context, trace context table, send, mapping kinds)");
         return NULL;
     }
     if (PyTuple_GET_SIZE(kinds) != 4) {
@@ -655,6 +714,7 @@ encode_frame(PyObject *module, PyObject *args, PyObject *kwargs)
         w->context = PyTuple_GET_ITEM(cache, 1);
         w->table = PyTuple_GET_ITEM(cache, 2);
         w->send = PyTuple_GET_ITEM(cache, 3);
+        w->mapping_kinds = PyTuple_GET_ITEM(cache, 4);
     }
     int written = write_frame(w, events, contexts, sent, context_of_request, request_ids, &head);
     if (written < 0)
@@ -687,7 +747,11 @@ encode_init(PyObject *module)
 {
     if ((str_requests = PyUnicode_InternFromString("requests")) == NULL ||
         (str_module = PyUnicode_InternFromString("__module__")) == NULL ||
-        (str_qualname = PyUnicode_InternFromString("__qualname__")) == NULL)
+        (str_qualname = PyUnicode_InternFromString("__qualname__")) == NULL ||
+        (str_rid = PyUnicode_InternFromString("rid")) == NULL ||
+        (context_names[0] = PyUnicode_InternFromString("traceparent")) == NULL ||
+        (context_names[1] = PyUnicode_InternFromString("trace_context")) == NULL ||
+        (context_names[2] = PyUnicode_InternFromString("external_trace_header")) == NULL)
         return -1;
     return PyModule_AddFunctions(module, encode_methods);
 }

@@ -30,7 +30,7 @@ from typing import Any, Iterable, Sequence
 
 from .. import _native
 from .._events import NO_ATTRS, BatchEvent, RankInfo, RecordedError, RequestEvent, StageEvent
-from .contexts import ContextCache, _remember, _table as contexts_table, traceparent_of
+from .contexts import _MAPPING_KINDS, ContextCache, _remember, _table as contexts_table, traceparent_of
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 MAX_TEXT = 256            # characters kept of an object written as text
@@ -150,7 +150,7 @@ class EventEncoder:
         speedups = _native.speedups
         self._fast = getattr(speedups, "encode_frame", None)
         # what the C form reads of ContextCache.context's table, and calls where that is not enough
-        self._cache = (self._contexts._known, self._contexts.context, contexts_table, self._send)
+        self._cache = (self._contexts._known, self._contexts.context, contexts_table, self._send, _MAPPING_KINDS)
         self.frames_in_c = self.frames_in_python = 0
 
     def reset(self) -> None:

@@ -52,6 +52,8 @@ def traceparent_of(rid: str) -> Optional[str]:
     return _table.get(rid)
 
 
+# The C encoder (_encode.c, plain_request_context) reads a plain object's re-read the same way where
+# its ``rid`` is a str and no context is anywhere; it leaves everything else to request_context.
 _ID_NAMES = ("rid", "request_id", "id")
 _HEADER_NAMES = ("trace_context", "external_trace_header")
 _MAPPING_KINDS: dict[type, bool] = {}  # per request type: is it a Mapping (an ABC check is slow)

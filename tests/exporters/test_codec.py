@@ -305,11 +305,31 @@ def test_request_ids_through_the_remembered_contexts_count_their_sightings_as_th
         assert pickle.loads(encoder.encode([stage(requests=[req])]))[0] == []  # sent once
     finally:
         forget_traceparent("counted-2")
-    attached = Req(rids(1)[0])
-    encoder.encode([stage(requests=[attached])] * 3)  # sightings 1-3: no context
-    attached.traceparent = TP
-    contexts = [pickle.loads(encoder.encode([stage(requests=[attached])]))[0] for _ in range(3)]
-    assert contexts == [[(attached.rid, TP)], [], []]  # read again at sighting 4
+
+
+ATTACH = {"traceparent": lambda req: setattr(req, "traceparent", TP),
+          "trace_context": lambda req: setattr(req, "trace_context", {"traceparent": TP}),
+          "external_trace_header": lambda req: setattr(req, "external_trace_header", Carrier(TP)),
+          "the table": lambda req: register_traceparent(req.rid, TP)}
+
+
+@pytest.mark.parametrize("where", ATTACH)
+@pytest.mark.parametrize("rid", ["str", "int"])
+def test_a_context_attached_to_a_request_seen_before_is_read_at_its_next_power_of_two(where, rid):
+    (text,) = rids(1)
+    attached = Req(text if rid == "str" else abs(hash(text)))
+    expected = str(attached.rid)
+    encoder = EventEncoder()
+    try:
+        for _ in range(5):  # sightings 1-5: no context anywhere
+            assert pickle.loads(encoder.encode([stage(requests=[attached])]))[0] == []
+        ATTACH[where](attached)
+        contexts = [pickle.loads(encoder.encode([stage(requests=[attached])]))[0] for _ in range(4)]
+        # the table is read at every sighting; the request itself again at sighting 8
+        assert contexts == ([[(expected, TP)], [], [], []] if where == "the table" else [[], [], [(expected, TP)], []])
+        assert pickle.loads(encoder.encode([stage(requests=[attached])]))[2][0][8]["requests"] == (expected,)
+    finally:
+        forget_traceparent(expected)
 
 
 def test_a_new_request_at_a_freed_ones_address_is_read_afresh_by_the_encoder():
