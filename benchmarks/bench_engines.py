@@ -519,8 +519,11 @@ def main(argv: list[str]) -> int:
     from .report import fmt
 
     for result in rows:
+        ratio = result["ratio"]  # four places: the targets are 1 % apart, and a rounded 0.99 says neither
+        ratio = f"{ratio:.4f}" if isinstance(ratio, float) else fmt(ratio)
+        target = f" [{result['target']}: {'met' if result.get('met') else 'not met'}]" if result.get("target") else ""
         print(f"{result['figure']}: {fmt(result['value'])} vs {fmt(result['baseline'])} {result['unit']} "
-              f"ratio {fmt(result['ratio'])}\n  {result.get('note', '')}")
+              f"ratio {ratio}{target}\n  {result.get('note', '')}")
     if not args.throughput:
         print(table(by_batch))
     if args.json is not None:
