@@ -10,7 +10,7 @@
  *   - its class, and a RankInfo, once per frame (the Python form's ``rank_args`` gives
  *     what a RankInfo is rebuilt from), then by memo reference, as the pickler does;
  *   - strings once per frame, then by memo reference (by identity: the names of a
- *     frame's events are the same few objects);
+ *     frame's events are the same few objects; each held until the frame is written);
  *   - a ``requests`` attribute through the Python form's ``request_ids`` (the ids, and
  *     the trace contexts to send), a request event's id through ``context_of_request``
  *     unless ``sent`` holds it: the only Python calls left, and the same ones.
@@ -38,7 +38,8 @@ typedef struct {
 } Buffer;
 
 typedef struct {
-    PyObject *key; /* borrowed: alive as long as the events (or ``keep``) hold it */
+    PyObject *key; /* a strong reference while the frame is written: a live list an attribute
+                    * names may drop a string during a callback, and a new string take its address */
     Py_ssize_t index;
 } MemoSlot;
 
@@ -52,7 +53,7 @@ typedef struct {
     int n_ranks;
     Py_ssize_t global_index[4]; /* memo index of each event class and RankInfo; -1: not written yet */
     PyObject *kinds[4];         /* StageEvent, BatchEvent, RequestEvent, RankInfo (borrowed) */
-    PyObject *no_attrs, *rank_args, *keep;
+    PyObject *no_attrs, *rank_args;
     /* a batch's requests: the Python form's ContextCache (its table of known requests and its
      * ``context``), the trace context table, ``sent`` and ``_send``; NULL known: call request_ids */
     PyObject *known, *context, *table, *sent, *send, *mapping_kinds;
@@ -148,7 +149,7 @@ memo_put(Writer *w, PyObject *key)
     size_t slot = slot_of(key);
     while (w->memo[slot].key != NULL)
         slot = (slot + 1) & (MEMO_SLOTS - 1);
-    w->memo[slot].key = key;
+    w->memo[slot].key = Py_NewRef(key);
     w->memo[slot].index = w->next_index++;
     w->memo_used++;
     return put1(w->out, '\x94'); /* MEMOIZE */
@@ -379,16 +380,14 @@ write_rank(Writer *w, PyObject *rank)
     PyObject *args = PyObject_CallOneArg(w->rank_args, rank);
     if (args == NULL)
         return -1;
-    int done = PyList_Append(w->keep, args); /* its strings are memoized by identity */
+    int done = PyTuple_CheckExact(args) ? 0 : NOT_PLAIN;
+    if (!done && !(done = write_global(w, 3)) && !(done = write_value(w, args, 1)))
+        done = put1(w->out, 'R'); /* REDUCE */
     Py_DECREF(args);
-    if (done < 0)
-        return -1;
-    if (!PyTuple_CheckExact(args))
-        return NOT_PLAIN;
-    if ((done = write_global(w, 3)) || (done = write_value(w, args, 1)) || (done = put1(w->out, 'R'))) /* REDUCE */
+    if (done)
         return done;
     if (w->n_ranks < MAX_RANKS) {
-        w->ranks[w->n_ranks] = rank;
+        w->ranks[w->n_ranks] = Py_NewRef(rank);
         w->rank_index[w->n_ranks++] = w->next_index++;
         return put1(w->out, '\x94');
     }
@@ -461,63 +460,71 @@ python:
     return NULL;
 }
 
-/* ContextCache.context(request) where its table answers without reading the request (its
- * common case: a request seen before); else that method itself. A new reference to (rid, tp). */
+/* ContextCache.context(request) for a request its table ``known`` entry remembers
+ * ([weak reference, context, sightings], held by the caller): a new reference to
+ * (rid, tp); NULL with an exception; NULL without one where the Python form decides. */
+static PyObject *
+known_context(Writer *w, PyObject *request, PyObject *known)
+{
+    PyObject *object = referent(PyList_GET_ITEM(known, 0));
+    Py_XDECREF(object); /* compared by identity only */
+    PyObject *context = PyList_GET_ITEM(known, 1), *sightings = PyList_GET_ITEM(known, 2);
+    if (object != request || !PyTuple_CheckExact(context) || PyTuple_GET_SIZE(context) != 2 ||
+        !PyLong_CheckExact(sightings))
+        return NULL;
+    if (PyTuple_GET_ITEM(context, 1) != Py_None)
+        return Py_NewRef(context);
+    long long seen = PyLong_AsLongLong(sightings);
+    if (seen < 0 || seen >= LLONG_MAX / 2) {
+        PyErr_Clear();
+        return NULL;
+    }
+    PyObject *fresh = NULL;
+    Py_INCREF(context); /* reading the request may run its code: hold what we read */
+    if (!((seen + 1) & seen) && (fresh = plain_request_context(w, request)) == NULL) {
+        Py_DECREF(context); /* a power of two, and more to read than C reads: the Python form */
+        return NULL;
+    }
+    PyObject *count = PyLong_FromLongLong(seen + 1), *result = NULL;
+    if (count == NULL || PyList_SetItem(known, 2, count) < 0) /* steals count */
+        goto done;
+    if (fresh != NULL) { /* read again, still no context: as the Python form, the table's */
+        result = Py_NewRef(fresh);
+        goto done;
+    }
+    /* not a power of two: only the table is read again */
+    PyObject *rid = PyTuple_GET_ITEM(context, 0), *traceparent = NULL;
+    if (PyDict_GET_SIZE(w->table) && (traceparent = PyDict_GetItemWithError(w->table, rid)) == NULL &&
+        PyErr_Occurred())
+        goto done;
+    result = traceparent ? PyTuple_Pack(2, rid, traceparent) : Py_NewRef(context);
+done:
+    Py_XDECREF(fresh);
+    Py_DECREF(context);
+    return result;
+}
+
+/* ContextCache.context(request): from its table where that answers without reading the
+ * request (its common case: a request seen before), else that method itself. A new
+ * reference to (rid, tp). */
 static PyObject *
 context_of(Writer *w, PyObject *request)
 {
     PyObject *key = PyLong_FromVoidPtr(request);
     if (key == NULL)
         return NULL;
-    PyObject *known = PyDict_GetItemWithError(w->known, key); /* [weak reference, context, sightings] */
+    PyObject *known = PyDict_GetItemWithError(w->known, key);
     Py_DECREF(key);
     if (known == NULL && PyErr_Occurred())
         return NULL;
     if (known != NULL && PyList_CheckExact(known) && PyList_GET_SIZE(known) == 3) {
-        PyObject *object = referent(PyList_GET_ITEM(known, 0));
-        Py_XDECREF(object); /* compared by identity only */
-        PyObject *context = PyList_GET_ITEM(known, 1), *sightings = PyList_GET_ITEM(known, 2);
-        if (object == request && PyTuple_CheckExact(context) && PyTuple_GET_SIZE(context) == 2 &&
-            PyLong_CheckExact(sightings)) {
-            PyObject *rid = PyTuple_GET_ITEM(context, 0);
-            if (PyTuple_GET_ITEM(context, 1) != Py_None)
-                return Py_NewRef(context);
-            long long seen = PyLong_AsLongLong(sightings);
-            if (seen < 0 || seen >= LLONG_MAX / 2) {
-                PyErr_Clear();
-            }
-            else {
-                PyObject *fresh = NULL;
-                if (!((seen + 1) & seen)) { /* a power of two: the request is read again */
-                    if ((fresh = plain_request_context(w, request)) == NULL) {
-                        if (PyErr_Occurred())
-                            return NULL;
-                        return PyObject_CallOneArg(w->context, request); /* counts the sighting */
-                    }
-                }
-                PyObject *count = PyLong_FromLongLong(seen + 1);
-                if (count == NULL) {
-                    Py_XDECREF(fresh);
-                    return NULL;
-                }
-                PyList_SET_ITEM(known, 2, count);
-                Py_DECREF(sightings);
-                if (fresh != NULL) /* read again, still no context: as the Python form, the table's */
-                    return fresh;
-                /* not a power of two: only the table is read again */
-                if (PyDict_GET_SIZE(w->table) == 0)
-                    return Py_NewRef(context);
-                PyObject *traceparent = PyDict_GetItemWithError(w->table, rid);
-                if (traceparent == NULL) {
-                    if (PyErr_Occurred())
-                        return NULL;
-                    return Py_NewRef(context);
-                }
-                return PyTuple_Pack(2, rid, traceparent);
-            }
-        }
+        Py_INCREF(known);
+        PyObject *context = known_context(w, request, known);
+        Py_DECREF(known);
+        if (context != NULL || PyErr_Occurred())
+            return context;
     }
-    return PyObject_CallOneArg(w->context, request);
+    return PyObject_CallOneArg(w->context, request); /* counts the sighting itself */
 }
 
 /* ``{**attrs, "requests": ids}`` (a new reference), or NULL. */
@@ -600,10 +607,8 @@ write_event(Writer *w, PyObject *event, int kind, PyObject *contexts, PyObject *
                 Py_DECREF(requests);
                 if (attrs == NULL)
                     return -1;
-                done = PyList_Append(w->keep, attrs);
+                done = write_value(w, attrs, 1);
                 Py_DECREF(attrs);
-                if (done == 0)
-                    done = write_value(w, attrs, 1);
             }
             else {
                 done = write_value(w, field, 0);
@@ -697,9 +702,6 @@ encode_frame(PyObject *module, PyObject *args, PyObject *kwargs)
         return PyErr_NoMemory();
     Buffer body = {NULL, 0, 0}, head = {NULL, 0, 0};
     PyObject *result = NULL;
-    w->keep = PyList_New(0);
-    if (w->keep == NULL)
-        goto done;
     w->out = &body;
     w->memo_on = 1;
     for (int i = 0; i < 4; i++) {
@@ -729,7 +731,10 @@ encode_frame(PyObject *module, PyObject *args, PyObject *kwargs)
         memcpy(PyBytes_AS_STRING(result) + head.size, body.data, body.size);
     }
 done:
-    Py_XDECREF(w->keep);
+    for (size_t slot = 0; w->memo_used && slot < MEMO_SLOTS; slot++)
+        Py_XDECREF(w->memo[slot].key);
+    for (int i = 0; i < w->n_ranks; i++)
+        Py_DECREF(w->ranks[i]);
     PyMem_Free(body.data);
     PyMem_Free(head.data);
     PyMem_Free(w);

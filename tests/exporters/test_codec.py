@@ -367,6 +367,26 @@ def test_contexts_found_before_the_pickler_takes_over_travel_once(hot_path):
         forget_traceparent(r2)
 
 
+def test_strings_a_request_read_drops_from_a_live_list_are_not_mistaken_for_new_ones(hot_path):
+    """The C writer fetches a string written before by its address: a request's first read
+    runs Python code, which here empties a list an attribute names (freeing its strings)
+    and builds new strings, at the freed addresses as the allocator goes."""
+    live = ["".join(("name-", str(index))) for index in range(64)]  # made at run time: not interned
+    after: list = []
+
+    class Dropping:
+        @property
+        def rid(self):
+            live.clear()
+            after.extend("".join(("new-", str(index))) for index in range(64))
+            return "dropping-1"
+
+    events = [stage(names=live), stage(requests=[Dropping()]), stage(names=after)]
+    decoded = decode_events(EventEncoder().encode(events))
+    assert decoded[2].attrs["names"] == [f"new-{index}" for index in range(64)]
+    assert decoded[1].attrs["requests"] == ("dropping-1",)
+
+
 def test_the_writer_gives_back_every_reference_it_takes(hot_path):
     req, name, value = Req(rids(1)[0], TP), "held-name", "held-value"
     attrs = {"requests": [req], "v": value, "n": [1, 2]}
