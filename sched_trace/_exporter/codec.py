@@ -17,6 +17,12 @@ scheduler process and the exporter process imports no user code:
   message) whose ``stacktrace`` holds the formatted traceback;
 * mapping proxies become dicts; subclasses of int/float/str/tuple/list their base
   value (an ``IntEnum`` its number); anything else its text, at most 256 characters.
+
+Where the C extension is built, ``_speedups.encode_frame`` (``sched_trace/_encode.c``)
+writes the same pickle without the pickler: straight from the event tuples, the
+request ids from :class:`~.contexts.ContextCache`'s table. It takes a frame only when
+every value is plain data, and answers None for any other, which the pickler writes;
+the pickler stays the reference (tests/exporters/test_codec.py holds one to the other).
 """
 
 from __future__ import annotations
@@ -183,8 +189,8 @@ class EventEncoder:
                 continue
             attrs = event[_ATTRS]
             if attrs and "requests" in attrs:
-                fields[index] = fields[index][:_ATTRS] + (self._request_ids(attrs, contexts),) + fields[index][
-                    _ATTRS + 1:]
+                plain = fields[index]
+                fields[index] = plain[:_ATTRS] + (self._request_ids(attrs, contexts),) + plain[_ATTRS + 1:]
         buffer = io.BytesIO()
         _EventPickler(buffer, PROTOCOL).dump((contexts, list(map(type, events)), fields))
         return buffer.getvalue()
