@@ -11,9 +11,13 @@
  *     what a RankInfo is rebuilt from), then by memo reference, as the pickler does;
  *   - strings once per frame, then by memo reference (by identity: the names of a
  *     frame's events are the same few objects; each held until the frame is written);
- *   - a ``requests`` attribute through the Python form's ``request_ids`` (the ids, and
- *     the trace contexts to send), a request event's id through ``context_of_request``
- *     unless ``sent`` holds it: the only Python calls left, and the same ones.
+ *   - a ``requests`` list or tuple as its requests' ids, read from the Python form's
+ *     ContextCache table as its ``context`` would (a request seen before, its re-read at
+ *     a power-of-two sighting where it is a plain object with no context anywhere);
+ *     that ``context`` itself for the rest (a first sighting), ``_send`` for a context
+ *     not sent yet, ``request_ids`` for ``requests`` of another kind, and a request
+ *     event's id through ``context_of_request`` unless ``sent`` holds it: the only
+ *     Python calls left, the same ones the Python form makes.
  *
  * Only plain data is written here: None, bool, int (64 bits), float, str, bytes, and
  * tuples, lists and dicts of them, ``NO_ATTRS`` as an empty dict. Anything else (an
@@ -394,7 +398,6 @@ write_rank(Writer *w, PyObject *rank)
     return 0;
 }
 
-
 /* --- a batch's requests: their ids, the contexts not sent yet ------------------------ */
 
 static PyObject *
@@ -428,15 +431,14 @@ optional_attr(PyObject *object, PyObject *name, PyObject **value) /* 1 found, 0 
 /* contexts.request_context(request) for a plain object (not a Mapping) whose ``rid`` is a str
  * and which has none of the places a context could be (``traceparent``, ``trace_context``,
  * ``external_trace_header``: absent or None): ``(rid, table.get(rid))``, a new reference.
- * NULL with no exception: anything else (the Python form reads it). */
+ * NULL with no exception: anything else (the Python form reads it); NULL with one: a
+ * BaseException that is no Exception (KeyboardInterrupt), which the Python form lets through. */
 static PyObject *
 plain_request_context(Writer *w, PyObject *request)
 {
     PyObject *mapping = PyDict_GetItemWithError(w->mapping_kinds, (PyObject *)Py_TYPE(request));
-    if (mapping != Py_False) { /* a Mapping, or a type the Python form has not met yet */
-        PyErr_Clear();
-        return NULL;
-    }
+    if (mapping != Py_False) /* a Mapping, or a type the Python form has not met yet */
+        return NULL;             /* (a lookup by type raises nothing: types hash by identity) */
     PyObject *rid = NULL, *value = NULL;
     if (optional_attr(request, str_rid, &rid) <= 0 || !PyUnicode_CheckExact(rid))
         goto python;
@@ -454,7 +456,8 @@ plain_request_context(Writer *w, PyObject *request)
     Py_DECREF(rid);
     return context;
 python:
-    PyErr_Clear();
+    if (PyErr_Occurred() && PyErr_ExceptionMatches(PyExc_Exception))
+        PyErr_Clear();
     Py_XDECREF(rid);
     Py_XDECREF(value);
     return NULL;

@@ -387,6 +387,23 @@ def test_strings_a_request_read_drops_from_a_live_list_are_not_mistaken_for_new_
     assert decoded[1].attrs["requests"] == ("dropping-1",)
 
 
+def test_an_interrupt_while_a_request_is_read_again_reaches_the_caller(hot_path):
+    class Interrupting:
+        rid, reads = "interrupting-1", 0
+
+        @property
+        def traceparent(self):
+            Interrupting.reads += 1
+            if Interrupting.reads > 1:  # its first read passes; the next one is the re-read
+                raise KeyboardInterrupt
+            return None
+
+    encoder, req = EventEncoder(), Interrupting()
+    assert pickle.loads(encoder.encode([stage(requests=[req])]))[2][0][8]["requests"] == ("interrupting-1",)
+    with pytest.raises(KeyboardInterrupt):
+        encoder.encode([stage(requests=[req])])
+
+
 def test_the_writer_gives_back_every_reference_it_takes(hot_path):
     req, name, value = Req(rids(1)[0], TP), "held-name", "held-value"
     attrs = {"requests": [req], "v": value, "n": [1, 2]}
