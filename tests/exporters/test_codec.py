@@ -12,6 +12,7 @@ import pickletools
 import sys
 import uuid
 from types import MappingProxyType
+from typing import Any
 
 import pytest
 
@@ -143,16 +144,22 @@ def test_a_new_object_at_a_reused_address_is_read_afresh():
         del req
 
 
-def test_a_request_without_a_context_is_read_again_ever_more_rarely_the_table_at_once():
+def counted(rid: str) -> Any:
+    """A request without a context whose every read of its id is counted (``type(req).reads``)."""
     class Counted:
         reads = 0
 
         @property
         def rid(self):
             Counted.reads += 1
-            return "counted-1"
+            return rid
 
-    cache, req = ContextCache(), Counted()
+    return Counted()
+
+
+def test_a_request_without_a_context_is_read_again_ever_more_rarely_the_table_at_once():
+    cache, req = ContextCache(), counted("counted-1")
+    Counted = type(req)
     sightings = [cache.context(req) for _ in range(100)]
     assert sightings == [("counted-1", None)] * 100
     assert Counted.reads == 7  # sightings 1, 2, 4, 8, 16, 32, 64
@@ -287,15 +294,8 @@ def test_many_strings_and_ranks_in_one_frame():
 
 
 def test_request_ids_through_the_remembered_contexts_count_their_sightings_as_the_cache_does():
-    class Counted:
-        reads = 0
-
-        @property
-        def rid(self):
-            Counted.reads += 1
-            return "counted-2"
-
-    encoder, req = EventEncoder(), Counted()
+    encoder, req = EventEncoder(), counted("counted-2")
+    Counted = type(req)
     frames = [pickle.loads(encoder.encode([stage(requests=[req])])) for _ in range(100)]
     assert [fields[0][8]["requests"] for _, _, fields in frames] == [("counted-2",)] * 100
     assert Counted.reads == 7 and all(contexts == [] for contexts, _, _ in frames)  # 1, 2, 4 ... 64
