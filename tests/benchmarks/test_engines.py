@@ -96,6 +96,10 @@ def test_interleaved_rows_charge_the_exporter_thread_to_the_traced_steps() -> No
     assert cpu["ratio"] == approx(1.02) and not cpu["met"]
     speed = rows["vLLM throughput, default level vs untraced, step-interleaved, batch 64"]
     assert speed["ratio"] == approx(5_100_000 / 5_250_000) and "50.0 us" in speed["note"]
+    assert "frames encoded" not in speed["note"]  # a result from before the counters says nothing of them
+    result["otel"] = {"frames_in_c": 30, "frames_in_python": 2}
+    speed, = [r for r in bench_engines.interleaved_rows({64: result}, "vLLM") if "throughput" in r["figure"]]
+    assert "frames encoded in C: 30 of 32" in speed["note"]
 
 
 def test_steps_pair_only_as_decode_steps_with_the_same_tokens() -> None:
@@ -123,8 +127,9 @@ E 0.5
 1 130 140 DECODE 6
 0 100 120 DECODE 6
 0 5 5 IDLE 0
-E 0.75""".splitlines()]
+E 0.75 40 1""".splitlines()]
     result = bench_engines.switch_pairs(lines)
+    assert result["frames"] == (40, 1)  # the last E line's frames in C and with the pickler
     assert result["pairs"] == [
         {"cpu_traced": 120, "cpu_untraced": 100, "wall_traced": 130, "wall_untraced": 110, "tokens_traced": 8,
          "tokens_untraced": 8},
