@@ -120,7 +120,7 @@ def slice_packets(head: bytes, tail: bytes, uuid: bytes, kind: bytes, name: byte
 def counter_packet(head: bytes, tail: bytes, uuid: bytes, value: Any, timestamp: bytes) -> bytes:
     if isinstance(value, int):
         if not -(1 << 63) <= value < (1 << 63):
-            raise ValueError(f"counter value out of the int64 range: {value}")  # as protobuf refuses it
+            raise ValueError(f"counter value out of range for int64: {value}")  # as protobuf refuses it ("Value out of range")
         sample = b"\xf0\x01" + varint(value)
     else:
         sample = b"\xe1\x02" + _DOUBLE(value)

@@ -199,3 +199,13 @@ def test_any_events_written_read_back_the_same(tmp_path_factory, written, format
     trace, notes = read(path.name, path.read_bytes())
     assert trace.format == format and not notes
     assert Counter(map(_full_key, trace.events)) == Counter(map(_full_key, written))
+
+
+def test_a_counter_past_int64_is_refused_by_the_perfetto_writer_as_out_of_range(tmp_path):
+    """The example the property above found in CI: the counter's error says what merge's line does."""
+    documents = _documents("sample.json")
+    documents[0] = _replaced(documents[0], ("traceEvents", 18, "args", "attrs", "queue_depth"), 1 << 63)
+    trace, _ = read("sample.json", (json.dumps(documents[0]) + "\n").encode(), "chrome")
+    merged = traceio.merge_traces([trace])
+    with pytest.raises(ValueError, match="out of range"):
+        traceio.write_trace(merged.events, tmp_path / "merged.perfetto-trace", clock_offsets=merged.clock_offsets)
