@@ -29,27 +29,18 @@ typedef struct {
 } Condition;
 
 static PyTypeObject ConditionType;
-PyObject *plan_steps(PyObject *value, PyObject *steps, int use_len); /* _speedups.c: as extractors read */
+/* _speedups.c: a value by its plan, as extractors read theirs; the steps from a given root */
+PyObject *plan_read(PyObject *instance, PyObject *args, Py_ssize_t position, Py_ssize_t bound, PyObject *steps,
+                    int use_len);
+PyObject *plan_steps(PyObject *value, PyObject *steps, int use_len);
 
 /* The value by the plan (a new reference); NULL without an exception: the slow path. */
 static PyObject *
 plan_value(Condition *self, PyObject *const *argv, Py_ssize_t nargs)
 {
-    PyObject *instance = argv[0], *args = argv[1], *value;
     if (self->from_result)
-        value = Py_NewRef(nargs > 3 ? argv[3] : Py_None);
-    else if (self->position < 0) {
-        if (instance == Py_None)
-            return NULL;
-        value = Py_NewRef(instance);
-    }
-    else {
-        Py_ssize_t index = instance == Py_None ? self->position : self->bound;
-        if (!PyTuple_Check(args) || index >= PyTuple_GET_SIZE(args))
-            return NULL;
-        value = Py_NewRef(PyTuple_GET_ITEM(args, index));
-    }
-    return plan_steps(value, self->steps, self->use_len);
+        return plan_steps(Py_NewRef(nargs > 3 ? argv[3] : Py_None), self->steps, self->use_len);
+    return plan_read(argv[0], argv[1], self->position, self->bound, self->steps, self->use_len);
 }
 
 /* 1 or 0: the comparison (or truth) of value; -1 when it raised something not an Exception. */

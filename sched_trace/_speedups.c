@@ -119,8 +119,7 @@ call3(PyObject *function, PyObject *a, PyObject *b, PyObject *c)
 }
 
 /* A plan's attribute steps, then len() when it says so, from its root ``value`` (a reference
- * it takes): the value (a new reference), or NULL with the exception raised. Conditions
- * (_conditions.c) read their value the same way. */
+ * it takes): the value (a new reference), or NULL with the exception raised. */
 PyObject *
 plan_steps(PyObject *value, PyObject *steps, int use_len)
 {
@@ -138,6 +137,30 @@ plan_steps(PyObject *value, PyObject *steps, int use_len)
     return length < 0 ? NULL : PyLong_FromSsize_t(length);
 }
 
+/* A value by its plan: the root (the instance when ``position`` is -1, else ``args``
+ * [position], or [bound] when called with an instance), its attribute steps, len(). A new
+ * reference; NULL without an exception where the root is not there (passed by keyword,
+ * ``self`` on an unbound call); NULL with one where a step or len() raised. Extractors and
+ * conditions (_conditions.c) read their values this way. */
+PyObject *
+plan_read(PyObject *instance, PyObject *args, Py_ssize_t position, Py_ssize_t bound, PyObject *steps,
+          int use_len)
+{
+    PyObject *value;
+    if (position < 0) {
+        if (instance == Py_None)
+            return NULL;
+        value = Py_NewRef(instance);
+    }
+    else {
+        Py_ssize_t index = instance == Py_None ? position : bound;
+        if (!PyTuple_Check(args) || index >= PyTuple_GET_SIZE(args))
+            return NULL;
+        value = Py_NewRef(PyTuple_GET_ITEM(args, index));
+    }
+    return plan_steps(value, steps, use_len);
+}
+
 /* The value (a new reference), or NULL with an exception the template would not catch. */
 static PyObject *
 extract(Extractor *e, PyObject *instance, PyObject *args, PyObject *kwargs)
@@ -146,24 +169,15 @@ extract(Extractor *e, PyObject *instance, PyObject *args, PyObject *kwargs)
         Py_RETURN_NONE;
     if (e->steps == NULL)
         return call3(e->fallback, instance, args, kwargs);
-    PyObject *value;
-    if (e->position < 0) {
-        if (instance == Py_None)
-            goto slow;
-        value = Py_NewRef(instance);
-    }
-    else {
-        Py_ssize_t index = instance == Py_None ? e->position : e->bound;
-        if (!PyTuple_Check(args) || index >= PyTuple_GET_SIZE(args))
-            goto slow;
-        value = Py_NewRef(PyTuple_GET_ITEM(args, index));
-    }
-    if ((value = plan_steps(value, e->steps, e->use_len)) != NULL)
+    PyObject *value = plan_read(instance, args, e->position, e->bound, e->steps, e->use_len);
+    if (value != NULL)
         return value;
-    if (!PyErr_ExceptionMatches(PyExc_Exception))
-        return NULL;
-    PyErr_Clear();
-slow: /* unreadable here: the extractor's slow path reads it and counts it */
+    if (PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception))
+            return NULL;
+        PyErr_Clear();
+    }
+    /* unreadable here: the extractor's slow path reads it and counts it */
     return call3(e->fallback, instance, args, kwargs);
 }
 
