@@ -58,8 +58,10 @@ typedef struct {
     Py_ssize_t global_index[4]; /* memo index of each event class and RankInfo; -1: not written yet */
     PyObject *kinds[4];         /* StageEvent, BatchEvent, RequestEvent, RankInfo (borrowed) */
     PyObject *no_attrs, *rank_args;
+    /* the contexts this frame sends, found on the way, and the Python form's callbacks */
+    PyObject *contexts, *context_of_request, *request_ids;
     /* a batch's requests: the Python form's ContextCache (its table of known requests and its
-     * ``context``), the trace context table, ``sent`` and ``_send``; NULL known: call request_ids */
+     * ``context``), the trace context table, ``sent``, ``_send`` and the Mapping kinds */
     PyObject *known, *context, *table, *sent, *send, *mapping_kinds;
 } Writer;
 
@@ -532,7 +534,7 @@ context_of(Writer *w, PyObject *request)
 
 /* ``{**attrs, "requests": ids}`` (a new reference), or NULL. */
 static PyObject *
-with_request_ids(Writer *w, PyObject *attrs, PyObject *requests, PyObject *contexts)
+with_request_ids(Writer *w, PyObject *attrs, PyObject *requests)
 {
     PyObject *items = PySequence_Tuple(requests); /* read once: the scheduler may change its list */
     if (items == NULL)
@@ -554,7 +556,7 @@ with_request_ids(Writer *w, PyObject *attrs, PyObject *requests, PyObject *conte
         PyTuple_SET_ITEM(ids, i, Py_NewRef(rid));
         if (traceparent != Py_None) {
             int known = PyDict_Contains(w->sent, rid);
-            PyObject *none = known ? NULL : PyObject_CallFunctionObjArgs(w->send, rid, traceparent, contexts, NULL);
+            PyObject *none = known ? NULL : PyObject_CallFunctionObjArgs(w->send, rid, traceparent, w->contexts, NULL);
             Py_XDECREF(none);
             if (known < 0 || (!known && none == NULL)) {
                 Py_DECREF(context);
@@ -584,8 +586,7 @@ kind_of(Writer *w, PyObject *event)
 }
 
 static int
-write_event(Writer *w, PyObject *event, int kind, PyObject *contexts, PyObject *sent, PyObject *context_of_request,
-            PyObject *request_ids)
+write_event(Writer *w, PyObject *event, int kind)
 {
     Py_ssize_t n = PyTuple_GET_SIZE(event);
     if (put1(w->out, '(') < 0)
@@ -603,10 +604,10 @@ write_event(Writer *w, PyObject *event, int kind, PyObject *contexts, PyObject *
             if (requests != NULL) { /* the ids instead of the objects; their contexts to send */
                 PyObject *attrs;
                 Py_INCREF(requests);
-                if (w->known != NULL && (PyList_CheckExact(requests) || PyTuple_CheckExact(requests)))
-                    attrs = with_request_ids(w, field, requests, contexts);
+                if (PyList_CheckExact(requests) || PyTuple_CheckExact(requests))
+                    attrs = with_request_ids(w, field, requests);
                 else /* None, one request, another iterable: the Python form's rules */
-                    attrs = PyObject_CallFunctionObjArgs(request_ids, field, contexts, NULL);
+                    attrs = PyObject_CallFunctionObjArgs(w->request_ids, field, w->contexts, NULL);
                 Py_DECREF(requests);
                 if (attrs == NULL)
                     return -1;
@@ -620,11 +621,11 @@ write_event(Writer *w, PyObject *event, int kind, PyObject *contexts, PyObject *
         else {
             done = write_value(w, field, 0);
             if (!done && kind == 2 && i == 2) { /* a request event's id: its context, once */
-                int known = PyDict_Contains(sent, field);
+                int known = PyDict_Contains(w->sent, field);
                 if (known < 0)
                     return -1;
                 if (!known) {
-                    PyObject *none = PyObject_CallFunctionObjArgs(context_of_request, field, contexts, NULL);
+                    PyObject *none = PyObject_CallFunctionObjArgs(w->context_of_request, field, w->contexts, NULL);
                     if (none == NULL)
                         return -1;
                     Py_DECREF(none);
@@ -638,8 +639,7 @@ write_event(Writer *w, PyObject *event, int kind, PyObject *contexts, PyObject *
 }
 
 static int
-write_frame(Writer *w, PyObject *events, PyObject *contexts, PyObject *sent, PyObject *context_of_request,
-            PyObject *request_ids, Buffer *head)
+write_frame(Writer *w, PyObject *events, Buffer *head)
 {
     Py_ssize_t n = PyList_GET_SIZE(events);
     int done;
@@ -662,7 +662,7 @@ write_frame(Writer *w, PyObject *events, PyObject *contexts, PyObject *sent, PyO
         if (kind < 0)
             return NOT_PLAIN;
         Py_INCREF(event);
-        done = write_event(w, event, kind, contexts, sent, context_of_request, request_ids);
+        done = write_event(w, event, kind);
         Py_DECREF(event);
         if (done)
             return done;
@@ -670,13 +670,13 @@ write_frame(Writer *w, PyObject *events, PyObject *contexts, PyObject *sent, PyO
     if ((n && put1(w->out, 'e') < 0) || put(w->out, "\x87.", 2) < 0) /* TUPLE3, STOP */
         return -1;
     /* contexts, found on the way, go first: written apart, without memo entries */
-    if (!PyList_CheckExact(contexts))
+    if (!PyList_CheckExact(w->contexts))
         return NOT_PLAIN;
     w->out = head;
     w->memo_on = 0;
     if (put(head, "\x80\x05", 2) < 0) /* PROTO 5 */
         return -1;
-    return write_value(w, contexts, 0);
+    return write_value(w, w->contexts, 0);
 }
 
 static PyObject *
@@ -684,14 +684,13 @@ encode_frame(PyObject *module, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"events", "contexts", "sent", "context_of_request", "request_ids", "rank_args",
                                "kinds", "no_attrs", "cache", NULL};
-    PyObject *events, *contexts, *sent, *context_of_request, *request_ids, *rank_args, *kinds, *no_attrs;
-    PyObject *cache = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!O!OOOO!O|O!:encode_frame", keywords, &PyList_Type, &events,
+    PyObject *events, *contexts, *sent, *context_of_request, *request_ids, *rank_args, *kinds, *no_attrs, *cache;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!O!OOOO!OO!:encode_frame", keywords, &PyList_Type, &events,
                                      &PyList_Type, &contexts, &PyDict_Type, &sent, &context_of_request, &request_ids,
                                      &rank_args, &PyTuple_Type, &kinds, &no_attrs, &PyTuple_Type, &cache))
         return NULL;
-    if (cache != NULL && (PyTuple_GET_SIZE(cache) != 5 || !PyDict_Check(PyTuple_GET_ITEM(cache, 0)) ||
-                          !PyDict_Check(PyTuple_GET_ITEM(cache, 2)) || !PyDict_Check(PyTuple_GET_ITEM(cache, 4)))) {
+    if (PyTuple_GET_SIZE(cache) != 5 || !PyDict_Check(PyTuple_GET_ITEM(cache, 0)) ||
+        !PyDict_Check(PyTuple_GET_ITEM(cache, 2)) || !PyDict_Check(PyTuple_GET_ITEM(cache, 4))) {
         PyErr_SetString(PyExc_ValueError,
                         "cache: (known requests, context, trace context table, send, mapping kinds)");
         return NULL;
@@ -713,15 +712,16 @@ encode_frame(PyObject *module, PyObject *args, PyObject *kwargs)
     }
     w->no_attrs = no_attrs;
     w->rank_args = rank_args;
+    w->contexts = contexts;
+    w->context_of_request = context_of_request;
+    w->request_ids = request_ids;
     w->sent = sent;
-    if (cache != NULL) {
-        w->known = PyTuple_GET_ITEM(cache, 0);
-        w->context = PyTuple_GET_ITEM(cache, 1);
-        w->table = PyTuple_GET_ITEM(cache, 2);
-        w->send = PyTuple_GET_ITEM(cache, 3);
-        w->mapping_kinds = PyTuple_GET_ITEM(cache, 4);
-    }
-    int written = write_frame(w, events, contexts, sent, context_of_request, request_ids, &head);
+    w->known = PyTuple_GET_ITEM(cache, 0);
+    w->context = PyTuple_GET_ITEM(cache, 1);
+    w->table = PyTuple_GET_ITEM(cache, 2);
+    w->send = PyTuple_GET_ITEM(cache, 3);
+    w->mapping_kinds = PyTuple_GET_ITEM(cache, 4);
+    int written = write_frame(w, events, &head);
     if (written < 0)
         goto done;
     if (written == NOT_PLAIN) {
