@@ -1,8 +1,9 @@
 """The optional C extension; everything else is in pyproject.toml.
 
-``sched_trace._speedups`` is the C form of a probe's hot path (``_speedups.c``) and of
-binding a traced method to its instance (``_binding.c``) and of a condition (``_conditions.c``). It is optional: without a
-compiler the build goes on and sched-trace runs the same hot path in Python.
+``sched_trace._speedups`` is the C form of a probe's hot path (``_speedups.c``), of
+binding a traced method to its instance (``_binding.c``), of a condition
+(``_conditions.c``) and of the exporter thread's frame (``_encode.c``). It is optional:
+without a compiler the build goes on and sched-trace runs the same code in Python.
 """
 
 from setuptools import Extension, setup

@@ -282,8 +282,7 @@ def test_nesting_deeper_than_the_writer_goes_and_a_list_holding_itself_are_the_p
 
 def test_many_strings_and_ranks_in_one_frame():
     """Past the writer's memo table (1,536 objects) strings are written out; past 64 ranks, each rank is."""
-    ranks = [RANK._replace(tid=tid) if hasattr(RANK, "_replace") else RankInfo("host", 11, tid, "Scheduler", 0, 1,
-                                                                                None, ()) for tid in range(80)]
+    ranks = [RankInfo("host", 11, tid, "Scheduler", 0, 1, None, ()) for tid in range(80)]
     events = [StageEvent(f"stage-{i}", 2, i, i + 1, ranks[i % 80], None, i, 1, {f"key-{i}": f"value-{i}"}, None, i,
                          None) for i in range(3000)]
     events += events[:100]  # seen again: fetched by memo (index over 255: LONG_BINGET) or written again
