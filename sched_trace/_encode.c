@@ -17,7 +17,9 @@
  *     that ``context`` itself for the rest (a first sighting), ``_send`` for a context
  *     not sent yet, ``request_ids`` for ``requests`` of another kind, and a request
  *     event's id through ``context_of_request`` unless ``sent`` holds it: the only
- *     Python calls left, the same ones the Python form makes.
+ *     Python calls left, the same ones the Python form makes. A batch of the very
+ *     requests of the frame's batch before it takes that one's ids (a decode batch is
+ *     the same from step to step): its requests are read once per frame, not per step.
  *
  * Only plain data is written here: None, bool, int (64 bits), float, str, bytes, and
  * tuples, lists and dicts of them, ``NO_ATTRS`` as an empty dict. Anything else (an
@@ -33,7 +35,8 @@
 
 #define NOT_PLAIN 1
 #define MAX_DEPTH 32
-#define MEMO_SLOTS 2048 /* a power of two; filled to three quarters at most */
+#define MEMO_SLOTS 2048 /* the table's largest size (a power of two), filled to three quarters at most */
+#define MEMO_FIRST 64   /* its first size: a frame's few names; doubled as it fills */
 #define MAX_RANKS 64
 
 typedef struct {
@@ -51,7 +54,8 @@ typedef struct {
     Buffer *out;
     int memo_on;
     Py_ssize_t memo_used, next_index;
-    MemoSlot memo[MEMO_SLOTS];
+    MemoSlot *memo;  /* NULL until the first entry; sized as the frame needs: the exporter thread */
+    size_t memo_size; /* meets it cold, and zeroing and sweeping all of MEMO_SLOTS cost a small frame more than its events */
     PyObject *ranks[MAX_RANKS];
     Py_ssize_t rank_index[MAX_RANKS];
     int n_ranks;
@@ -63,6 +67,9 @@ typedef struct {
     /* a batch's requests: the Python form's ContextCache (its table of known requests and its
      * ``context``), the trace context table, ``sent``, ``_send`` and the Mapping kinds */
     PyObject *known, *context, *table, *sent, *send, *mapping_kinds;
+    /* the frame's last batch of requests read and their ids (strong references, so the same
+     * addresses are the same requests): a batch of the very same ones takes those ids */
+    PyObject *last_items, *last_ids;
 } Writer;
 
 static PyObject *str_requests, *str_module, *str_qualname, *str_rid, *context_names[3];
@@ -130,20 +137,43 @@ put_sized(Buffer *b, char short_op, char long_op, const char *bytes, Py_ssize_t 
 /* --- the memo: objects written once, then fetched by index -------------------- */
 
 static inline size_t
-slot_of(PyObject *key)
+slot_of(PyObject *key, size_t size)
 {
-    return (size_t)(((uintptr_t)key >> 4) * 0x9E3779B97F4A7C15ULL) & (MEMO_SLOTS - 1);
+    return (size_t)(((uintptr_t)key >> 4) * 0x9E3779B97F4A7C15ULL) & (size - 1);
 }
 
 static Py_ssize_t
 memo_get(Writer *w, PyObject *key)
 {
-    for (size_t slot = slot_of(key);; slot = (slot + 1) & (MEMO_SLOTS - 1)) {
+    if (w->memo == NULL)
+        return -1;
+    for (size_t slot = slot_of(key, w->memo_size);; slot = (slot + 1) & (w->memo_size - 1)) {
         if (w->memo[slot].key == key)
             return w->memo[slot].index;
         if (w->memo[slot].key == NULL)
             return -1;
     }
+}
+
+/* A table of ``size`` slots holding the entries (references moved, not taken), or -1. */
+static int
+memo_resize(Writer *w, size_t size)
+{
+    MemoSlot *table = PyMem_Calloc(size, sizeof(MemoSlot));
+    if (table == NULL)
+        return PyErr_NoMemory(), -1;
+    for (size_t old = 0; w->memo != NULL && old < w->memo_size; old++) {
+        if (w->memo[old].key == NULL)
+            continue;
+        size_t slot = slot_of(w->memo[old].key, size);
+        while (table[slot].key != NULL)
+            slot = (slot + 1) & (size - 1);
+        table[slot] = w->memo[old];
+    }
+    PyMem_Free(w->memo);
+    w->memo = table;
+    w->memo_size = size;
+    return 0;
 }
 
 /* After the object is on the unpickler's stack: MEMOIZE it, if the table has room. */
@@ -152,9 +182,12 @@ memo_put(Writer *w, PyObject *key)
 {
     if (w->memo_used >= MEMO_SLOTS * 3 / 4)
         return 0;
-    size_t slot = slot_of(key);
+    if ((size_t)(w->memo_used + 1) > w->memo_size * 3 / 4 &&
+        memo_resize(w, w->memo == NULL ? MEMO_FIRST : w->memo_size * 2) < 0)
+        return -1;
+    size_t slot = slot_of(key, w->memo_size);
     while (w->memo[slot].key != NULL)
-        slot = (slot + 1) & (MEMO_SLOTS - 1);
+        slot = (slot + 1) & (w->memo_size - 1);
     w->memo[slot].key = Py_NewRef(key);
     w->memo[slot].index = w->next_index++;
     w->memo_used++;
@@ -532,16 +565,37 @@ context_of(Writer *w, PyObject *request)
     return PyObject_CallOneArg(w->context, request); /* counts the sighting itself */
 }
 
-/* ``{**attrs, "requests": ids}`` (a new reference), or NULL. */
+/* A list or tuple of the same requests, in the same order, as ``last`` (which holds them:
+ * identity is enough). Compared in place: no reference taken, so the requests themselves
+ * (gone cold since their step) are not touched. */
+static int
+same_requests(PyObject *requests, PyObject *last)
+{
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(requests);
+    if (last == NULL || PyTuple_GET_SIZE(last) != n)
+        return 0;
+    PyObject **items = PySequence_Fast_ITEMS(requests);
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (items[i] != PyTuple_GET_ITEM(last, i))
+            return 0;
+    return 1;
+}
+
+/* ``{**attrs, "requests": ids}`` (a new reference), or NULL. A batch of the very requests
+ * the frame's last batch had (a decode batch from one step to the next) takes its ids:
+ * they were read, and their contexts sent, moments ago (EventEncoder._request_ids too). */
 static PyObject *
 with_request_ids(Writer *w, PyObject *attrs, PyObject *requests)
 {
-    PyObject *items = PySequence_Tuple(requests); /* read once: the scheduler may change its list */
-    if (items == NULL)
+    PyObject *items = NULL, *ids = NULL, *result = NULL;
+    if (same_requests(requests, w->last_items)) {
+        ids = Py_NewRef(w->last_ids);
+        goto found;
+    }
+    if ((items = PySequence_Tuple(requests)) == NULL) /* read once: the scheduler may change its list */
         return NULL;
     Py_ssize_t n = PyTuple_GET_SIZE(items);
-    PyObject *ids = PyTuple_New(n), *result = NULL;
-    if (ids == NULL)
+    if ((ids = PyTuple_New(n)) == NULL)
         goto done;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *context = context_of(w, PyTuple_GET_ITEM(items, i));
@@ -565,11 +619,14 @@ with_request_ids(Writer *w, PyObject *attrs, PyObject *requests)
         }
         Py_DECREF(context);
     }
+    Py_XSETREF(w->last_items, Py_NewRef(items));
+    Py_XSETREF(w->last_ids, Py_NewRef(ids));
+found:
     result = PyDict_Copy(attrs);
     if (result != NULL && PyDict_SetItem(result, str_requests, ids) < 0)
         Py_CLEAR(result);
 done:
-    Py_DECREF(items);
+    Py_XDECREF(items);
     Py_XDECREF(ids);
     return result;
 }
@@ -734,10 +791,13 @@ encode_frame(PyObject *module, PyObject *args, PyObject *kwargs)
         memcpy(PyBytes_AS_STRING(result) + head.size, body.data, body.size);
     }
 done:
-    for (size_t slot = 0; w->memo_used && slot < MEMO_SLOTS; slot++)
+    for (size_t slot = 0; w->memo != NULL && slot < w->memo_size; slot++)
         Py_XDECREF(w->memo[slot].key);
+    PyMem_Free(w->memo);
     for (int i = 0; i < w->n_ranks; i++)
         Py_DECREF(w->ranks[i]);
+    Py_XDECREF(w->last_items);
+    Py_XDECREF(w->last_ids);
     PyMem_Free(body.data);
     PyMem_Free(head.data);
     PyMem_Free(w);

@@ -28,6 +28,7 @@ the pickler stays the reference (tests/exporters/test_codec.py holds one to the 
 from __future__ import annotations
 
 import io
+import operator
 import pickle
 import traceback
 from collections.abc import Mapping
@@ -158,6 +159,7 @@ class EventEncoder:
         # what the C form reads of ContextCache.context's table, and calls where that is not enough
         self._cache = (self._contexts._known, self._contexts.context, contexts_table, self._send, _MAPPING_KINDS)
         self.frames_in_c = self.frames_in_python = 0
+        self._last: Any = None  # the frame's last requests read, and their ids
 
     def reset(self) -> None:
         self._sent.clear()
@@ -174,6 +176,7 @@ class EventEncoder:
         Both write the same pickle; the receiving side cannot tell them apart.
         """
         contexts: list[tuple[str, str]] = []
+        self._last = None
         if self._fast is not None:
             payload = self._fast(events if type(events) is list else list(events), contexts, self._sent,
                                  self._context_of_request, self._request_ids, rank_args, _KINDS, NO_ATTRS,
@@ -191,6 +194,7 @@ class EventEncoder:
             if attrs and "requests" in attrs:
                 plain = fields[index]
                 fields[index] = plain[:_ATTRS] + (self._request_ids(attrs, contexts),) + plain[_ATTRS + 1:]
+        self._last = None  # held for one frame only: the requests stay the scheduler's
         buffer = io.BytesIO()
         _EventPickler(buffer, PROTOCOL).dump((contexts, list(map(type, events)), fields))
         return buffer.getvalue()
@@ -202,26 +206,38 @@ class EventEncoder:
                 self._send(rid, traceparent, contexts)
 
     def _request_ids(self, attrs: Any, contexts: list) -> dict:
-        """``attrs`` with its ``requests`` as their ids; each id's trace context sent once."""
+        """``attrs`` with its ``requests`` as their ids; each id's trace context sent once.
+
+        A list or tuple of the very requests (the same objects, in the same order) of the
+        frame's last one read takes its ids: a decode batch is the same from step to step,
+        so its requests are read once per frame, not once per step (the C form too).
+        """
         requests = attrs["requests"]
         if requests is None:
-            ids: list[str] = []
-        else:
-            if type(requests) not in _SEQUENCES and (isinstance(requests, (str, int)) or
-                                                     not isinstance(requests, Iterable)):  # an ABC check: slow
-                requests = (requests,)
-            try:
-                items = list(requests)  # the scheduler may change its list later: read it once
-            except Exception:
-                items = []
-            ids = []
-            context = self._contexts.context
-            for request in items:
-                rid, traceparent = context(request)
-                ids.append(rid)
-                if traceparent is not None and rid not in self._sent:
-                    self._send(rid, traceparent, contexts)
-        return {**attrs, "requests": tuple(ids)}
+            return {**attrs, "requests": ()}
+        sequence = type(requests) in _SEQUENCES  # what the C form reads itself, and compares
+        if not sequence and (isinstance(requests, (str, int)) or
+                             not isinstance(requests, Iterable)):  # an ABC check: slow
+            requests = (requests,)
+        try:
+            items = tuple(requests)  # the scheduler may change its list later: read it once
+        except Exception:
+            items = ()
+        last = self._last
+        if (sequence and last is not None and len(items) == len(last[0])
+                and all(map(operator.is_, items, last[0]))):
+            return {**attrs, "requests": last[1]}
+        ids = []
+        context = self._contexts.context
+        for request in items:
+            rid, traceparent = context(request)
+            ids.append(rid)
+            if traceparent is not None and rid not in self._sent:
+                self._send(rid, traceparent, contexts)
+        found = tuple(ids)
+        if sequence:
+            self._last = (items, found)
+        return {**attrs, "requests": found}
 
     def _send(self, rid: str, traceparent: str, contexts: list) -> None:
         contexts.append((rid, traceparent))

@@ -341,6 +341,62 @@ def test_a_new_request_at_a_freed_ones_address_is_read_afresh_by_the_encoder():
         del req
 
 
+def sightings(encoder: EventEncoder, req: Any) -> int:
+    """How many times the encoder's ContextCache has counted ``req`` (0: never read)."""
+    known = encoder._contexts._known.get(id(req))
+    return known[2] if known is not None else 0
+
+
+def test_a_batch_of_the_very_requests_of_the_frames_last_takes_its_ids_without_reading_them(hot_path):
+    """A decode batch is the same from step to step: one frame of 40 steps reads its requests
+    once, whether the scheduler keeps its list (SGLang's ``batch.reqs`` until a request
+    joins or leaves) or builds a new one of the same requests."""
+    first, second, joined = (counted(rid) for rid in rids(3))
+    steady = [first, second]
+    events = [stage(requests=steady) for _ in range(20)]  # the same list, step after step
+    events += [stage(requests=[first, second]) for _ in range(10)]  # a new list, the same requests
+    events += [stage(requests=steady + [joined])]  # one joins: read
+    events += [stage(requests=(first, second, joined)) for _ in range(9)]  # a tuple of them: the same
+    encoder = EventEncoder()
+    decoded = decode_events(encoder.encode(events))
+    ids = (first.rid, second.rid, joined.rid)
+    assert [event.attrs["requests"] for event in decoded] == [ids[:2]] * 30 + [ids] * 10
+    # each counted once per read: the first batch, then the batch it joined
+    assert (sightings(encoder, first), sightings(encoder, second), sightings(encoder, joined)) == (2, 2, 1)
+    # the next frame reads them again (and counts the sighting): nothing is kept across frames
+    assert decode_events(encoder.encode([stage(requests=steady)]))[0].attrs["requests"] == ids[:2]
+    assert sightings(encoder, first) == 3
+
+
+def test_the_same_requests_in_another_order_or_fewer_are_read_again(hot_path):
+    a, b, c = (Req(rid) for rid in rids(3))
+    batches = [[a, b, c], [a, b, c], [c, b, a], [a, b], [a, b, c], [a, b, c, c], []]
+    encoder = EventEncoder()
+    decoded = decode_events(encoder.encode([stage(requests=batch) for batch in batches]))
+    assert [event.attrs["requests"] for event in decoded] == [tuple(r.rid for r in batch) for batch in batches]
+    assert sightings(encoder, a) == 5 and sightings(encoder, c) == 5  # the second batch alone took the first's
+
+
+def test_a_context_found_in_a_frames_first_batch_travels_once_for_all_of_them(hot_path):
+    (rid,) = rids(1)
+    req = Req(rid, TP)
+    steady = [req]
+    contexts, _, fields = pickle.loads(EventEncoder().encode([stage(requests=steady) for _ in range(5)]))
+    assert contexts == [(rid, TP)] and [f[8]["requests"] for f in fields] == [(rid,)] * 5
+
+
+def test_the_frames_last_batch_is_let_go_with_the_frame(hot_path):
+    reqs = [Req(rid) for rid in rids(2)]
+    events = [stage(requests=reqs), stage(requests=list(reqs))]
+    encoder = EventEncoder()
+    encoder.encode(events)
+    before = [sys.getrefcount(req) for req in reqs]
+    for _ in range(200):
+        encoder.encode(events)
+    assert [sys.getrefcount(req) for req in reqs] == before
+    assert encoder._last is None
+
+
 REQUESTS = {"none": (lambda: None, ()), "bare": (lambda: "bare-id", ("bare-id",)), "one": (lambda: Req("single"), ("single",)),
             "set": (lambda: {Req("in-a-set")}, ("in-a-set",)), "iterator": (lambda: iter([Req("in-gen")]), ("in-gen",))}
 
