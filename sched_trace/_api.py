@@ -7,6 +7,8 @@ and on SIGTERM.
 from __future__ import annotations
 
 import os
+import threading
+import time
 from typing import Any, Iterable, Optional
 
 from . import _extract, _instrument, _lifecycle, _manager, _probe, _stages
@@ -90,9 +92,27 @@ def unregister(plugin: object = None, name: Optional[str] = None) -> Any:
     return get_manager().unregister(plugin, name)
 
 
+def threads_cpu() -> dict[str, float]:
+    """CPU seconds each thread sched-trace runs in this process has used so far, by thread
+    name (``sched-trace-otel``: an exporter thread; ``sched-trace-otel-replies``: its
+    exporter process's reply reader; ``sched-trace-watchdog`` ...), from the thread's own
+    clock: what tracing costs the process beside the scheduler thread's share."""
+    spent: dict[str, float] = {}
+    for thread in threading.enumerate():
+        if not thread.name.startswith("sched-trace-") or thread.ident is None:
+            continue
+        try:
+            seconds = time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+        except (OSError, AttributeError):  # ended meanwhile, or no per-thread clocks here
+            continue
+        spent[thread.name] = spent.get(thread.name, 0.0) + seconds
+    return spent
+
+
 def stats() -> dict[str, Any]:
-    """Counters that make loss visible: plugin errors, drops, unreadable extractors; and
-    ``idle_calls``, the calls each ``keep_if`` stage dropped as idle."""
+    """Counters that make loss visible: plugin errors, drops, unreadable extractors;
+    ``idle_calls``, the calls each ``keep_if`` stage dropped as idle; and
+    ``threads_cpu_s``, the CPU sched-trace's own threads have used (:func:`threads_cpu`)."""
     manager = get_manager()
     per_plugin = {}
     for name, result in manager.call("sched_trace_collect_stats"):
@@ -107,6 +127,7 @@ def stats() -> dict[str, Any]:
         "unresolved_targets": list(_instrument.unresolved),
         "idle_calls": {name: count for name, count in _probe.idle_calls.items() if count},
         "plugins": per_plugin,
+        "threads_cpu_s": threads_cpu(),
     }
 
 

@@ -22,7 +22,7 @@ from . import _hookspecs
 from ._watchdog import HookWatchdog, budget_from_env, code_of
 from ._errors import ConfigError, PluginError
 from ._stages import LEVEL
-from .recorder import c_form
+from .recorder import c_form, never_blocks
 
 log = logging.getLogger("sched_trace")
 
@@ -183,6 +183,8 @@ class PluginManager:
                      if impl.plugin_name not in self.quarantined]
             self.event_calls[index] = tuple((_positional(impl), impl.plugin_name) for impl in impls)
             for impl in impls:
+                if never_blocks(impl.function):  # the built-in buffers' append: nothing to watch
+                    continue
                 code = code_of(impl.function)
                 if code is not None and (impl.plugin, impl.plugin_name) not in codes.get(code, ()):
                     codes.setdefault(code, []).append((impl.plugin, impl.plugin_name))

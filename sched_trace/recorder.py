@@ -338,6 +338,14 @@ class BackgroundExporter:
         return stats
 
 
+def never_blocks(hook: Callable[[Any], None]) -> bool:
+    """A :class:`BackgroundExporter`'s ``append`` bound as an event hook: a capacity check and
+    a deque append (a drop when full; its first call starts the thread). The hook watchdog
+    leaves it out: sampling every thread's stack ten times a second (a GIL hand-over each)
+    to guard a hook that cannot block cost the scheduler's process more than its exporter."""
+    return getattr(hook, "__func__", None) is BackgroundExporter.append
+
+
 def c_form(hook: Callable[[Any], None]) -> Callable[[Any], None]:
     """What to call for ``hook``: the C form of a :class:`BackgroundExporter`'s ``append``
     bound as a plugin's event hook (pluggy registers the Python method; the plugin

@@ -163,3 +163,49 @@ def test_the_watchdog_also_runs_in_a_fork_child():
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def watchdog_running() -> bool:
+    return any(thread.name == "sched-trace-watchdog" and thread.is_alive() for thread in threading.enumerate())
+
+
+def test_the_watchdog_samples_only_while_a_hook_that_could_block_is_registered(tmp_path):
+    """The built-in buffers' append (a deque append) cannot block: with only exporter
+    plugins the watchdog does not sample the scheduler's stacks ten times a second."""
+    from examples.jsonl_exporter import JsonLinesExporter
+    from sched_trace.export import ExporterPlugin
+
+    exporter = ExporterPlugin(JsonLinesExporter, "jsonl", process=False, path=str(tmp_path / "events.jsonl"))
+    sched_trace.configure(level=9, plugins=[exporter], autoload=False)
+    try:
+        assert schedule(20) == sum(sum([s, s + 1]) * (s % 4 + 1) for s in range(20))
+        deadline = time.monotonic() + 5
+        while watchdog_running() and time.monotonic() < deadline:  # a thread of an earlier test ends
+            time.sleep(0.05)
+        assert not watchdog_running()
+        recorder = MemoryRecorder()  # a plugin's own Python hook: watched again
+        sched_trace.register(recorder, name="recorder")
+        assert watchdog_running()
+        sched_trace.unregister(recorder)
+    finally:
+        sched_trace.shutdown()
+        sched_trace.unregister(exporter)
+
+
+def test_stats_says_what_sched_traces_own_threads_cost(tmp_path):
+    from examples.jsonl_exporter import JsonLinesExporter
+    from sched_trace.export import ExporterPlugin
+
+    exporter = ExporterPlugin(JsonLinesExporter, "jsonl", process=False, path=str(tmp_path / "events.jsonl"))
+    sched_trace.configure(level=9, plugins=[exporter], autoload=False)
+    try:
+        schedule()
+        sched_trace.flush(30)
+        spent = sched_trace.stats()["threads_cpu_s"]
+        thread = next(t for t in threading.enumerate() if t.name == "sched-trace-jsonl")
+        own = time.clock_gettime(time.pthread_getcpuclockid(thread.ident))  # the thread's clock, read after
+        assert 0 < spent["sched-trace-jsonl"] <= own
+        assert all(name.startswith("sched-trace-") for name in spent)
+    finally:
+        sched_trace.shutdown()
+        sched_trace.unregister(exporter)
