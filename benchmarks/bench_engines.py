@@ -185,11 +185,13 @@ def switch_pairs(lines: list[list[str]]) -> dict[str, Any]:
                   if line[0] != "E"]
     exporter = [float(line[1]) for line in lines if line[0] == "E"]
     frames = [tuple(map(int, line[2:4])) for line in lines if line[0] == "E" and len(line) >= 4]
+    threads = [float(line[4]) for line in lines if line[0] == "E" and len(line) >= 5]
     traced_steps = sum(1 for sample in iterations if sample[0] and sample[3] != "IDLE")
     return {"pairs": pair_steps([(traced, cpu, wall, size, mode == "DECODE")
                                  for traced, cpu, wall, mode, size in iterations]),
             "steps": len(iterations), "traced_steps": max(traced_steps, 1),
             "exporter_thread_cpu_s": (exporter[-1] - exporter[0]) if len(exporter) > 1 else 0.0,
+            **({"threads_cpu_s": threads[-1] - threads[0]} if len(threads) > 1 else {}),
             "frames": frames[-1] if frames else None,
             "where": "benchmarks/sglang_switch.py: loop iterations of one SGLang 0.5.23 server"}
 
@@ -326,9 +328,14 @@ def interleaved_rows(by_batch: dict[int, dict[str, Any]], label: str) -> list[di
             statistics.median(cpu) * base_cpu, base_cpu, statistics.median(cpu), "us/step",
             target="<= 1.01x", met=statistics.median(cpu) <= 1.01, group=GROUP,
             note=f"median of the paired ratios (95 % interval {low:.4f}-{high:.4f}); {where}"))
-        # The exporter thread's CPU, all of it charged to the traced steps' wall clock as if it had
-        # stopped the engine thread for as long (it runs while torch releases the GIL: an upper bound).
-        thread_ns = result["exporter_thread_cpu_s"] * 1e9 / result["traced_steps"]
+        # The CPU of sched-trace's threads in the engine's process (the exporter thread whole and
+        # its exporter process's reply reader; runs before 2026-12-07 counted the exporter
+        # thread's export() alone), all of it charged to the traced steps' wall clock as if it
+        # had stopped the engine thread for as long (it runs while torch releases the GIL: an
+        # upper bound).
+        export_ns = result["exporter_thread_cpu_s"] * 1e9 / result["traced_steps"]
+        whole = "threads_cpu_s" in result
+        thread_ns = result["threads_cpu_s"] * 1e9 / result["traced_steps"] if whole else export_ns
         frames = _frames(result)
         speed = [p["wall_untraced"] / (p["wall_traced"] + thread_ns) for p in pairs]
         low, high = _bootstrap(speed)
@@ -340,10 +347,23 @@ def interleaved_rows(by_batch: dict[int, dict[str, Any]], label: str) -> list[di
             statistics.median(speed), "tokens/s", target=">= 0.99x", met=statistics.median(speed) >= 0.99,
             group=GROUP,
             note=f"median of the paired ratios of tokens per wall-clock second (95 % interval {low:.4f}-"
-                 f"{high:.4f}); each traced step charged with the exporter thread's CPU per traced step "
-                 f"({thread_ns / 1e3:.1f} us, the thread's exact clock{frames}), as if it had stopped the "
-                 f"{thread} that long; untraced step {base_wall / 1e3:.0f} us; {where}"))
+                 f"{high:.4f}); each traced step charged with "
+                 + (f"the CPU of sched-trace's threads in the process per traced step ({thread_ns / 1e3:.1f} us: "
+                    f"exporter threads whole and their reply readers, exact clocks; {export_ns / 1e3:.1f} us "
+                    f"of it in export(){_by_thread(result)}{frames})" if whole else
+                    f"the exporter thread's CPU per traced step ({thread_ns / 1e3:.1f} us, the thread's exact "
+                    f"clock{frames})")
+                 + f", as if it had stopped the {thread} that long; untraced step {base_wall / 1e3:.0f} us; {where}"))
     return rows
+
+
+def _by_thread(result: dict[str, Any]) -> str:
+    """Each of sched-trace's threads' CPU per traced step, where the run kept them apart (vLLM's)."""
+    threads = result.get("by_thread_cpu_s")
+    if not threads:
+        return ""
+    return "; " + ", ".join(f"{name} {seconds * 1e6 / result['traced_steps']:.1f}"
+                            for name, seconds in sorted(threads.items()))
 
 
 def _frames(result: dict[str, Any]) -> str:

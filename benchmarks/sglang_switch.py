@@ -12,8 +12,8 @@ reads the scheduler thread's CPU clock and the wall clock, writes the iteration 
 sched-trace's proxy or to SGLang's own function for the next iteration: pairs of
 iterations, one of each, the order alternating from pair to pair. One unbuffered line
 per iteration in ``$SGLANG_SWITCH_DIR/<pid>.txt``: SGLang's SIGKILL at shutdown loses
-none. Every 64 iterations an ``E`` line gives the exporter threads' CPU so far and the
-frames they encoded in C and with the pickler.
+none. Every 64 iterations an ``E`` line gives the exporter threads' CPU in export() so far, the
+frames they encoded in C and with the pickler, and the CPU of all of sched-trace's threads.
 """
 
 from __future__ import annotations
@@ -35,12 +35,15 @@ def _active_handles() -> list:
 
 
 def _exporter_threads() -> str:
-    """The exporter threads' CPU so far, and the frames they encoded in C and with the pickler."""
+    """The exporter threads' CPU in export() so far, the frames they encoded in C and with the
+    pickler, and the CPU of every thread sched-trace runs here (vllm_engine.py says which)."""
     import sched_trace
 
-    plugins = sched_trace.stats()["plugins"].values()
-    return " ".join(str(sum(plugin.get(key, 0) for plugin in plugins))
-                    for key in ("thread_cpu_s", "frames_in_c", "frames_in_python"))
+    stats = sched_trace.stats()
+    plugins = stats["plugins"].values()
+    return " ".join([str(sum(plugin.get(key, 0) for plugin in plugins))
+                     for key in ("thread_cpu_s", "frames_in_c", "frames_in_python")]
+                    + [str(sum(stats["threads_cpu_s"].values()))])
 
 
 def ingest_requests(self, *args, **kwargs):

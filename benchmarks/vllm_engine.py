@@ -330,23 +330,26 @@ def run_interleaved(llm: Any, cases: Cases, groups: int, requests: int, tokens: 
     switch = StepSwitch(cases, wrapt_only=wrapt_only)
     one_round(llm, cases.core, GcClock(), requests, tokens, True)  # warm-up, traced
     switch.install()
-    exporter_cpu = []
+    exporter_cpu, by_thread = [], {}
     try:
         for _ in range(groups):
-            before = _exporter_thread_cpu()
+            before, threads_before = _exporter_thread_cpu(), sched_trace.stats()["threads_cpu_s"]
             outputs = tiny_vllm.generate(llm, requests, tokens)
             sched_trace.flush(30.0)
             exporter_cpu.append(_exporter_thread_cpu() - before)
+            for name, seconds in sched_trace.stats()["threads_cpu_s"].items():
+                by_thread[name] = by_thread.get(name, 0.0) + seconds - threads_before.get(name, 0.0)
             assert sum(len(o.outputs[0].token_ids) for o in outputs) == requests * tokens
     finally:
         switch.uninstall()
     traced_steps = sum(1 for s in switch.samples if s[0])
     return {"samples": switch.samples, "steps": len(switch.samples), "traced_steps": traced_steps,
-            "exporter_thread_cpu_s": sum(exporter_cpu)}
+            "exporter_thread_cpu_s": sum(exporter_cpu), "threads_cpu_s": sum(by_thread.values()),
+            "by_thread_cpu_s": by_thread}
 
 
 def _exporter_thread_cpu() -> float:
-    """CPU seconds the plugins' exporter threads in this process spent exporting (exact clocks)."""
+    """CPU seconds the plugins' exporter threads in this process spent in export() (exact clocks)."""
     import sched_trace
 
     return sum(plugin.get("thread_cpu_s", 0.0) for plugin in sched_trace.stats()["plugins"].values())
