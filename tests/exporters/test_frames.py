@@ -1,0 +1,61 @@
+"""Frames on the pipe to an exporter process arrive whole and in order when the pipe fills.
+
+The scheduler side writes each events frame whole, waiting while the pipe is full (the
+one back-pressure point); the reader is the exporter process's own ``FrameReader``, on a
+thread that drains more slowly than the writer writes.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from sched_trace._exporter.frames import CONTROL, EVENTS, FrameReader, write_control, write_events
+
+
+def slow_reader(fd: int, count: int, frames: list) -> threading.Thread:
+    def read() -> None:
+        reader = FrameReader(fd)
+        while len(frames) < count:
+            time.sleep(0.01)  # behind the writer: the pipe fills
+            frame = reader.read(timeout=10.0)
+            if frame is None:
+                return
+            frames.append(frame)
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_frames_larger_than_the_pipe_arrive_whole_and_in_order():
+    read_end, write_end = os.pipe()
+    payloads = [bytes([index]) * size for index, size in enumerate([10, 70_000, 1, 300_000, 65_536, 5])]
+    frames: list = []
+    thread = slow_reader(read_end, len(payloads) + 1, frames)
+    try:
+        for payload in payloads:
+            write_events(write_end, payload)
+        write_control(write_end, ("stop", 1.0))  # a control frame after them, through the same pipe
+        thread.join(30)
+        assert frames == [(EVENTS, payload) for payload in payloads] + [(CONTROL, ("stop", 1.0))]
+    finally:
+        os.close(write_end)
+        os.close(read_end)
+
+
+def test_a_frame_cut_short_at_the_end_of_the_stream_is_the_end():
+    read_end, write_end = os.pipe()
+    try:
+        write_events(write_end, b"whole")
+        os.write(write_end, b"\x10\x00\x00\x00E" + b"cut")  # a header promising 16 bytes, then 3
+        os.close(write_end)
+        write_end = -1
+        reader = FrameReader(read_end)
+        assert reader.read(timeout=5.0) == (EVENTS, b"whole")
+        assert reader.read(timeout=5.0) is None and reader.closed and reader.pending == 8
+    finally:
+        if write_end >= 0:
+            os.close(write_end)
+        os.close(read_end)
