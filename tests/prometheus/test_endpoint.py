@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, Callable
 
 import pytest
@@ -149,6 +150,19 @@ def test_calls_a_keep_if_stage_drops_are_an_idle_calls_counter_per_stage(start_p
     # Read at scrape time: two more idle polls show on the next scrape, no flush needed.
     on_scheduler_thread(lambda: [get_next_batch([]), get_next_batch([])])
     assert value(scrape(plugin.port), "sched_trace_idle_calls_total", stage="prom_poll") == 5
+
+
+def test_what_sched_traces_own_threads_cost_is_a_counter_per_thread(start_prometheus):
+    plugin = start_prometheus()
+    on_scheduler_thread(lambda: [send(False) for _ in range(50)])
+    sched_trace.flush(10)
+    threads = {thread.name: thread for thread in threading.enumerate() if thread.name.startswith("sched-trace-")}
+    assert "sched-trace-prometheus" in threads  # the plugin's exporter thread, which observed the events
+    samples = scrape(plugin.serve(0))
+    for name, thread in threads.items():
+        clock = time.clock_gettime(time.pthread_getcpuclockid(thread.ident))  # the thread's own, read after
+        assert 0 <= value(samples, "sched_trace_thread_cpu_seconds_total", thread=name) <= clock
+    assert value(samples, "sched_trace_thread_cpu_seconds_total", thread="sched-trace-prometheus") > 0
 
 
 def test_label_sets_are_capped_and_the_overflow_counted(start_prometheus):

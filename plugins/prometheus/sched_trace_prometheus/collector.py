@@ -27,6 +27,9 @@ def _families() -> dict[str, Metric]:
         "idle_calls": CounterMetricFamily(
             f"{NAMESPACE}_idle_calls", "Calls of a keep_if stage that its condition dropped as idle (no span).",
             labels=["stage"]),
+        "thread_cpu": CounterMetricFamily(
+            f"{NAMESPACE}_thread_cpu_seconds", "CPU each of sched-trace's own threads in this process has used.",
+            labels=["thread"]),
         "dropped": CounterMetricFamily(
             f"{NAMESPACE}_events_dropped", "Events a plugin dropped because its buffer was full.",
             labels=["plugin"]),
@@ -51,6 +54,8 @@ def health_families(stats: Mapping[str, Any], overflow: int) -> list[Metric]:
         families["extract_missing"].add_metric([extractor], count)
     for stage, count in sorted(stats.get("idle_calls", {}).items()):
         families["idle_calls"].add_metric([stage], count)
+    for thread, seconds in sorted(stats.get("threads_cpu_s", {}).items()):
+        families["thread_cpu"].add_metric([thread], seconds)
     for plugin, counters in sorted(stats.get("plugins", {}).items()):
         for stat, value in sorted(counters.items()):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
