@@ -186,7 +186,7 @@ class BackgroundExporter:
         self.abandoned = 0  # left in the buffer when shutdown's deadline passed
         self.in_flight = 0  # taken from the buffer, in export() now: neither exported nor failed yet
         self.markers = 0  # drop markers handed over with a batch whose export() returned (not received events)
-        self.thread_cpu_s = 0.0  # CPU this thread spent in export(): what it took from the scheduler process
+        self.thread_cpu_s = 0.0  # CPU this thread spent in export(); all of it: stats()["threads_cpu_s"]
         self._wake = threading.Event()
         self._idle = threading.Condition()
         self._busy = False
