@@ -350,7 +350,7 @@ def c_form(hook: Callable[[Any], None]) -> Callable[[Any], None]:
     """What to call for ``hook``: the C form of a :class:`BackgroundExporter`'s ``append``
     bound as a plugin's event hook (pluggy registers the Python method; the plugin
     manager calls this), ``hook`` itself otherwise."""
-    if getattr(hook, "__func__", None) is BackgroundExporter.append:
+    if never_blocks(hook):
         return hook.__self__._appender or hook  # type: ignore[attr-defined]
     return hook
 
