@@ -333,12 +333,13 @@ def run_interleaved(llm: Any, cases: Cases, groups: int, requests: int, tokens: 
     exporter_cpu, by_thread = [], {}
     try:
         for _ in range(groups):
-            before, threads_before = _exporter_thread_cpu(), sched_trace.stats()["threads_cpu_s"]
+            before = sched_trace.stats()
             outputs = tiny_vllm.generate(llm, requests, tokens)
             sched_trace.flush(30.0)
-            exporter_cpu.append(_exporter_thread_cpu() - before)
-            for name, seconds in sched_trace.stats()["threads_cpu_s"].items():
-                by_thread[name] = by_thread.get(name, 0.0) + seconds - threads_before.get(name, 0.0)
+            after = sched_trace.stats()
+            exporter_cpu.append(_exporter_thread_cpu(after) - _exporter_thread_cpu(before))
+            for name, seconds in after["threads_cpu_s"].items():
+                by_thread[name] = by_thread.get(name, 0.0) + seconds - before["threads_cpu_s"].get(name, 0.0)
             assert sum(len(o.outputs[0].token_ids) for o in outputs) == requests * tokens
     finally:
         switch.uninstall()
@@ -348,11 +349,9 @@ def run_interleaved(llm: Any, cases: Cases, groups: int, requests: int, tokens: 
             "by_thread_cpu_s": by_thread}
 
 
-def _exporter_thread_cpu() -> float:
-    """CPU seconds the plugins' exporter threads in this process spent in export() (exact clocks)."""
-    import sched_trace
-
-    return sum(plugin.get("thread_cpu_s", 0.0) for plugin in sched_trace.stats()["plugins"].values())
+def _exporter_thread_cpu(stats: dict[str, Any]) -> float:
+    """CPU seconds the plugins' exporter threads spent in export() (exact clocks), from ``sched_trace.stats()``."""
+    return sum(plugin.get("thread_cpu_s", 0.0) for plugin in stats["plugins"].values())
 
 
 def _noop(*args: Any, **kwargs: Any) -> None:
