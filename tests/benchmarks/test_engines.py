@@ -100,6 +100,12 @@ def test_interleaved_rows_charge_the_exporter_thread_to_the_traced_steps() -> No
     result["otel"] = {"frames_in_c": 30, "frames_in_python": 2}
     speed, = [r for r in bench_engines.interleaved_rows({64: result}, "vLLM") if "throughput" in r["figure"]]
     assert "frames encoded in C: 30 of 32" in speed["note"]
+    # every sched-trace thread's CPU, where the run counted it, is what is charged: 100 us per traced step
+    result.update(threads_cpu_s=0.001, by_thread_cpu_s={"sched-trace-otel": 0.0008, "sched-trace-otel-replies": 0.0002})
+    speed, = [r for r in bench_engines.interleaved_rows({64: result}, "vLLM") if "throughput" in r["figure"]]
+    assert speed["ratio"] == approx(5_100_000 / 5_300_000)
+    assert "(100.0 us:" in speed["note"] and "50.0 us of it in export()" in speed["note"]
+    assert "sched-trace-otel 80.0, sched-trace-otel-replies 20.0" in speed["note"]
 
 
 def test_steps_pair_only_as_decode_steps_with_the_same_tokens() -> None:
@@ -136,3 +142,11 @@ E 0.75 40 1""".splitlines()]
         {"cpu_traced": 130, "cpu_untraced": 100, "wall_traced": 140, "wall_untraced": 120, "tokens_traced": 6,
          "tokens_untraced": 6}]
     assert result["steps"] == 9 and result["traced_steps"] == 4 and result["exporter_thread_cpu_s"] == 0.25
+    assert "threads_cpu_s" not in result  # lines from before the threads' CPU was written
+
+
+def test_sglang_switch_lines_give_every_sched_trace_threads_cpu_between_the_first_and_last_e_lines() -> None:
+    lines = [line.split() for line in ["E 0.5 0 0 1.5", "0 100 110 DECODE 8", "1 120 130 DECODE 8",
+                                       "E 0.75 10 0 2.25"]]
+    result = bench_engines.switch_pairs(lines)
+    assert result["exporter_thread_cpu_s"] == 0.25 and result["threads_cpu_s"] == 0.75
