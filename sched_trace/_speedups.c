@@ -62,6 +62,10 @@ static PyTypeObject TracedType;
 int binding_init(PyObject *module);    /* _binding.c: a traced method bound to its instance */
 int conditions_init(PyObject *module); /* _conditions.c: a condition decided by its plan */
 int encode_init(PyObject *module);     /* _encode.c: an events frame's payload */
+int ring_init(PyObject *module);       /* _ring.c: an exporter's buffer, a span's events as records */
+int ring_push_span(PyObject *ring, PyObject *probe, long long start_ns, long long end_ns, int ended,
+                   PyObject *const *refs);
+Py_ssize_t ring_held(PyObject *items);
 static PyObject *str_active, *str_append, *str_is_compiling_flag, *str_capacity, *str_items;
 
 /* Wall clock minus monotonic clock (sched_trace._clock sets it: at import, after fork). */
@@ -533,17 +537,26 @@ call_through(PyObject *wrapped, PyObject *args, PyObject *kwargs)
 }
 
 /* time.monotonic_ns() + _clock._offset_ns, read from the clock time.monotonic_ns reads. */
-static PyObject *
-now_ns(void)
+/* The clock the events carry (monotonic plus the offset) into ``out``: 0, or -1 with an error. */
+static int
+now_raw(long long *out)
 {
 #if PY_VERSION_HEX >= 0x030D0000
     PyTime_t now;
     if (PyTime_Monotonic(&now) < 0)
-        return NULL;
+        return -1;
 #else
     _PyTime_t now = _PyTime_GetMonotonicClock();
 #endif
-    return PyLong_FromLongLong((long long)now + clock_offset_ns);
+    *out = (long long)now + clock_offset_ns;
+    return 0;
+}
+
+static PyObject *
+now_ns(void)
+{
+    long long now;
+    return now_raw(&now) < 0 ? NULL : PyLong_FromLongLong(now);
 }
 
 static PyObject *
@@ -663,6 +676,33 @@ raised_finish(Raised *raised, PyObject *result, int failed)
     return result;
 }
 
+/* ``pair`` (function, owner) of a probe's event_calls: the function called with ``event``.
+ * A plugin that raises an Exception is counted (count_error), never propagated. */
+static int
+call_hook(Traced *self, PyObject *pair, PyObject *event)
+{
+    if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+        PyErr_SetString(PyExc_TypeError, "event_calls hold tuples of (function, owner)");
+        return -1;
+    }
+    PyObject *done = PyObject_CallOneArg(PyTuple_GET_ITEM(pair, 0), event);
+    if (done != NULL) {
+        Py_DECREF(done);
+        return 0;
+    }
+    if (!PyErr_ExceptionMatches(PyExc_Exception))
+        return -1;
+    Raised raised;
+    raised_take(&raised);
+    PyObject *argv[3] = {PyTuple_GET_ITEM(pair, 1), self->kind, raised.value};
+    PyObject *counted = PyObject_Vectorcall(self->count_error, argv, 3, NULL);
+    raised_clear(&raised);
+    if (counted == NULL)
+        return -1;
+    Py_DECREF(counted);
+    return 0;
+}
+
 /* Hand ``event`` to each of ``calls``, or to ``sink`` (an undecided keep_if span's list).
  * A plugin that raises an Exception is counted (count_error), never propagated. */
 static int
@@ -687,28 +727,9 @@ deliver(Traced *self, PyObject *calls, PyObject *sink, PyObject *index, PyObject
         PyErr_SetString(PyExc_TypeError, "event_calls hold tuples of (function, owner)");
         return -1;
     }
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(calls); i++) {
-        PyObject *pair = PyTuple_GET_ITEM(calls, i);
-        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
-            PyErr_SetString(PyExc_TypeError, "event_calls hold tuples of (function, owner)");
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(calls); i++)
+        if (call_hook(self, PyTuple_GET_ITEM(calls, i), event) < 0)
             return -1;
-        }
-        PyObject *done = PyObject_CallOneArg(PyTuple_GET_ITEM(pair, 0), event);
-        if (done != NULL) {
-            Py_DECREF(done);
-            continue;
-        }
-        if (!PyErr_ExceptionMatches(PyExc_Exception))
-            return -1;
-        Raised raised;
-        raised_take(&raised);
-        PyObject *argv[3] = {PyTuple_GET_ITEM(pair, 1), self->kind, raised.value};
-        PyObject *counted = PyObject_Vectorcall(self->count_error, argv, 3, NULL);
-        raised_clear(&raised);
-        if (counted == NULL)
-            return -1;
-        Py_DECREF(counted);
-    }
     return 0;
 }
 
@@ -720,29 +741,6 @@ calls_at(Traced *self, Py_ssize_t index)
         return NULL;
     }
     return Py_NewRef(PyList_GET_ITEM(self->calls_of, index));
-}
-
-/* A stage or batch event of ``fields`` at ``index``, if any plugin listens: to their
- * calls, or to ``sink``. ``plain``: no error, so untrack_plain's rule may apply. */
-static int
-emit(Traced *self, Py_ssize_t index, PyObject *index_obj, PyObject *sink, PyObject *const *fields, int plain)
-{
-    PyObject *calls = calls_at(self, index);
-    if (calls == NULL)
-        return -1;
-    int status = PyObject_IsTrue(calls);
-    if (status > 0) {
-        PyObject *event = new_event(self, fields);
-        status = -1;
-        if (event != NULL) {
-            if (plain)
-                untrack_plain(event, fields[5], fields[7]); /* the microbatch and the batch size */
-            status = deliver(self, calls, sink, index_obj, event);
-            Py_DECREF(event);
-        }
-    }
-    Py_DECREF(calls);
-    return status < 0 ? -1 : 0;
 }
 
 /* Called as traced(wrapped, instance, args, kwargs)? 0, else -1 with a TypeError. */
@@ -868,8 +866,10 @@ thread_rank(Traced *self, PyObject *cell)
 typedef struct {
     PyObject *cell;      /* the thread's context cell */
     PyObject *top;       /* its top when the call began: (parent, batch id, rank, sink) */
-    PyObject *rank, *batch_id, *inherited, *span_id, *start_ns;
+    PyObject *rank, *batch_id, *inherited, *span_id;
+    PyObject *start_ns; /* start_raw as an int, made when an event object is (NULL until then) */
     PyObject *mb, *size, *extra;
+    long long start_raw;
 } Span;
 
 static void
@@ -940,16 +940,89 @@ read_values(Traced *self, Span *span, PyObject *instance, PyObject *args, PyObje
     return 0;
 }
 
-/* The span's start (end_ns None) or end event, to its plugins or to ``sink``. */
-static int
-emit_span(Traced *self, Span *span, PyObject *end_ns, PyObject *error, PyObject *sink)
+/* A stage or batch event (``refs``: rank, mb, batch_id, size, extra, error, span_id,
+ * parent; ``end`` None for a start event). An event without an error whose micro-batch and
+ * batch size are plain values is left out of the collector (untrack_plain). */
+static PyObject *
+fields_event(Traced *self, PyObject *start, PyObject *end, PyObject *const *refs)
 {
-    PyObject *fields[12] = {self->name, self->level_obj, span->start_ns, end_ns, span->rank, span->mb,
-                            span->batch_id, span->size, span->extra, error, span->span_id,
-                            PyTuple_GET_ITEM(span->top, 0)};
-    int start = end_ns == Py_None;
-    return emit(self, start ? self->start_index : self->end_index, start ? self->start_index_obj : self->end_index_obj,
-                sink, fields, error == Py_None);
+    PyObject *fields[12] = {self->name, self->level_obj, start, end, refs[0], refs[1], refs[2], refs[3], refs[4],
+                            refs[5], refs[6], refs[7]};
+    PyObject *event = new_event(self, fields);
+    if (event != NULL && refs[5] == Py_None)
+        untrack_plain(event, refs[1], refs[3]);
+    return event;
+}
+
+/* The event a record in an exporter's Ring stands for (_ring.c calls it on the exporter
+ * thread when it takes the record): the same tuple emit_span would have made. */
+PyObject *
+span_event(PyObject *probe, long long start_ns, long long end_ns, int ended, PyObject *const *refs)
+{
+    if (!Py_IS_TYPE(probe, &TracedType)) {
+        PyErr_SetString(PyExc_TypeError, "a ring's record was not made by a probe");
+        return NULL;
+    }
+    PyObject *start = PyLong_FromLongLong(start_ns);
+    PyObject *end = start == NULL ? NULL : ended ? PyLong_FromLongLong(end_ns) : Py_NewRef(Py_None);
+    PyObject *event = end == NULL ? NULL : fields_event((Traced *)probe, start, end, refs);
+    Py_XDECREF(start);
+    Py_XDECREF(end);
+    return event;
+}
+
+/* The span's start event (``ended`` 0) or end event as an object (a new reference). */
+static PyObject *
+span_object(Traced *self, Span *span, PyObject *const *refs, long long end_ns, int ended)
+{
+    if (span->start_ns == NULL && (span->start_ns = PyLong_FromLongLong(span->start_raw)) == NULL)
+        return NULL;
+    PyObject *end = ended ? PyLong_FromLongLong(end_ns) : Py_NewRef(Py_None);
+    PyObject *event = end == NULL ? NULL : fields_event(self, span->start_ns, end, refs);
+    Py_XDECREF(end);
+    return event;
+}
+
+static PyObject *appender_ring(PyObject *hook);
+
+/* The span's start event (``ended`` 0) or end event, to its plugins or to ``sink``, if any
+ * listens. An exporter's buffer in C (a Ring, appender_ring) takes it as a record: no event
+ * object is made on this thread unless another listener wants one. */
+static int
+emit_span(Traced *self, Span *span, long long end_ns, int ended, PyObject *error, PyObject *sink)
+{
+    PyObject *calls = calls_at(self, ended ? self->end_index : self->start_index);
+    if (calls == NULL)
+        return -1;
+    int status = PyObject_IsTrue(calls);
+    if (status <= 0) {
+        Py_DECREF(calls);
+        return status;
+    }
+    PyObject *refs[8] = {span->rank, span->mb, span->batch_id, span->size, span->extra, error, span->span_id,
+                         PyTuple_GET_ITEM(span->top, 0)};
+    PyObject *event = NULL;
+    status = 0;
+    if (sink == Py_None && PyTuple_Check(calls)) {
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(calls) && status == 0; i++) {
+            PyObject *pair = PyTuple_GET_ITEM(calls, i);
+            PyObject *ring = PyTuple_Check(pair) && PyTuple_GET_SIZE(pair) == 2
+                                 ? appender_ring(PyTuple_GET_ITEM(pair, 0)) : NULL;
+            if (ring != NULL)
+                status = ring_push_span(ring, (PyObject *)self, span->start_raw, end_ns, ended, refs);
+            else if (event == NULL && (event = span_object(self, span, refs, end_ns, ended)) == NULL)
+                status = -1;
+            else
+                status = call_hook(self, pair, event);
+        }
+    }
+    else if ((event = span_object(self, span, refs, end_ns, ended)) == NULL)
+        status = -1;
+    else
+        status = deliver(self, calls, sink, ended ? self->end_index_obj : self->start_index_obj, event);
+    Py_XDECREF(event);
+    Py_DECREF(calls);
+    return status;
 }
 
 /* A stage or batch probe (TEMPLATE): the start event, the call, the end event. */
@@ -983,8 +1056,8 @@ traced_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject *
     else if (self->ids == IDS_IDENTITY &&
              identify(self, &span, instance, args, kwargs, span.rank, span.batch_id) < 0)
         goto done;
-    if ((span.span_id = next_id(self->next_span_id, self->span_ids)) == NULL || (span.start_ns = now_ns()) == NULL ||
-        read_values(self, &span, instance, args, kwargs) < 0 || emit_span(self, &span, Py_None, Py_None, sink) < 0)
+    if ((span.span_id = next_id(self->next_span_id, self->span_ids)) == NULL || now_raw(&span.start_raw) < 0 ||
+        read_values(self, &span, instance, args, kwargs) < 0 || emit_span(self, &span, 0, 0, Py_None, sink) < 0)
         goto done;
     PyObject *inside = PyTuple_Pack(4, span.span_id, span.inherited, span.rank, sink);
     if (inside == NULL || PyList_SetItem(span.cell, 0, inside) < 0) /* steals inside */
@@ -995,10 +1068,9 @@ traced_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject *
     Raised raised = {NULL};
     if (result == NULL)
         raised_take(&raised);
-    PyObject *end_ns = now_ns();
-    int failed = PyList_SetItem(span.cell, 0, Py_NewRef(span.top)) < 0 || end_ns == NULL ||
-                 emit_span(self, &span, end_ns, raised.value != NULL ? raised.value : Py_None, sink) < 0;
-    Py_XDECREF(end_ns);
+    long long end_ns;
+    int failed = now_raw(&end_ns) < 0 || PyList_SetItem(span.cell, 0, Py_NewRef(span.top)) < 0 ||
+                 emit_span(self, &span, end_ns, 1, raised.value != NULL ? raised.value : Py_None, sink) < 0;
     result = raised_finish(&raised, result, failed);
 done:
     span_clear(&span);
@@ -1038,7 +1110,7 @@ kept_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject *kw
         return open < 0 ? NULL : call_through(wrapped, args, kwargs);
 
     Span span = {NULL};
-    PyObject *pending = NULL, *result = NULL, *end_ns = NULL, *sink = open_span(self, &span);
+    PyObject *pending = NULL, *result = NULL, *sink = open_span(self, &span);
     if (sink == NULL)
         goto done;
     if (self->ids == IDS_IDENTITY) { /* rank keys, a batch id or a batch: Probe.identity */
@@ -1057,8 +1129,8 @@ kept_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject *kw
         span.batch_id = Py_NewRef(PyTuple_GET_ITEM(span.top, 1));
         span.inherited = Py_NewRef(span.batch_id);
     }
-    if ((span.span_id = next_id(self->next_span_id, self->span_ids)) == NULL || (span.start_ns = now_ns()) == NULL ||
-        (pending = PyList_New(0)) == NULL)
+    if ((span.span_id = next_id(self->next_span_id, self->span_ids)) == NULL || now_raw(&span.start_raw) < 0 ||
+        (span.start_ns = PyLong_FromLongLong(span.start_raw)) == NULL || (pending = PyList_New(0)) == NULL)
         goto done;
     PyObject *inside = PyTuple_Pack(4, span.span_id, span.inherited, span.rank, pending); /* inside waits */
     if (inside == NULL || PyList_SetItem(span.cell, 0, inside) < 0)
@@ -1093,17 +1165,17 @@ kept_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject *kw
     }
     else if (!failed) { /* kept, and nothing waits: its start and end events now (what Probe._decided does) */
         PyObject *error = raised.value != NULL ? raised.value : Py_None;
-        failed = (end_ns = now_ns()) == NULL ||
+        long long end_ns;
+        failed = now_raw(&end_ns) < 0 ||
                  own_rank(self, &span) < 0 ||
                  read_values(self, &span, instance, args, kwargs) < 0 ||
-                 emit_span(self, &span, Py_None, Py_None, Py_None) < 0 ||
-                 emit_span(self, &span, end_ns, error, Py_None) < 0;
+                 emit_span(self, &span, 0, 0, Py_None, Py_None) < 0 ||
+                 emit_span(self, &span, end_ns, 1, error, Py_None) < 0;
     }
     result = raised_finish(&raised, result, failed);
 done:
     span_clear(&span);
     Py_XDECREF(pending);
-    Py_XDECREF(end_ns);
     return result;
 }
 
@@ -1371,6 +1443,33 @@ appender_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject
     return PyObject_Vectorcall(self->slow, argv, 1, NULL);
 }
 
+/* ``hook``'s buffer when a probe's event can go into it as a record: an Appender whose
+ * exporter thread runs, whose buffer's items are a Ring with room (borrowed); else NULL,
+ * and the hook is called with the event (its checks, its drop counting). */
+static PyObject *
+appender_ring(PyObject *hook)
+{
+    if (!Py_IS_TYPE(hook, &AppenderType))
+        return NULL;
+    Appender *self = (Appender *)hook;
+    if (!self->started || self->items_offset <= 0 || Py_TYPE(self->buffer) != self->buffer_type)
+        return NULL;
+    PyObject *capacity = *(PyObject **)((char *)self->buffer + self->capacity_offset);
+    PyObject *items = *(PyObject **)((char *)self->buffer + self->items_offset);
+    if (capacity == NULL || items == NULL || !PyLong_CheckExact(capacity))
+        return NULL;
+    Py_ssize_t held = ring_held(items);
+    if (held < 0)
+        return NULL;
+    int overflow;
+    long long limit = PyLong_AsLongLongAndOverflow(capacity, &overflow);
+    if (limit == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return NULL;
+    }
+    return !overflow && held < limit ? items : NULL;
+}
+
 static PyObject *
 appender_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
@@ -1497,7 +1596,7 @@ PyInit__speedups(void)
         return NULL;
     if (PyModule_AddObjectRef(module, "Traced", (PyObject *)&TracedType) < 0 ||
         PyModule_AddObjectRef(module, "Appender", (PyObject *)&AppenderType) < 0 || binding_init(module) < 0 ||
-        conditions_init(module) < 0 || encode_init(module) < 0) {
+        conditions_init(module) < 0 || encode_init(module) < 0 || ring_init(module) < 0) {
         Py_DECREF(module);
         return NULL;
     }

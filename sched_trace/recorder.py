@@ -195,6 +195,10 @@ class BackgroundExporter:
         self._thread: Optional[threading.Thread] = None
         self._appender: Any = None
         if _native.speedups is not None:
+            # The buffer in C (sched_trace/_ring.c): a probe's event whose only listeners
+            # are such buffers is held as a record, and made into the event here, on this
+            # exporter's thread, when drained: no event object on the scheduler thread.
+            self.buffer._items = _native.speedups.Ring()
             # The hot path in C (sched_trace/_speedups.c): what the plugin manager calls
             # when a plugin binds ``append`` as an event hook (:func:`c_form`), this method
             # without its Python frame while the thread runs and the buffer has room; the

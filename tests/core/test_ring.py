@@ -1,0 +1,250 @@
+"""An exporter's buffer in C (``_speedups.Ring``) holds a probe's events as records.
+
+Ground truth: a Python hook (MemoryRecorder) registered beside the exporter is handed
+the event objects the probe makes for it; what the exporter's thread drains from its
+ring must be those events, equal field for field and in the same order. What the
+scheduler thread allocates is read with tracemalloc, references with
+``sys.getrefcount``. Each test runs on both forms (tests/core/conftest.py): the Python
+form's buffer is a deque, and the same events must come out.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+import threading
+import tracemalloc
+
+import pytest
+
+import sched_trace
+from sched_trace import _native
+from sched_trace.recorder import BackgroundExporter
+from sched_trace.testing import MemoryRecorder
+
+
+class Request:
+    def __init__(self, rid):
+        self.rid = rid
+
+
+class Token:
+    """A micro-batch that is an object: the ring holds a reference to it."""
+
+
+class StepError(KeyError):
+    pass
+
+
+class Engine:
+    name = "e0"
+
+    def step(self, reqs, mb=0):
+        self.schedule(reqs)
+        for req in reqs:
+            self.finish(req)
+        if mb == "raise":
+            raise StepError("the engine's own error")
+        return len(reqs)
+
+    def schedule(self, reqs):
+        return len(reqs)
+
+    def finish(self, req):
+        return req.rid
+
+
+class Buffered:
+    """A plugin whose every event hook is a BackgroundExporter's append (what the built-in
+    exporters register): its buffer is a Ring in the C form."""
+
+    def __init__(self, capacity=1000):
+        self.exported = []
+        self.front = BackgroundExporter(self.exported.extend, name="ring-test", capacity=capacity)
+        for hook in ("batch_start", "batch_end", "stage_start", "stage_end", "request"):
+            setattr(self, f"sched_trace_{hook}", self.front.append)
+
+
+def traced(**step_options):
+    sched_trace.instrument(f"{__name__}:Engine.step", kind="batch", stage="step", microbatch="mb", **step_options)
+    sched_trace.instrument(f"{__name__}:Engine.schedule", stage="schedule", batch_size="len(reqs)",
+                           attrs={"who": "self.name"})
+    sched_trace.instrument(f"{__name__}:Engine.finish", kind="request", phase="finished", request_id="req.rid")
+
+
+@pytest.fixture
+def exporter():
+    plugin = Buffered()
+    sched_trace.configure(level=4, plugins=[plugin], autoload=False)
+    yield plugin
+    sched_trace.unregister(plugin)
+    plugin.front.shutdown(5.0)
+
+
+def exported(plugin):
+    assert plugin.front.flush(5.0)
+    return plugin.exported
+
+
+def test_the_exporter_drains_the_very_events_the_probe_makes_in_their_order(exporter, hot_path):
+    recorder = MemoryRecorder(starts=True)
+    sched_trace.register(recorder, name="ring-recorder")
+    try:
+        traced()
+        engine = Engine()
+        engine.step([Request("a"), Request("b")], Token())
+        with pytest.raises(StepError):
+            engine.step([Request("c")], "raise")
+        events = exported(exporter)
+    finally:
+        sched_trace.unregister(recorder)
+    if hot_path == "c":
+        assert type(exporter.front.buffer._items).__name__ == "Ring"
+    spans = [event for event in events if event.kind != "request"]
+    requests = [event for event in events if event.kind == "request"]
+    assert spans == recorder.events and [type(e) for e in spans] == [type(e) for e in recorder.events]
+    assert requests == recorder.request_events
+    # one order for records and objects: each step's request events inside its span
+    names = [event.request_id if event.kind == "request" else (event.name, event.end_ns is not None)
+             for event in events]
+    assert names == [("step", False), ("schedule", False), ("schedule", True), "a", "b", ("step", True),
+                     ("step", False), ("schedule", False), ("schedule", True), "c", ("step", True)]
+    failed = spans[-1]
+    assert isinstance(failed.error, StepError) and failed.microbatch == "raise"
+
+
+def test_with_only_exporters_listening_no_event_object_is_made_on_the_scheduler_thread(exporter, hot_path):
+    traced()
+    engine, reqs, token = Engine(), [], Token()
+    engine.step(reqs, token)  # the exporter's thread starts; its ring takes its first slots
+    stall = threading.Event()
+    front, steps = exporter.front, 50
+    front.export_batch = lambda batch: (stall.wait(5.0), exporter.exported.extend(batch))
+    try:
+        engine.step(reqs, token)  # the thread takes these and is held in export(): the next steps stay buffered
+        front._wake.set()
+        while front.in_flight == 0:
+            threading.Event().wait(0.01)
+        tracemalloc.start()
+        before = tracemalloc.take_snapshot()
+        for _ in range(steps):
+            engine.step(reqs, token)
+        after = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+    finally:
+        stall.set()
+    kept = sum(stat.count_diff for stat in after.compare_to(before, "filename") if stat.count_diff > 0)
+    # held per step: 2 spans x (start, end) events. As objects: 4 tuples, 3 or 4 times (ints),
+    # the attributes dict. As records: the attributes dict and the span ids, no tuple.
+    if hot_path == "c":
+        assert kept <= 3 * steps, kept
+    else:
+        assert kept >= 6 * steps, kept
+    assert len(exported(exporter)) == 4 * (steps + 2)
+
+
+def test_a_full_ring_drops_and_counts_as_the_deque_did(hot_path):
+    plugin = Buffered(capacity=6)
+    sched_trace.configure(level=4, plugins=[plugin], autoload=False)
+    stall, front = threading.Event(), plugin.front
+    try:
+        traced()
+        engine, token = Engine(), Token()
+        engine.step([], token)
+        assert front.flush(5.0)
+        front.export_batch = lambda batch: (stall.wait(5.0), plugin.exported.extend(batch))
+        engine.step([], token)  # its 4 events: taken by the thread, held in export()
+        front._wake.set()
+        while front.in_flight == 0:
+            threading.Event().wait(0.01)
+        for _ in range(5):  # 20 events, 6 fit
+            engine.step([], token)
+        stats = front.stats()
+        assert (stats["buffered"], stats["dropped"]) == (6, 14)
+        stall.set()
+        events = exported(plugin)
+        assert len(events) == 4 + 4 + 6
+        assert [event.name for event in events[8:]] == ["step", "schedule", "schedule", "step", "step", "schedule"]
+        assert front.stats()["received"] == 4 + 4 + 20
+    finally:
+        stall.set()
+        sched_trace.unregister(plugin)
+        front.shutdown(5.0)
+
+
+def test_every_reference_a_record_holds_is_given_back(exporter, hot_path):
+    traced()
+    engine, token, reqs = Engine(), Token(), [Request("a")]
+
+    def calls():
+        for _ in range(20):
+            engine.step(reqs, token)
+        try:
+            engine.step(reqs, "raise")
+        except StepError:
+            pass
+        assert exporter.front.flush(5.0)
+        del exporter.exported[:]
+
+    calls()
+    gc.collect()
+    watched = (token, reqs[0].rid, Engine.name)
+    before = [sys.getrefcount(value) for value in watched]
+    for _ in range(20):
+        calls()
+    gc.collect()
+    assert [sys.getrefcount(value) for value in watched] == before
+
+
+def ring():
+    if _native.speedups is None:
+        pytest.skip("the C form's own type")
+    return _native.speedups.Ring()
+
+
+def test_a_ring_is_first_in_first_out_as_it_grows_and_wraps(hot_path):
+    if hot_path == "python":
+        pytest.skip("the C form's own test: one run is enough")
+    items, expected, taken, n = ring(), [], [], 0
+    for round_ in range(40):  # pushes and pops out of step: the oldest wraps round the end
+        for _ in range(round_ * 13 % 700):
+            items.append(n)
+            expected.append(n)
+            n += 1
+        for _ in range(min(len(items), round_ * 11 % 500)):
+            taken.append(items.popleft())
+        assert len(items) == len(expected) - len(taken)
+        assert list(items) == expected[len(taken):]  # iteration copies
+    while len(items):
+        taken.append(items.popleft())
+    assert taken == expected
+    with pytest.raises(IndexError, match="empty ring"):
+        items.popleft()
+    with pytest.raises(TypeError, match="no arguments"):
+        type(items)(10)
+
+
+def test_a_ring_lets_go_of_what_it_holds(hot_path):
+    if hot_path == "python":
+        pytest.skip("the C form's own test: one run is enough")
+    held = Token()
+    items = ring()
+    before = sys.getrefcount(held)
+    for _ in range(1000):
+        items.append(held)
+    assert sys.getrefcount(held) == before + 1000
+    items.clear()
+    assert sys.getrefcount(held) == before and len(items) == 0
+    for _ in range(10):
+        items.append(held)
+    del items
+    assert sys.getrefcount(held) == before
+    cycle = ring()
+    cycle.append(cycle)  # only the collector can free it: the ring is traversed
+    gc.collect()
+    watch = ring()
+    watch.append(held)
+    cycle.append(watch)
+    del cycle, watch
+    gc.collect()
+    assert sys.getrefcount(held) == before
