@@ -10,4 +10,4 @@ from __future__ import annotations
 
 #: Bench modules in run order; a missing one is skipped, a failing one reported.
 MODULES = ("call", "dispatch", "threads", "memory", "ranks", "instructions", "otel", "serving", "bubbles", "faults",
-           "engines", "fleet", "encoders", "exporters")
+           "engines", "fleet", "encoders", "exporters", "cold")

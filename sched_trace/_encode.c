@@ -74,6 +74,22 @@ typedef struct {
 
 static PyObject *str_requests, *str_module, *str_qualname, *str_rid, *context_names[3];
 
+/* _ring.c: a batch taken out of an exporter's Ring (its records read here, no event made) */
+Py_ssize_t taken_size(PyObject *batch);
+void taken_item(PyObject *batch, Py_ssize_t i, PyObject **object, PyObject **probe, PyObject *const **refs,
+                long long *start_ns, long long *end_ns, int *ended);
+/* _speedups.c: what a record takes from its probe */
+int span_probe(PyObject *probe, PyObject **event_type, PyObject **name, PyObject **level);
+
+/* An event's fields as write_event reads them: an event's own (a tuple), or a ring's
+ * record's, whose times are C integers (``raw``, fields 2 and 3; 3 is None unless ``ended``). */
+typedef struct {
+    PyObject *const *items; /* n of them; for a record, items[2] and items[3] are not read */
+    Py_ssize_t n;
+    int record, ended;
+    long long start_ns, end_ns;
+} Fields;
+
 static int
 grow(Buffer *b, Py_ssize_t need)
 {
@@ -211,6 +227,8 @@ put_get(Buffer *b, Py_ssize_t index)
 
 /* --- values ------------------------------------------------------------------- */
 
+static int write_ll(Writer *w, long long x);
+
 static int
 write_long(Writer *w, PyObject *value)
 {
@@ -220,6 +238,13 @@ write_long(Writer *w, PyObject *value)
         return NOT_PLAIN;
     if (x == -1 && PyErr_Occurred())
         return -1;
+    return write_ll(w, x);
+}
+
+/* An int as the pickler writes it (the opcodes of write_long's value). */
+static int
+write_ll(Writer *w, long long x)
+{
     char op[10];
     if (x >= 0 && x < 256) {
         op[0] = 'K'; /* BININT1 */
@@ -634,22 +659,35 @@ done:
 /* --- events ----------------------------------------------------------------------- */
 
 static int
-kind_of(Writer *w, PyObject *event)
+kind_of_type(Writer *w, PyObject *type)
 {
     for (int kind = 0; kind < 3; kind++)
-        if ((PyObject *)Py_TYPE(event) == w->kinds[kind])
+        if (type == w->kinds[kind])
             return kind;
     return -1;
 }
 
 static int
-write_event(Writer *w, PyObject *event, int kind)
+kind_of(Writer *w, PyObject *event)
 {
-    Py_ssize_t n = PyTuple_GET_SIZE(event);
+    return kind_of_type(w, (PyObject *)Py_TYPE(event));
+}
+
+static int
+write_event(Writer *w, const Fields *fields, int kind)
+{
+    Py_ssize_t n = fields->n;
     if (put1(w->out, '(') < 0)
         return -1;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *field = PyTuple_GET_ITEM(event, i);
+        if (fields->record && (i == 2 || i == 3)) { /* a record's times, C integers */
+            int done = i == 2 ? write_ll(w, fields->start_ns)
+                       : fields->ended ? write_ll(w, fields->end_ns) : put1(w->out, 'N'); /* NONE */
+            if (done)
+                return done;
+            continue;
+        }
+        PyObject *field = fields->items[i];
         int done;
         if ((PyObject *)Py_TYPE(field) == w->kinds[3]) {
             done = write_rank(w, field);
@@ -695,16 +733,52 @@ write_event(Writer *w, PyObject *event, int kind)
     return put1(w->out, 't');
 }
 
+/* Item ``i`` of a Taken batch: its kind (-1: not an event class), its fields in ``fields``
+ * (``scratch`` holds a record's 12), and the object to hold while it is written (borrowed;
+ * a record's probe). */
 static int
-write_frame(Writer *w, PyObject *events, Buffer *head)
+taken_fields(Writer *w, PyObject *batch, Py_ssize_t i, Fields *fields, PyObject **scratch, PyObject **held)
 {
-    Py_ssize_t n = PyList_GET_SIZE(events);
+    PyObject *object, *probe, *type, *name, *level;
+    PyObject *const *refs;
+    taken_item(batch, i, &object, &probe, &refs, &fields->start_ns, &fields->end_ns, &fields->ended);
+    if (object != NULL) {
+        *held = object;
+        if (!PyTuple_Check(object))
+            return -1;
+        fields->items = &PyTuple_GET_ITEM(object, 0);
+        fields->n = PyTuple_GET_SIZE(object);
+        fields->record = 0;
+        return kind_of(w, object);
+    }
+    *held = probe;
+    if (span_probe(probe, &type, &name, &level) < 0)
+        return -1;
+    scratch[0] = name;
+    scratch[1] = level;
+    scratch[2] = scratch[3] = Py_None; /* not read: the times are the record's */
+    for (int j = 0; j < 8; j++)
+        scratch[4 + j] = refs[j];
+    fields->items = scratch;
+    fields->n = 12;
+    fields->record = 1;
+    return kind_of_type(w, type);
+}
+
+/* The events of a list, or of a batch taken from a ring (``taken`` its size, else -1). */
+static int
+write_frame(Writer *w, PyObject *events, Py_ssize_t taken, Buffer *head)
+{
+    Py_ssize_t n = taken >= 0 ? taken : PyList_GET_SIZE(events);
+    PyObject *scratch[12], *held;
+    Fields fields;
     int done;
     /* classes */
     if (put1(w->out, ']') < 0 || (n && put1(w->out, '(') < 0))
         return -1;
     for (Py_ssize_t i = 0; i < n; i++) {
-        int kind = kind_of(w, PyList_GET_ITEM(events, i));
+        int kind = taken >= 0 ? taken_fields(w, events, i, &fields, scratch, &held)
+                              : kind_of(w, PyList_GET_ITEM(events, i));
         if (kind < 0)
             return NOT_PLAIN;
         if ((done = write_global(w, kind)))
@@ -712,15 +786,26 @@ write_frame(Writer *w, PyObject *events, Buffer *head)
     }
     if ((n && put1(w->out, 'e') < 0) || put1(w->out, ']') < 0 || (n && put1(w->out, '(') < 0))
         return -1;
-    /* fields; a callback may change the list: read it by index, with a reference held */
-    for (Py_ssize_t i = 0; i < n && i < PyList_GET_SIZE(events); i++) {
-        PyObject *event = PyList_GET_ITEM(events, i);
-        int kind = kind_of(w, event);
+    /* fields; a callback may change the list: read it by index, with a reference held (a
+     * Taken batch is the exporter thread's own: nothing else changes it) */
+    for (Py_ssize_t i = 0; i < n && (taken >= 0 || i < PyList_GET_SIZE(events)); i++) {
+        int kind;
+        if (taken >= 0)
+            kind = taken_fields(w, events, i, &fields, scratch, &held);
+        else {
+            held = PyList_GET_ITEM(events, i);
+            kind = kind_of(w, held);
+            if (kind >= 0) {
+                fields.items = &PyTuple_GET_ITEM(held, 0);
+                fields.n = PyTuple_GET_SIZE(held);
+                fields.record = 0;
+            }
+        }
         if (kind < 0)
             return NOT_PLAIN;
-        Py_INCREF(event);
-        done = write_event(w, event, kind);
-        Py_DECREF(event);
+        Py_INCREF(held);
+        done = write_event(w, &fields, kind);
+        Py_DECREF(held);
         if (done)
             return done;
     }
@@ -742,7 +827,7 @@ encode_frame(PyObject *module, PyObject *args, PyObject *kwargs)
     static char *keywords[] = {"events", "contexts", "sent", "context_of_request", "request_ids", "rank_args",
                                "kinds", "no_attrs", "cache", NULL};
     PyObject *events, *contexts, *sent, *context_of_request, *request_ids, *rank_args, *kinds, *no_attrs, *cache;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!O!OOOO!OO!:encode_frame", keywords, &PyList_Type, &events,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO!O!OOOO!OO!:encode_frame", keywords, &events,
                                      &PyList_Type, &contexts, &PyDict_Type, &sent, &context_of_request, &request_ids,
                                      &rank_args, &PyTuple_Type, &kinds, &no_attrs, &PyTuple_Type, &cache))
         return NULL;
@@ -750,6 +835,11 @@ encode_frame(PyObject *module, PyObject *args, PyObject *kwargs)
         !PyDict_Check(PyTuple_GET_ITEM(cache, 2)) || !PyDict_Check(PyTuple_GET_ITEM(cache, 4))) {
         PyErr_SetString(PyExc_ValueError,
                         "cache: (known requests, context, trace context table, send, mapping kinds)");
+        return NULL;
+    }
+    Py_ssize_t taken = taken_size(events);
+    if (taken < 0 && !PyList_Check(events)) {
+        PyErr_SetString(PyExc_TypeError, "events: a list, or a batch taken from a ring");
         return NULL;
     }
     if (PyTuple_GET_SIZE(kinds) != 4) {
@@ -778,7 +868,7 @@ encode_frame(PyObject *module, PyObject *args, PyObject *kwargs)
     w->table = PyTuple_GET_ITEM(cache, 2);
     w->send = PyTuple_GET_ITEM(cache, 3);
     w->mapping_kinds = PyTuple_GET_ITEM(cache, 4);
-    int written = write_frame(w, events, &head);
+    int written = write_frame(w, events, taken, &head);
     if (written < 0)
         goto done;
     if (written == NOT_PLAIN) {

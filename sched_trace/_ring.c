@@ -16,6 +16,12 @@
  * by doubling (the buffer's capacity is the bound, checked by whoever appends, as for a
  * deque) and gives its memory back when a drain empties a large one. It offers what
  * EventBuffer asks of a deque: append, popleft, len, clear and iteration (copies).
+ *
+ * ``take(limit)`` moves the oldest out as a Taken batch, for an exporter thread whose
+ * export reads it in C (an ExportProcessor's: codec.EventEncoder, ``_encode.c``): the
+ * frame's encoder writes a record's fields straight from the record, so no event object
+ * is made on either thread. A Taken batch is a sequence (len, indexing, iteration, ``+``
+ * a list), whose items are made as they are asked for, for any other reader.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -39,7 +45,13 @@ typedef struct {
     Py_ssize_t size, first, count; /* allocated, where the oldest is, how many are held */
 } Ring;
 
-PyTypeObject RingType;
+PyTypeObject RingType, TakenType;
+
+typedef struct {
+    PyObject_HEAD
+    Slot *slots;
+    Py_ssize_t count;
+} Taken;
 
 #define RING_FIRST 256          /* slots at the first append */
 #define RING_KEEP (1 << 16)     /* a larger ring emptied by a drain gives its memory back */
@@ -113,6 +125,20 @@ ring_push_span(PyObject *ring, PyObject *probe, long long start_ns, long long en
     return 0;
 }
 
+/* An object (an event made on this thread) after the rest. */
+int
+ring_push_object(PyObject *ring, PyObject *obj)
+{
+    Ring *self = (Ring *)ring;
+    Slot *slot = ring_next(self);
+    if (slot == NULL)
+        return -1;
+    slot->head = Py_NewRef(obj);
+    slot->record = 0;
+    self->count++;
+    return 0;
+}
+
 /* A ring of that type? Its length (>= 0), else -1. */
 Py_ssize_t
 ring_held(PyObject *items)
@@ -132,12 +158,8 @@ slot_event(const Slot *slot)
 static PyObject *
 ring_append(Ring *self, PyObject *obj)
 {
-    Slot *slot = ring_next(self);
-    if (slot == NULL)
+    if (ring_push_object((PyObject *)self, obj) < 0)
         return NULL;
-    slot->head = Py_NewRef(obj);
-    slot->record = 0;
-    self->count++;
     Py_RETURN_NONE;
 }
 
@@ -258,11 +280,42 @@ ring_repr(Ring *self)
     return PyUnicode_FromFormat("<sched-trace ring of %zd events>", self->count);
 }
 
+static PyObject *
+ring_take(Ring *self, PyObject *arg)
+{
+    Py_ssize_t limit = PyLong_AsSsize_t(arg);
+    if (limit == -1 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t count = limit < 0 ? 0 : limit < self->count ? limit : self->count;
+    Taken *taken = PyObject_GC_New(Taken, &TakenType);
+    if (taken == NULL)
+        return NULL;
+    taken->slots = NULL;
+    taken->count = 0;
+    if (count > 0 && (taken->slots = PyMem_Malloc((size_t)count * sizeof(Slot))) == NULL) {
+        Py_DECREF(taken);
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t part = self->size - self->first < count ? self->size - self->first : count;
+    if (count > 0) {
+        memcpy(taken->slots, self->slots + self->first, (size_t)part * sizeof(Slot));
+        memcpy(taken->slots + part, self->slots, (size_t)(count - part) * sizeof(Slot));
+    }
+    taken->count = count;
+    self->first = self->size ? (self->first + count) % self->size : 0;
+    self->count -= count;
+    if (self->count == 0 && self->size > RING_KEEP)
+        ring_release(self);
+    PyObject_GC_Track(taken);
+    return (PyObject *)taken;
+}
+
 static PyMethodDef ring_methods[] = {
     {"append", (PyCFunction)ring_append, METH_O, "Hold an object (an event made elsewhere) after the rest."},
     {"popleft", (PyCFunction)ring_popleft, METH_NOARGS,
      "Take the oldest: the object appended, or the event made of a probe's record."},
     {"clear", (PyCFunction)ring_clear_method, METH_NOARGS, "Let go of everything held."},
+    {"take", (PyCFunction)ring_take, METH_O, "take(limit): the oldest, up to limit of them, moved out as a Taken batch."},
     {NULL},
 };
 
@@ -287,10 +340,132 @@ PyTypeObject RingType = {
     .tp_as_sequence = &ring_as_sequence,
 };
 
+/* --- a batch taken out of a ring ----------------------------------------------------- */
+
+/* For _encode.c: how many a Taken batch holds (-1: not one). */
+Py_ssize_t
+taken_size(PyObject *batch)
+{
+    return Py_IS_TYPE(batch, &TakenType) ? ((Taken *)batch)->count : -1;
+}
+
+/* For _encode.c: item ``i`` of a Taken batch, borrowed: an object (``*object``), or a
+ * record (``*object`` NULL: its probe, its objects, its times). */
+void
+taken_item(PyObject *batch, Py_ssize_t i, PyObject **object, PyObject **probe, PyObject *const **refs,
+           long long *start_ns, long long *end_ns, int *ended)
+{
+    const Slot *slot = &((Taken *)batch)->slots[i];
+    *object = slot->record ? NULL : slot->head;
+    *probe = slot->record ? slot->head : NULL;
+    *refs = slot->refs;
+    *start_ns = slot->start_ns;
+    *end_ns = slot->end_ns;
+    *ended = slot->ended;
+}
+
+static Py_ssize_t
+taken_length(Taken *self)
+{
+    return self->count;
+}
+
+static PyObject *
+taken_getitem(Taken *self, Py_ssize_t i)
+{
+    if (i < 0 || i >= self->count) {
+        PyErr_SetString(PyExc_IndexError, "taken batch index out of range");
+        return NULL;
+    }
+    return slot_event(&self->slots[i]);
+}
+
+/* batch + other: a list of the batch's events, then other's. */
+static PyObject *
+taken_concat(Taken *self, PyObject *other)
+{
+    PyObject *events = PyList_New(self->count);
+    if (events == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < self->count; i++) {
+        PyObject *event = slot_event(&self->slots[i]);
+        if (event == NULL) {
+            Py_DECREF(events);
+            return NULL;
+        }
+        PyList_SET_ITEM(events, i, event);
+    }
+    PyObject *more = PySequence_InPlaceConcat(events, other);
+    Py_DECREF(events);
+    return more;
+}
+
+static int
+taken_traverse(Taken *self, visitproc visit, void *arg)
+{
+    for (Py_ssize_t i = 0; i < self->count; i++) {
+        Slot *slot = &self->slots[i];
+        Py_VISIT(slot->head);
+        if (slot->record)
+            for (int j = 0; j < N_REFS; j++)
+                Py_VISIT(slot->refs[j]);
+    }
+    return 0;
+}
+
+static int
+taken_clear(Taken *self)
+{
+    Slot *slots = self->slots;
+    Py_ssize_t count = self->count;
+    self->slots = NULL;
+    self->count = 0;
+    for (Py_ssize_t i = 0; i < count; i++)
+        slot_clear(&slots[i]);
+    PyMem_Free(slots);
+    return 0;
+}
+
+static void
+taken_dealloc(Taken *self)
+{
+    PyObject_GC_UnTrack(self);
+    taken_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+taken_repr(Taken *self)
+{
+    return PyUnicode_FromFormat("<sched-trace batch of %zd events taken from a ring>", self->count);
+}
+
+static PySequenceMethods taken_as_sequence = {
+    .sq_length = (lenfunc)taken_length,
+    .sq_concat = (binaryfunc)taken_concat,
+    .sq_item = (ssizeargfunc)taken_getitem,
+};
+
+PyTypeObject TakenType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sched_trace._speedups.Taken",
+    .tp_doc = "A batch taken out of a Ring (Ring.take): a sequence whose events are made as they are "
+              "asked for; the C frame encoder reads its records without making them.",
+    .tp_basicsize = sizeof(Taken),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_dealloc = (destructor)taken_dealloc,
+    .tp_traverse = (traverseproc)taken_traverse,
+    .tp_clear = (inquiry)taken_clear,
+    .tp_repr = (reprfunc)taken_repr,
+    .tp_as_sequence = &taken_as_sequence,
+};
+
 int
 ring_init(PyObject *module)
 {
-    if (PyType_Ready(&RingType) < 0)
+    if (PyType_Ready(&RingType) < 0 || PyType_Ready(&TakenType) < 0)
+        return -1;
+    if (PyModule_AddObjectRef(module, "Taken", (PyObject *)&TakenType) < 0)
         return -1;
     return PyModule_AddObjectRef(module, "Ring", (PyObject *)&RingType);
 }

@@ -65,6 +65,7 @@ int encode_init(PyObject *module);     /* _encode.c: an events frame's payload *
 int ring_init(PyObject *module);       /* _ring.c: an exporter's buffer, a span's events as records */
 int ring_push_span(PyObject *ring, PyObject *probe, long long start_ns, long long end_ns, int ended,
                    PyObject *const *refs);
+int ring_push_object(PyObject *ring, PyObject *obj);
 Py_ssize_t ring_held(PyObject *items);
 static PyObject *str_active, *str_append, *str_is_compiling_flag, *str_capacity, *str_items;
 
@@ -971,6 +972,20 @@ span_event(PyObject *probe, long long start_ns, long long end_ns, int ended, PyO
     return event;
 }
 
+/* For _encode.c: what a ring's record takes from its probe (borrowed): the event class,
+ * the name, the level; -1 if ``probe`` is not one. */
+int
+span_probe(PyObject *probe, PyObject **event_type, PyObject **name, PyObject **level)
+{
+    if (!Py_IS_TYPE(probe, &TracedType) || ((Traced *)probe)->n_fields != 12)
+        return -1;
+    Traced *self = (Traced *)probe;
+    *event_type = self->event_type;
+    *name = self->name;
+    *level = self->level_obj;
+    return 0;
+}
+
 /* The span's start event (``ended`` 0) or end event as an object (a new reference). */
 static PyObject *
 span_object(Traced *self, Span *span, PyObject *const *refs, long long end_ns, int ended)
@@ -985,9 +1000,13 @@ span_object(Traced *self, Span *span, PyObject *const *refs, long long end_ns, i
 
 static PyObject *appender_ring(PyObject *hook);
 
+#define MAX_RINGS 8 /* listeners looked at once per event; with more, every one is called with the event */
+
 /* The span's start event (``ended`` 0) or end event, to its plugins or to ``sink``, if any
- * listens. An exporter's buffer in C (a Ring, appender_ring) takes it as a record: no event
- * object is made on this thread unless another listener wants one. */
+ * listens. Where every listener is an exporter's buffer in C (a Ring, appender_ring), each
+ * takes the event as a record: no event object is made on this thread (nor on the exporter
+ * threads, whose encoder reads the records). Where another listener wants the object, it
+ * is made once and each Ring takes it as it is. */
 static int
 emit_span(Traced *self, Span *span, long long end_ns, int ended, PyObject *error, PyObject *sink)
 {
@@ -1001,28 +1020,35 @@ emit_span(Traced *self, Span *span, long long end_ns, int ended, PyObject *error
     }
     PyObject *refs[8] = {span->rank, span->mb, span->batch_id, span->size, span->extra, error, span->span_id,
                          PyTuple_GET_ITEM(span->top, 0)};
-    PyObject *event = NULL;
-    status = 0;
-    if (sink == Py_None && PyTuple_Check(calls)) {
-        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(calls) && status == 0; i++) {
+    PyObject *rings[MAX_RINGS] = {NULL};
+    Py_ssize_t n = PyTuple_Check(calls) ? PyTuple_GET_SIZE(calls) : 0, held = 0;
+    if (sink == Py_None && n > 0 && n <= MAX_RINGS) {
+        for (Py_ssize_t i = 0; i < n; i++) {
             PyObject *pair = PyTuple_GET_ITEM(calls, i);
-            PyObject *ring = PyTuple_Check(pair) && PyTuple_GET_SIZE(pair) == 2
-                                 ? appender_ring(PyTuple_GET_ITEM(pair, 0)) : NULL;
-            if (ring != NULL)
-                status = ring_push_span(ring, (PyObject *)self, span->start_raw, end_ns, ended, refs);
-            else if (event == NULL && (event = span_object(self, span, refs, end_ns, ended)) == NULL)
-                status = -1;
-            else
-                status = call_hook(self, pair, event);
+            rings[i] = PyTuple_Check(pair) && PyTuple_GET_SIZE(pair) == 2 ? appender_ring(PyTuple_GET_ITEM(pair, 0))
+                                                                         : NULL;
+            held += rings[i] != NULL;
         }
     }
-    else if ((event = span_object(self, span, refs, end_ns, ended)) == NULL)
+    if (held == n && n > 0) {
+        for (Py_ssize_t i = 0; i < n && status >= 0; i++)
+            status = ring_push_span(rings[i], (PyObject *)self, span->start_raw, end_ns, ended, refs);
+        Py_DECREF(calls);
+        return status < 0 ? -1 : 0;
+    }
+    PyObject *event = span_object(self, span, refs, end_ns, ended);
+    if (event == NULL)
         status = -1;
-    else
+    else if (held == 0)
         status = deliver(self, calls, sink, ended ? self->end_index_obj : self->start_index_obj, event);
+    else /* no Python code runs between appender_ring and here but the hooks before a ring's turn */
+        for (Py_ssize_t i = 0; i < n && status >= 0; i++)
+            status = rings[i] != NULL && (rings[i] = appender_ring(PyTuple_GET_ITEM(PyTuple_GET_ITEM(calls, i), 0)))
+                         ? ring_push_object(rings[i], event)
+                         : call_hook(self, PyTuple_GET_ITEM(calls, i), event);
     Py_XDECREF(event);
     Py_DECREF(calls);
-    return status;
+    return status < 0 ? -1 : 0;
 }
 
 /* A stage or batch probe (TEMPLATE): the start event, the call, the end event. */

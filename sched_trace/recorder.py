@@ -55,6 +55,13 @@ class EventBuffer:
         self._items.append(event)
         return True
 
+    def take(self, limit: int) -> Sequence[Any]:
+        """:meth:`drain`, or where the items are a Ring (the C form) a batch moved out of it as
+        it is (``_speedups.Taken``: a sequence whose events are made as they are read; the C
+        frame encoder reads its records without making them)."""
+        take = getattr(self._items, "take", None)
+        return take(min(limit, len(self._items))) if take is not None else self.drain(limit)
+
     def drain(self, limit: int) -> list:
         # A C-level loop: the exporter thread holds the GIL for as short a time as it can.
         # popleft one by one (never copy-then-clear) so a concurrent append is never lost.
@@ -158,7 +165,9 @@ class BackgroundExporter:
     counted in ``failed`` and the thread carries on. ``flush`` waits until
     everything appended so far went through ``export``. ``drop_markers``: see the
     module; ``warn``: log :func:`loss_warning` at shutdown (off when the owner
-    reports losses of its own too, as :class:`~sched_trace.export.ExportProcessor` does).
+    reports losses of its own too, as :class:`~sched_trace.export.ExportProcessor` does);
+    ``taken``: ``export`` takes any sequence (:meth:`EventBuffer.take`), not only a list,
+    as ExportProcessor's encoder does (it reads a Ring's records as they are).
     """
 
     def __init__(
@@ -172,11 +181,13 @@ class BackgroundExporter:
         drop_markers: bool = False,
         warn: bool = True,
         advice: str = "",
+        taken: bool = False,
     ) -> None:
         self.name = name
         self.advice = advice  # what to raise when the buffer was full, in the shutdown warning
         self.drops: Optional[DropLog] = DropLog() if drop_markers else None
         self.warn = warn
+        self.taken = taken  # export() takes what EventBuffer.take gives: any sequence, not only a list
         self.buffer = EventBuffer(capacity)
         self.export_batch = export
         self.max_batch = max_batch
@@ -256,7 +267,7 @@ class BackgroundExporter:
     def _drain_all(self) -> None:
         while True:
             with self._idle:
-                batch = self.buffer.drain(self.max_batch)
+                batch = self.buffer.take(self.max_batch) if self.taken else self.buffer.drain(self.max_batch)
                 markers = self.drops.markers(len(batch) < self.max_batch) if self.drops is not None else []
                 self._busy = bool(batch or markers)
                 self.in_flight = len(batch)

@@ -156,6 +156,7 @@ class EventEncoder:
         self._sent: dict[str, None] = {}
         speedups = _native.speedups
         self._fast = getattr(speedups, "encode_frame", None)
+        self._taken = getattr(speedups, "Taken", None)  # a batch taken from a ring: read by the C form as it is
         # what the C form reads of ContextCache.context's table, and calls where that is not enough
         self._cache = (self._contexts._known, self._contexts.context, contexts_table, self._send, _MAPPING_KINDS)
         self.frames_in_c = self.frames_in_python = 0
@@ -178,13 +179,16 @@ class EventEncoder:
         contexts: list[tuple[str, str]] = []
         self._last = None
         if self._fast is not None:
-            payload = self._fast(events if type(events) is list else list(events), contexts, self._sent,
-                                 self._context_of_request, self._request_ids, rank_args, _KINDS, NO_ATTRS,
-                                 self._cache)
+            kind = type(events)
+            payload = self._fast(events if kind is list or kind is self._taken else list(events), contexts,
+                                 self._sent, self._context_of_request, self._request_ids, rank_args, _KINDS,
+                                 NO_ATTRS, self._cache)
             if payload is not None:
                 self.frames_in_c += 1
                 return payload
         self.frames_in_python += 1
+        if type(events) is not list:  # a Taken batch makes its events as they are asked for: once
+            events = list(events)
         fields = list(map(tuple, events))
         for index, event in enumerate(events):
             if type(event) is RequestEvent:

@@ -119,8 +119,10 @@ class ExportProcessor:
                  advice: str = "") -> None:
         self.name = name
         self.advice = advice  # what to raise when the buffer was full, e.g. "[plugins.otel] capacity"
+        # taken: its batches go to the encoder as they leave the buffer (a Ring's records are
+        # encoded without an event object made for them: recorder.EventBuffer.take)
         self._front = BackgroundExporter(self._export, name=name, capacity=capacity, max_batch=max_batch,
-                                         drop_markers=True, warn=False)
+                                         drop_markers=True, warn=False, taken=True)
         self.append: Callable[[Any], None] = self._front.append
         self._back: Any = None
         self._closed = False

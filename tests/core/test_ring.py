@@ -19,6 +19,7 @@ import pytest
 
 import sched_trace
 from sched_trace import _native
+from sched_trace.export import EventEncoder, decode_events
 from sched_trace.recorder import BackgroundExporter
 from sched_trace.testing import MemoryRecorder
 
@@ -58,9 +59,9 @@ class Buffered:
     """A plugin whose every event hook is a BackgroundExporter's append (what the built-in
     exporters register): its buffer is a Ring in the C form."""
 
-    def __init__(self, capacity=1000):
+    def __init__(self, capacity=1000, name="ring-test"):
         self.exported = []
-        self.front = BackgroundExporter(self.exported.extend, name="ring-test", capacity=capacity)
+        self.front = BackgroundExporter(self.exported.extend, name=name, capacity=capacity)
         for hook in ("batch_start", "batch_end", "stage_start", "stage_end", "request"):
             setattr(self, f"sched_trace_{hook}", self.front.append)
 
@@ -113,18 +114,23 @@ def test_the_exporter_drains_the_very_events_the_probe_makes_in_their_order(expo
     assert isinstance(failed.error, StepError) and failed.microbatch == "raise"
 
 
-def test_with_only_exporters_listening_no_event_object_is_made_on_the_scheduler_thread(exporter, hot_path):
+@pytest.mark.parametrize("others", [0, 2])
+def test_with_only_exporters_listening_no_event_object_is_made_on_the_scheduler_thread(exporter, hot_path, others):
+    more = [Buffered(name=f"ring-more-{i}") for i in range(others)]
+    for plugin in more:
+        sched_trace.register(plugin)
     traced()
     engine, reqs, token = Engine(), [], Token()
-    engine.step(reqs, token)  # the exporter's thread starts; its ring takes its first slots
-    stall = threading.Event()
-    front, steps = exporter.front, 50
-    front.export_batch = lambda batch: (stall.wait(5.0), exporter.exported.extend(batch))
+    engine.step(reqs, token)  # the exporters' threads start; their rings take their first slots
+    stall, steps = threading.Event(), 50
+    for plugin in [exporter, *more]:
+        plugin.front.export_batch = lambda batch, plugin=plugin: (stall.wait(5.0), plugin.exported.extend(batch))
     try:
-        engine.step(reqs, token)  # the thread takes these and is held in export(): the next steps stay buffered
-        front._wake.set()
-        while front.in_flight == 0:
-            threading.Event().wait(0.01)
+        engine.step(reqs, token)  # the threads take these and are held in export(): the next steps stay buffered
+        for plugin in [exporter, *more]:
+            plugin.front._wake.set()
+            while plugin.front.in_flight == 0:
+                threading.Event().wait(0.01)
         tracemalloc.start()
         before = tracemalloc.take_snapshot()
         for _ in range(steps):
@@ -133,6 +139,9 @@ def test_with_only_exporters_listening_no_event_object_is_made_on_the_scheduler_
         tracemalloc.stop()
     finally:
         stall.set()
+        for plugin in more:
+            sched_trace.unregister(plugin)
+            plugin.front.shutdown(5.0)
     kept = sum(stat.count_diff for stat in after.compare_to(before, "filename") if stat.count_diff > 0)
     # held per step: 2 spans x (start, end) events. As objects: 4 tuples, 3 or 4 times (ints),
     # the attributes dict. As records: the attributes dict and the span ids, no tuple.
@@ -141,6 +150,7 @@ def test_with_only_exporters_listening_no_event_object_is_made_on_the_scheduler_
     else:
         assert kept >= 6 * steps, kept
     assert len(exported(exporter)) == 4 * (steps + 2)
+    assert all(len(plugin.exported) == 4 * (steps + 2) for plugin in more)
 
 
 def test_a_full_ring_drops_and_counts_as_the_deque_did(hot_path):
@@ -248,3 +258,46 @@ def test_a_ring_lets_go_of_what_it_holds(hot_path):
     del cycle, watch
     gc.collect()
     assert sys.getrefcount(held) == before
+
+
+def test_the_frame_encoder_writes_a_taken_batch_byte_for_byte_as_its_events(hot_path):
+    """The C encoder reads a Taken batch's records without making events: its frame must be the
+    one written for the very events the batch stands for (made from it), and decode to them."""
+    if hot_path == "python":
+        pytest.skip("the C form's own test: one run is enough")
+    plugin = Buffered()
+    sched_trace.configure(level=4, plugins=[plugin], autoload=False)
+    stall, front = threading.Event(), plugin.front
+    try:
+        traced()
+        engine = Engine()
+        engine.step([Request("warm")], 0)  # the thread starts
+        assert front.flush(5.0)
+        front.export_batch = lambda batch: stall.wait(5.0)
+        engine.step([], 0)
+        front._wake.set()
+        while front.in_flight == 0:
+            threading.Event().wait(0.01)
+        for mb in range(30):  # records (the stages) and objects (the request events) in one batch
+            engine.step([Request(f"r{mb}")], mb)
+        taken = front.buffer.take(10_000)
+        assert type(taken).__name__ == "Taken" and len(taken) == 30 * 5 and len(front.buffer) == 0
+        events = list(taken)  # each step: its start, schedule's start and end, a request event, its end
+        assert [e.kind for e in events[:5]] == ["batch", "stage", "stage", "request", "batch"]
+        assert events == [taken[i] for i in range(len(taken))] and taken + [None] == events + [None]
+        direct, made = EventEncoder(), EventEncoder()
+        frame = direct.encode(taken)
+        assert direct.counters()["frames_in_c"] == 1
+        assert frame == made.encode(events)
+        assert decode_events(frame) == decode_events(made.encode(events))
+        with pytest.raises(StepError):
+            engine.step([Request("last")], "raise")  # an error: not plain data, the Python form's frame
+        taken = front.buffer.take(10_000)
+        direct, made = EventEncoder(), EventEncoder()
+        assert direct.encode(taken) == made.encode(list(taken))
+        assert direct.counters()["frames_in_python"] == 1
+        assert len(front.buffer.take(5)) == 0
+    finally:
+        stall.set()
+        sched_trace.unregister(plugin)
+        front.shutdown(5.0)
