@@ -95,6 +95,24 @@ ring_next(Ring *self)
     return &self->slots[at];
 }
 
+/* What a slot holds, to the collector (a traverse function's loop body). */
+static int
+slot_visit(const Slot *slot, visitproc visit, void *arg)
+{
+    Py_VISIT(slot->head);
+    if (slot->record)
+        for (int i = 0; i < N_REFS; i++)
+            Py_VISIT(slot->refs[i]);
+    return 0;
+}
+
+#define Py_VISIT_SLOT(slot)                                 \
+    do {                                                    \
+        int visited = slot_visit((slot), visit, arg);       \
+        if (visited)                                        \
+            return visited;                                 \
+    } while (0)
+
 static void
 slot_clear(Slot *slot)
 {
@@ -248,13 +266,8 @@ ring_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 static int
 ring_traverse(Ring *self, visitproc visit, void *arg)
 {
-    for (Py_ssize_t i = 0; i < self->count; i++) {
-        Slot *slot = &self->slots[(self->first + i) % self->size];
-        Py_VISIT(slot->head);
-        if (slot->record)
-            for (int j = 0; j < N_REFS; j++)
-                Py_VISIT(slot->refs[j]);
-    }
+    for (Py_ssize_t i = 0; i < self->count; i++)
+        Py_VISIT_SLOT(&self->slots[(self->first + i) % self->size]);
     return 0;
 }
 
@@ -403,13 +416,8 @@ taken_concat(Taken *self, PyObject *other)
 static int
 taken_traverse(Taken *self, visitproc visit, void *arg)
 {
-    for (Py_ssize_t i = 0; i < self->count; i++) {
-        Slot *slot = &self->slots[i];
-        Py_VISIT(slot->head);
-        if (slot->record)
-            for (int j = 0; j < N_REFS; j++)
-                Py_VISIT(slot->refs[j]);
-    }
+    for (Py_ssize_t i = 0; i < self->count; i++)
+        Py_VISIT_SLOT(&self->slots[i]);
     return 0;
 }
 
