@@ -8,7 +8,9 @@
  * event, run the call, deliver the end event. What a Python frame costs per call
  * (about half of an enabled span's instructions) is what this saves; every object it
  * touches is the one the Python template touches, read through the same helpers
- * (tests/core/conftest.py runs every test in tests/core on both forms).
+ * (tests/core/conftest.py runs every test in tests/core on both forms), but for the event
+ * itself where only exporters' buffers in C listen: it is written into them as a record
+ * (_ring.c), and made, the same tuple, only if something reads it as an object.
  *
  * An extractor of the grammar ('mb_id', 'self.stage_index', 'len(batch.reqs)') comes
  * as its plan: where its root sits in ``args`` (or the instance), the attribute
@@ -537,8 +539,8 @@ call_through(PyObject *wrapped, PyObject *args, PyObject *kwargs)
     return PyObject_Call(wrapped, args, kwargs == Py_None ? NULL : kwargs);
 }
 
-/* time.monotonic_ns() + _clock._offset_ns, read from the clock time.monotonic_ns reads. */
-/* The clock the events carry (monotonic plus the offset) into ``out``: 0, or -1 with an error. */
+/* time.monotonic_ns() + _clock._offset_ns, read from the clock time.monotonic_ns reads, into
+ * ``out``: 0, or -1 with an error. */
 static int
 now_raw(long long *out)
 {
@@ -1095,7 +1097,8 @@ traced_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject *
     if (result == NULL)
         raised_take(&raised);
     long long end_ns;
-    int failed = now_raw(&end_ns) < 0 || PyList_SetItem(span.cell, 0, Py_NewRef(span.top)) < 0 ||
+    int clock = now_raw(&end_ns); /* the cell's top is given back whatever happens */
+    int failed = PyList_SetItem(span.cell, 0, Py_NewRef(span.top)) < 0 || clock < 0 ||
                  emit_span(self, &span, end_ns, 1, raised.value != NULL ? raised.value : Py_None, sink) < 0;
     result = raised_finish(&raised, result, failed);
 done:
