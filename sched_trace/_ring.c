@@ -7,9 +7,9 @@
  * written into each as a record: the probe that made it, the objects the event would
  * refer to anyway (rank, micro-batch, batch id, batch size, attributes, error, span ids,
  * all made or held already), the two times as C integers. No event object is made on
- * the scheduler thread. The exporter thread makes it when it takes the record
- * (popleft): the very tuple the probe would have made (``span_event`` in _speedups.c),
- * warm, on its own thread, where it is freed too once exported.
+ * the scheduler thread. A reader that takes events one by one (popleft) gets the very
+ * tuple the probe would have made (``span_event`` in _speedups.c), made then, on its own
+ * thread.
  *
  * Anything else appended (an event made elsewhere: a request probe's, a drop marker, the
  * Python hot path's) is held as it is; records and objects keep one order. The ring grows
@@ -45,7 +45,7 @@ typedef struct {
     Py_ssize_t size, first, count; /* allocated, where the oldest is, how many are held */
 } Ring;
 
-PyTypeObject RingType, TakenType;
+static PyTypeObject RingType, TakenType;
 
 typedef struct {
     PyObject_HEAD
@@ -336,7 +336,7 @@ static PySequenceMethods ring_as_sequence = {
     .sq_length = (lenfunc)ring_length,
 };
 
-PyTypeObject RingType = {
+static PyTypeObject RingType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "sched_trace._speedups.Ring",
     .tp_doc = "Ring(): a BackgroundExporter's buffer of events in C; a probe's events are held as "
@@ -454,7 +454,7 @@ static PySequenceMethods taken_as_sequence = {
     .sq_item = (ssizeargfunc)taken_getitem,
 };
 
-PyTypeObject TakenType = {
+static PyTypeObject TakenType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "sched_trace._speedups.Taken",
     .tp_doc = "A batch taken out of a Ring (Ring.take): a sequence whose events are made as they are "
