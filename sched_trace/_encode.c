@@ -6,7 +6,9 @@
  * of ``(contexts, classes, fields)`` that codec.EventEncoder's Python form writes, so
  * the receiving side (codec.decode_events: ``pickle.loads``) is the same for both:
  *
- *   - each event's fields as a plain tuple, straight from the event (no copy);
+ *   - each event's fields as a plain tuple, straight from the event (no copy), or from
+ *     a record of an exporter's ring (a batch taken as it is: ``_ring.c``), the same bytes
+ *     without the event made;
  *   - its class, and a RankInfo, once per frame (the Python form's ``rank_args`` gives
  *     what a RankInfo is rebuilt from), then by memo reference, as the pickler does;
  *   - strings once per frame, then by memo reference (by identity: the names of a
@@ -82,7 +84,8 @@ void taken_item(PyObject *batch, Py_ssize_t i, PyObject **object, PyObject **pro
 int span_probe(PyObject *probe, PyObject **event_type, PyObject **name, PyObject **level);
 
 /* An event's fields as write_event reads them: an event's own (a tuple), or a ring's
- * record's, whose times are C integers (``raw``, fields 2 and 3; 3 is None unless ``ended``). */
+ * record's, whose times (fields 2 and 3) are C integers, ``start_ns`` and ``end_ns`` (the
+ * end None unless ``ended``). */
 typedef struct {
     PyObject *const *items; /* n of them; for a record, items[2] and items[3] are not read */
     Py_ssize_t n;
