@@ -207,8 +207,9 @@ class BackgroundExporter:
         self._appender: Any = None
         if _native.speedups is not None:
             # The buffer in C (sched_trace/_ring.c): a probe's event whose only listeners
-            # are such buffers is held as a record, and made into the event here, on this
-            # exporter's thread, when drained: no event object on the scheduler thread.
+            # are such buffers is held as a record: no event object on the scheduler thread.
+            # With ``taken`` the export reads the records as they are (the frame encoder);
+            # else each is made into its event here, on this thread, when drained.
             self.buffer._items = _native.speedups.Ring()
             # The hot path in C (sched_trace/_speedups.c): what the plugin manager calls
             # when a plugin binds ``append`` as an event hook (:func:`c_form`), this method
