@@ -12,10 +12,13 @@
  * thread.
  *
  * Anything else appended (an event made elsewhere: a request probe's, a drop marker, the
- * Python hot path's) is held as it is; records and objects keep one order. The ring grows
- * by doubling (the buffer's capacity is the bound, checked by whoever appends, as for a
- * deque) and gives its memory back when a drain empties a large one. It offers what
- * EventBuffer asks of a deque: append, popleft, len, clear and iteration (copies).
+ * Python hot path's) is held as it is; records and objects keep one order. The ring is two
+ * circular arrays: one pointer per event, in order (an object, or a mark that the next
+ * record stands there), and the records (96 bytes each), so that an object costs what it
+ * cost in a deque. Both grow by doubling (the buffer's capacity is the bound, checked by
+ * whoever appends, as for a deque) and give their memory back when a drain empties a large
+ * one. The ring offers what EventBuffer asks of a deque: append, popleft, len, clear and
+ * iteration (copies).
  *
  * ``take(limit)`` moves the oldest out as a Taken batch, for an exporter thread whose
  * export reads it in C (an ExportProcessor's: codec.EventEncoder, ``_encode.c``): the
@@ -32,20 +35,25 @@ PyObject *span_event(PyObject *probe, long long start_ns, long long end_ns, int 
 
 enum { R_RANK, R_MB, R_BATCH_ID, R_SIZE, R_EXTRA, R_ERROR, R_SPAN_ID, R_PARENT, N_REFS };
 
+/* One event: a record (its probe, its objects, its times), or an object (``head``). */
 typedef struct {
     PyObject *head;          /* a record: the probe; else the object appended */
-    PyObject *refs[N_REFS];  /* a record's objects (NULL for an object) */
+    PyObject *refs[N_REFS];  /* a record's objects (not set for an object) */
     long long start_ns, end_ns;
     char record, ended;
 } Slot;
 
+/* A circular array of ``width``-byte items. */
+typedef struct {
+    char *items;
+    Py_ssize_t size, first, count; /* allocated, where the oldest is, how many are held */
+} Circle;
+
 typedef struct {
     PyObject_HEAD
-    Slot *slots;
-    Py_ssize_t size, first, count; /* allocated, where the oldest is, how many are held */
+    Circle order;   /* PyObject *: each event in order, an object or RECORD */
+    Circle records; /* Slot: the records, in the same order */
 } Ring;
-
-static PyTypeObject RingType, TakenType;
 
 typedef struct {
     PyObject_HEAD
@@ -53,46 +61,70 @@ typedef struct {
     Py_ssize_t count;
 } Taken;
 
-#define RING_FIRST 256          /* slots at the first append */
-#define RING_KEEP (1 << 16)     /* a larger ring emptied by a drain gives its memory back */
+static PyTypeObject RingType, TakenType;
+
+static char record_mark;
+#define RECORD ((PyObject *)&record_mark) /* in ``order``: the next record stands here */
+
+#define RING_FIRST 256          /* items at the first append */
+#define RING_KEEP (1 << 16)     /* a larger circle emptied by a drain gives its memory back */
+
+static void *
+circle_at(const Circle *c, Py_ssize_t i, size_t width)
+{
+    Py_ssize_t at = c->first + i;
+    if (at >= c->size)
+        at -= c->size;
+    return c->items + (size_t)at * width;
+}
 
 static int
-ring_grow(Ring *self)
+circle_grow(Circle *c, size_t width)
 {
-    Py_ssize_t size = self->size ? self->size * 2 : RING_FIRST;
-    if ((size_t)size > PY_SSIZE_T_MAX / sizeof(Slot)) {
+    Py_ssize_t size = c->size ? c->size * 2 : RING_FIRST;
+    if ((size_t)size > PY_SSIZE_T_MAX / width) {
         PyErr_NoMemory();
         return -1;
     }
-    Slot *slots = PyMem_Malloc((size_t)size * sizeof(Slot));
-    if (slots == NULL) {
+    char *items = PyMem_Malloc((size_t)size * width);
+    if (items == NULL) {
         PyErr_NoMemory();
         return -1;
     }
-    /* unwrap: the oldest first */
-    Py_ssize_t tail = self->size - self->first;
-    if (self->count > 0) {
-        Py_ssize_t part = self->count < tail ? self->count : tail;
-        memcpy(slots, self->slots + self->first, (size_t)part * sizeof(Slot));
-        memcpy(slots + part, self->slots, (size_t)(self->count - part) * sizeof(Slot));
+    if (c->count > 0) { /* unwrap: the oldest first */
+        Py_ssize_t tail = c->size - c->first, part = c->count < tail ? c->count : tail;
+        memcpy(items, c->items + (size_t)c->first * width, (size_t)part * width);
+        memcpy(items + (size_t)part * width, c->items, (size_t)(c->count - part) * width);
     }
-    PyMem_Free(self->slots);
-    self->slots = slots;
-    self->size = size;
-    self->first = 0;
+    PyMem_Free(c->items);
+    c->items = items;
+    c->size = size;
+    c->first = 0;
     return 0;
 }
 
-/* The next free slot (grown if need be), or NULL with an error set. */
-static Slot *
-ring_next(Ring *self)
+/* The next free item (grown if need be, counted), or NULL with an error set. */
+static void *
+circle_push(Circle *c, size_t width)
 {
-    if (self->count == self->size && ring_grow(self) < 0)
+    if (c->count == c->size && circle_grow(c, width) < 0)
         return NULL;
-    Py_ssize_t at = self->first + self->count;
-    if (at >= self->size)
-        at -= self->size;
-    return &self->slots[at];
+    void *item = circle_at(c, c->count, width);
+    c->count++;
+    return item;
+}
+
+/* The oldest, let go of (the caller took it): its memory too when a large circle empties. */
+static void
+circle_pop(Circle *c)
+{
+    if (++c->first == c->size)
+        c->first = 0;
+    if (--c->count == 0 && c->size > RING_KEEP) {
+        PyMem_Free(c->items);
+        c->items = NULL;
+        c->size = c->first = 0;
+    }
 }
 
 /* What a slot holds, to the collector (a traverse function's loop body). */
@@ -122,6 +154,22 @@ slot_clear(Slot *slot)
             Py_CLEAR(slot->refs[i]);
 }
 
+/* The oldest event, moved out of the ring into ``slot`` (the ring holds at least one). */
+static void
+ring_pop(Ring *self, Slot *slot)
+{
+    PyObject *head = *(PyObject **)circle_at(&self->order, 0, sizeof(PyObject *));
+    circle_pop(&self->order);
+    if (head == RECORD) {
+        *slot = *(Slot *)circle_at(&self->records, 0, sizeof(Slot));
+        circle_pop(&self->records);
+    }
+    else {
+        slot->head = head;
+        slot->record = 0;
+    }
+}
+
 /* A span's event as a record (the probe's fields, its times). ``refs``: rank, mb,
  * batch_id, size, extra, error, span_id, parent (borrowed; held here). */
 int
@@ -129,9 +177,12 @@ ring_push_span(PyObject *ring, PyObject *probe, long long start_ns, long long en
                PyObject *const *refs)
 {
     Ring *self = (Ring *)ring;
-    Slot *slot = ring_next(self);
+    if (self->order.count == self->order.size && circle_grow(&self->order, sizeof(PyObject *)) < 0)
+        return -1;
+    Slot *slot = circle_push(&self->records, sizeof(Slot));
     if (slot == NULL)
         return -1;
+    *(PyObject **)circle_push(&self->order, sizeof(PyObject *)) = RECORD; /* room made above */
     slot->head = Py_NewRef(probe);
     for (int i = 0; i < N_REFS; i++)
         slot->refs[i] = Py_NewRef(refs[i]);
@@ -139,7 +190,6 @@ ring_push_span(PyObject *ring, PyObject *probe, long long start_ns, long long en
     slot->end_ns = end_ns;
     slot->record = 1;
     slot->ended = (char)ended;
-    self->count++;
     return 0;
 }
 
@@ -147,13 +197,10 @@ ring_push_span(PyObject *ring, PyObject *probe, long long start_ns, long long en
 int
 ring_push_object(PyObject *ring, PyObject *obj)
 {
-    Ring *self = (Ring *)ring;
-    Slot *slot = ring_next(self);
-    if (slot == NULL)
+    PyObject **item = circle_push(&((Ring *)ring)->order, sizeof(PyObject *));
+    if (item == NULL)
         return -1;
-    slot->head = Py_NewRef(obj);
-    slot->record = 0;
-    self->count++;
+    *item = Py_NewRef(obj);
     return 0;
 }
 
@@ -161,7 +208,7 @@ ring_push_object(PyObject *ring, PyObject *obj)
 Py_ssize_t
 ring_held(PyObject *items)
 {
-    return Py_IS_TYPE(items, &RingType) ? ((Ring *)items)->count : -1;
+    return Py_IS_TYPE(items, &RingType) ? ((Ring *)items)->order.count : -1;
 }
 
 /* What a slot stands for (a new reference): the object appended, or the event made of the record. */
@@ -181,26 +228,15 @@ ring_append(Ring *self, PyObject *obj)
     Py_RETURN_NONE;
 }
 
-static void
-ring_release(Ring *self)
-{
-    PyMem_Free(self->slots);
-    self->slots = NULL;
-    self->size = self->first = 0;
-}
-
 static PyObject *
 ring_popleft(Ring *self, PyObject *Py_UNUSED(ignored))
 {
-    if (self->count == 0) {
+    if (self->order.count == 0) {
         PyErr_SetString(PyExc_IndexError, "pop from an empty ring");
         return NULL;
     }
-    Slot slot = self->slots[self->first]; /* taken out before anything can run */
-    if (++self->first == self->size)
-        self->first = 0;
-    if (--self->count == 0 && self->size > RING_KEEP)
-        ring_release(self);
+    Slot slot;
+    ring_pop(self, &slot); /* taken out before anything can run */
     PyObject *event = slot_event(&slot);
     slot_clear(&slot);
     return event;
@@ -209,21 +245,40 @@ ring_popleft(Ring *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 ring_clear_method(Ring *self, PyObject *Py_UNUSED(ignored))
 {
-    /* the slots are taken out first: a deallocation below may run code that appends */
-    Slot *slots = self->slots;
-    Py_ssize_t size = self->size, first = self->first, count = self->count;
-    self->slots = NULL;
-    self->size = self->first = self->count = 0;
-    for (Py_ssize_t i = 0; i < count; i++)
-        slot_clear(&slots[(first + i) % size]);
-    PyMem_Free(slots);
+    /* everything is taken out first: a deallocation below may run code that appends */
+    Circle order = self->order, records = self->records;
+    self->order = self->records = (Circle){NULL, 0, 0, 0};
+    for (Py_ssize_t i = 0; i < order.count; i++) {
+        PyObject *head = *(PyObject **)circle_at(&order, i, sizeof(PyObject *));
+        if (head != RECORD)
+            Py_DECREF(head);
+    }
+    for (Py_ssize_t i = 0; i < records.count; i++)
+        slot_clear(circle_at(&records, i, sizeof(Slot)));
+    PyMem_Free(order.items);
+    PyMem_Free(records.items);
     Py_RETURN_NONE;
 }
 
 static Py_ssize_t
 ring_length(Ring *self)
 {
-    return self->count;
+    return self->order.count;
+}
+
+/* The ``i``-th held event as a slot (borrowed); ``*record`` the records before it, advanced. */
+static Slot
+ring_peek(Ring *self, Py_ssize_t i, Py_ssize_t *record)
+{
+    Slot slot;
+    PyObject *head = *(PyObject **)circle_at(&self->order, i, sizeof(PyObject *));
+    if (head == RECORD)
+        slot = *(Slot *)circle_at(&self->records, (*record)++, sizeof(Slot));
+    else {
+        slot.head = head;
+        slot.record = 0;
+    }
+    return slot;
 }
 
 /* iter(ring): over the events held now, made afresh (a copy: the ring keeps them). */
@@ -233,8 +288,10 @@ ring_iter(Ring *self)
     PyObject *events = PyList_New(0);
     if (events == NULL)
         return NULL;
-    for (Py_ssize_t i = 0; i < self->count; i++) {
-        PyObject *event = slot_event(&self->slots[(self->first + i) % self->size]);
+    Py_ssize_t record = 0;
+    for (Py_ssize_t i = 0; i < self->order.count; i++) {
+        Slot slot = ring_peek(self, i, &record);
+        PyObject *event = slot_event(&slot);
         if (event == NULL || PyList_Append(events, event) < 0) {
             Py_XDECREF(event);
             Py_DECREF(events);
@@ -257,8 +314,7 @@ ring_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     Ring *self = PyObject_GC_New(Ring, type);
     if (self == NULL)
         return NULL;
-    self->slots = NULL;
-    self->size = self->first = self->count = 0;
+    self->order = self->records = (Circle){NULL, 0, 0, 0};
     PyObject_GC_Track(self);
     return (PyObject *)self;
 }
@@ -266,8 +322,13 @@ ring_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 static int
 ring_traverse(Ring *self, visitproc visit, void *arg)
 {
-    for (Py_ssize_t i = 0; i < self->count; i++)
-        Py_VISIT_SLOT(&self->slots[(self->first + i) % self->size]);
+    for (Py_ssize_t i = 0; i < self->order.count; i++) {
+        PyObject *head = *(PyObject **)circle_at(&self->order, i, sizeof(PyObject *));
+        if (head != RECORD)
+            Py_VISIT(head);
+    }
+    for (Py_ssize_t i = 0; i < self->records.count; i++)
+        Py_VISIT_SLOT((Slot *)circle_at(&self->records, i, sizeof(Slot)));
     return 0;
 }
 
@@ -290,7 +351,7 @@ ring_dealloc(Ring *self)
 static PyObject *
 ring_repr(Ring *self)
 {
-    return PyUnicode_FromFormat("<sched-trace ring of %zd events>", self->count);
+    return PyUnicode_FromFormat("<sched-trace ring of %zd events>", self->order.count);
 }
 
 static PyObject *
@@ -299,7 +360,7 @@ ring_take(Ring *self, PyObject *arg)
     Py_ssize_t limit = PyLong_AsSsize_t(arg);
     if (limit == -1 && PyErr_Occurred())
         return NULL;
-    Py_ssize_t count = limit < 0 ? 0 : limit < self->count ? limit : self->count;
+    Py_ssize_t count = limit < 0 ? 0 : limit < self->order.count ? limit : self->order.count;
     Taken *taken = PyObject_GC_New(Taken, &TakenType);
     if (taken == NULL)
         return NULL;
@@ -309,16 +370,9 @@ ring_take(Ring *self, PyObject *arg)
         Py_DECREF(taken);
         return PyErr_NoMemory();
     }
-    Py_ssize_t part = self->size - self->first < count ? self->size - self->first : count;
-    if (count > 0) {
-        memcpy(taken->slots, self->slots + self->first, (size_t)part * sizeof(Slot));
-        memcpy(taken->slots + part, self->slots, (size_t)(count - part) * sizeof(Slot));
-    }
+    for (Py_ssize_t i = 0; i < count; i++) /* moved: the batch holds what the ring held */
+        ring_pop(self, &taken->slots[i]);
     taken->count = count;
-    self->first = self->size ? (self->first + count) % self->size : 0;
-    self->count -= count;
-    if (self->count == 0 && self->size > RING_KEEP)
-        ring_release(self);
     PyObject_GC_Track(taken);
     return (PyObject *)taken;
 }

@@ -143,12 +143,13 @@ def test_with_only_exporters_listening_no_event_object_is_made_on_the_scheduler_
             sched_trace.unregister(plugin)
             plugin.front.shutdown(5.0)
     kept = sum(stat.count_diff for stat in after.compare_to(before, "filename") if stat.count_diff > 0)
-    # held per step: 2 spans x (start, end) events. As objects: 4 tuples, 3 or 4 times (ints),
-    # the attributes dict. As records: the attributes dict and the span ids, no tuple.
+    # held per step: 2 spans x (start, end) events. As objects: 4 tuples, 4 times (ints), the
+    # attributes dict, the 2 span ids (ints past 256). As records: the attributes dict and the
+    # span ids, no tuple, no time.
     if hot_path == "c":
-        assert kept <= 3 * steps, kept
+        assert kept <= 4 * steps, kept
     else:
-        assert kept >= 6 * steps, kept
+        assert kept >= 8 * steps, kept
     assert len(exported(exporter)) == 4 * (steps + 2)
     assert all(len(plugin.exported) == 4 * (steps + 2) for plugin in more)
 
@@ -221,8 +222,13 @@ def test_a_ring_is_first_in_first_out_as_it_grows_and_wraps(hot_path):
             items.append(n)
             expected.append(n)
             n += 1
-        for _ in range(min(len(items), round_ * 11 % 500)):
-            taken.append(items.popleft())
+        count = min(len(items), round_ * 11 % 500)
+        if round_ % 2:  # one by one, or moved out as a batch
+            taken.extend(items.popleft() for _ in range(count))
+        else:
+            batch = items.take(count)
+            assert len(batch) == count
+            taken.extend(batch)
         assert len(items) == len(expected) - len(taken)
         assert list(items) == expected[len(taken):]  # iteration copies
     while len(items):
