@@ -736,27 +736,33 @@ write_event(Writer *w, const Fields *fields, int kind)
     return put1(w->out, 't');
 }
 
-/* Item ``i`` of a Taken batch: its kind (-1: not an event class), its fields in ``fields``
- * (``scratch`` holds a record's 12), and the object to hold while it is written (borrowed;
- * a record's probe). */
+/* Item ``i`` of a Taken batch: its kind (-1: not an event class); unless ``fields`` is NULL
+ * (the kind alone), its fields in ``fields`` (``scratch`` holds a record's 12) and the
+ * object to hold while it is written (borrowed; a record's probe). */
 static int
 taken_fields(Writer *w, PyObject *batch, Py_ssize_t i, Fields *fields, PyObject **scratch, PyObject **held)
 {
     PyObject *object, *probe, *type, *name, *level;
     PyObject *const *refs;
-    taken_item(batch, i, &object, &probe, &refs, &fields->start_ns, &fields->end_ns, &fields->ended);
+    Fields times; /* where taken_item writes a record's times when only the kind is asked */
+    Fields *into = fields != NULL ? fields : &times;
+    taken_item(batch, i, &object, &probe, &refs, &into->start_ns, &into->end_ns, &into->ended);
     if (object != NULL) {
-        *held = object;
         if (!PyTuple_Check(object))
             return -1;
+        if (fields == NULL)
+            return kind_of(w, object);
+        *held = object;
         fields->items = &PyTuple_GET_ITEM(object, 0);
         fields->n = PyTuple_GET_SIZE(object);
         fields->record = 0;
         return kind_of(w, object);
     }
-    *held = probe;
     if (span_probe(probe, &type, &name, &level) < 0)
         return -1;
+    if (fields == NULL)
+        return kind_of_type(w, type);
+    *held = probe;
     scratch[0] = name;
     scratch[1] = level;
     scratch[2] = scratch[3] = Py_None; /* not read: the times are the record's */
@@ -780,7 +786,7 @@ write_frame(Writer *w, PyObject *events, Py_ssize_t taken, Buffer *head)
     if (put1(w->out, ']') < 0 || (n && put1(w->out, '(') < 0))
         return -1;
     for (Py_ssize_t i = 0; i < n; i++) {
-        int kind = taken >= 0 ? taken_fields(w, events, i, &fields, scratch, &held)
+        int kind = taken >= 0 ? taken_fields(w, events, i, NULL, NULL, NULL)
                               : kind_of(w, PyList_GET_ITEM(events, i));
         if (kind < 0)
             return NOT_PLAIN;

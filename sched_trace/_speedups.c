@@ -1438,6 +1438,28 @@ typedef struct {
 
 static PyTypeObject AppenderType;
 
+/* The buffer's items while the exporter thread runs and they have room (borrowed), else
+ * NULL, and the Python path decides (it starts the thread, drops and counts, or says what
+ * is wrong). ``ring_only``: only items that are a Ring, which can take a record. */
+static PyObject *
+room_in(Appender *self, int ring_only)
+{
+    if (!self->started || self->items_offset <= 0 || Py_TYPE(self->buffer) != self->buffer_type)
+        return NULL;
+    PyObject *capacity = *(PyObject **)((char *)self->buffer + self->capacity_offset);
+    PyObject *items = *(PyObject **)((char *)self->buffer + self->items_offset);
+    if (capacity == NULL || items == NULL || !PyLong_CheckExact(capacity))
+        return NULL;
+    Py_ssize_t held = ring_held(items);
+    if (held < 0 && (ring_only || (held = PyObject_Size(items)) < 0)) {
+        PyErr_Clear();
+        return NULL;
+    }
+    int overflow;
+    long long limit = PyLong_AsLongLongAndOverflow(capacity, &overflow);
+    return !overflow && held < limit ? items : NULL;
+}
+
 static PyObject *
 appender_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject *kwnames)
 {
@@ -1446,28 +1468,18 @@ appender_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject
         PyErr_SetString(PyExc_TypeError, "append(event) takes one positional argument");
         return NULL;
     }
-    if (self->started && self->items_offset > 0 && Py_TYPE(self->buffer) == self->buffer_type) {
-        PyObject *capacity = *(PyObject **)((char *)self->buffer + self->capacity_offset);
-        PyObject *items = *(PyObject **)((char *)self->buffer + self->items_offset);
-        if (capacity != NULL && items != NULL && PyLong_CheckExact(capacity)) {
-            int overflow;
-            long long limit = PyLong_AsLongLongAndOverflow(capacity, &overflow);
-            Py_ssize_t held = PyObject_Size(items);
-            if (held < 0)
-                PyErr_Clear(); /* the Python path says what is wrong */
-            else if (!overflow && held < limit) {
-                PyObject *call[2] = {items, argv[0]};
-                Py_INCREF(items); /* the buffer could let go of it during the call */
-                PyObject *done = Py_TYPE(items) == self->items_type
-                                     ? PyObject_Vectorcall(self->items_append, call, 2, NULL)
-                                     : PyObject_VectorcallMethod(str_append, call, 2, NULL);
-                Py_DECREF(items);
-                if (done == NULL)
-                    return NULL;
-                Py_DECREF(done);
-                Py_RETURN_NONE;
-            }
-        }
+    PyObject *items = room_in(self, 0);
+    if (items != NULL) {
+        PyObject *call[2] = {items, argv[0]};
+        Py_INCREF(items); /* the buffer could let go of it during the call */
+        PyObject *done = Py_TYPE(items) == self->items_type
+                             ? PyObject_Vectorcall(self->items_append, call, 2, NULL)
+                             : PyObject_VectorcallMethod(str_append, call, 2, NULL);
+        Py_DECREF(items);
+        if (done == NULL)
+            return NULL;
+        Py_DECREF(done);
+        Py_RETURN_NONE;
     }
     return PyObject_Vectorcall(self->slow, argv, 1, NULL);
 }
@@ -1478,25 +1490,7 @@ appender_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject
 static PyObject *
 appender_ring(PyObject *hook)
 {
-    if (!Py_IS_TYPE(hook, &AppenderType))
-        return NULL;
-    Appender *self = (Appender *)hook;
-    if (!self->started || self->items_offset <= 0 || Py_TYPE(self->buffer) != self->buffer_type)
-        return NULL;
-    PyObject *capacity = *(PyObject **)((char *)self->buffer + self->capacity_offset);
-    PyObject *items = *(PyObject **)((char *)self->buffer + self->items_offset);
-    if (capacity == NULL || items == NULL || !PyLong_CheckExact(capacity))
-        return NULL;
-    Py_ssize_t held = ring_held(items);
-    if (held < 0)
-        return NULL;
-    int overflow;
-    long long limit = PyLong_AsLongLongAndOverflow(capacity, &overflow);
-    if (limit == -1 && PyErr_Occurred()) {
-        PyErr_Clear();
-        return NULL;
-    }
-    return !overflow && held < limit ? items : NULL;
+    return Py_IS_TYPE(hook, &AppenderType) ? room_in((Appender *)hook, 1) : NULL;
 }
 
 static PyObject *
