@@ -19,6 +19,8 @@ import struct
 import time
 from typing import Any, Optional, Union
 
+from .. import _native
+
 EVENTS, CONTROL = b"E", b"C"
 _HEADER = struct.Struct("<Ic")
 
@@ -27,9 +29,23 @@ def _frame(kind: bytes, payload: bytes) -> memoryview:
     return memoryview(_HEADER.pack(len(payload), kind) + payload)
 
 
-def write_events(fd: int, payload: bytes) -> None:
-    """Write an events frame whole; blocks while the pipe is full (the one back-pressure point)."""
-    _write_all(fd, _frame(EVENTS, payload))
+def write_events(fd: int, payload: bytes, held: bool = False) -> None:
+    """Write an events frame whole; blocks while the pipe is full (the one back-pressure point).
+
+    ``held``: ``fd`` is a non-blocking pipe (an exporter process's); where it has room, the
+    C form writes the frame without letting go of the GIL (``_speedups.write_held``).
+    Letting go would hand the GIL to the scheduler thread only to take it back from it: a
+    forced switch for that thread per frame (docs/performance.md, "What an exporter frame
+    costs the engine"). Never for a blocking descriptor: a file write could wait on the
+    disk with the GIL held.
+    """
+    header = _HEADER.pack(len(payload), EVENTS)
+    speedups = _native.speedups
+    written = 0
+    if held and speedups is not None:
+        written = speedups.write_held(fd, header, payload)
+    if written < len(header) + len(payload):
+        _write_all(fd, memoryview(header + payload)[written:])
 
 
 def write_control(fd: int, message: tuple) -> None:
@@ -66,7 +82,10 @@ def reply(fd: int, message: tuple) -> None:
 
 def _write_all(fd: int, view: memoryview) -> None:
     while view:
-        view = view[os.write(fd, view):]
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:  # a non-blocking descriptor, full: wait for room
+            select.select([], [fd], [])
 
 
 class FrameReader:

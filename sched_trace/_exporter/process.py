@@ -77,6 +77,9 @@ class ExporterProcess:
             proc = subprocess.Popen([sys.executable, "-m", CHILD_MODULE], bufsize=0, stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, env=env, close_fds=True)
             _widen(proc.stdin.fileno())
+            # Non-blocking: a frame goes in without the exporter thread letting go of the GIL
+            # where the pipe has room (frames.write_events); where it has none, it waits.
+            os.set_blocking(proc.stdin.fileno(), False)
             write_control(proc.stdin.fileno(), self._init())
         except OSError as exc:
             self.failed_starts += 1
@@ -108,6 +111,17 @@ class ExporterProcess:
             self.restarts += 1
             self._child_died = False
         return self._start()
+
+    def _reading(self) -> bool:
+        """The current child is there to read a frame, as far as can be told without a system
+        call: its reader thread has not met the end of its output (a child that died closed
+        it). Not ``poll()``: its ``waitpid`` lets go of the GIL, a forced switch for the
+        scheduler thread per frame. A death not seen yet fails the write (EPIPE) instead."""
+        proc = self._proc
+        if proc is None or self._pid != os.getpid() or proc.returncode is not None:
+            return False
+        reader = self._readers.get(proc.pid)
+        return reader is not None and reader.is_alive()
 
     def _alive(self, proc: subprocess.Popen) -> bool:
         # poll() answers None while another thread polls or waits (Popen's waitpid lock), even
@@ -169,10 +183,10 @@ class ExporterProcess:
         with self._write_lock:
             # A child can die between the liveness check and the write: one retry on a new one.
             for _attempt in (1, 2):
-                if not self._ensure():
+                if not self._reading() and not self._ensure():
                     return False
                 try:
-                    write_events(self._proc.stdin.fileno(), payload)
+                    write_events(self._proc.stdin.fileno(), payload, held=True)
                 except (OSError, ValueError):
                     self._died(self._proc)
                     continue

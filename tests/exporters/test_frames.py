@@ -11,6 +11,9 @@ import os
 import threading
 import time
 
+import pytest
+
+from sched_trace import _native
 from sched_trace._exporter.frames import CONTROL, EVENTS, FrameReader, write_control, write_events
 
 
@@ -29,14 +32,27 @@ def slow_reader(fd: int, count: int, frames: list) -> threading.Thread:
     return thread
 
 
-def test_frames_larger_than_the_pipe_arrive_whole_and_in_order():
+@pytest.fixture(params=["blocking", "held-c", "held-python"])
+def pipe_form(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A blocking pipe (capture files' writer), or an exporter process's non-blocking one
+    written while holding the GIL where it has room (the C form) or through os.write."""
+    if request.param == "held-c" and _native.speedups is None:
+        pytest.skip("the C extension is not built here")
+    if request.param == "held-python":
+        monkeypatch.setattr(_native, "speedups", None)
+    return request.param
+
+
+def test_frames_larger_than_the_pipe_arrive_whole_and_in_order(pipe_form: str):
     read_end, write_end = os.pipe()
+    held = pipe_form != "blocking"
+    os.set_blocking(write_end, not held)
     payloads = [bytes([index]) * size for index, size in enumerate([10, 70_000, 1, 300_000, 65_536, 5])]
     frames: list = []
     thread = slow_reader(read_end, len(payloads) + 1, frames)
     try:
         for payload in payloads:
-            write_events(write_end, payload)
+            write_events(write_end, payload, held=held)
         write_control(write_end, ("stop", 1.0))  # a control frame after them, through the same pipe
         thread.join(30)
         assert frames == [(EVENTS, payload) for payload in payloads] + [(CONTROL, ("stop", 1.0))]
@@ -59,3 +75,28 @@ def test_a_frame_cut_short_at_the_end_of_the_stream_is_the_end():
         if write_end >= 0:
             os.close(write_end)
         os.close(read_end)
+
+
+def test_write_held_takes_what_a_non_blocking_pipe_has_room_for_and_says_when_it_has_none():
+    if _native.speedups is None:
+        pytest.skip("the C extension is not built here")
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    try:
+        assert _native.speedups.write_held(write_end, b"head", b"body") == 8
+        assert os.read(read_end, 100) == b"headbody"
+        room = 0
+        while True:  # fill the pipe: what it took, then 0 (it would block), never an error
+            written = _native.speedups.write_held(write_end, b"", b"x" * 65_536)
+            if written == 0:
+                break
+            room += written
+        assert room > 0 and _native.speedups.write_held(write_end, b"h", b"b") == 0
+        os.close(read_end)
+        read_end = -1
+        with pytest.raises(BrokenPipeError):  # the reader gone: the error, as os.write raises it
+            _native.speedups.write_held(write_end, b"h", b"b")
+    finally:
+        os.close(write_end)
+        if read_end >= 0:
+            os.close(read_end)
