@@ -12,20 +12,23 @@ reads the scheduler thread's CPU clock and the wall clock, writes the iteration 
 sched-trace's proxy or to SGLang's own function for the next iteration: pairs of
 iterations, one of each, the order alternating from pair to pair. One unbuffered line
 per iteration in ``$SGLANG_SWITCH_DIR/<pid>.txt``: SGLang's SIGKILL at shutdown loses
-none. Every 64 iterations an ``E`` line gives the exporter threads' CPU in export() so far, the
-frames they encoded in C and with the pickler, and the CPU of all of sched-trace's threads.
+none. The line's last number is the CPU sched-trace's own threads used while the
+iteration ran. Every 64 iterations an ``E`` line gives the exporter threads' CPU in
+export() so far, the frames they encoded in C and with the pickler, and the CPU of all of
+sched-trace's threads.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 from sglang.srt.managers.scheduler import Scheduler
 
 _directory = os.environ["SGLANG_SWITCH_DIR"]
 _ingest = Scheduler.ingest_requests
-_state: dict = {"count": 0, "pending": None, "fd": None, "handles": None}
+_state: dict = {"count": 0, "pending": None, "fd": None, "handles": None, "clocks": []}
 
 
 def _active_handles() -> list:
@@ -46,8 +49,24 @@ def _exporter_threads() -> str:
                     + [str(sum(stats["threads_cpu_s"].values()))])
 
 
+def _own_threads_cpu(refresh: bool) -> int:
+    """The CPU of sched-trace's threads here (exporter threads, reply readers), summed: which
+    iterations an exporter frame ran in, and for how long (bench_engines.frame_stall)."""
+    if refresh and _state["count"] % 256 == 0:  # threads start at the first event, and restart
+        _state["clocks"] = [time.pthread_getcpuclockid(thread.ident) for thread in threading.enumerate()
+                            if thread.name.startswith("sched-trace-") and thread.ident is not None]
+    total = 0
+    for clock in _state["clocks"]:
+        try:
+            total += time.clock_gettime_ns(clock)
+        except OSError:  # ended meanwhile
+            pass
+    return total
+
+
 def ingest_requests(self, *args, **kwargs):
     cpu, wall = time.thread_time_ns(), time.perf_counter_ns()
+    ours = _own_threads_cpu(refresh=False)
     state = _state
     if state["fd"] is None:
         os.makedirs(_directory, exist_ok=True)
@@ -55,11 +74,11 @@ def ingest_requests(self, *args, **kwargs):
                               os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         state["handles"] = _active_handles()
     if state["pending"] is not None:
-        traced, cpu0, wall0 = state["pending"]
+        traced, ours0, cpu0, wall0 = state["pending"]
         batch = getattr(self, "cur_batch_for_debug", None)
         mode = batch.forward_mode.name if batch is not None else "IDLE"
         size = len(batch.reqs) if batch is not None else 0
-        line = f"{int(traced)} {cpu - cpu0} {wall - wall0} {mode} {size}\n"
+        line = f"{int(traced)} {cpu - cpu0} {wall - wall0} {mode} {size} {max(0, ours - ours0)}\n"
         if state["count"] % 64 == 0:
             line += f"E {_exporter_threads()}\n"
         os.write(state["fd"], line.encode())
@@ -68,7 +87,8 @@ def ingest_requests(self, *args, **kwargs):
     state["count"] += 1
     for handle in state["handles"]:
         setattr(handle.owner, handle.path[-1], handle.proxy if traced else handle.original)
-    state["pending"] = (traced, time.thread_time_ns(), time.perf_counter_ns())
+    ours = _own_threads_cpu(refresh=True)
+    state["pending"] = (traced, ours, time.thread_time_ns(), time.perf_counter_ns())
     return _ingest(self, *args, **kwargs)
 
 

@@ -7,6 +7,9 @@ by the suite: this checks the arithmetic and the shape only.
 
 from __future__ import annotations
 
+import statistics
+
+import pytest
 from pytest import approx
 
 from benchmarks import bench_engines
@@ -150,3 +153,46 @@ def test_sglang_switch_lines_give_every_sched_trace_threads_cpu_between_the_firs
                                        "E 0.75 10 0 2.25"]]
     result = bench_engines.switch_pairs(lines)
     assert result["exporter_thread_cpu_s"] == 0.25 and result["threads_cpu_s"] == 0.75
+
+
+def _steps_with_frames(paid_per_us: float) -> list:
+    """Decode steps of 1,000 us wall (untraced) and 1,010 us (traced) taking turns; every 20th
+    holds 200 us of sched-trace's threads' CPU and takes ``paid_per_us`` us longer per us of it."""
+    steps = []
+    for i in range(400):
+        traced = i % 2 == 1
+        ours = 200_000 if i % 20 == 10 else (1_000 if i % 7 == 0 else 0)  # a reply read now and then: quiet
+        wall = 1_000_000 + (10_000 if traced else 0) + (int(paid_per_us * ours) if ours >= 50_000 else 0)
+        steps.append((traced, wall, wall, 8, True, ours))
+    return steps
+
+
+@pytest.mark.parametrize("paid", [0.5, 1.0, 1.6])
+def test_frame_stall_is_what_the_steps_that_held_a_frame_paid_per_microsecond_of_it(paid: float) -> None:
+    stall = bench_engines.frame_stall(_steps_with_frames(paid))
+    assert stall["steps"] == 20 and stall["share"] == approx(paid) and stall["threads_us"] == approx(200)
+    assert stall["low"] == approx(paid) and stall["high"] == approx(paid)  # every frame step paid the same
+    assert bench_engines.frame_stall([s[:5] for s in _steps_with_frames(paid)]) is None  # runs from before
+
+
+def test_the_throughput_charge_is_the_threads_cpu_times_what_a_frame_step_paid_when_that_is_more() -> None:
+    for paid, factor in ((1.6, 1.6), (0.5, 1.0)):  # never less than the threads' CPU itself
+        samples = _steps_with_frames(paid)
+        result = {"pairs": bench_engines.pair_steps(samples), "samples": samples, "traced_steps": 200,
+                  "exporter_thread_cpu_s": 0.001, "threads_cpu_s": 0.002}  # 10 us per traced step
+        rows = {r["figure"]: r for r in bench_engines.interleaved_rows({8: result}, "vLLM")}
+        stall = rows["vLLM engine-thread wall clock paid per microsecond of sched-trace's threads' CPU in its "
+                     "step, batch 8"]
+        assert stall["ratio"] == approx(paid)
+        speed = rows["vLLM throughput, default level vs untraced, step-interleaved, batch 8"]
+        pairs = result["pairs"]
+        expected = sorted(p["wall_untraced"] / (p["wall_traced"] + 10_000 * factor) for p in pairs)
+        assert speed["ratio"] == approx(statistics.median(expected))
+        assert (f"times {factor:.2f}" in speed["note"]) == (factor > 1.0)
+
+
+def test_sglang_switch_lines_carry_the_threads_cpu_of_each_iteration() -> None:
+    lines = [line.split() for line in ["0 100 110 DECODE 8 0", "1 120 130 DECODE 8 70000", "0 5 5 IDLE 0 3"]]
+    result = bench_engines.switch_pairs(lines)
+    assert result["samples"] == [(False, 100, 110, 8, True, 0), (True, 120, 130, 8, True, 70000),
+                                 (False, 5, 5, 0, False, 3)]
