@@ -25,7 +25,11 @@ from .codec import decode_events
 from .exporter import load
 from .frames import CONTROL, EVENTS, FrameReader, reply
 
-STATS_INTERVAL = 0.5
+#: Seconds between the counters this process sends back unasked (a flush's ack carries them
+#: too). Each one wakes a reader thread in the scheduler's process, which takes the GIL from
+#: the scheduler thread for it (docs/performance.md, "What an exporter frame costs the
+#: engine"); a child killed mid-traffic has its loss counted from the last of them.
+STATS_INTERVAL = 2.0
 STOP_TIMEOUT = 5.0   # shutdown time when the parent just went away
 log = logging.getLogger("sched_trace")
 
