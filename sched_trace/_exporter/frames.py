@@ -55,7 +55,7 @@ def write_control(fd: int, message: tuple) -> None:
 def write_control_by(fd: int, message: tuple, deadline: float) -> bool:
     """Write a control frame unless the pipe stays full until ``deadline`` (monotonic).
 
-    A pipe that select() calls writable takes PIPE_BUF bytes at once, so a frame that
+    A pipe that poll() calls writable takes PIPE_BUF bytes at once, so a frame that
     small never blocks: a child that stopped reading cannot hold a shutdown past its deadline.
     """
     view = _frame(CONTROL, pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
@@ -63,13 +63,26 @@ def write_control_by(fd: int, message: tuple, deadline: float) -> bool:
         _write_all(fd, view)
         return True
     try:
-        _, writable, _ = select.select([], [fd], [], max(0.0, deadline - time.monotonic()))
+        if not _writable(fd, max(0.0, deadline - time.monotonic())):
+            return False
     except (OSError, ValueError):
-        return False
-    if not writable:
         return False
     _write_all(fd, view)
     return True
+
+
+def _writable(fd: int, timeout: Optional[float] = None) -> bool:
+    """Wait until ``fd`` takes a write (or its reader is gone, which the write then says),
+    at most ``timeout`` seconds; the GIL is let go meanwhile."""
+    return _ready(fd, select.POLLOUT, timeout)
+
+
+def _ready(fd: int, events: int, timeout: Optional[float]) -> bool:
+    """poll(), not select(): a scheduler's process (vLLM's, with its sockets and libraries)
+    can hold descriptors past select()'s 1024."""
+    poller = select.poll()
+    poller.register(fd, events)
+    return bool(poller.poll(None if timeout is None else timeout * 1000.0))
 
 
 def reply(fd: int, message: tuple) -> None:
@@ -85,11 +98,11 @@ def _write_all(fd: int, view: memoryview) -> None:
         try:
             view = view[os.write(fd, view):]
         except BlockingIOError:  # a non-blocking descriptor, full: wait for room
-            select.select([], [fd], [])
+            _writable(fd)
 
 
 class FrameReader:
-    """Reads whole frames from a descriptor, unbuffered by Python, so select() tells the truth."""
+    """Reads whole frames from a descriptor, unbuffered by Python, so poll() tells the truth."""
 
     CHUNK = 1 << 20
 
@@ -110,7 +123,7 @@ class FrameReader:
                 return None
             if deadline is not None:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or not select.select([self.fd], [], [], remaining)[0]:
+                if remaining <= 0 or not _ready(self.fd, select.POLLIN, remaining):
                     return None
             chunk = os.read(self.fd, self.CHUNK)
             if not chunk:

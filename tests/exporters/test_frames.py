@@ -8,13 +8,14 @@ thread that drains more slowly than the writer writes.
 from __future__ import annotations
 
 import os
+import resource
 import threading
 import time
 
 import pytest
 
 from sched_trace import _native
-from sched_trace._exporter.frames import CONTROL, EVENTS, FrameReader, write_control, write_events
+from sched_trace._exporter.frames import CONTROL, EVENTS, FrameReader, write_control, write_control_by, write_events
 
 
 def slow_reader(fd: int, count: int, frames: list) -> threading.Thread:
@@ -100,3 +101,31 @@ def test_write_held_takes_what_a_non_blocking_pipe_has_room_for_and_says_when_it
         os.close(write_end)
         if read_end >= 0:
             os.close(read_end)
+
+
+def test_pipes_numbered_past_1024_are_waited_on_and_written(pipe_form: str):
+    """A scheduler's process can hold more than 1024 descriptors (vLLM's sockets and
+    libraries): select() refuses those, and a full pipe or a flush's control frame must
+    still be waited on."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"RLIMIT_NOFILE's hard limit {hard} leaves no descriptor past 1024")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200) if soft != resource.RLIM_INFINITY else soft, hard))
+    fillers = [os.open(os.devnull, os.O_RDONLY) for _ in range(1030)]
+    read_end, write_end = os.pipe()
+    held = pipe_form != "blocking"
+    try:
+        assert write_end > 1024 and read_end > 1024
+        os.set_blocking(write_end, not held)
+        payloads = [bytes([index]) * size for index, size in enumerate([300_000, 5, 2_000_000])]
+        frames: list = []
+        thread = slow_reader(read_end, len(payloads) + 1, frames)
+        for payload in payloads:  # larger than the pipe: the writer waits for room
+            write_events(write_end, payload, held=held)
+        assert write_control_by(write_end, ("stop", 1.0), time.monotonic() + 30)
+        thread.join(30)
+        assert frames == [(EVENTS, payload) for payload in payloads] + [(CONTROL, ("stop", 1.0))]
+    finally:
+        for fd in fillers + [read_end, write_end]:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
