@@ -45,7 +45,7 @@ def write_events(fd: int, payload: bytes, held: bool = False) -> None:
     if held and speedups is not None:
         written = speedups.write_held(fd, header, payload)
     if written < len(header) + len(payload):
-        _write_all(fd, memoryview(header + payload)[written:])
+        _write_all(fd, _frame(EVENTS, payload)[written:])
 
 
 def write_control(fd: int, message: tuple) -> None:
@@ -63,7 +63,7 @@ def write_control_by(fd: int, message: tuple, deadline: float) -> bool:
         _write_all(fd, view)
         return True
     try:
-        if not _writable(fd, max(0.0, deadline - time.monotonic())):
+        if not _ready(fd, select.POLLOUT, max(0.0, deadline - time.monotonic())):
             return False
     except (OSError, ValueError):
         return False
@@ -71,15 +71,11 @@ def write_control_by(fd: int, message: tuple, deadline: float) -> bool:
     return True
 
 
-def _writable(fd: int, timeout: Optional[float] = None) -> bool:
-    """Wait until ``fd`` takes a write (or its reader is gone, which the write then says),
-    at most ``timeout`` seconds; the GIL is let go meanwhile."""
-    return _ready(fd, select.POLLOUT, timeout)
-
-
 def _ready(fd: int, events: int, timeout: Optional[float]) -> bool:
-    """poll(), not select(): a scheduler's process (vLLM's, with its sockets and libraries)
-    can hold descriptors past select()'s 1024."""
+    """Wait until ``fd`` is ready for ``events`` (for a write: or its reader is gone, which
+    the write then says), at most ``timeout`` seconds, the GIL let go meanwhile. poll(), not
+    select(): a scheduler's process (vLLM's, with its sockets and libraries) can hold
+    descriptors past select()'s 1024."""
     poller = select.poll()
     poller.register(fd, events)
     return bool(poller.poll(None if timeout is None else timeout * 1000.0))
@@ -98,7 +94,7 @@ def _write_all(fd: int, view: memoryview) -> None:
         try:
             view = view[os.write(fd, view):]
         except BlockingIOError:  # a non-blocking descriptor, full: wait for room
-            _writable(fd)
+            _ready(fd, select.POLLOUT, None)
 
 
 class FrameReader:
