@@ -38,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .harness import row
 
@@ -295,13 +295,14 @@ def elsewhere_row(rounds: dict[str, list], label: str) -> dict[str, Any]:
 # --- step-interleaved pairs ---------------------------------------------------------
 
 
-def _bootstrap(values: list[float], draws: int = 2000) -> tuple[float, float]:
-    """The 95 % interval of the median of ``values`` (seeded: a rerun prints the same)."""
+def _bootstrap(values: list, statistic: Callable[[list], float] = statistics.median,
+               draws: int = 2000) -> tuple[float, float]:
+    """The 95 % interval of ``statistic`` (the median) of ``values`` (seeded: a rerun prints the same)."""
     import random
 
     rng = random.Random(0)
-    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(draws))
-    return medians[int(0.025 * draws)], medians[int(0.975 * draws)]
+    results = sorted(statistic(rng.choices(values, k=len(values))) for _ in range(draws))
+    return results[int(0.025 * draws)], results[int(0.975 * draws)]
 
 
 #: A step during which sched-trace's threads ran this long held (part of) an exporter frame;
@@ -336,17 +337,14 @@ def frame_stall(samples: list) -> Optional[dict[str, Any]]:
     found.sort()
     cut = len(found) // 10
     kept = found[cut:len(found) - cut]
-    paid, used = [p for p, _ in kept], [u for _, u in kept]
-    import random
+    low, high = _bootstrap(kept, _paid_per_used)
+    return {"share": _paid_per_used(kept), "low": low, "high": high, "steps": len(found),
+            "threads_us": sum(used for _, used in kept) / len(kept) / 1e3}
 
-    rng = random.Random(0)
-    draws = []
-    for _ in range(2000):
-        picks = rng.choices(range(len(used)), k=len(used))
-        draws.append(sum(paid[k] for k in picks) / sum(used[k] for k in picks))
-    draws.sort()
-    return {"share": sum(paid) / sum(used), "low": draws[50], "high": draws[1949], "steps": len(found),
-            "threads_us": sum(used) / len(used) / 1e3}
+
+def _paid_per_used(steps: list[tuple[float, int]]) -> float:
+    """Frame steps' extra wall clock over the threads' CPU in them, summed: (paid, used) pairs."""
+    return sum(paid for paid, _ in steps) / sum(used for _, used in steps)
 
 
 def interleaved_rows(by_batch: dict[int, dict[str, Any]], label: str) -> list[dict[str, Any]]:

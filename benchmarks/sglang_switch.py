@@ -21,14 +21,13 @@ sched-trace's threads.
 from __future__ import annotations
 
 import os
-import threading
 import time
 
 from sglang.srt.managers.scheduler import Scheduler
 
 _directory = os.environ["SGLANG_SWITCH_DIR"]
 _ingest = Scheduler.ingest_requests
-_state: dict = {"count": 0, "pending": None, "fd": None, "handles": None, "clocks": []}
+_state: dict = {"count": 0, "pending": None, "fd": None, "handles": None}
 
 
 def _active_handles() -> list:
@@ -49,24 +48,18 @@ def _exporter_threads() -> str:
                     + [str(sum(stats["threads_cpu_s"].values()))])
 
 
-def _own_threads_cpu(refresh: bool) -> int:
-    """The CPU of sched-trace's threads here (exporter threads, reply readers), summed: which
-    iterations an exporter frame ran in, and for how long (bench_engines.frame_stall)."""
-    if refresh and _state["count"] % 256 == 0:  # threads start at the first event, and restart
-        _state["clocks"] = [time.pthread_getcpuclockid(thread.ident) for thread in threading.enumerate()
-                            if thread.name.startswith("sched-trace-") and thread.ident is not None]
-    total = 0
-    for clock in _state["clocks"]:
-        try:
-            total += time.clock_gettime_ns(clock)
-        except OSError:  # ended meanwhile
-            pass
-    return total
+def _own_threads_ns() -> int:
+    """The CPU of sched-trace's threads here (exporter threads, reply readers), summed
+    (``stats()["threads_cpu_s"]``, without asking the plugins): which iterations an
+    exporter frame ran in, and for how long (bench_engines.frame_stall)."""
+    from sched_trace._api import threads_cpu
+
+    return int(sum(threads_cpu().values()) * 1e9)
 
 
 def ingest_requests(self, *args, **kwargs):
     cpu, wall = time.thread_time_ns(), time.perf_counter_ns()
-    ours = _own_threads_cpu(refresh=False)
+    ours = _own_threads_ns()
     state = _state
     if state["fd"] is None:
         os.makedirs(_directory, exist_ok=True)
@@ -87,7 +80,7 @@ def ingest_requests(self, *args, **kwargs):
     state["count"] += 1
     for handle in state["handles"]:
         setattr(handle.owner, handle.path[-1], handle.proxy if traced else handle.original)
-    ours = _own_threads_cpu(refresh=True)
+    ours = _own_threads_ns()
     state["pending"] = (traced, ours, time.thread_time_ns(), time.perf_counter_ns())
     return _ingest(self, *args, **kwargs)
 

@@ -264,27 +264,14 @@ def run_targets(llm: Any, cases: Cases, groups: int, requests: int, tokens: int)
     return {"rounds": rounds, "meters": meters, "labels": labels, "warm_ns": warm}
 
 
-class OwnThreads:
-    """The CPU clocks of sched-trace's threads in this process (exporter threads, reply
-    readers), summed: read around each step, they say which steps an exporter frame ran in
-    and for how long, so bench_engines can weigh the charge against what those steps paid."""
+def own_threads_ns() -> int:
+    """The CPU of sched-trace's threads in this process (exporter threads, reply readers),
+    summed (``stats()["threads_cpu_s"]``, without asking the plugins): read around each
+    step, it says which steps an exporter frame ran in and for how long
+    (bench_engines.frame_stall)."""
+    from sched_trace._api import threads_cpu
 
-    def __init__(self) -> None:
-        self.clocks: list[int] = []
-        self.reads = 0
-
-    def cpu_ns(self, refresh: bool = False) -> int:
-        if refresh and self.reads % 256 == 0:  # threads start late (the first event) and restart
-            self.clocks = [time.pthread_getcpuclockid(thread.ident) for thread in threading.enumerate()
-                           if thread.name.startswith("sched-trace-") and thread.ident is not None]
-        self.reads += refresh
-        total = 0
-        for clock in self.clocks:
-            try:
-                total += time.clock_gettime_ns(clock)
-            except OSError:  # ended meanwhile: its share is in the run's totals; look again
-                self.reads = 0
-        return total
+    return int(sum(threads_cpu().values()) * 1e9)
 
 
 class StepSwitch:
@@ -312,7 +299,6 @@ class StepSwitch:
         # (traced, cpu ns, wall ns, tokens, decode only: no prompt left to prefill, CPU ns
         # sched-trace's own threads ran while the step did)
         self.samples: list[tuple[bool, int, int, int, bool, int]] = []
-        self.threads = OwnThreads()
         self.count = 0
         self._own_step = self.core.step_fn
 
@@ -333,11 +319,11 @@ class StepSwitch:
                 r.num_computed_tokens >= r.num_prompt_tokens for r in scheduler.running)
             self._set(traced)
             method = getattr(kind, self.step).__get__(core)
-            ours = self.threads.cpu_ns(refresh=True)
+            ours = own_threads_ns()
             cpu, wall = time.thread_time_ns(), time.perf_counter_ns()
             outputs, executed = method()
             wall, cpu = time.perf_counter_ns() - wall, time.thread_time_ns() - cpu
-            ours = max(0, self.threads.cpu_ns() - ours)
+            ours = max(0, own_threads_ns() - ours)
             self._set(True)  # arrivals between steps: traced
             tokens = sum(len(o.new_token_ids) for out in (outputs or {}).values() for o in out.outputs)
             self.samples.append((traced, cpu, wall, tokens, decode, ours))
