@@ -314,7 +314,7 @@ def frame_stall(samples: list) -> Optional[dict[str, Any]]:
     """What the engine thread's wall clock paid for the CPU sched-trace's threads used during a step.
 
     Steps carry, as their 6th item, the CPU of sched-trace's own threads while the step ran
-    (vllm_engine.py ``OwnThreads``). For each decode step that held an exporter frame, the
+    (vllm_engine.py ``own_threads_ns``). For each decode step that held an exporter frame, the
     step's wall clock less the median of its quiet neighbours' (within 12 steps, the same
     case and tokens) is what the frame cost the engine; summed over those steps and divided
     by the threads' CPU in them: 1.0 when the engine thread waited for every microsecond of
