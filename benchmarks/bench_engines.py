@@ -100,7 +100,7 @@ def sglang_server(work: Path, model: Path, case: str, launcher: Optional[Path] =
     sys.path.insert(0, str(REPO))
     from tests.sglang.server import SGLangServer
 
-    traced, level = SGLANG_CASES[case]
+    traced, level = SGLANG_CASES.get(case) or (True, int(case[len("level"):]))  # "level2" ...
     config = f'block = ["perfetto", "prometheus"]\n[plugins.otel]\ndirectory = "{work / "otel"}"\n'
     # Without AMX, SGLang's CPU engine binds no cores: OMP_NUM_THREADS decides, as for vLLM.
     return SGLangServer(work, traced=traced, level=level, config=config, count_steps=True, model=model,
@@ -153,9 +153,10 @@ def sglang(groups: int, requests: int, tokens: int, concurrency: int) -> dict[st
 SGLANG_SWITCH = Path(__file__).resolve().parent / "sglang_switch.py"
 
 
-def sglang_interleaved(groups: int, requests: int, tokens: int, concurrency: int) -> dict[str, Any]:
-    """One server at the default level whose scheduler runs its loop iterations traced and
-    untraced in turns (sglang_switch.py); pairs of DECODE iterations of the same batch size."""
+def sglang_interleaved(groups: int, requests: int, tokens: int, concurrency: int,
+                       level: Optional[int] = None) -> dict[str, Any]:
+    """One server at the default level (or ``level``) whose scheduler runs its loop iterations
+    traced and untraced in turns (sglang_switch.py); pairs of DECODE iterations of the same batch size."""
     sys.path.insert(0, str(REPO))
     from tests.sglang.server import NOT_RUNNABLE, build_model, drive_load, runnable
 
@@ -163,7 +164,8 @@ def sglang_interleaved(groups: int, requests: int, tokens: int, concurrency: int
         raise RuntimeError(NOT_RUNNABLE)
     with tempfile.TemporaryDirectory(prefix="bench-sglang-") as work:
         switch_dir = Path(work) / "switch"
-        server = sglang_server(Path(work) / "server", build_model(Path(work) / "model"), "default",
+        server = sglang_server(Path(work) / "server", build_model(Path(work) / "model"),
+                               "default" if level is None else f"level{level}",
                                launcher=SGLANG_SWITCH, env={"SGLANG_SWITCH_DIR": str(switch_dir)})
         try:
             server.start()
@@ -174,8 +176,8 @@ def sglang_interleaved(groups: int, requests: int, tokens: int, concurrency: int
                            concurrency=concurrency, prefix=f"g{group}")
         finally:
             server.stop()
-        return switch_pairs([line.split() for path in sorted(switch_dir.glob("*.txt"))
-                             for line in path.read_text().splitlines()])
+        return {**switch_pairs([line.split() for path in sorted(switch_dir.glob("*.txt"))
+                                for line in path.read_text().splitlines()]), "level": level}
 
 
 def switch_pairs(lines: list[list[str]]) -> dict[str, Any]:
@@ -353,14 +355,15 @@ def interleaved_rows(by_batch: dict[int, dict[str, Any]], label: str) -> list[di
     thread = "scheduler-thread" if label == "SGLang" else "engine-thread"  # the thread that runs the steps
     for batch, result in sorted(by_batch.items()):
         pairs = result["pairs"]
+        level = "default level" if result.get("level") is None else f"level {result['level']}"
         engine = result.get("where", "benchmarks/vllm_engine.py StepSwitch: steps of one engine")
         where = (f"{len(pairs)} pairs of decode steps at batch {batch}, traced and untraced taking turns step "
-                 f"by step ({engine}), the default level, otel writing OTLP-JSON")
+                 f"by step ({engine}), the {level}, otel writing OTLP-JSON")
         delta = [(p["cpu_traced"] - p["cpu_untraced"]) / 1e3 for p in pairs]
         low, high = _bootstrap(delta)
         base_cpu = statistics.median(p["cpu_untraced"] / 1e3 for p in pairs)
         rows.append(row(
-            f"{label} {thread} CPU per decode step, default level minus untraced, batch {batch}",
+            f"{label} {thread} CPU per decode step, {level} minus untraced, batch {batch}",
             statistics.median(delta), base_cpu, statistics.median(delta) / base_cpu, "us/step",
             target=f"<= {STEP_TARGET_US:g} us", met=statistics.median(delta) <= STEP_TARGET_US, group=GROUP,
             note=f"median of the paired differences (95 % interval {low:.1f}-{high:.1f} us); baseline: the "
@@ -368,7 +371,7 @@ def interleaved_rows(by_batch: dict[int, dict[str, Any]], label: str) -> list[di
         cpu = [p["cpu_traced"] / p["cpu_untraced"] for p in pairs]  # the pair's steps made the same tokens
         low, high = _bootstrap(cpu)
         rows.append(row(
-            f"{label} {thread} CPU per output token, default level vs untraced, step-interleaved, batch {batch}",
+            f"{label} {thread} CPU per output token, {level} vs untraced, step-interleaved, batch {batch}",
             statistics.median(cpu) * base_cpu, base_cpu, statistics.median(cpu), "us/step",
             target="<= 1.01x", met=statistics.median(cpu) <= 1.01, group=GROUP,
             note=f"median of the paired ratios (95 % interval {low:.4f}-{high:.4f}); {where}"))
@@ -400,7 +403,7 @@ def interleaved_rows(by_batch: dict[int, dict[str, Any]], label: str) -> list[di
                      f"against its quiet neighbours' wall clock, the tenth that paid most and the tenth that paid "
                      f"least left out; 1.0: the step paid the threads' CPU and no more"))
         rows.append(row(
-            f"{label} throughput, default level vs untraced, step-interleaved, batch {batch}",
+            f"{label} throughput, {level} vs untraced, step-interleaved, batch {batch}",
             statistics.median(p["tokens_traced"] / (p["wall_traced"] + charge_ns) * 1e9 for p in pairs),
             statistics.median(p["tokens_untraced"] / p["wall_untraced"] * 1e9 for p in pairs),
             statistics.median(speed), "tokens/s", target=">= 0.99x", met=statistics.median(speed) >= 0.99,
@@ -566,6 +569,9 @@ def main(argv: list[str]) -> int:
                         help="only the step-interleaved pairs (batch 8 and 64): the precise figures")
     parser.add_argument("--wrapt-only", action="store_true",
                         help="with --interleaved: traced steps run wrapt passthroughs (what wrapt alone costs)")
+    parser.add_argument("--level", type=int,
+                        help="with --interleaved or --sglang-interleaved: the traced steps' level (default: the "
+                             "default level, 4)")
     parser.add_argument("--sglang-interleaved", action="store_true",
                         help="only SGLang's loop iterations, traced and untraced in turns on one server")
     parser.add_argument("--cases", default="untraced,level1,default",
@@ -575,10 +581,14 @@ def main(argv: list[str]) -> int:
     EXTRA_ENV["OMP_NUM_THREADS"] = str(args.omp)
     extra = ("--plugin", args.plugin) + (("--no-compile-check",) if args.no_compile_check else ()) + (
         ("--wrapt-only",) if args.wrapt_only else ())
+    if args.level is not None:
+        extra += ("--level", str(args.level))
+    if args.interleaved and args.profile_file is not None:
+        extra += ("--profile-file", str(args.profile_file))
     raw: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
     if args.sglang_interleaved:
-        raw["sglang_interleaved"] = sglang_interleaved(args.groups or (3 if args.quick else 20), 32, 32, 8)
+        raw["sglang_interleaved"] = sglang_interleaved(args.groups or (3 if args.quick else 20), 32, 32, 8, args.level)
         rows += interleaved_rows({8: raw["sglang_interleaved"]}, "SGLang")
         args.table = args.throughput = True  # nothing else
     elif args.interleaved:

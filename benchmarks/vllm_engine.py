@@ -288,9 +288,9 @@ class StepSwitch:
     outside the steps, always traced; their cost per step comes from the target table.
     """
 
-    def __init__(self, cases: Cases, wrapt_only: bool = False) -> None:
+    def __init__(self, cases: Cases, wrapt_only: bool = False, level: Optional[int] = None) -> None:
         self.core = cases.core
-        cases.traced(None)
+        cases.traced(level)  # None: the default level
         self.handles = _active_handles()
         # wrapt_only: the traced steps run wrapt passthroughs instead (what wrapt alone costs)
         self.proxies = {handle.target: _passthrough_proxy(handle) if wrapt_only else handle.proxy
@@ -337,10 +337,10 @@ class StepSwitch:
 
 
 def run_interleaved(llm: Any, cases: Cases, groups: int, requests: int, tokens: int,
-                    wrapt_only: bool = False) -> dict[str, Any]:
+                    wrapt_only: bool = False, level: Optional[int] = None) -> dict[str, Any]:
     import sched_trace
 
-    switch = StepSwitch(cases, wrapt_only=wrapt_only)
+    switch = StepSwitch(cases, wrapt_only=wrapt_only, level=level)
     one_round(llm, cases.core, GcClock(), requests, tokens, True)  # warm-up, traced
     switch.install()
     exporter_cpu, by_thread = [], {}
@@ -447,6 +447,8 @@ def main(argv: list[str]) -> int:
                         help="skip sched-trace's torch.compiler.is_compiling() check per call, to measure it")
     parser.add_argument("--wrapt-only", action="store_true",
                         help="interleaved mode: the traced steps run wrapt passthroughs instead (wrapt's own cost)")
+    parser.add_argument("--level", type=int,
+                        help="interleaved mode: the traced steps' level (default: the default level, 4)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-engines-") as work:
         llm = tiny_vllm.make_llm(tiny_vllm.write_model(Path(work) / "model"), max_num_seqs=args.batch,
@@ -454,7 +456,8 @@ def main(argv: list[str]) -> int:
         cases = Cases(llm, Path(work) / "otel", args.profile_file, args.plugin)
         cases.compile_check = not args.no_compile_check
         if args.mode == "interleaved":
-            result = run_interleaved(llm, cases, args.groups, args.requests, args.tokens, args.wrapt_only)
+            result = run_interleaved(llm, cases, args.groups, args.requests, args.tokens, args.wrapt_only,
+                                     args.level)
         elif args.mode == "throughput":
             result = run_throughput(llm, cases, args.groups, args.requests, args.tokens, tuple(args.cases.split(",")))
         else:
@@ -466,7 +469,7 @@ def main(argv: list[str]) -> int:
         sched_trace.shutdown()
         result["otel"] = sched_trace.stats().get("plugins", {}).get("otel", {})
         result["otel_bytes"] = sum(p.stat().st_size for p in (Path(work) / "otel").glob("*") if p.is_file())
-    result.update(mode=args.mode, plugin=args.plugin, compile_check=not args.no_compile_check, requests=args.requests, tokens=args.tokens, batch=args.batch,
+    result.update(mode=args.mode, level=args.level, plugin=args.plugin, compile_check=not args.no_compile_check, requests=args.requests, tokens=args.tokens, batch=args.batch,
                   omp_threads=os.environ.get("OMP_NUM_THREADS"), torch_threads=_torch_threads(), vllm=_vllm_version())
     args.out.write_text(json.dumps(result))
     return 0
