@@ -11,12 +11,17 @@ tiny random-weight Llama of tests/vllm/) and reads what it measured:
 - **targets**, at batch 8 and 64: calls per engine step of every target of the profile
   and what sched-trace's wrapper costs the engine thread per call (the median of per-call
   times inside a timing shim, less the same shim around a passthrough), so the
-  scheduler-thread cost per engine step is known per target and in total.
+  scheduler-thread cost per engine step is known per target and in total;
+- **step-interleaved pairs**, at batch 8 and 64, at the default level and at level 1:
+  traced and untraced engine steps taking turns on one engine (the precise figures the
+  1 % targets are held to).
 
 The SGLang server (``.venv-sglang``, made by ``.ci/backends/sglang.sh``) runs as three real
 servers side by side through tests/sglang's launcher (untraced, and under ``sched-trace run
 --profile sglang`` at level 1 and at the default level), each sleeping while idle, taking
-turns serving the same load; the scheduler thread's CPU comes from /proc.
+turns serving the same load; the scheduler thread's CPU comes from /proc. Then one server
+whose scheduler runs its loop iterations traced and untraced in turns (``sglang_switch.py``),
+at the default level and at level 1.
 
 The model is tiny, so an engine step costs a few milliseconds and tracing's share is
 far larger than on a real model (see docs/performance.md, "Engines").
@@ -26,7 +31,8 @@ markdown; ``--table`` or ``--throughput`` runs one half, ``--profile-file FILE``
 another profile (an older ``vllm.toml``), ``--plugin null`` a do-nothing plugin instead of
 otel (sched-trace's cost without the exporter's), ``--no-compile-check`` the probes
 without their per-call ``torch.compiler.is_compiling()``, ``--omp N`` the engine on N
-OpenMP threads (default 1), ``--json FILE`` keeps the raw measurements.
+OpenMP threads (default 1), ``--json FILE`` keeps the raw measurements;
+``--interleaved`` / ``--sglang-interleaved`` run only the pairs, ``--level N`` at level N.
 """
 
 from __future__ import annotations
@@ -358,7 +364,7 @@ def interleaved_rows(by_batch: dict[int, dict[str, Any]], label: str) -> list[di
         level = "default level" if result.get("level") is None else f"level {result['level']}"
         engine = result.get("where", "benchmarks/vllm_engine.py StepSwitch: steps of one engine")
         where = (f"{len(pairs)} pairs of decode steps at batch {batch}, traced and untraced taking turns step "
-                 f"by step ({engine}), the {level}, otel writing OTLP-JSON")
+                 f"by step ({engine}), {'the ' if result.get('level') is None else 'at '}{level}, otel writing OTLP-JSON")
         delta = [(p["cpu_traced"] - p["cpu_untraced"]) / 1e3 for p in pairs]
         low, high = _bootstrap(delta)
         base_cpu = statistics.median(p["cpu_untraced"] / 1e3 for p in pairs)
@@ -539,12 +545,18 @@ def targets(quick: bool, profile_file: Optional[Path] = None, extra: tuple[str, 
     return {batch: vllm("targets", 3 if quick else 6, batch, 32, batch, profile_file, extra) for batch in (8, 64)}
 
 
+#: SGLang's step-interleaved pairs: groups of 32 requests, about a second each.
+SGLANG_GROUPS = 40
+
+
 def run(quick: bool) -> list[dict[str, Any]]:
     throughput, by_batch = measure(quick)
-    rows = (interleaved_rows(interleaved(quick), "vLLM") + throughput_rows(throughput, "vLLM")
-            + step_rows(by_batch, "vLLM"))
+    rows = (interleaved_rows(interleaved(quick), "vLLM") + interleaved_rows(interleaved(quick, ("--level", "1")), "vLLM")
+            + throughput_rows(throughput, "vLLM") + step_rows(by_batch, "vLLM"))
     try:
         served = sglang(3 if quick else 12, 16 if quick else 32, 32, 8)
+        for level in (None, 1):  # the precise figures, at the default level and at level 1
+            rows += interleaved_rows({8: sglang_interleaved(3 if quick else SGLANG_GROUPS, 32, 32, 8, level)}, "SGLang")
     except RuntimeError as exc:  # no runnable .venv-sglang: the vLLM rows still count
         return rows + [row("SGLang server: not measured", None, None, None, "", group=GROUP, note=str(exc)[:300])]
     return rows + throughput_rows(served, "SGLang", "sglang")
@@ -576,7 +588,8 @@ def main(argv: list[str]) -> int:
                         help="only SGLang's loop iterations, traced and untraced in turns on one server")
     parser.add_argument("--cases", default="untraced,level1,default",
                         help="the throughput half's cases (untraced, level1, default, null, wrapt)")
-    parser.add_argument("--groups", type=int, help="rotated groups in the throughput half (default 12, quick 4)")
+    parser.add_argument("--groups", type=int, help="rotated groups in the throughput half (default 12, quick 4); with "
+                             "--sglang-interleaved, groups of 32 requests (default 40)")
     args = parser.parse_args(argv)
     EXTRA_ENV["OMP_NUM_THREADS"] = str(args.omp)
     extra = ("--plugin", args.plugin) + (("--no-compile-check",) if args.no_compile_check else ()) + (
@@ -588,7 +601,8 @@ def main(argv: list[str]) -> int:
     raw: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
     if args.sglang_interleaved:
-        raw["sglang_interleaved"] = sglang_interleaved(args.groups or (3 if args.quick else 20), 32, 32, 8, args.level)
+        raw["sglang_interleaved"] = sglang_interleaved(args.groups or (3 if args.quick else SGLANG_GROUPS), 32, 32, 8,
+                                                       args.level)
         rows += interleaved_rows({8: raw["sglang_interleaved"]}, "SGLang")
         args.table = args.throughput = True  # nothing else
     elif args.interleaved:

@@ -196,3 +196,14 @@ def test_sglang_switch_lines_carry_the_threads_cpu_of_each_iteration() -> None:
     result = bench_engines.switch_pairs(lines)
     assert result["samples"] == [(False, 100, 110, 8, True, 0), (True, 120, 130, 8, True, 70000),
                                  (False, 5, 5, 0, False, 3)]
+
+
+def test_interleaved_rows_name_the_level_the_traced_steps_ran_at() -> None:
+    samples = _steps_with_frames(1.0)
+    result = {"pairs": bench_engines.pair_steps(samples), "samples": samples, "traced_steps": 200,
+              "exporter_thread_cpu_s": 0.001, "threads_cpu_s": 0.002}
+    default = {r["figure"] for r in bench_engines.interleaved_rows({8: result}, "vLLM")}
+    level1 = {r["figure"]: r for r in bench_engines.interleaved_rows({8: {**result, "level": 1}}, "vLLM")}
+    assert "vLLM throughput, default level vs untraced, step-interleaved, batch 8" in default
+    assert set(level1) == {figure.replace("default level", "level 1") for figure in default}
+    assert all("at level 1, otel" in row["note"] for name, row in level1.items() if "paid per" not in name)
