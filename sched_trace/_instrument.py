@@ -5,6 +5,14 @@
 patches it the moment it is. ``uninstrument`` puts the original object back (by
 identity), or, when another wrapt wrapper was stacked on top of ours, unlinks ours
 from the chain and leaves theirs in place.
+
+A target whose level is above the configured level is resolved and checked as any other
+(a missing attribute or a bad extractor fails at once), but not patched: it waits,
+``dormant``, until the level reaches it (``set_level``, ``configure``), and costs the
+scheduler nothing until then, where a patched target above the level costs a call through
+its wrapper. Lowering the level leaves patched targets in place. A scheduler that keeps a
+bound method it took before the level rose (``self.step_fn = self.step``) goes on calling
+the unpatched one: the shipped profiles keep such targets at level 1.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from ._errors import ExtractorError, InstrumentationError, SchedTraceWarning
 from ._probe import Probe, watch_torch
 from ._rank import ThreadProbe
 from ._request_probe import RequestProbe
-from ._stages import check_level, register_stage
+from ._stages import LEVEL, check_level, level_listeners, register_stage
 from ._targets import default_name, lookup, parse_target, resolve_qualname
 
 if TYPE_CHECKING:
@@ -156,7 +164,8 @@ class Handle:
         self.options = options
         self.module, self.path, self.key = parse_target(target)
         self.table_key: Any = None  # the resolved key, for a dispatch-table target
-        self.state = "pending"  # pending -> active -> removed; or unresolved
+        self.state = "pending"  # pending -> [dormant ->] active -> removed; or unresolved
+        self._module: Any = None  # what apply() resolved the target in, for a dormant one's patch
         self.owner: Any = None
         self.original: Any = None
         self.own_attribute = False
@@ -196,8 +205,30 @@ class Handle:
         probe = _declare(self.name, self.level, self.kind, function, self.options, repr(self.target))
         proxy = Traced(original, probe.wrapper, probe)
         self.owner, self.original, self.own_attribute, self.table_key = owner, original, own, table_key
+        self.proxy, self.probe, self._module = proxy, probe, module
+        if self.level > LEVEL.configured:
+            self.state = "dormant"  # checked, patched when the level reaches it (wake)
+            return
         self._put(proxy)
-        self.proxy, self.probe, self.state = proxy, probe, "active"
+        self.state = "active"
+
+    def wake(self) -> None:
+        """Patch a dormant target now that the level reaches it: the proxy made when it was
+        resolved, or, where the attribute changed meanwhile, a new resolution of it."""
+        if self.state != "dormant":
+            return
+        current = self._current()
+        if current is (self.original if self.own_attribute or self.key is not None else None):
+            self._put(self.proxy)
+            self.state = "active"
+            return
+        try:
+            self.apply(self._module)
+        except (InstrumentationError, ExtractorError) as exc:  # never raise out of set_level
+            self.state = "unresolved"
+            unresolved.append(self.target)
+            log.error("%s", exc)
+            warnings.warn(str(exc), SchedTraceWarning, stacklevel=2)
 
     def on_import(self, module: Any) -> None:
         if self.state != "pending":
@@ -238,6 +269,18 @@ class Handle:
 
 _handles: dict[str, Handle] = {}
 _lock = threading.RLock()
+
+
+def _follow_level(level: int) -> None:
+    """Patch the dormant targets the configured level now reaches."""
+    with _lock:
+        waiting = [handle for handle in _handles.values() if handle.state == "dormant" and handle.level <= level]
+    for handle in waiting:
+        with _lock:
+            handle.wake()
+
+
+level_listeners.append(_follow_level)
 
 
 def instrument(

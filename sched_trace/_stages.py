@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 DEFAULT_LEVEL = 4
 MAX_LEVEL = 9
@@ -66,10 +66,17 @@ def level_from_env() -> Optional[int]:
         ) from None
 
 
+#: Called with the configured level after each change (``_instrument`` patches the targets
+#: the level now reaches); a list here, so that this leaf imports nothing above it.
+level_listeners: list[Callable[[int], None]] = []
+
+
 def set_level(level: int) -> None:
     """Change the verbosity level at run time (0 turns tracing off)."""
     LEVEL.configured = check_level(level)
     LEVEL.update()
+    for listener in list(level_listeners):
+        listener(LEVEL.configured)
 
 
 def get_level() -> int:

@@ -80,7 +80,7 @@ def _resolved(targets: Iterable[str]) -> set[str]:
     from sched_trace._instrument import handles
 
     wanted = set(targets)
-    return {h.target for h in handles() if h.target in wanted and h.state in ("active", "removed")}
+    return {h.target for h in handles() if h.target in wanted and h.state in ("active", "dormant", "removed")}
 
 
 def _mark(directory: str, targets: list[str]) -> None:
