@@ -6,13 +6,14 @@ patches it the moment it is. ``uninstrument`` puts the original object back (by
 identity), or, when another wrapt wrapper was stacked on top of ours, unlinks ours
 from the chain and leaves theirs in place.
 
-A target whose level is above the configured level is resolved and checked as any other
-(a missing attribute or a bad extractor fails at once), but not patched: it waits,
-``dormant``, until the level reaches it (``set_level``, ``configure``), and costs the
+A target whose level (2 or more) is above the configured level is resolved and checked
+as any other (a missing attribute or a bad extractor fails at once), but not patched: it
+waits, ``dormant``, until the level reaches it (``set_level``, ``configure``), and costs the
 scheduler nothing until then, where a patched target above the level costs a call through
 its wrapper. Lowering the level leaves patched targets in place. A scheduler that keeps a
 bound method it took before the level rose (``self.step_fn = self.step``) goes on calling
-the unpatched one: the shipped profiles keep such targets at level 1.
+the unpatched one, so targets of levels 0 and 1 (engine steps, request phases, the
+thread's identity: what turning tracing on must reach) are patched at every level, 0 too.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ _PROXY = getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy)
 F = TypeVar("F", bound=Callable[..., Any])
 
 unresolved: list[str] = []
+#: Targets of this level and below are patched whatever the configured level (0 included):
+#: turning tracing on at run time must reach the references a scheduler took at start.
+ALWAYS_PATCHED = 1
 # Set by `sched-trace run`'s bootstrap: sys.path is not complete before the program
 # starts, and the launcher has already checked that every target's package exists.
 DEFER_MISSING_MODULES = [False]
@@ -206,7 +210,7 @@ class Handle:
         proxy = Traced(original, probe.wrapper, probe)
         self.owner, self.original, self.own_attribute, self.table_key = owner, original, own, table_key
         self.proxy, self.probe, self._module = proxy, probe, module
-        if self.level > LEVEL.configured:
+        if self.level > max(LEVEL.configured, ALWAYS_PATCHED):
             self.state = "dormant"  # checked, patched when the level reaches it (wake)
             return
         self._put(proxy)

@@ -1,4 +1,4 @@
-"""A target above the configured level waits unpatched (dormant) until the level reaches it.
+"""A target of level 2 or more above the configured level waits unpatched (dormant) until the level reaches it.
 
 What it saves: a patched target above the level costs the scheduler a call through its
 wrapper at every call; a dormant one costs nothing. What it keeps: the declaration is
@@ -129,3 +129,18 @@ def test_a_profile_at_level_1_leaves_its_finer_targets_unpatched_until_configure
     assert vars(Scheduler)["run_batch"] is not RUN_BATCH and sample.schedule is original
     sched_trace.configure(level=4, config=config)
     assert sample.schedule is not original and sample.schedule([1, 2]) == [1, 2]
+
+
+@pytest.mark.sched_trace(level=0)
+def test_steps_and_request_phases_are_patched_at_level_0_so_turning_tracing_on_reaches_kept_references(
+        sched_trace_recorder) -> None:
+    step = sched_trace.instrument("tests.core.sample_scheduler:Scheduler.run_batch", stage="step", kind="batch",
+                                  level=1)
+    fine = sched_trace.instrument("tests.core.sample_scheduler:schedule", stage="schedule", level=2)
+    assert step.state == "active" and fine.state == "dormant"
+    kept = Scheduler().run_batch  # a scheduler's own reference, taken while tracing is off
+    kept(Batch(["a"]))
+    assert sched_trace_recorder.events == []
+    sched_trace.set_level(1)
+    kept(Batch(["a"]))
+    assert sched_trace_recorder.names() == ["step"] and fine.state == "dormant"
