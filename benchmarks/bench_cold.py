@@ -20,8 +20,10 @@ import gc
 import statistics
 import threading
 from collections import deque
-from time import thread_time_ns
+from time import perf_counter_ns, thread_time_ns
 from typing import Any
+
+import wrapt
 
 import sched_trace
 from sched_trace import _native
@@ -49,6 +51,36 @@ class Engine:
 
     def update(self, batch: list) -> int:
         return len(batch)
+
+
+@wrapt.decorator
+def _passthrough(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    return wrapped(*args, **kwargs)
+
+
+class Calls:
+    """One method, four ways, for cold single calls: ``self.x(batch)`` as a scheduler calls it."""
+
+    def bare(self, batch: list) -> int:
+        return len(batch)
+
+    wrapt = _passthrough(bare)
+    off = sched_trace.stage("cold_call_off", level=9, batch_size="len(batch)")(bare)  # above the level
+    on = sched_trace.stage("cold_call_on", level=2, batch_size="len(batch)")(bare)
+
+
+def _cold_calls(calls: Calls, batch: list, count: int) -> dict[str, float]:
+    """Each way's median wall clock of one call after 8 MiB written, in us (the ways take turns)."""
+    ways = {"bare": lambda: calls.bare(batch), "wrapt": lambda: calls.wrapt(batch),
+            "off": lambda: calls.off(batch), "on": lambda: calls.on(batch)}
+    times: dict[str, list[int]] = {way: [] for way in ways}
+    for _ in range(count):
+        for way, call in ways.items():
+            _evict()
+            started = perf_counter_ns()
+            call()
+            times[way].append(perf_counter_ns() - started)
+    return {way: statistics.median(spent) / 1000 for way, spent in times.items()}
 
 
 class Buffered:
@@ -144,6 +176,12 @@ def run(quick: bool) -> list[dict[str, Any]]:
             sched_trace.set_level(0)
             per_step["off"].append(_steps(engine, batch, steps))
             sched_trace.set_level(4)
+        listening = setups[("records", 1)]  # single cold calls, one exporter listening
+        for plugin in listening:
+            sched_trace.register(plugin)
+        single = _cold_calls(Calls(), batch, 300 if quick else 3000)
+        for plugin in listening:
+            sched_trace.unregister(plugin)
     finally:
         gc.callbacks.remove(counter)
         for handle in handles:
@@ -154,7 +192,13 @@ def run(quick: bool) -> list[dict[str, Any]]:
     off = statistics.median(per_step["off"])
     note = (f"{steps:,} steps x {repeats} repeats each, an 8 MiB write between steps; 4 spans a step; "
             f"off (level 0): {off:.2f} us/step")
-    rows = []
+    rows = [row(f"cold call: {text} vs the bare method", single[way], single["bare"], single[way] / single["bare"],
+                "us/call", group="cold", note="self.method(batch) after 8 MiB written, wall clock, median of "
+                f"{300 if quick else 3000:,} calls each, the ways taking turns; a target instrument() leaves "
+                "dormant above the level is the bare method")
+            for way, text in (("off", "sched-trace's wrapper, above the level (off)"),
+                              ("on", "sched-trace recording one span (one exporter's buffer listening)"),
+                              ("wrapt", "a wrapt passthrough"))]
     for count in (1, 3):
         (records, objects), ratio = _paired(per_step, count)
         rows.append(row(f"cold engine step, {count} exporter(s): scheduler-thread CPU, buffers of records vs of "
