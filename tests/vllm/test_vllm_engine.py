@@ -270,3 +270,62 @@ def test_the_in_process_example_of_docs_vllm_md_runs_on_real_vllm(tmp_path: Path
     assert len(lines) == 5 and lines[-1].endswith("engine steps") and int(lines[-1].split()[0]) >= 8
     for line in lines[:4]:
         assert "['arrived', 'queued', 'scheduled', 'first_token', 'finished'] 8 ttft" in line
+
+
+LEVEL_SWITCH = '''
+import json, sys
+from collections import Counter
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import tiny_vllm
+import sched_trace
+from sched_trace._instrument import handles
+
+recorder = sched_trace.MemoryRecorder()
+sched_trace.configure(level=1, profile="vllm", plugins=[recorder], autoload=False)
+llm = tiny_vllm.make_llm(tiny_vllm.write_model(Path("model")))
+core = tiny_vllm.engine_core(llm)
+steps = tiny_vllm.count_steps(core)  # vLLM's own steps, counted around its step function
+scheduler = type(core.scheduler)
+states = {h.target.rsplit(":", 1)[1]: h.state for h in handles()}
+own = scheduler.__dict__["schedule"].__class__.__name__
+rounds = []
+for level in (1, 4):
+    sched_trace.set_level(level)
+    recorder.clear()
+    del steps[:]
+    outputs = tiny_vllm.generate(llm, 8, 6)
+    rounds.append({"level": level, "steps": list(steps), "outputs": tiny_vllm.outputs_json(outputs),
+                   "names": Counter(e.name for e in recorder.events),
+                   "requests": tiny_vllm.request_rows(recorder)})
+print(json.dumps({"states": states, "schedule_before": own, "rounds": rounds}))
+'''
+
+
+def test_level_1_leaves_the_stage_targets_unpatched_and_set_level_4_traces_them_on_the_running_engine(
+        tmp_path: Path) -> None:
+    done = run_in_venv([str(VENV_PYTHON), "-c", LEVEL_SWITCH, str(DRIVER.parent)], tmp_path, timeout=600,
+                       VLLM_ENABLE_V1_MULTIPROCESSING="0")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    states = result["states"]
+    assert {states[t] for t in ("Scheduler.schedule", "GPUModelRunner.execute_model", "GPUModelRunner.sample_tokens",
+                                "Scheduler.update_from_output")} == {"dormant"}
+    assert states["EngineCore.step"] == "active" and states["Scheduler.add_request"] == "active"
+    assert result["schedule_before"] == "function"  # vLLM's own Scheduler.schedule, unwrapped, at level 1
+    low, high = result["rounds"]
+    for run in (low, high):
+        # vLLM's own outputs and step counter are the ground truth for both rounds
+        assert sorted(o["output_tokens"] for o in run["outputs"]) == [6] * 8
+        assert run["names"]["engine_step"] == len(run["steps"]) >= 6
+        phases = defaultdict(list)
+        for phase, request_id, _ts, _prompt, output, _batch, _attrs in run["requests"]:
+            phases[external_id(request_id)].append((phase, output))
+        assert sorted(phases) == sorted(o["request_id"] for o in run["outputs"])  # request phases at both levels
+        for lifecycle in phases.values():
+            assert [p for p, _ in lifecycle] == ["arrived", "queued", "scheduled", "first_token", "finished"]
+            assert lifecycle[-1][1] == 6
+    assert {n for n in low["names"] if low["names"][n]} == {"engine_step"}  # level 1: no stage spans
+    assert high["names"]["schedule"] == len(high["steps"])  # patched by set_level(4) in the running engine
+    executed = sum(high["steps"])
+    assert high["names"]["execute_model"] == high["names"]["sample_tokens"] == executed
+    assert high["names"]["update_from_output"] == executed
