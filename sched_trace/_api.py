@@ -111,6 +111,7 @@ def threads_cpu() -> dict[str, float]:
 
 def stats() -> dict[str, Any]:
     """Counters that make loss visible: plugin errors, drops, unreadable extractors;
+    ``dormant_targets``, the targets waiting unpatched for the level to reach theirs;
     ``idle_calls``, the calls each ``keep_if`` stage dropped as idle; and
     ``threads_cpu_s``, the CPU sched-trace's own threads have used (:func:`threads_cpu`)."""
     manager = get_manager()
@@ -125,6 +126,7 @@ def stats() -> dict[str, Any]:
         "plugins_quarantined": dict(manager.quarantined),
         "extract_missing": dict(_extract.missing),
         "unresolved_targets": list(_instrument.unresolved),
+        "dormant_targets": [handle.target for handle in _instrument.handles() if handle.state == "dormant"],
         "idle_calls": {name: count for name, count in _probe.idle_calls.items() if count},
         "plugins": per_plugin,
         "threads_cpu_s": threads_cpu(),

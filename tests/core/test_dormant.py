@@ -24,6 +24,7 @@ def test_a_target_above_the_level_is_checked_but_not_patched(sched_trace_recorde
     handle = sched_trace.instrument("tests.core.sample_scheduler:Scheduler.run_batch", stage="run_batch",
                                     level=2, microbatch="mb_id")
     assert handle.state == "dormant" and not handle.active
+    assert sched_trace.stats()["dormant_targets"] == ["tests.core.sample_scheduler:Scheduler.run_batch"]
     assert vars(Scheduler)["run_batch"] is RUN_BATCH  # the scheduler calls its own function
     assert Scheduler().run_batch(Batch(["a"]), 3) == 1
     assert sched_trace_recorder.events == []
@@ -41,6 +42,7 @@ def test_raising_the_level_patches_it_and_lowering_leaves_it(sched_trace_recorde
                                     level=2, microbatch="mb_id")
     sched_trace.set_level(2)
     assert handle.state == "active" and vars(Scheduler)["run_batch"] is handle.proxy
+    assert sched_trace.stats()["dormant_targets"] == []
     assert Scheduler().run_batch(Batch(["a", "b"]), 3) == 2
     assert [(e.name, e.microbatch) for e in sched_trace_recorder.events] == [("run_batch", 3)]
     sched_trace.set_level(1)  # above the level again: patched still, one comparison a call
