@@ -11,7 +11,9 @@ before the ring); with one exporter listening and with three. Each exporter enco
 frames with the exporters' own encoder (``codec.EventEncoder``) and discards them.
 Figures: the scheduler thread's CPU per step (its own clock), the exporter threads' CPU
 per step (their own clocks), and the collector's passes per 1,000 steps (its callbacks).
-Off (level 0) is given for scale. Needs the C extension.
+Off (level 0) is given for scale. Then single cold calls, ``self.method(batch)`` after the
+same write, the ways taking turns: the bare method, sched-trace's wrapper above the level,
+recording one span, a wrapt passthrough (wall clock, medians). Needs the C extension.
 """
 
 from __future__ import annotations
