@@ -25,8 +25,6 @@ from collections import deque
 from time import perf_counter_ns, thread_time_ns
 from typing import Any
 
-import wrapt
-
 import sched_trace
 from sched_trace import _native
 from sched_trace._api import threads_cpu
@@ -34,6 +32,7 @@ from sched_trace._exporter.codec import EventEncoder
 from sched_trace.recorder import BackgroundExporter
 
 from .harness import row
+from .workload import passthrough
 
 EVICT = bytearray(8 << 20)
 _MARKS = [bytes(range(256)) * (len(EVICT) // 64 // 256), bytes(reversed(range(256))) * (len(EVICT) // 64 // 256)]
@@ -55,18 +54,13 @@ class Engine:
         return len(batch)
 
 
-@wrapt.decorator
-def _passthrough(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-    return wrapped(*args, **kwargs)
-
-
 class Calls:
     """One method, four ways, for cold single calls: ``self.x(batch)`` as a scheduler calls it."""
 
     def bare(self, batch: list) -> int:
         return len(batch)
 
-    wrapt = _passthrough(bare)
+    wrapt = passthrough(bare)
     off = sched_trace.stage("cold_call_off", level=9, batch_size="len(batch)")(bare)  # above the level
     on = sched_trace.stage("cold_call_on", level=2, batch_size="len(batch)")(bare)
 

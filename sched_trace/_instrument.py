@@ -226,24 +226,21 @@ class Handle:
             self._put(self.proxy)
             self.state = "active"
             return
-        try:
-            self.apply(self._module)
-        except (InstrumentationError, ExtractorError) as exc:  # never raise out of set_level
-            self.state = "unresolved"
-            unresolved.append(self.target)
-            log.error("%s", exc)
-            warnings.warn(str(exc), SchedTraceWarning, stacklevel=2)
+        self._apply_or_report(self._module)  # never raise out of set_level
 
     def on_import(self, module: Any) -> None:
-        if self.state != "pending":
-            return
+        if self.state == "pending":
+            self._apply_or_report(module)  # never raise out of the user's import
+
+    def _apply_or_report(self, module: Any) -> None:
+        """apply(), where a failure is logged, warned about and counted as unresolved, not raised."""
         try:
             self.apply(module)
-        except (InstrumentationError, ExtractorError) as exc:  # never raise out of the user's import
+        except (InstrumentationError, ExtractorError) as exc:
             self.state = "unresolved"
             unresolved.append(self.target)
             log.error("%s", exc)
-            warnings.warn(str(exc), SchedTraceWarning, stacklevel=2)
+            warnings.warn(str(exc), SchedTraceWarning, stacklevel=3)
 
     def uninstrument(self) -> None:
         """Restore the original object; a no-op when already removed."""
@@ -278,10 +275,9 @@ _lock = threading.RLock()
 def _follow_level(level: int) -> None:
     """Patch the dormant targets the configured level now reaches."""
     with _lock:
-        waiting = [handle for handle in _handles.values() if handle.state == "dormant" and handle.level <= level]
-    for handle in waiting:
-        with _lock:
-            handle.wake()
+        for handle in list(_handles.values()):
+            if handle.level <= level:
+                handle.wake()  # a no-op unless dormant
 
 
 level_listeners.append(_follow_level)

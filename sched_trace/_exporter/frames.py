@@ -39,13 +39,12 @@ def write_events(fd: int, payload: bytes, held: bool = False) -> None:
     costs the engine"). Never for a blocking descriptor: a file write could wait on the
     disk with the GIL held.
     """
-    header = _HEADER.pack(len(payload), EVENTS)
-    speedups = _native.speedups
     written = 0
-    if held and speedups is not None:
-        written = speedups.write_held(fd, header, payload)
-    if written < len(header) + len(payload):
-        _write_all(fd, _frame(EVENTS, payload)[written:])
+    if held and _native.speedups is not None:
+        written = _native.speedups.write_held(fd, _HEADER.pack(len(payload), EVENTS), payload)
+        if written == _HEADER.size + len(payload):
+            return
+    _write_all(fd, _frame(EVENTS, payload)[written:])
 
 
 def write_control(fd: int, message: tuple) -> None:
