@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Any, Iterable, Optional
 
-from . import _extract, _instrument, _lifecycle, _manager, _probe, _stages
+from . import _extract, _instrument, _level_file, _lifecycle, _manager, _probe, _stages
 from . import config as _config
 from ._errors import ConfigError, InstrumentationError
 from ._manager import get_manager
@@ -27,7 +27,8 @@ def configure(
     """Set sched-trace up for this process. Idempotent: calling again only applies changes.
 
     :param level: verbosity (0 off .. 9); default ``SCHED_TRACE_LEVEL``, the config
-        file's ``level``, else 4.
+        file's ``level``, else 4. A level file (``SCHED_TRACE_LEVEL_FILE``, the config's
+        ``level_file``) overrides it while the file holds a level (``sched-trace level``).
     :param config: a path to a TOML file, a mapping, a ``Config``, or None for
         ``SCHED_TRACE_CONFIG``.
     :param plugins: plugin objects to register in addition to the entry points.
@@ -42,7 +43,14 @@ def configure(
         chosen = level if level is not None else _stages.level_from_env()
         if chosen is None:
             chosen = cfg.level if cfg.level is not None else _stages.DEFAULT_LEVEL
-        _stages.set_level(chosen)
+        level_file = os.environ.get(_level_file.ENV) or cfg.level_file
+        if level_file:
+            try:
+                level_file = _level_file.check_path(level_file, _level_file.ENV if os.environ.get(_level_file.ENV)
+                                                    else "level_file")
+            except ValueError as exc:
+                raise ConfigError(str(exc), source=cfg.source, key="level_file") from None
+        _level_file.follow(level_file or None, chosen, _lifecycle.lock)  # the file's level while it holds one, else chosen
         _register_plugins(cfg, plugins, autoload)
         state = _lifecycle.process
         if state["config"] != cfg or not state["configured"]:
@@ -112,6 +120,7 @@ def threads_cpu() -> dict[str, float]:
 def stats() -> dict[str, Any]:
     """Counters that make loss visible: plugin errors, drops, unreadable extractors;
     ``dormant_targets``, the targets waiting unpatched for the level to reach theirs;
+    ``level_file``, the level file followed (its level, changes applied, contents refused), or None;
     ``idle_calls``, the calls each ``keep_if`` stage dropped as idle; and
     ``threads_cpu_s``, the CPU sched-trace's own threads have used (:func:`threads_cpu`)."""
     manager = get_manager()
@@ -126,6 +135,7 @@ def stats() -> dict[str, Any]:
         "plugins_quarantined": dict(manager.quarantined),
         "extract_missing": dict(_extract.missing),
         "unresolved_targets": list(_instrument.unresolved),
+        "level_file": _level_file.stats(),
         "dormant_targets": [handle.target for handle in _instrument.handles() if handle.state == "dormant"],
         "idle_calls": {name: count for name, count in _probe.idle_calls.items() if count},
         "plugins": per_plugin,

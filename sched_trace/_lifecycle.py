@@ -30,7 +30,7 @@ import threading
 import time
 from typing import Any, Callable, Optional, Union
 
-from . import recorder
+from . import _level_file, recorder
 from ._manager import get_manager
 
 log = logging.getLogger("sched_trace")
@@ -163,6 +163,7 @@ def shutdown(timeout: float = 5.0) -> None:
         if process["shut_down"]:
             return
         process["shut_down"] = True
+        _level_file.stop()
         deadline = time.monotonic() + timeout
         manager = get_manager()
         manager.call_until("sched_trace_flush", deadline)

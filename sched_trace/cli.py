@@ -1,4 +1,4 @@
-"""``sched-trace run | check | demo | report | merge | convert``: one small module per command."""
+"""``sched-trace run | level | check | demo | report | merge | convert``: one small module per command."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 # name -> module under sched_trace.commands with add_arguments(parser) and run(args) -> int
 COMMANDS = {
     "run": "Run a program with sched-trace configured before its own code (also in children).",
+    "level": "Set the level of a running program's processes from outside (those following a level file).",
     "check": "Check that every target of the profiles and config exists in the installed packages.",
     "demo": "Run a real CPU pipeline (torch gloo) instrumented with zero edits; write traces and a report.",
     "report": "Analyse trace files: per-rank busy/idle time, bubble ratio, latencies; write a PNG.",

@@ -3,6 +3,7 @@
 Every error names the file, the key and the value, and says what would be right::
 
     level = 4                      # 0 (off) .. 9
+    level_file = "/run/sched-trace/level"  # while it holds a level, that level (sched-trace level N)
     autoload = true                # load plugins from the 'sched_trace' entry points
     block = ["prometheus"]         # plugin names never to load
     profiles = ["torch-pipelining"]
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from . import _options
+from . import _level_file, _options
 from ._errors import ConfigError, ExtractorError, InstrumentationError
 from ._stages import MAX_LEVEL
 from ._targets import parse_target
@@ -41,7 +42,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 PROFILE_DIR = Path(__file__).with_name("profiles")
-TOP_KEYS = {"level": int, "autoload": bool, "block": list, "profiles": list, "instrument": list, "plugins": dict}
+TOP_KEYS = {"level": int, "level_file": str, "autoload": bool, "block": list, "profiles": list, "instrument": list,
+            "plugins": dict}
 #: The keys of an [[instrument]] table: what every declaration has, then the options of ``_options``.
 TARGET_KEYS = {"target": str, "stage": str, "kind": str, "level": int,
                **{name: _options.TOML_TYPES[role] for name, role in _options.ROLES.items()}}
@@ -61,6 +63,7 @@ class Config:
     """The validated configuration handed to plugins through ``sched_trace_configure``."""
 
     level: Optional[int] = None
+    level_file: Optional[str] = None  # absolute; while it holds a level, that level (sched_trace._level_file)
     autoload: bool = True
     block: tuple[str, ...] = ()
     profiles: tuple[str, ...] = ()
@@ -105,6 +108,12 @@ def parse(data: Mapping[str, Any], source: str = "<dict>") -> Config:
     level = data.get("level")
     if level is not None and not 0 <= level <= MAX_LEVEL:
         raise ConfigError(f"{level!r} is out of range: use 0 (off) to {MAX_LEVEL}", source=source, key="level")
+    level_file = data.get("level_file")
+    if level_file is not None:
+        try:
+            level_file = _level_file.check_path(level_file)
+        except ValueError as exc:
+            raise ConfigError(str(exc), source=source, key="level_file") from None
     for key in ("block", "profiles"):
         for item in data.get(key, []):
             if not isinstance(item, str):
@@ -119,6 +128,7 @@ def parse(data: Mapping[str, Any], source: str = "<dict>") -> Config:
         _check_type(table, dict, source, f"plugins.{name}")
     return Config(
         level=level,
+        level_file=level_file,
         autoload=data.get("autoload", True),
         block=tuple(data.get("block", [])),
         profiles=profiles,

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 import sched_trace
-from sched_trace import _rank as rank, _stages as stages
+from sched_trace import _level_file as level_file, _rank as rank, _stages as stages
 from sched_trace._manager import get_manager
 
 pytest_plugins = ["pytester"]
@@ -15,6 +15,7 @@ def _isolated_sched_trace():
     before = {name for name, _ in get_manager().list_name_plugin()}
     level = stages.get_level()
     yield
+    level_file.stop()  # a test that followed a level file leaves no thread changing the next one's level
     sched_trace.uninstrument()
     for name, plugin in get_manager().list_name_plugin():
         if name not in before:

@@ -32,6 +32,7 @@ LAYERS = {
     "sched_trace._conditions": 1, "sched_trace._native": 1,
     # 2, configuration and identity; trace files and their analysis need only the leaves
     "sched_trace.config": 2, "sched_trace._rank": 2, "sched_trace.profile_check": 2, "sched_trace.source_attrs": 2,
+    "sched_trace._level_file": 2,
     "sched_trace.traceio": 2, "sched_trace.analysis": 2,
     # 3, plugins and hand-off buffers
     "sched_trace._hookspecs": 3, "sched_trace._manager": 3, "sched_trace._watchdog": 3, "sched_trace.recorder": 3,

@@ -1,4 +1,4 @@
-"""``sched-trace run [--config F] [--profile P] [--level N] -- python train.py ...``
+"""``sched-trace run [--config F] [--profile P] [--level N] [--level-file F] -- python train.py ...``
 
 Configuration travels in environment variables and a ``sitecustomize`` module put
 first on ``PYTHONPATH`` applies it before the program's own code runs, in the
@@ -16,6 +16,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
+from .. import _level_file
 from .. import config as _config
 from .._errors import ConfigError
 from . import check as _check
@@ -27,11 +28,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="TOML configuration (default: ./sched_trace.toml if present)")
     parser.add_argument("--profile", action="append", default=[], help="a shipped profile, e.g. torch-pipelining")
     parser.add_argument("--level", type=int, help="verbosity level 0 (off) .. 9")
+    parser.add_argument("--level-file", metavar="F",
+                        help="every process follows the level in F while F holds one (set it with "
+                             "`sched-trace level N --file F`, from outside the running program)")
     parser.add_argument("program", nargs=argparse.REMAINDER, help="-- the command to run")
 
 
-def child_environment(config_path: "str | None", profiles: list[str], level: "int | None") -> dict[str, str]:
+def child_environment(config_path: "str | None", profiles: list[str], level: "int | None",
+                      level_file: "str | None" = None) -> dict[str, str]:
     env = dict(os.environ)
+    if level_file:
+        env[_level_file.ENV] = _level_file.check_path(level_file, "--level-file")
     if config_path:
         env["SCHED_TRACE_CONFIG"] = str(Path(config_path).resolve())
     if profiles:
@@ -85,9 +92,9 @@ def run(args: argparse.Namespace) -> int:
         configs += [_config.load_profile(name, "--profile") for name in args.profile]
         for cfg in configs:
             check_targets(cfg, program)
-    except ConfigError as exc:
+        env = child_environment(config_path, args.profile, args.level, args.level_file)
+    except (ConfigError, ValueError) as exc:
         raise SystemExit(f"sched-trace run: {exc}") from None
-    env = child_environment(config_path, args.profile, args.level)
     # exec keeps our pid: that process warns at exit about targets no process resolved
     env["SCHED_TRACE_RUN_ROOT"] = str(os.getpid())
     env["SCHED_TRACE_RUN_DIR"] = os.path.join(tempfile.gettempdir(), f"sched-trace-run-{os.getpid()}")
