@@ -329,3 +329,47 @@ def test_level_1_leaves_the_stage_targets_unpatched_and_set_level_4_traces_them_
     executed = sum(high["steps"])
     assert high["names"]["execute_model"] == high["names"]["sample_tokens"] == executed
     assert high["names"]["update_from_output"] == executed
+
+
+def test_the_level_file_raises_the_level_of_the_engine_core_child_from_outside(tmp_path: Path) -> None:
+    """``sched-trace run --profile vllm --level-file F`` at level 1, then ``sched-trace level 4 --file F``
+    between two rounds: in vLLM's EngineCore child (which no ``set_level`` of the front end
+    reaches), the first round's steps have no stage spans, every step of the second has them."""
+    pytest.importorskip("sched_trace_otel")
+    (tmp_path / "sched_trace.toml").write_text('[plugins.otel]\ndirectory = "otel"\n')
+    level_file = tmp_path / "level"
+    level_file.write_text("1\n")  # every process starts at level 1 (and acknowledges it)
+    calls_log = tmp_path / "engine_calls.log"
+    run_in_venv([str(VENV_PYTHON.parent / "sched-trace"), "run", "--profile", "vllm", "--level-file", str(level_file),
+                 "--", str(VENV_PYTHON), str(DRIVER), "model", "out.json", "--requests", "8", "--tokens", "6",
+                 "--level-switch", str(level_file)], tmp_path, TINY_VLLM_CALL_LOG=str(calls_log))
+    result = json.loads((tmp_path / "out.json").read_text())
+    for outputs in result["rounds"]:  # vLLM served both rounds in full
+        assert len(outputs) == 8 and {o["output_tokens"] for o in outputs} == {6}
+    spans = otlp_spans(tmp_path / "otel")
+    steps = sorted((s for _, s in spans if s.name == "engine_step"), key=lambda s: s.start_time_unix_nano)
+    (core_pid,) = {pid for pid, s in spans if s.name == "engine_step"}
+    assert f"pid {core_pid} on " in result["level_command"]  # the command waited for the engine core
+    # vLLM's own calls in the engine core, parted by the switch: the ground truth per round
+    lines = [line.split() for line in calls_log.read_text().splitlines()]
+    switch = next(i for i, line in enumerate(lines) if line[1] == "switch")
+    first = [line[1:] for line in lines[:switch] if int(line[0]) == core_pid]
+    second = [line[1:] for line in lines[switch + 1:] if int(line[0]) == core_pid]
+    assert len(steps) == sum(c[0] == "step" for c in first + second)
+    stages = {"schedule", "execute_model", "sample_tokens", "update_from_output"}
+    inside = defaultdict(Counter)  # engine_step span id -> its stage spans by name
+    for _, span in spans:
+        if span.name in stages:
+            inside[span.parent_span_id][span.name] += 1
+    low, high = steps[:sum(c[0] == "step" for c in first)], steps[sum(c[0] == "step" for c in first):]
+    assert low and all(not inside[s.span_id] for s in low)  # level 1: no stage span in any step
+    assert sum(c == ["step", "1"] for c in second) >= 6
+    working = [s for s in high if inside[s.span_id]]
+    # level 4: each of vLLM's schedule calls of the second round is a schedule span in its step
+    assert len(working) == sum(c[0] == "schedule" for c in second)
+    assert all(inside[s.span_id]["schedule"] == 1 for s in working)
+    # the forward passes (in vLLM's worker process, also following the file): traced in the second round only
+    executes = [s for _, s in spans if s.name == "execute_model" and int(attributes(s)["scheduled_tokens"]) > 0]
+    assert 6 <= len(executes) <= len(working)
+    assert min(s.start_time_unix_nano for s in executes) > max(s.end_time_unix_nano for s in low)
+    assert len(high) - len(working) == sum(c == ["step", "0"] for c in second)  # idle steps: nothing inside

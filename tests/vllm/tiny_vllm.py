@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -268,6 +269,24 @@ def abort_one(llm: Any, tokens: int) -> dict[str, int]:
     return produced
 
 
+def level_switch(args: argparse.Namespace) -> int:
+    """A round of requests, the level raised to 4 from outside the engine (the level file
+    every process of a ``sched-trace run --level-file FILE`` follows), a second round. A
+    line ``PID switch`` in the call log parts the engine's calls of the two rounds."""
+    llm = make_llm(write_model(args.model_dir))
+    rounds = [outputs_json(generate(llm, args.requests, args.tokens))]
+    command = subprocess.run([str(Path(sys.executable).with_name("sched-trace")), "level", "4", "--file",
+                              args.level_switch, "--wait", "120"], capture_output=True, text=True, timeout=300)
+    if command.returncode != 0:
+        raise SystemExit(f"sched-trace level: exit {command.returncode}\n{command.stdout}{command.stderr}")
+    fd = os.open(os.environ[CALL_LOG], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.write(fd, f"{os.getpid()} switch\n".encode())
+    os.close(fd)
+    rounds.append(outputs_json(generate(llm, args.requests, args.tokens)))
+    args.out.write_text(json.dumps({"rounds": rounds, "pid": os.getpid(), "level_command": command.stdout}))
+    return 0
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("model_dir", type=Path)
@@ -277,7 +296,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--trace", action="store_true", help="configure(profile='vllm') with a MemoryRecorder")
     parser.add_argument("--preempt", action="store_true",
                         help="with --trace: a small KV cache, vLLM's stats on, and a workload that vLLM preempts")
+    parser.add_argument("--level-switch", metavar="FILE",
+                        help="two rounds of requests, `sched-trace level 4 --file FILE --wait` between them "
+                             "(marked in the call log)")
     args = parser.parse_args(argv)
+    if args.level_switch:
+        return level_switch(args)
     recorder = None
     if args.trace:
         import sched_trace
