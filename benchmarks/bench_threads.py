@@ -1,4 +1,5 @@
-"""Scheduler threads recording at once: total events per second with 1, 2, 4 and 8 threads.
+"""Scheduler threads recording at once: total events per second with 1, 2, 4 and 8 threads;
+and what following a level file costs the process (its thread's CPU per second).
 
 Each thread names itself with ``set_thread_info`` and makes the same number of
 traced calls; every event goes through a BackgroundExporter (no-op export), as
@@ -10,12 +11,16 @@ makes it fall.
 from __future__ import annotations
 
 import gc
+import os
 import statistics
+import tempfile
 import threading
+import time
 from time import perf_counter_ns, thread_time_ns
 from typing import Any
 
 import sched_trace
+from sched_trace import _level_file
 from sched_trace.recorder import BackgroundExporter
 
 from . import workload
@@ -97,4 +102,45 @@ def run(quick: bool) -> list[dict[str, Any]]:
                         cost / one_cost, "ns/event", group="threads"))
     rows.append(row("events dropped across the thread runs", float(stats["dropped"]), None, None, "events",
                     group="threads"))
+    rows.append(level_file_row(10.0 if quick else 30.0))
     return rows
+
+
+def _thread_cpu_s(thread: threading.Thread) -> float:
+    assert thread.ident is not None
+    return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+
+
+def level_file_row(seconds: float) -> dict[str, Any]:
+    """The level file's thread (``sched-trace-level``, one look a second) against a bare
+    thread that does only what any such watcher must: wake once a second and stat the file.
+    Both run over the same ``seconds``, the file unchanged; CPU from each thread's clock."""
+    previous = sched_trace.get_level()
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "level")
+        with open(path, "w") as file:
+            file.write(f"{previous}\n")
+        stop = threading.Event()
+
+        def bare() -> None:
+            while not stop.wait(_level_file.POLL_S):
+                os.stat(path)
+
+        _level_file.follow(path, previous)
+        follower = _level_file._follower
+        assert follower is not None and follower._thread is not None
+        ours = follower._thread
+        baseline = threading.Thread(target=bare, name="bench-stat-watcher", daemon=True)
+        baseline.start()
+        try:
+            start = (_thread_cpu_s(ours), _thread_cpu_s(baseline))
+            time.sleep(seconds)
+            spent = (_thread_cpu_s(ours) - start[0], _thread_cpu_s(baseline) - start[1])
+        finally:
+            stop.set()
+            _level_file.stop()
+            sched_trace.set_level(previous)
+    per_second = [value / seconds * 1e6 for value in spent]
+    return row("level file followed: its thread's CPU per second vs a bare stat-once-a-second thread",
+               per_second[0], per_second[1], per_second[0] / per_second[1] if per_second[1] else None, "us/s",
+               group="threads", note=f"{seconds:g} s, the file unchanged; the share of one core is the value / 1e6")
