@@ -11,7 +11,8 @@ The rules:
   on, and within :data:`POLL_S` of each change; removing ``F`` gives the process back
   its configured level;
 - what ``F`` holds that is not a level is refused: one warning per content, counted in
-  ``sched_trace.stats()["level_file"]``, the level left as it was;
+  ``sched_trace.stats()["level_file"]``, the level left as it was (an empty ``F`` is
+  passed over without a word: ``echo 4 > F`` empties it before it writes);
 - a process that applies a level from ``F`` appends ``PID HOST LEVEL`` to ``F.applied``
   (one write), so ``sched-trace level`` can say which processes follow and wait for them.
 
@@ -104,6 +105,8 @@ class Follower:
         try:
             with open(self.path, encoding="utf-8", errors="replace") as file:
                 text = file.read(64)
+            if not text.strip() and not first:  # `echo 4 > F` caught between truncate and write:
+                return  # the write changes the file's size, and the next look reads it
             level = parse_level(text, self.path)
         except FileNotFoundError:  # removed between the stat and the open
             if first:

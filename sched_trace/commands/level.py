@@ -139,6 +139,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {len(known)} running process(es) on this host follow it (each within "
                   f"{_level_file.POLL_S:g} s); --wait SECONDS waits for them")
         return 0
+    if not known:
+        print("  no running process on this host has followed it yet: nothing to wait for")
+        return 0
     waiting = _wait(path, known, since, args.wait)
     applied = followers(path, since)
     for follower in known:

@@ -81,9 +81,13 @@ def test_a_content_that_is_not_a_level_is_refused_once_counted_and_the_level_kep
     assert "the level stays 2" in warnings[0] and "holds '12'" in warnings[1]
     stats = sched_trace.stats()["level_file"]
     assert stats["rejected"] == 3 and stats["changes"] == 0 and "'high'" in stats["error"]
+    path.write_text("")  # `echo 3 > level` seen between its truncate and its write: passed over
+    follower().poll()
+    assert sched_trace.get_level() == 2 and sched_trace.stats()["level_file"]["rejected"] == 3
     path.write_text("3")
     follower().poll()
     assert sched_trace.get_level() == 3
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 2
 
 
 def test_a_target_waiting_for_its_level_is_patched_when_the_file_reaches_it(tmp_path: Path) -> None:
