@@ -50,11 +50,8 @@ def followers(path: str, since: int = 0) -> dict[Follower, int]:
     return last
 
 
-def alive(follower: Follower) -> Optional[bool]:
-    """Whether the process runs (None: on another host, not known from here)."""
-    host, pid = follower
-    if host != socket.gethostname():
-        return None
+def pid_running(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (someone else's included)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -62,6 +59,12 @@ def alive(follower: Follower) -> Optional[bool]:
     except PermissionError:
         return True
     return True
+
+
+def alive(follower: Follower) -> Optional[bool]:
+    """Whether the process runs (None: on another host, not known from here)."""
+    host, pid = follower
+    return pid_running(pid) if host == socket.gethostname() else None
 
 
 def applied_size(path: str) -> int:

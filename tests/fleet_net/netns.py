@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+from sched_trace.commands.level import pid_running
+
 PREFIX = "stf"                 # every bridge, veth and namespace name starts with stf<pid>
 NETNS_ETC = Path("/etc/netns")
 
@@ -154,11 +156,4 @@ def clear_stale() -> None:
             ip("link", "del", name, check=False)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+_alive = pid_running
