@@ -9,6 +9,7 @@ from typing import Any, Callable
 import pytest
 
 import sched_trace
+from sched_trace import _level_file
 
 from .conftest import scrape, value
 
@@ -133,6 +134,21 @@ def test_health_counters_come_from_sched_trace_stats_at_scrape_time(start_promet
     assert value(samples, "sched_trace_plugin_stat", plugin="prometheus", stat="observed") == 2
     # The exporter's own counters are read fresh: one more scrape sees the same totals.
     assert value(scrape(plugin.port), "sched_trace_plugin_errors_total", plugin="broken") == 2
+
+
+def test_a_level_set_from_a_level_file_and_its_refused_contents_are_scraped(start_prometheus, tmp_path):
+    plugin = start_prometheus()
+    path = tmp_path / "level"
+    path.write_text("3")
+    sched_trace.configure(level=9, config={"level_file": str(path)}, autoload=False)
+    samples = scrape(plugin.serve(0))
+    assert value(samples, "sched_trace_level") == 3
+    assert value(samples, "sched_trace_level_file_refused_total") == 0
+    path.write_text("three")
+    _level_file._follower.poll()  # what the follower's thread does within a second
+    samples = scrape(plugin.port)
+    assert value(samples, "sched_trace_level") == 3  # kept
+    assert value(samples, "sched_trace_level_file_refused_total") == 1
 
 
 def test_calls_a_keep_if_stage_drops_are_an_idle_calls_counter_per_stage(start_prometheus):

@@ -36,7 +36,11 @@ def _families() -> dict[str, Metric]:
         "plugin_stat": GaugeMetricFamily(
             f"{NAMESPACE}_plugin_stat", "Every numeric counter a plugin reports in sched_trace.stats().",
             labels=["plugin", "stat"]),
-        "level": GaugeMetricFamily(f"{NAMESPACE}_level", "The configured sched-trace verbosity level."),
+        "level": GaugeMetricFamily(f"{NAMESPACE}_level", "The sched-trace verbosity level in effect (a level "
+                                   "file's, while the process follows one that holds a level)."),
+        "level_file_refused": CounterMetricFamily(
+            f"{NAMESPACE}_level_file_refused", "Contents of the level file that were not a level, and looks at "
+            "it that failed: each time the level was kept (0 without a level file)."),
         "unresolved": GaugeMetricFamily(
             f"{NAMESPACE}_unresolved_targets", "instrument() targets whose module or attribute is missing."),
         "overflow": CounterMetricFamily(
@@ -64,6 +68,8 @@ def health_families(stats: Mapping[str, Any], overflow: int) -> list[Metric]:
             if stat == "dropped":
                 families["dropped"].add_metric([plugin], value)
     families["level"].add_metric([], stats.get("level", 0))
+    level_file = stats.get("level_file") or {}
+    families["level_file_refused"].add_metric([], level_file.get("rejected", 0) + level_file.get("errors", 0))
     families["unresolved"].add_metric([], len(stats.get("unresolved_targets", ())))
     families["overflow"].add_metric([], overflow)
     return list(families.values())
