@@ -74,18 +74,20 @@ def applied_size(path: str) -> int:
         return 0
 
 
-def write_level(path: str, level: Optional[int]) -> None:
-    """``level`` into ``path`` in one rename (a follower never reads half a file); None removes it."""
+def write_level(path: str, level: Optional[int]) -> bool:
+    """``level`` into ``path`` in one rename (a follower never reads half a file); None removes
+    it. False when there was nothing to remove."""
     if level is None:
         try:
             os.remove(path)
         except FileNotFoundError:
-            pass
-        return
+            return False
+        return True
     temporary = f"{path}.{os.getpid()}.tmp"
     with open(temporary, "w", encoding="utf-8") as file:
         file.write(f"{level}\n")
     os.replace(temporary, path)
+    return True
 
 
 def _describe(path: str) -> str:
@@ -133,7 +135,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"  pid {pid} on {host}: level {level} applied last ({state})")
         return 0
     since = applied_size(path)
-    write_level(path, None if args.clear else args.level)
+    if not write_level(path, None if args.clear else args.level):
+        print(f"{path}: absent already (each process at its configured level)")
+        return 0
     print(f"{path}: " + ("removed: each process goes back to its configured level" if args.clear
                          else f"level {args.level}"))
     known = [f for f in before if alive(f)]

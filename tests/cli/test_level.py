@@ -49,6 +49,9 @@ def test_the_file_sets_the_level_while_it_holds_one_and_removing_it_gives_the_co
     assert not path.exists()
     follower().poll()
     assert sched_trace.get_level() == 1  # configured
+    capsys.readouterr()
+    assert cli(["level", "--clear", "--file", str(path), "--wait", "60"]) == 0  # nothing changes: no wait
+    assert capsys.readouterr().out == f"{path}: absent already (each process at its configured level)\n"
     follower().poll()  # nothing changed: nothing applied
     stats = sched_trace.stats()["level_file"]
     assert stats == {"path": str(path), "level": None, "configured": 1, "changes": 2, "rejected": 0, "errors": 0,
