@@ -43,14 +43,13 @@ def configure(
         chosen = level if level is not None else _stages.level_from_env()
         if chosen is None:
             chosen = cfg.level if cfg.level is not None else _stages.DEFAULT_LEVEL
-        level_file = os.environ.get(_level_file.ENV) or cfg.level_file
-        if level_file:
+        level_file = cfg.level_file  # checked and made absolute when the config was parsed
+        if os.environ.get(_level_file.ENV):  # wins over the config's, as SCHED_TRACE_LEVEL does
             try:
-                level_file = _level_file.check_path(level_file, _level_file.ENV if os.environ.get(_level_file.ENV)
-                                                    else "level_file")
+                level_file = _level_file.check_path(os.environ[_level_file.ENV], _level_file.ENV)
             except ValueError as exc:
                 raise ConfigError(str(exc), source=cfg.source, key="level_file") from None
-        _level_file.follow(level_file or None, chosen, _lifecycle.lock)  # the file's level while it holds one, else chosen
+        _level_file.follow(level_file, chosen, _lifecycle.lock)  # the file's level while it holds one, else chosen
         _register_plugins(cfg, plugins, autoload)
         state = _lifecycle.process
         if state["config"] != cfg or not state["configured"]:

@@ -64,6 +64,15 @@ def parse_level(text: str, path: str) -> int:
                          f"{_stages.MAX_LEVEL}, e.g. `sched-trace level 4 --file {path}`") from None
 
 
+def read_text(path: str) -> Optional[str]:
+    """What the file holds (its first 64 characters), or None where it is absent."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as file:
+            return file.read(64)
+    except FileNotFoundError:
+        return None
+
+
 def _key(path: str) -> Optional[FileKey]:
     try:
         st = os.stat(path)
@@ -103,16 +112,15 @@ class Follower:
                 self._apply(self.configured)
             return
         try:
-            with open(self.path, encoding="utf-8", errors="replace") as file:
-                text = file.read(64)
+            text = read_text(self.path)
+            if text is None:  # removed between the stat and the open
+                if first:
+                    self.key = None
+                    self._apply(self.configured)
+                return  # else the key kept is stale: the next look finds the file gone
             if not text.strip() and not first:  # `echo 4 > F` caught between truncate and write:
                 return  # the write changes the file's size, and the next look reads it
             level = parse_level(text, self.path)
-        except FileNotFoundError:  # removed between the stat and the open
-            if first:
-                self.key = None
-                self._apply(self.configured)
-            return  # else the key kept is stale: the next look finds the file gone
         except (OSError, ValueError) as exc:
             self._refuse(str(exc), isinstance(exc, ValueError))
             if first:

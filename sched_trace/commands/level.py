@@ -91,10 +91,8 @@ def write_level(path: str, level: Optional[int]) -> bool:
 
 
 def _describe(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as file:
-            text = file.read(64)
-    except FileNotFoundError:
+    text = _level_file.read_text(path)
+    if text is None:
         return f"{path}: absent (each process at its configured level)"
     try:
         return f"{path}: level {_level_file.parse_level(text, path)}"
