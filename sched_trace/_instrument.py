@@ -2,7 +2,11 @@
 
 ``instrument("pkg.mod:Class.method", ...)`` wraps the attribute with a wrapt
 ``FunctionWrapper``; when ``pkg.mod`` is not imported yet, a wrapt post-import hook
-patches it the moment it is. ``uninstrument`` puts the original object back (by
+patches it the moment it is. A plain (not async, not generator) function in a class's
+namespace is wrapped by a plain function instead (``traced_method``): the interpreter
+specializes ``self.method()`` on a function and on nothing else, and in a real engine a
+method behind a wrapt proxy costs the step several microseconds more than one behind a
+function (docs/performance.md, "A function in the class, not a proxy"). ``uninstrument`` puts the original object back (by
 identity), or, when another wrapt wrapper was stacked on top of ours, unlinks ours
 from the chain and leaves theirs in place.
 
@@ -19,12 +23,14 @@ thread's identity: what turning tracing on must reach) are patched at every leve
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 import logging
 import sys
 import threading
 import warnings
-from types import FunctionType, WrapperDescriptorType
+from inspect import CO_ASYNC_GENERATOR, CO_COROUTINE, CO_GENERATOR, CO_ITERABLE_COROUTINE
+from types import FunctionType, MethodType, WrapperDescriptorType
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union
 
 import wrapt
@@ -102,6 +108,40 @@ class Traced(_function_wrapper()):  # type: ignore[misc]
 #: Whether ``obj.method`` can be bound in C here (the extension built, wrapt's C wrappers).
 BINDS_IN_C = Traced.__base__ is not wrapt.FunctionWrapper
 
+_NOT_PLAIN = CO_COROUTINE | CO_GENERATOR | CO_ASYNC_GENERATOR | CO_ITERABLE_COROUTINE
+
+
+def method_form(owner: Any, original: Any, table_key: Any) -> bool:
+    """Whether a target is wrapped by a plain function (traced_method): a plain function
+    in a class's own namespace or a base's, not a coroutine or generator function (which
+    callers recognise by their code's flags, as wrapt's proxy forwards them)."""
+    return (table_key is None and isinstance(owner, type) and type(original) is FunctionType
+            and not original.__code__.co_flags & _NOT_PLAIN)
+
+
+def traced_method(original: FunctionType, wrapper: Any, probe: Any) -> FunctionType:
+    """A plain function standing in a class for ``original``: ``obj.method(*args)`` calls
+    ``wrapper(original bound to obj, obj, args, kwargs)``, what wrapt's binding passes.
+
+    A function, so the interpreter's specialized attribute lookup and call apply to it
+    as to the original (a wrapt proxy is a descriptor it cannot specialize). It answers
+    as the original does (name, qualified name, module, docstring, its attributes,
+    ``__wrapped__``, so ``inspect.signature`` too), pickles by reference as it does, and
+    sits under another wrapt wrapper as it would; its ``__code__`` is its own (what
+    ``inspect.getfullargspec``, which does not follow ``__wrapped__``, reads).
+    """
+    bind = MethodType
+
+    def method(instance: Any, /, *args: Any, **kwargs: Any) -> Any:
+        return wrapper(bind(original, instance), instance, args, kwargs)
+
+    functools.update_wrapper(method, original)
+    method._sched_trace_probe = probe  # type: ignore[attr-defined]
+    # torch.compile traces the original in its place (what the probe does while torch
+    # compiles: no span, no graph break); torch's own convention for a function's stand-in.
+    method._torchdynamo_inline = original  # type: ignore[attr-defined]
+    return method
+
 
 def _declare(name: str, level: int, kind: str, function: Any, options: dict, where: str) -> Any:
     """Compile a declaration against its function: the probe whose wrapper is installed.
@@ -173,7 +213,7 @@ class Handle:
         self.owner: Any = None
         self.original: Any = None
         self.own_attribute = False
-        self.proxy: Optional[Traced] = None
+        self.proxy: Any = None  # what is patched in: a Traced, or a traced_method
         self.probe: Any = None
 
     @property
@@ -207,7 +247,8 @@ class Handle:
                 f"cannot instrument {self.target!r}: it is a {type(original).__name__}, not a function"
             )
         probe = _declare(self.name, self.level, self.kind, function, self.options, repr(self.target))
-        proxy = Traced(original, probe.wrapper, probe)
+        proxy = (traced_method(original, probe.wrapper, probe) if method_form(owner, original, table_key)
+                 else Traced(original, probe.wrapper, probe))
         self.owner, self.original, self.own_attribute, self.table_key = owner, original, own, table_key
         self.proxy, self.probe, self._module = proxy, probe, module
         if self.level > max(LEVEL.configured, ALWAYS_PATCHED):

@@ -1,8 +1,11 @@
-"""``obj.method`` of a traced method: bound in C, or by wrapt, the same to its callers.
+"""``obj.method`` of a traced method, the same to its callers as the original's.
 
-With the C hot path, ``obj.method`` is an ordinary bound method of the wrapper's
-``TracedMethod`` (sched_trace/_binding.c) instead of wrapt's BoundFunctionWrapper; the
-Python form keeps wrapt's binding. Every test runs on both forms (tests/core/conftest.py).
+``instrument()`` puts a plain function in the class (``_instrument.traced_method``), so
+``obj.method`` is an ordinary bound method of it. A method decorated in its class body is
+a wrapt proxy; with the C hot path ``obj.method`` of it is an ordinary bound method of the
+wrapper's ``TracedMethod`` (sched_trace/_binding.c) instead of wrapt's
+BoundFunctionWrapper, and the Python form keeps wrapt's binding. Every test runs on both
+forms (tests/core/conftest.py).
 Ground truth: the undecorated method's own answers (its signature, names, return values,
 exceptions), what pickle, copy and weakref give back, and the recorded events.
 """
@@ -67,14 +70,32 @@ def binds_in_c(hot_path: str) -> bool:
     return hot_path == "c" and BINDS_IN_C
 
 
-def test_the_c_form_binds_a_plain_bound_method_and_python_binds_with_wrapt(traced_step, hot_path):
+def test_an_instrumented_method_is_a_plain_function_in_the_class(traced_step):
+    """instrument() puts a function in the class, on both forms: the interpreter
+    specializes ``self.step()`` on a function, never on a wrapt proxy."""
+    patched = vars(Engine)["step"]
+    assert type(patched) is FunctionType and patched is not ORIGINAL_STEP
+    assert patched.__wrapped__ is ORIGINAL_STEP and inspect.unwrap(patched) is ORIGINAL_STEP
     bound = Engine().step
+    assert type(bound) is MethodType and bound.__func__ is patched
+
+
+def test_a_decorated_method_binds_in_c_and_python_binds_with_wrapt(sched_trace_recorder, hot_path):
+    """@sched_trace.stage on a method (a wrapt proxy, since the decorator cannot tell a
+    method from a function): in C a plain bound method of its TracedMethod."""
+
+    class Owned:
+        @sched_trace.stage("owned")
+        def step(self, mb_id):
+            return mb_id
+
+    bound = Owned().step
     if binds_in_c(hot_path):
         assert type(bound) is MethodType
         assert type(bound.__func__) is _native.speedups.TracedMethod
-        assert bound.__func__.__wrapped__ is ORIGINAL_STEP
     else:
         assert isinstance(bound, wrapt.BoundFunctionWrapper)
+    assert bound(3) == 3 and len(sched_trace_recorder.stages("owned")) == 1
 
 
 def test_a_bound_traced_method_answers_as_the_original(traced_step):
@@ -85,7 +106,7 @@ def test_a_bound_traced_method_answers_as_the_original(traced_step):
     assert inspect.signature(bound) == inspect.signature(plain)
     assert bound.__self__ is engine
     assert bound == engine.step and hash(bound) == hash(engine.step)
-    assert bound.__code__ is ORIGINAL_STEP.__code__
+    assert inspect.unwrap(bound.__func__) is ORIGINAL_STEP  # its __code__ is its own
 
 
 def test_every_way_of_calling_it_returns_what_the_original_returns_and_is_traced(traced_step):
@@ -94,7 +115,7 @@ def test_every_way_of_calling_it_returns_what_the_original_returns_and_is_traced
              (("b",), {"mb_id": 6})]
     for args, kwargs in calls:
         assert engine.step(*args, **kwargs) == ORIGINAL_STEP(engine, *args, **kwargs)
-    assert Engine.step(engine, "b", 7) == ORIGINAL_STEP(engine, "b", 7)  # through the class: wrapt binds
+    assert Engine.step(engine, "b", 7) == ORIGINAL_STEP(engine, "b", 7)  # through the class
     steps = traced_step.stages("step")
     assert [event.microbatch for event in steps] == [0, 4, 5, 6, 7]
     assert [dict(event.attrs) for event in steps] == [{"label": "e0", "size": 3}] * 5
@@ -124,9 +145,7 @@ def test_pickle_and_copy_keep_the_traced_call(traced_step):
     assert [event.microbatch for event in traced_step.stages("step")] == [1, 2]
 
 
-def test_a_weak_method_calls_the_traced_method_in_c(traced_step, hot_path):
-    if not binds_in_c(hot_path):
-        pytest.skip("wrapt's BoundFunctionWrapper cannot be rebuilt by WeakMethod (type(meth)(func, obj))")
+def test_a_weak_method_calls_the_traced_method(traced_step):
     engine = Engine()
     weak = weakref.WeakMethod(engine.step)
     assert weak()("b", 3)[1] == 3
@@ -148,6 +167,8 @@ def test_uninstrument_gives_back_the_original_binding(traced_step):
 def test_classmethods_and_staticmethods_keep_wrapt_binding_and_are_traced(sched_trace_recorder):
     sched_trace.instrument(f"{__name__}:Engine.build", stage="build", batch_size="size")
     sched_trace.instrument(f"{__name__}:Engine.plan", stage="plan", microbatch="mb_id")
+    assert isinstance(vars(Engine)["build"], wrapt.FunctionWrapper)
+    assert isinstance(vars(Engine)["plan"], wrapt.FunctionWrapper)
     engine = Engine()
     assert isinstance(engine.build(4), Engine) and Engine.build(6).size == 6
     assert engine.plan(3) == 6 and Engine.plan(4) == 8
@@ -172,3 +193,48 @@ def test_a_wrapt_wrapper_stacked_on_top_still_calls_the_traced_method(traced_ste
     assert engine.step("b", 10)[1] == 10 and seen == [engine, engine]
     assert [event.microbatch for event in traced_step.stages("step")] == [9]
     Engine.step = ORIGINAL_STEP
+
+
+class Streams:
+    async def fetch(self, mb_id):
+        return mb_id
+
+    def chunks(self, mb_id):
+        yield mb_id
+
+
+def test_coroutine_and_generator_methods_stay_wrapt_proxies_that_callers_recognise(sched_trace_recorder):
+    """Callers tell a coroutine function by its code's flags (inspect, asyncio): a plain
+    function in their place would hide them, wrapt's proxy forwards them."""
+    import asyncio
+
+    plain = (inspect.iscoroutinefunction(Streams.fetch), inspect.isgeneratorfunction(Streams.chunks))
+    sched_trace.instrument(f"{__name__}:Streams.fetch", stage="fetch")
+    sched_trace.instrument(f"{__name__}:Streams.chunks", stage="chunks")
+    assert isinstance(vars(Streams)["fetch"], wrapt.FunctionWrapper)
+    assert isinstance(vars(Streams)["chunks"], wrapt.FunctionWrapper)
+    assert (inspect.iscoroutinefunction(Streams.fetch), inspect.isgeneratorfunction(Streams.chunks)) == plain
+    assert asyncio.run(Streams().fetch(2)) == 2 and list(Streams().chunks(3)) == [3]
+    assert len(sched_trace_recorder.stages("fetch")) == 1 and len(sched_trace_recorder.stages("chunks")) == 1
+
+
+def test_an_inherited_method_is_patched_on_the_subclass_and_undone_by_deleting_it(sched_trace_recorder):
+    class Base:
+        def step(self, mb_id):
+            return mb_id
+
+    class Derived(Base):
+        pass
+
+    import sys
+    module = sys.modules[__name__]
+    module.Derived = Derived
+    try:
+        handle = sched_trace.instrument(f"{__name__}:Derived.step", stage="derived")
+        assert type(vars(Derived)["step"]) is FunctionType and vars(Derived)["step"].__wrapped__ is vars(Base)["step"]
+        assert Derived().step(4) == 4 and Base().step(5) == 5
+        assert [event.microbatch for event in sched_trace_recorder.stages("derived")] == [None]
+        handle.uninstrument()
+        assert "step" not in vars(Derived) and Derived.step is Base.step
+    finally:
+        del module.Derived
