@@ -363,8 +363,15 @@ def interleaved_rows(by_batch: dict[int, dict[str, Any]], label: str) -> list[di
         pairs = result["pairs"]
         level = "default level" if result.get("level") is None else f"level {result['level']}"
         engine = result.get("where", "benchmarks/vllm_engine.py StepSwitch: steps of one engine")
+        stand_in = {"wrapt": ", the targets behind wrapt passthroughs instead",
+                    "function": ", the targets behind plain function passthroughs instead",
+                    "proxy": ", the probes behind sched-trace's wrapt proxy instead of a function in the class",
+                    }.get(result.get("stand_in", "installed"), "")
+        listener = {"null": "a do-nothing plugin listening", "none": "no plugin listening (every gate shut)"
+                    }.get(result.get("plugin", "otel"), "otel writing OTLP-JSON")
         where = (f"{len(pairs)} pairs of decode steps at batch {batch}, traced and untraced taking turns step "
-                 f"by step ({engine}), {'the ' if result.get('level') is None else 'at '}{level}, otel writing OTLP-JSON")
+                 f"by step ({engine}), {'the ' if result.get('level') is None else 'at '}{level}{stand_in}, "
+                 f"{listener}")
         delta = [(p["cpu_traced"] - p["cpu_untraced"]) / 1e3 for p in pairs]
         low, high = _bootstrap(delta)
         base_cpu = statistics.median(p["cpu_untraced"] / 1e3 for p in pairs)
@@ -570,8 +577,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--table", action="store_true", help="only the per-target table (targets mode)")
     parser.add_argument("--throughput", action="store_true", help="only the throughput triples")
     parser.add_argument("--profile-file", type=Path, help="measure this profile TOML instead of the shipped one")
-    parser.add_argument("--plugin", choices=("otel", "null"), default="otel",
-                        help="null: a plugin that does nothing (sched-trace's cost without the exporter's)")
+    parser.add_argument("--plugin", choices=("otel", "null", "none"), default="otel",
+                        help="null: a plugin that does nothing (sched-trace's cost without the exporter's); "
+                             "none: no plugin, so every probe's gate stays shut (what the wrappers alone cost)")
     parser.add_argument("--no-compile-check", action="store_true",
                         help="skip sched-trace's per-call torch.compiler.is_compiling() check")
     parser.add_argument("--omp", type=int, default=1, help="OpenMP threads of the engine (default 1)")
@@ -580,7 +588,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--interleaved", action="store_true",
                         help="only the step-interleaved pairs (batch 8 and 64): the precise figures")
     parser.add_argument("--wrapt-only", action="store_true",
-                        help="with --interleaved: traced steps run wrapt passthroughs (what wrapt alone costs)")
+                        help="with --interleaved: traced steps run wrapt passthroughs (what wrapt alone costs); "
+                             "the same as --stand-in wrapt")
+    parser.add_argument("--stand-in", choices=("installed", "wrapt", "function", "proxy"), default="installed",
+                        help="with --interleaved: what the traced steps run in place of vLLM's functions: what "
+                             "instrument() installed (default), wrapt passthroughs, plain function passthroughs, "
+                             "or sched-trace's wrapt proxy around the same probes (what it installed before)")
     parser.add_argument("--level", type=int,
                         help="with --interleaved or --sglang-interleaved: the traced steps' level (default: the "
                              "default level, 4)")
@@ -593,7 +606,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     EXTRA_ENV["OMP_NUM_THREADS"] = str(args.omp)
     extra = ("--plugin", args.plugin) + (("--no-compile-check",) if args.no_compile_check else ()) + (
-        ("--wrapt-only",) if args.wrapt_only else ())
+        "--stand-in", "wrapt" if args.wrapt_only else args.stand_in)
     if args.level is not None:
         extra += ("--level", str(args.level))
     if args.interleaved and args.profile_file is not None:

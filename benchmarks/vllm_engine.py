@@ -29,6 +29,7 @@ knobs are tiny_vllm.py's. Writes one JSON document.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -144,10 +145,13 @@ class Cases:
         sched_trace.configure(level=level, profile=self.profile, config=self.config)  # level None: the default
         if self.otel is None:  # loaded from its entry point by the first configure()
             self.otel = self.listening = get_manager().get_plugin("otel")
-        wanted = self.null if (plugin or self.plugin) == "null" else self.otel
+        chosen = plugin or self.plugin  # "none": no plugin listens, so the probes' gate stays shut
+        wanted = self.null if chosen == "null" else None if chosen == "none" else self.otel
         if wanted is not self.listening:
-            sched_trace.unregister(self.listening)
-            sched_trace.register(wanted)
+            if self.listening is not None:
+                sched_trace.unregister(self.listening)
+            if wanted is not None:
+                sched_trace.register(wanted)
             self.listening = wanted
         if not self.compile_check:
             from sched_trace import _probe as probe
@@ -188,6 +192,29 @@ def _passthrough_proxy(handle: Any) -> Any:
     import wrapt
 
     return wrapt.FunctionWrapper(handle.original, tiny_vllm._passthrough)
+
+
+def _passthrough_function(handle: Any) -> Any:
+    """A plain Python function that calls the target's own function, in place of sched-trace's."""
+    original = handle.original
+
+    def passthrough(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return original(self, *args, **kwargs)
+
+    return functools.update_wrapper(passthrough, original)
+
+
+def _traced_proxy(handle: Any) -> Any:
+    """sched-trace's wrapt proxy (``Traced``) around the target, the same probe: what
+    ``instrument()`` put in a class before it put a plain function there."""
+    from sched_trace._instrument import Traced
+
+    return Traced(handle.original, handle.probe.wrapper, handle.probe)
+
+
+#: What the traced steps of ``--mode interleaved`` run in place of vLLM's functions.
+STAND_INS = {"installed": lambda handle: handle.proxy, "wrapt": _passthrough_proxy,
+             "function": _passthrough_function, "proxy": _traced_proxy}
 
 
 def one_round(llm: Any, core: Any, gc_clock: GcClock, requests: int, tokens: int, traced: bool) -> dict[str, Any]:
@@ -288,13 +315,14 @@ class StepSwitch:
     outside the steps, always traced; their cost per step comes from the target table.
     """
 
-    def __init__(self, cases: Cases, wrapt_only: bool = False, level: Optional[int] = None) -> None:
+    def __init__(self, cases: Cases, stand_in: str = "installed", level: Optional[int] = None) -> None:
         self.core = cases.core
         cases.traced(level)  # None: the default level
         self.handles = _active_handles()
-        # wrapt_only: the traced steps run wrapt passthroughs instead (what wrapt alone costs)
-        self.proxies = {handle.target: _passthrough_proxy(handle) if wrapt_only else handle.proxy
-                        for handle in self.handles}
+        # stand_in (STAND_INS): what instrument() put in place ("installed"), or instead
+        # wrapt passthroughs (what wrapt alone costs), plain function passthroughs, or
+        # sched-trace's wrapt proxy around the same probes
+        self.proxies = {handle.target: STAND_INS[stand_in](handle) for handle in self.handles}
         self.step = self.core.step_fn.__name__  # step or step_with_batch_queue
         # (traced, cpu ns, wall ns, tokens, decode only: no prompt left to prefill, CPU ns
         # sched-trace's own threads ran while the step did)
@@ -337,10 +365,10 @@ class StepSwitch:
 
 
 def run_interleaved(llm: Any, cases: Cases, groups: int, requests: int, tokens: int,
-                    wrapt_only: bool = False, level: Optional[int] = None) -> dict[str, Any]:
+                    stand_in: str = "installed", level: Optional[int] = None) -> dict[str, Any]:
     import sched_trace
 
-    switch = StepSwitch(cases, wrapt_only=wrapt_only, level=level)
+    switch = StepSwitch(cases, stand_in=stand_in, level=level)
     one_round(llm, cases.core, GcClock(), requests, tokens, True)  # warm-up, traced
     switch.install()
     exporter_cpu, by_thread = [], {}
@@ -439,14 +467,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--batch", type=int, default=64, help="vLLM's max_num_seqs")
     parser.add_argument("--profile-file", type=Path, help="a profile TOML to use instead of the shipped one")
-    parser.add_argument("--plugin", choices=("otel", "null"), default="otel",
-                        help="null: a plugin that does nothing, to tell sched-trace's cost from the exporter's")
+    parser.add_argument("--plugin", choices=("otel", "null", "none"), default="otel",
+                        help="null: a plugin that does nothing, to tell sched-trace's cost from the exporter's; "
+                             "none: no plugin, so every probe's gate stays shut (what the wrappers alone cost)")
     parser.add_argument("--cases", default="untraced,level1,default",
                         help="throughput mode: the cases that take turns (untraced, level1, default, null, wrapt)")
     parser.add_argument("--no-compile-check", action="store_true",
                         help="skip sched-trace's torch.compiler.is_compiling() check per call, to measure it")
-    parser.add_argument("--wrapt-only", action="store_true",
-                        help="interleaved mode: the traced steps run wrapt passthroughs instead (wrapt's own cost)")
+    parser.add_argument("--stand-in", choices=tuple(STAND_INS), default="installed",
+                        help="interleaved mode: what the traced steps run in place of vLLM's functions: what "
+                             "instrument() installed; wrapt passthroughs (wrapt's own cost); plain function "
+                             "passthroughs; sched-trace's wrapt proxy around the same probes")
     parser.add_argument("--level", type=int,
                         help="interleaved mode: the traced steps' level (default: the default level, 4)")
     args = parser.parse_args(argv)
@@ -456,7 +487,7 @@ def main(argv: list[str]) -> int:
         cases = Cases(llm, Path(work) / "otel", args.profile_file, args.plugin)
         cases.compile_check = not args.no_compile_check
         if args.mode == "interleaved":
-            result = run_interleaved(llm, cases, args.groups, args.requests, args.tokens, args.wrapt_only,
+            result = run_interleaved(llm, cases, args.groups, args.requests, args.tokens, args.stand_in,
                                      args.level)
         elif args.mode == "throughput":
             result = run_throughput(llm, cases, args.groups, args.requests, args.tokens, tuple(args.cases.split(",")))
@@ -469,7 +500,7 @@ def main(argv: list[str]) -> int:
         sched_trace.shutdown()
         result["otel"] = sched_trace.stats().get("plugins", {}).get("otel", {})
         result["otel_bytes"] = sum(p.stat().st_size for p in (Path(work) / "otel").glob("*") if p.is_file())
-    result.update(mode=args.mode, level=args.level, plugin=args.plugin, compile_check=not args.no_compile_check, requests=args.requests, tokens=args.tokens, batch=args.batch,
+    result.update(mode=args.mode, level=args.level, plugin=args.plugin, stand_in=args.stand_in, compile_check=not args.no_compile_check, requests=args.requests, tokens=args.tokens, batch=args.batch,
                   omp_threads=os.environ.get("OMP_NUM_THREADS"), torch_threads=_torch_threads(), vllm=_vllm_version())
     args.out.write_text(json.dumps(result))
     return 0
