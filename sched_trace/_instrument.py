@@ -2,12 +2,12 @@
 
 ``instrument("pkg.mod:Class.method", ...)`` wraps the attribute with a wrapt
 ``FunctionWrapper``; when ``pkg.mod`` is not imported yet, a wrapt post-import hook
-patches it the moment it is. A plain (not async, not generator) function in a class's
-namespace is wrapped by a plain function instead (``traced_method``): the interpreter
-specializes ``self.method()`` on a function and on nothing else, and in a real engine a
-method behind a wrapt proxy costs the step several microseconds more than one behind a
-function (docs/performance.md, "A function in the class, not a proxy"). ``uninstrument`` puts the original object back (by
-identity), or, when another wrapt wrapper was stacked on top of ours, unlinks ours
+patches it the moment it is. A plain (not async, not generator) function of a class
+is wrapped by a plain function instead (``traced_method``): the interpreter specializes
+``self.method()`` on a function, not on a wrapt proxy, and in a real engine a method
+behind a proxy costs the step several microseconds more (docs/performance.md, "A
+function in the class, not a proxy"). ``uninstrument`` puts the original object back
+(by identity), or, when another wrapt wrapper was stacked on top of ours, unlinks ours
 from the chain and leaves theirs in place.
 
 A target whose level (2 or more) is above the configured level is resolved and checked
