@@ -32,7 +32,11 @@ another profile (an older ``vllm.toml``), ``--plugin null`` a do-nothing plugin 
 otel (sched-trace's cost without the exporter's), ``--no-compile-check`` the probes
 without their per-call ``torch.compiler.is_compiling()``, ``--omp N`` the engine on N
 OpenMP threads (default 1), ``--json FILE`` keeps the raw measurements;
-``--interleaved`` / ``--sglang-interleaved`` run only the pairs, ``--level N`` at level N.
+``--interleaved`` / ``--sglang-interleaved`` run only the pairs, ``--level N`` at level N;
+with ``--interleaved``, ``--plugin none`` leaves every probe's gate shut (no plugin
+listens: what the wrappers alone cost) and ``--stand-in`` puts something else in the
+traced steps: ``wrapt`` or ``function`` passthroughs, or ``proxy``, sched-trace's wrapt
+proxy around the same probes (what ``instrument()`` installed before a plain function).
 """
 
 from __future__ import annotations
