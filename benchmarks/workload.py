@@ -56,6 +56,11 @@ class Scheduler:
         batch_size="len(batch.reqs)", requests="batch.rids",
     )(run_batch)
 
+    def run_batch_instrumented(self, batch: Batch, mb_id: int) -> int:
+        """run_batch again, for instrument() to patch (instrument_method): a plain function
+        in the class, where the rows above are wrapt proxies the decorator made."""
+        return mb_id
+
     def poll(self, batch: Batch, mb_id: int) -> None:
         return None
 
@@ -80,16 +85,28 @@ def _loop_traced(scheduler: Scheduler, batch: Batch, n: int) -> None:
         scheduler.run_batch_traced(batch, i)
 
 
+def instrument_method() -> Any:
+    """instrument() on run_batch_instrumented, with run_batch_traced's declaration."""
+    return sched_trace.instrument(f"{__name__}:Scheduler.run_batch_instrumented", stage="bench_run_batch_instr",
+                                  level=4, microbatch="mb_id", batch_size="len(batch.reqs)", requests="batch.rids")
+
+
+def _loop_instrumented(scheduler: Scheduler, batch: Batch, n: int) -> None:
+    for i in range(n):
+        scheduler.run_batch_instrumented(batch, i)
+
+
 def _loop_fine(scheduler: Scheduler, batch: Batch, n: int) -> None:
     for i in range(n):
         scheduler.run_batch_fine(batch, i)
 
 
-LOOPS = {"bare": _loop_bare, "wrapt": _loop_wrapt, "traced": _loop_traced, "fine": _loop_fine}
+LOOPS = {"bare": _loop_bare, "wrapt": _loop_wrapt, "traced": _loop_traced, "fine": _loop_fine,
+         "instrumented": _loop_instrumented}
 
 
 ATTRIBUTES = {"bare": "run_batch", "wrapt": "run_batch_wrapt", "traced": "run_batch_traced",
-              "fine": "run_batch_fine", "idle": "poll_idle"}
+              "fine": "run_batch_fine", "idle": "poll_idle", "instrumented": "run_batch_instrumented"}
 
 
 def _loop_prebound(function: Callable[..., Any], batch: Batch, n: int) -> None:
