@@ -119,7 +119,7 @@ def method_form(owner: Any, original: Any, table_key: Any) -> bool:
             and not original.__code__.co_flags & _NOT_PLAIN)
 
 
-def traced_method(original: FunctionType, wrapper: Any, probe: Any) -> FunctionType:
+def traced_method(original: FunctionType, wrapper: Any) -> FunctionType:
     """A plain function standing in a class for ``original``: ``obj.method(*args)`` calls
     ``wrapper(original bound to obj, obj, args, kwargs)``, what wrapt's binding passes.
 
@@ -136,7 +136,6 @@ def traced_method(original: FunctionType, wrapper: Any, probe: Any) -> FunctionT
         return wrapper(bind(original, instance), instance, args, kwargs)
 
     functools.update_wrapper(method, original)
-    method._sched_trace_probe = probe  # type: ignore[attr-defined]
     # torch.compile traces the original in its place (what the probe does while torch
     # compiles: no span, no graph break); torch's own convention for a function's stand-in.
     method._torchdynamo_inline = original  # type: ignore[attr-defined]
@@ -247,7 +246,7 @@ class Handle:
                 f"cannot instrument {self.target!r}: it is a {type(original).__name__}, not a function"
             )
         probe = _declare(self.name, self.level, self.kind, function, self.options, repr(self.target))
-        proxy = (traced_method(original, probe.wrapper, probe) if method_form(owner, original, table_key)
+        proxy = (traced_method(original, probe.wrapper) if method_form(owner, original, table_key)
                  else Traced(original, probe.wrapper, probe))
         self.owner, self.original, self.own_attribute, self.table_key = owner, original, own, table_key
         self.proxy, self.probe, self._module = proxy, probe, module
