@@ -35,8 +35,10 @@ OpenMP threads (default 1), ``--json FILE`` keeps the raw measurements;
 ``--interleaved`` / ``--sglang-interleaved`` run only the pairs, ``--level N`` at level N;
 with ``--interleaved``, ``--plugin none`` leaves every probe's gate shut (no plugin
 listens: what the wrappers alone cost) and ``--stand-in`` puts something else in the
-traced steps: ``wrapt`` or ``function`` passthroughs, or ``proxy``, sched-trace's wrapt
-proxy around the same probes (what ``instrument()`` installed before a plain function).
+traced steps: ``wrapt`` or ``function`` passthroughs, ``proxy``, sched-trace's wrapt
+proxy around the same probes (what ``instrument()`` installed before a plain function),
+or ``python``, its pure-Python function around them (what it installs without the C
+extension, and installed with it before the C ``TracedMethod``).
 """
 
 from __future__ import annotations
@@ -370,6 +372,7 @@ def interleaved_rows(by_batch: dict[int, dict[str, Any]], label: str) -> list[di
         stand_in = {"wrapt": ", the targets behind wrapt passthroughs instead",
                     "function": ", the targets behind plain function passthroughs instead",
                     "proxy": ", the probes behind sched-trace's wrapt proxy instead of a function in the class",
+                    "python": ", the probes behind sched-trace's pure-Python function instead of its C method",
                     }.get(result.get("stand_in", "installed"), "")
         listener = {"null": "a do-nothing plugin listening", "none": "no plugin listening (every gate shut)"
                     }.get(result.get("plugin", "otel"), "otel writing OTLP-JSON")
@@ -594,10 +597,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--wrapt-only", action="store_true",
                         help="with --interleaved: traced steps run wrapt passthroughs (what wrapt alone costs); "
                              "the same as --stand-in wrapt")
-    parser.add_argument("--stand-in", choices=("installed", "wrapt", "function", "proxy"), default="installed",
+    parser.add_argument("--stand-in", choices=("installed", "wrapt", "function", "proxy", "python"),
+                        default="installed",
                         help="with --interleaved: what the traced steps run in place of vLLM's functions: what "
                              "instrument() installed (default), wrapt passthroughs, plain function passthroughs, "
-                             "or sched-trace's wrapt proxy around the same probes (what it installed before)")
+                             "sched-trace's wrapt proxy around the same probes, or its pure-Python function "
+                             "around them (what it installed before the C TracedMethod)")
     parser.add_argument("--level", type=int,
                         help="with --interleaved or --sglang-interleaved: the traced steps' level (default: the "
                              "default level, 4)")

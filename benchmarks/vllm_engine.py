@@ -212,9 +212,17 @@ def _traced_proxy(handle: Any) -> Any:
     return Traced(handle.original, handle.probe.wrapper, handle.probe)
 
 
+def _traced_python_method(handle: Any) -> Any:
+    """instrument()'s pure-Python function around the target, the same probe: what it puts
+    in a class without the C extension (and put there with it before TracedMethod)."""
+    from sched_trace._instrument import python_method
+
+    return python_method(handle.original, handle.probe.wrapper)
+
+
 #: What the traced steps of ``--mode interleaved`` run in place of vLLM's functions.
 STAND_INS = {"installed": lambda handle: handle.proxy, "wrapt": _passthrough_proxy,
-             "function": _passthrough_function, "proxy": _traced_proxy}
+             "function": _passthrough_function, "proxy": _traced_proxy, "python": _traced_python_method}
 
 
 def one_round(llm: Any, core: Any, gc_clock: GcClock, requests: int, tokens: int, traced: bool) -> dict[str, Any]:
@@ -477,7 +485,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--stand-in", choices=tuple(STAND_INS), default="installed",
                         help="interleaved mode: what the traced steps run in place of vLLM's functions: what "
                              "instrument() installed; wrapt passthroughs (wrapt's own cost); plain function "
-                             "passthroughs; sched-trace's wrapt proxy around the same probes")
+                             "passthroughs; sched-trace's wrapt proxy around the same probes; its pure-Python "
+                             "function around them")
     parser.add_argument("--level", type=int,
                         help="interleaved mode: the traced steps' level (default: the default level, 4)")
     args = parser.parse_args(argv)

@@ -26,10 +26,16 @@ typedef struct {
 } TracedMethod;
 
 static PyTypeObject TracedMethodType;
-static PyObject *str_self_method, *str_wrapped, *str_doc;
+/* _speedups.c: the call through a probe of its own, from the call's vector (1), or 0 when the
+ * wrapper is some other callable. */
+int probe_call_method(PyObject *probe, PyObject *function, PyObject *const *argv, size_t nargsf, PyObject *kwnames,
+                      PyObject **out);
+static PyObject *str_self_method, *str_wrapped, *str_doc, *str_class, *str_dynamo_inline;
 static descrgetfunc wrapt_descr_get; /* wrapt.FunctionWrapper's own binding */
 
-/* obj.method(*args, **kwargs) arrives as (obj, *args): wrapper(obj.<original>, obj, args, kwargs). */
+/* obj.method(*args, **kwargs) arrives as (obj, *args): wrapper(obj.<original>, obj, args, kwargs), as
+ * wrapt's binding would call it; for a probe of sched-trace's own, the same call made from the
+ * vector itself (_speedups.c, probe_call_method). */
 static PyObject *
 traced_method_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject *kwnames)
 {
@@ -38,6 +44,8 @@ traced_method_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyO
     if (nargs < 1) /* no instance: the function says what is missing, as it would unwrapped */
         return PyObject_Vectorcall(self->function, argv, nargsf, kwnames);
     PyObject *instance = argv[0], *result = NULL;
+    if (probe_call_method(self->wrapper, self->function, argv, nargsf, kwnames, &result))
+        return result;
     PyObject *bound = PyMethod_New(self->function, instance);
     PyObject *args = PyTuple_New(nargs - 1);
     PyObject *kwargs = PyDict_New(); /* a dict, empty or not, as wrapt passes */
@@ -83,14 +91,18 @@ traced_method_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 
 /* What a function answers (__name__, __qualname__, __module__, __doc__, __code__, ...), it
  * answers: a bound method reads them from its __func__, and so do inspect, pickle and repr.
- * __wrapped__ is the function (inspect.signature follows it). */
+ * __wrapped__ is the function (inspect.signature follows it); so is _torchdynamo_inline (what
+ * torch.compile traces in its place: torch's convention for a function's stand-in), and its
+ * __class__ is the function's, so isinstance(x, FunctionType) holds, as for wrapt's proxies. */
 static PyObject *
 traced_method_getattro(PyObject *op, PyObject *name)
 {
     TracedMethod *self = (TracedMethod *)op;
     if (PyUnicode_Check(name)) {
-        if (PyUnicode_Compare(name, str_wrapped) == 0)
+        if (PyUnicode_Compare(name, str_wrapped) == 0 || PyUnicode_Compare(name, str_dynamo_inline) == 0)
             return Py_NewRef(self->function);
+        if (PyUnicode_Compare(name, str_class) == 0) /* isinstance(x, FunctionType), as wrapt's proxy answers */
+            return Py_NewRef((PyObject *)Py_TYPE(self->function));
         if (PyUnicode_Compare(name, str_doc) == 0)
             return PyObject_GetAttr(self->function, name);
     }
@@ -127,6 +139,27 @@ traced_method_dealloc(TracedMethod *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* Class.method is the TracedMethod itself; obj.method a bound method of it, as of a function. */
+static PyObject *
+traced_method_descr_get(PyObject *self, PyObject *obj, PyObject *type)
+{
+    if (obj == NULL || obj == Py_None)
+        return Py_NewRef(self);
+    return PyMethod_New(self, obj);
+}
+
+/* Pickled by reference, as its function is: pickle finds module.qualname and checks that it is this. */
+static PyObject *
+traced_method_reduce(TracedMethod *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyObject_GetAttrString(self->function, "__qualname__");
+}
+
+static PyMethodDef traced_method_methods[] = {
+    {"__reduce__", (PyCFunction)traced_method_reduce, METH_NOARGS, "Pickled by reference: its qualified name."},
+    {NULL},
+};
+
 static PyObject *
 traced_method_repr(TracedMethod *self)
 {
@@ -139,7 +172,12 @@ static PyTypeObject TracedMethodType = {
     .tp_doc = "TracedMethod(function, wrapper): the __func__ of a traced method bound to its instance; "
               "calling it with (instance, *args) calls wrapper(bound function, instance, args, kwargs).",
     .tp_basicsize = sizeof(TracedMethod),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    /* A method descriptor (as a function is): the interpreter's specialized ``self.method()``
+     * loads it without binding and calls it with the instance first, through vectorcall. */
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL |
+                Py_TPFLAGS_METHOD_DESCRIPTOR | Py_TPFLAGS_IMMUTABLETYPE,
+    .tp_descr_get = traced_method_descr_get,
+    .tp_methods = traced_method_methods,
     .tp_new = traced_method_new,
     .tp_dealloc = (destructor)traced_method_dealloc,
     .tp_traverse = (traverseproc)traced_method_traverse,
@@ -220,7 +258,9 @@ binding_init(PyObject *module)
 {
     if ((str_self_method = PyUnicode_InternFromString("_self_method")) == NULL ||
         (str_wrapped = PyUnicode_InternFromString("__wrapped__")) == NULL ||
-        (str_doc = PyUnicode_InternFromString("__doc__")) == NULL)
+        (str_doc = PyUnicode_InternFromString("__doc__")) == NULL ||
+        (str_class = PyUnicode_InternFromString("__class__")) == NULL ||
+        (str_dynamo_inline = PyUnicode_InternFromString("_torchdynamo_inline")) == NULL)
         return -1;
     if (PyType_Ready(&TracedMethodType) < 0 ||
         PyModule_AddObjectRef(module, "TracedMethod", (PyObject *)&TracedMethodType) < 0 ||

@@ -3,10 +3,12 @@
 ``instrument("pkg.mod:Class.method", ...)`` wraps the attribute with a wrapt
 ``FunctionWrapper``; when ``pkg.mod`` is not imported yet, a wrapt post-import hook
 patches it the moment it is. A plain (not async, not generator) function of a class
-is wrapped by a plain function instead (``traced_method``): the interpreter specializes
-``self.method()`` on a function, not on a wrapt proxy, and in a real engine a method
-behind a proxy costs the step several microseconds more (docs/performance.md, "A
-function in the class, not a proxy"). ``uninstrument`` puts the original object back
+is wrapped by a method descriptor instead (``traced_method``: the C ``TracedMethod``, or
+a Python function without the extension): the interpreter specializes ``self.method()``
+on a method descriptor, not on a wrapt proxy (nor, on 3.11, on a Python function taking
+``*args``), and in a real engine a method behind a proxy costs the step several
+microseconds more (docs/performance.md, "A function in the class, not a proxy", "A
+method descriptor in C"). ``uninstrument`` puts the original object back
 (by identity), or, when another wrapt wrapper was stacked on top of ours, unlinks ours
 from the chain and leaves theirs in place.
 
@@ -112,24 +114,34 @@ _NOT_PLAIN = CO_COROUTINE | CO_GENERATOR | CO_ASYNC_GENERATOR | CO_ITERABLE_CORO
 
 
 def method_form(owner: Any, original: Any, table_key: Any) -> bool:
-    """Whether a target is wrapped by a plain function (traced_method): a plain function
+    """Whether a target is wrapped by traced_method (not a wrapt proxy): a plain function
     in a class's own namespace or a base's, not a coroutine or generator function (which
     callers recognise by their code's flags, as wrapt's proxy forwards them)."""
     return (table_key is None and isinstance(owner, type) and type(original) is FunctionType
             and not original.__code__.co_flags & _NOT_PLAIN)
 
 
-def traced_method(original: FunctionType, wrapper: Any) -> FunctionType:
-    """A plain function standing in a class for ``original``: ``obj.method(*args)`` calls
+def traced_method(original: FunctionType, wrapper: Any) -> Any:
+    """What stands in a class for ``original``: ``obj.method(*args)`` calls
     ``wrapper(original bound to obj, obj, args, kwargs)``, what wrapt's binding passes.
 
-    A function, so the interpreter's specialized attribute lookup and call apply to it
-    as to the original (a wrapt proxy is a descriptor it cannot specialize). It answers
-    as the original does (name, qualified name, module, docstring, its attributes,
-    ``__wrapped__``, so ``inspect.signature`` too), pickles by reference as it does, and
-    sits under another wrapt wrapper as it would; its ``__code__`` is its own (what
-    ``inspect.getfullargspec``, which does not follow ``__wrapped__``, reads).
+    With the C extension, a ``TracedMethod`` (sched_trace/_binding.c): a method descriptor
+    as a function is, so the interpreter's specialized ``self.method()`` loads it without
+    binding and calls it with the instance first, and it makes the wrapper's arguments in
+    C. Without it, a plain Python function (:func:`python_method`). Either answers as the
+    original does (name, qualified name, module, docstring, attributes, ``__wrapped__``
+    and so ``inspect.signature``), pickles by reference as it does, and sits under
+    another wrapt wrapper as it would; a wrapt proxy, the interpreter specializes neither.
     """
+    speedups = _native.speedups
+    if speedups is not None and hasattr(speedups, "TracedMethod"):
+        return speedups.TracedMethod(original, wrapper)
+    return python_method(original, wrapper)
+
+
+def python_method(original: FunctionType, wrapper: Any) -> FunctionType:
+    """traced_method in pure Python: a plain function in the class, whose ``__code__`` is
+    its own (what ``inspect.getfullargspec``, which does not follow ``__wrapped__``, reads)."""
     bind = MethodType
 
     def method(instance: Any, /, *args: Any, **kwargs: Any) -> Any:
@@ -212,7 +224,7 @@ class Handle:
         self.owner: Any = None
         self.original: Any = None
         self.own_attribute = False
-        self.proxy: Any = None  # what is patched in: a Traced, or a traced_method
+        self.proxy: Any = None  # what is patched in: a Traced, or what traced_method made
         self.probe: Any = None
 
     @property

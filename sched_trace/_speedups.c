@@ -380,6 +380,11 @@ find_active_slot(Traced *self)
 
 static PyObject *traced_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject *kwnames);
 static PyObject *kept_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject *kwnames);
+static PyObject *request_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject *kwnames);
+typedef struct Call Call;
+static PyObject *traced_open(Traced *self, PyObject *instance, PyObject *args, PyObject *kwargs, const Call *call);
+static PyObject *kept_open(Traced *self, PyObject *instance, PyObject *args, PyObject *kwargs, const Call *call);
+static PyObject *request_open(Traced *self, PyObject *instance, PyObject *args, PyObject *kwargs, const Call *call);
 
 /* The attributes: NO_ATTRS, or ((key, (extractor, plan), condition or None), ...); a key
  * with a condition is read only where its condition holds (``"EXPR if CONDITION"``). */
@@ -537,6 +542,25 @@ call_through(PyObject *wrapped, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     return PyObject_Call(wrapped, args, kwargs == Py_None ? NULL : kwargs);
+}
+
+/* How a probe calls what it traces: wrapt's form, ``wrapped(*args, **kwargs)`` with wrapped
+ * bound to the instance; or a method's own, ``function(instance, *args, **kwargs)`` from the
+ * caller's own argument vector (a TracedMethod's call, _binding.c: nothing made for it). */
+struct Call {
+    PyObject *wrapped, *args, *kwargs;
+    PyObject *function;
+    PyObject *const *argv;
+    size_t nargsf;
+    PyObject *kwnames;
+};
+
+static PyObject *
+call_run(const Call *call)
+{
+    if (call->function != NULL)
+        return PyObject_Vectorcall(call->function, call->argv, call->nargsf, call->kwnames);
+    return call_through(call->wrapped, call->args, call->kwargs);
 }
 
 /* time.monotonic_ns() + _clock._offset_ns, read from the clock time.monotonic_ns reads, into
@@ -1064,7 +1088,14 @@ traced_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject *
     int open = gate(self); /* the level, then torch.compile tracing */
     if (open <= 0)
         return open < 0 ? NULL : call_through(wrapped, args, kwargs);
+    Call call = {wrapped, args, kwargs};
+    return traced_open(self, instance, args, kwargs, &call);
+}
 
+/* A stage or batch probe's span around the call, its gate open. */
+static PyObject *
+traced_open(Traced *self, PyObject *instance, PyObject *args, PyObject *kwargs, const Call *call)
+{
     Span span = {NULL};
     PyObject *result = NULL, *sink = open_span(self, &span);
     if (sink == NULL)
@@ -1091,7 +1122,7 @@ traced_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject *
     if (inside == NULL || PyList_SetItem(span.cell, 0, inside) < 0) /* steals inside */
         goto done;
 
-    result = call_through(wrapped, args, kwargs);
+    result = call_run(call);
 
     Raised raised = {NULL};
     if (result == NULL)
@@ -1137,7 +1168,14 @@ kept_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject *kw
     int open = gate(self);
     if (open <= 0)
         return open < 0 ? NULL : call_through(wrapped, args, kwargs);
+    Call call = {wrapped, args, kwargs};
+    return kept_open(self, instance, args, kwargs, &call);
+}
 
+/* A keep_if probe's call, decision and events, its gate open. */
+static PyObject *
+kept_open(Traced *self, PyObject *instance, PyObject *args, PyObject *kwargs, const Call *call)
+{
     Span span = {NULL};
     PyObject *pending = NULL, *result = NULL, *sink = open_span(self, &span);
     if (sink == NULL)
@@ -1165,7 +1203,7 @@ kept_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject *kw
     if (inside == NULL || PyList_SetItem(span.cell, 0, inside) < 0)
         goto done;
 
-    result = call_through(wrapped, args, kwargs);
+    result = call_run(call);
 
     Raised raised = {NULL};
     if (result == NULL)
@@ -1220,7 +1258,14 @@ request_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject 
     int on = level_on(self);
     if (on <= 0)
         return on < 0 ? NULL : call_through(wrapped, args, kwargs);
+    Call call = {wrapped, args, kwargs};
+    return request_open(self, instance, args, kwargs, &call);
+}
 
+/* A request probe's phase event, its level on, then the call. */
+static PyObject *
+request_open(Traced *self, PyObject *instance, PyObject *args, PyObject *kwargs, const Call *call)
+{
     PyObject *calls = NULL, *rid = NULL, *cell = NULL, *rank = NULL, *top = NULL, *extra = NULL;
     PyObject *prompt = NULL, *output = NULL, *ts = NULL, *rid_text = NULL, *event = NULL, *phase = NULL;
     int status = -1;
@@ -1312,7 +1357,47 @@ done:
     Py_XDECREF(phase);
     if (status < 0)
         return NULL;
-    return call_through(wrapped, args, kwargs);
+    return call_run(call);
+}
+
+/* obj.method(*args, **kwargs) of a TracedMethod whose wrapper is a probe here (_binding.c), the
+ * call's own vector (obj, *args, kwnames): what the probe's vectorcall does with
+ * (obj.<function>, obj, args, kwargs), without making them. A shut gate calls the function
+ * with the same vector and makes nothing; an open one makes args and kwargs for the
+ * extractors and the events, and still calls the function with the vector, not a bound
+ * method. 1 and the result in *out when ``probe`` is such a probe, 0 when it is not. */
+int
+probe_call_method(PyObject *probe, PyObject *function, PyObject *const *argv, size_t nargsf, PyObject *kwnames,
+                  PyObject **out)
+{
+    if (!Py_IS_TYPE(probe, &TracedType))
+        return 0;
+    Traced *self = (Traced *)probe;
+    vectorcallfunc kind = self->vectorcall;
+    int open = kind == request_vectorcall ? level_on(self) : gate(self);
+    if (open <= 0) {
+        *out = open < 0 ? NULL : PyObject_Vectorcall(function, argv, nargsf, kwnames);
+        return 1;
+    }
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf); /* 1 or more: the caller checked */
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    PyObject *args = PyTuple_New(nargs - 1), *kwargs = PyDict_New(); /* a dict, empty or not, as wrapt passes */
+    *out = NULL;
+    if (args == NULL || kwargs == NULL)
+        goto done;
+    for (Py_ssize_t i = 1; i < nargs; i++)
+        PyTuple_SET_ITEM(args, i - 1, Py_NewRef(argv[i]));
+    for (Py_ssize_t i = 0; i < nkw; i++)
+        if (PyDict_SetItem(kwargs, PyTuple_GET_ITEM(kwnames, i), argv[nargs + i]) < 0)
+            goto done;
+    Call call = {NULL, args, kwargs, function, argv, nargsf, kwnames};
+    *out = kind == traced_vectorcall ? traced_open(self, argv[0], args, kwargs, &call)
+           : kind == kept_vectorcall ? kept_open(self, argv[0], args, kwargs, &call)
+                                     : request_open(self, argv[0], args, kwargs, &call);
+done:
+    Py_XDECREF(args);
+    Py_XDECREF(kwargs);
+    return 1;
 }
 
 /* request_traced(...): a request probe's traced call (the C form of _hotpath.REQUEST_TEMPLATE). */

@@ -1,6 +1,7 @@
 """``obj.method`` of a traced method, the same to its callers as the original's.
 
-``instrument()`` puts a plain function in the class (``_instrument.traced_method``), so
+``instrument()`` puts the C ``TracedMethod`` in the class (a method descriptor, as a
+function is; a plain function in pure Python: ``_instrument.traced_method``), so
 ``obj.method`` is an ordinary bound method of it. A method decorated in its class body is
 a wrapt proxy; with the C hot path ``obj.method`` of it is an ordinary bound method of the
 wrapper's ``TracedMethod`` (sched_trace/_binding.c) instead of wrapt's
@@ -13,9 +14,11 @@ exceptions), what pickle, copy and weakref give back, and the recorded events.
 from __future__ import annotations
 
 import copy
+import dis
 import gc
 import inspect
 import pickle
+import sys
 import weakref
 from types import FunctionType, MethodType
 
@@ -70,14 +73,59 @@ def binds_in_c(hot_path: str) -> bool:
     return hot_path == "c" and BINDS_IN_C
 
 
-def test_an_instrumented_method_is_a_plain_function_in_the_class(traced_step):
-    """instrument() puts a function in the class, on both forms: the interpreter
-    specializes ``self.step()`` on a function, never on a wrapt proxy."""
+def test_an_instrumented_method_is_a_method_descriptor_in_the_class(traced_step, hot_path):
+    """instrument() puts in the class what the interpreter treats as a function: the C
+    TracedMethod (a method descriptor) with the C hot path, a plain function without.
+    Either answers isinstance(FunctionType) and unwraps to the original."""
     patched = vars(Engine)["step"]
-    assert type(patched) is FunctionType and patched is not ORIGINAL_STEP
+    if hot_path == "c":
+        assert type(patched) is _native.speedups.TracedMethod
+    else:
+        assert type(patched) is FunctionType
+    assert isinstance(patched, FunctionType) and inspect.isfunction(patched) and patched is not ORIGINAL_STEP
     assert patched.__wrapped__ is ORIGINAL_STEP and inspect.unwrap(patched) is ORIGINAL_STEP
+    assert Engine.step is patched  # through the class: itself, as a function is
     bound = Engine().step
     assert type(bound) is MethodType and bound.__func__ is patched
+
+
+def _specialized(function) -> bool:
+    """Whether the interpreter has specialized the instruction that loads ``engine.step``
+    in ``function`` (3.11: LOAD_METHOD_WITH_VALUES and kin, where an unspecialized one
+    reads LOAD_METHOD_ADAPTIVE; 3.12 and later: LOAD_ATTR_METHOD_*)."""
+    (load,) = [i for i in dis.get_instructions(function, adaptive=True) if i.argval == "step"]
+    return load.opname not in ("LOAD_METHOD", "LOAD_ATTR", "LOAD_METHOD_ADAPTIVE", "LOAD_ATTR_ADAPTIVE")
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="the specializing interpreter is 3.11's")
+def test_the_interpreter_specializes_self_method_on_it_as_on_a_function(traced_step, hot_path):
+    """The reason it is a TracedMethod: ``engine.step()`` loads it with a specialized
+    instruction (no bound method made), as for the original; on a wrapt proxy it cannot,
+    nor (on 3.11) on a Python function taking ``*args``, the pure-Python form."""
+    if hot_path != "c":
+        pytest.skip("the pure-Python form takes *args, which 3.11 does not specialize self.method() on")
+
+    def calls(engine):
+        return engine.step("b")
+
+    engine = Engine()
+    for _ in range(64):
+        calls(engine)
+    assert _specialized(calls)
+    assert len(traced_step.stages("step")) == 64
+
+    class Owned:  # the control: a decorated method stays a proxy, which it cannot specialize
+        @sched_trace.stage("owned")
+        def step(self, batch):
+            return batch
+
+    def calls_proxy(owned):
+        return owned.step("b")
+
+    owned = Owned()
+    for _ in range(64):
+        calls_proxy(owned)
+    assert not _specialized(calls_proxy)
 
 
 def test_a_decorated_method_binds_in_c_and_python_binds_with_wrapt(sched_trace_recorder, hot_path):
@@ -106,7 +154,17 @@ def test_a_bound_traced_method_answers_as_the_original(traced_step):
     assert inspect.signature(bound) == inspect.signature(plain)
     assert bound.__self__ is engine
     assert bound == engine.step and hash(bound) == hash(engine.step)
-    assert inspect.unwrap(bound.__func__) is ORIGINAL_STEP  # its __code__ is its own
+    assert inspect.unwrap(bound.__func__) is ORIGINAL_STEP
+
+
+def test_the_class_attribute_pickles_copies_and_reads_as_the_original(traced_step, hot_path):
+    patched = vars(Engine)["step"]
+    assert pickle.loads(pickle.dumps(Engine.step)) is patched  # by reference, as a function
+    assert copy.copy(patched) is patched and copy.deepcopy(patched) is patched
+    assert inspect.signature(Engine.step) == inspect.signature(ORIGINAL_STEP)
+    if hot_path == "c":  # it reads the original's code; the pure-Python function has its own
+        assert inspect.getfullargspec(Engine.step) == inspect.getfullargspec(ORIGINAL_STEP)
+        assert Engine.step.__code__ is ORIGINAL_STEP.__code__
 
 
 def test_every_way_of_calling_it_returns_what_the_original_returns_and_is_traced(traced_step):
@@ -119,6 +177,43 @@ def test_every_way_of_calling_it_returns_what_the_original_returns_and_is_traced
     steps = traced_step.stages("step")
     assert [event.microbatch for event in steps] == [0, 4, 5, 6, 7]
     assert [dict(event.attrs) for event in steps] == [{"label": "e0", "size": 3}] * 5
+
+
+def test_with_the_gate_shut_every_way_of_calling_it_returns_what_the_original_returns(traced_step):
+    """Below the stage's level the method calls the original with the caller's own
+    arguments (in C straight from the call's vector) and records nothing."""
+    engine = Engine(size=3)
+    sched_trace.set_level(0)  # the step's stage is level 2, the default
+    calls = [((), {"batch": "b"}), (("b", 4), {}), (("b", 5, "x", "y"), {"note": "n", "k": 1})]
+    for args, kwargs in calls:
+        assert engine.step(*args, **kwargs) == ORIGINAL_STEP(engine, *args, **kwargs)
+    assert Engine.step(engine, "b", 7) == ORIGINAL_STEP(engine, "b", 7)
+    with pytest.raises(StepError, match="own error"):
+        engine.step("b", 1, note="raise")
+    with pytest.raises(TypeError, match="batch"):
+        engine.step()
+    assert traced_step.stages("step") == []
+    sched_trace.set_level(2)
+    assert engine.step("b", 8)[1] == 8
+    assert [event.microbatch for event in traced_step.stages("step")] == [8]
+
+
+def test_keep_if_and_request_probes_on_a_method_see_its_arguments(sched_trace_recorder):
+    """The other two probes in the class: a keep_if stage (its condition reads the result)
+    and a request phase (its request id read from an argument, by keyword too)."""
+    sched_trace.instrument(f"{__name__}:Engine.step", stage="kept", microbatch="mb_id",
+                           keep_if="mb_id != 0")
+    sched_trace.instrument(f"{__name__}:Engine.build", stage="build")  # a classmethod: the proxy
+    engine = Engine()
+    assert engine.step("b", 0) == ORIGINAL_STEP(engine, "b", 0)  # idle: dropped
+    assert engine.step("b", mb_id=3, note="n") == ORIGINAL_STEP(engine, "b", mb_id=3, note="n")
+    assert [event.microbatch for event in sched_trace_recorder.stages("kept")] == [3]
+    sched_trace.uninstrument(f"{__name__}:Engine.step")
+    sched_trace.instrument(f"{__name__}:Engine.step", kind="request", phase="arrived", request_id="batch")
+    assert engine.step("r1", 1) == ORIGINAL_STEP(engine, "r1", 1)
+    assert engine.step(batch="r2") == ORIGINAL_STEP(engine, batch="r2")
+    phases = [(event.request_id, event.phase) for event in sched_trace_recorder.requests()]
+    assert phases == [("r1", "arrived"), ("r2", "arrived")]
 
 
 def test_the_original_error_reaches_the_caller_and_the_span(traced_step):
@@ -231,7 +326,7 @@ def test_an_inherited_method_is_patched_on_the_subclass_and_undone_by_deleting_i
     module.Derived = Derived
     try:
         handle = sched_trace.instrument(f"{__name__}:Derived.step", stage="derived")
-        assert type(vars(Derived)["step"]) is FunctionType and vars(Derived)["step"].__wrapped__ is vars(Base)["step"]
+        assert isinstance(vars(Derived)["step"], FunctionType) and vars(Derived)["step"].__wrapped__ is vars(Base)["step"]
         assert Derived().step(4) == 4 and Base().step(5) == 5
         assert [event.microbatch for event in sched_trace_recorder.stages("derived")] == [None]
         handle.uninstrument()
