@@ -371,7 +371,7 @@ def interleaved_rows(by_batch: dict[int, dict[str, Any]], label: str) -> list[di
         engine = result.get("where", "benchmarks/vllm_engine.py StepSwitch: steps of one engine")
         stand_in = {"wrapt": ", the targets behind wrapt passthroughs instead",
                     "function": ", the targets behind plain function passthroughs instead",
-                    "proxy": ", the probes behind sched-trace's wrapt proxy instead of a function in the class",
+                    "proxy": ", the probes behind sched-trace's wrapt proxy instead of its method in the class",
                     "python": ", the probes behind sched-trace's pure-Python function instead of its C method",
                     }.get(result.get("stand_in", "installed"), "")
         listener = {"null": "a do-nothing plugin listening", "none": "no plugin listening (every gate shut)"

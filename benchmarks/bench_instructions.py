@@ -16,8 +16,9 @@ event: one hand-written frame building it, no span stack, no extractor calls, ha
 to the same buffer-append hook as the built-in exporters' (a list-append plugin keeps
 every event, and the collector's passes over them count too). The ``decorated`` method is
 a wrapt proxy in the class (what ``@sched_trace.stage`` makes); the ``instrument()'s
-function in the class`` rows patch a plain method of the same class with
-``instrument()``, which puts a plain function there (``_instrument.traced_method``).
+method in the class`` rows patch a plain method of the same class with
+``instrument()``, which puts its C ``TracedMethod`` there (``_instrument.traced_method``;
+a pure-Python function without the extension).
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ CASES = {
     "off, pure Python": ("traced", "none", "pure"),
     "on, built-in exporter hook, pure Python": ("traced", "exporter", "pure"),
     "floor of a Python wrapper: the same event by hand in one frame": ("floor", "exporter"),
-    "off, instrument()'s function in the class": ("instrumented", "none"),
-    "on, instrument()'s function in the class, built-in exporter hook": ("instrumented", "exporter"),
+    "off, instrument()'s method in the class": ("instrumented", "none"),
+    "on, instrument()'s method in the class, built-in exporter hook": ("instrumented", "exporter"),
 }
 # self.run_batch(...) looked up on the instance at every call, as a scheduler calls it: the
 # method's binding counts too (wrapt's BoundFunctionWrapper, or sched-trace's bound method).
@@ -54,8 +55,8 @@ PER_LOOKUP = {
     "wrapt": ("wrapt", "none", "", "lookup"),
     "off": ("traced", "none", "", "lookup"),
     "on, built-in exporter hook (buffer append)": ("traced", "exporter", "", "lookup"),
-    "off, instrument()'s function in the class": ("instrumented", "none", "", "lookup"),
-    "on, instrument()'s function in the class, built-in exporter hook": ("instrumented", "exporter", "", "lookup"),
+    "off, instrument()'s method in the class": ("instrumented", "none", "", "lookup"),
+    "on, instrument()'s method in the class, built-in exporter hook": ("instrumented", "exporter", "", "lookup"),
 }
 LIMITS = {"off": 1.05, "above level": 1.05, "on, list-append plugin": 3.0,
           "on, built-in exporter hook (buffer append)": 3.0, "on, keep_if drops an idle call": 3.5,
