@@ -9,9 +9,18 @@
  * sched_trace._instrument.Traced makes when the C hot path is on), ``obj.method`` is an
  * ordinary bound method of it, as ``obj.method`` of the undecorated function is a bound
  * method of that function. Calling it makes what wrapt would pass the wrapper:
- * ``wrapper(bound original, obj, args, kwargs)``. Everything else (access through the
- * class, classmethods, staticmethods, a wrapper stacked on another, no TracedMethod)
+ * ``wrapper(bound original, obj, args, kwargs)``, or, where the wrapper is a probe of
+ * _speedups.c, calls the probe with the call's own vector (``probe_call_method``: a shut
+ * gate calls the original with it and makes nothing). Everything else (access through
+ * the class, classmethods, staticmethods, a wrapper stacked on another, no TracedMethod)
  * is wrapt's own binding, unchanged; undo and stacking stay wrapt's too.
+ *
+ * ``instrument()`` puts a TracedMethod in the class itself for a plain method
+ * (sched_trace._instrument.traced_method): a method descriptor, as a function is, so the
+ * interpreter's specialized ``self.method()`` loads it without binding (on 3.11 it does
+ * for a function with plain parameters and for a method descriptor, never for a wrapt
+ * proxy or a function taking ``*args``). Through the class it is itself; its attributes
+ * are its function's, read and written.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -139,6 +148,14 @@ traced_method_dealloc(TracedMethod *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* An attribute set or deleted on it is set on or deleted from its function, where it reads
+ * them (as wrapt's proxy forwards them to what it wraps). */
+static int
+traced_method_setattro(PyObject *op, PyObject *name, PyObject *value)
+{
+    return PyObject_SetAttr(((TracedMethod *)op)->function, name, value);
+}
+
 /* Class.method is the TracedMethod itself; obj.method a bound method of it, as of a function. */
 static PyObject *
 traced_method_descr_get(PyObject *self, PyObject *obj, PyObject *type)
@@ -169,8 +186,9 @@ traced_method_repr(TracedMethod *self)
 static PyTypeObject TracedMethodType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "sched_trace._speedups.TracedMethod",
-    .tp_doc = "TracedMethod(function, wrapper): the __func__ of a traced method bound to its instance; "
-              "calling it with (instance, *args) calls wrapper(bound function, instance, args, kwargs).",
+    .tp_doc = "TracedMethod(function, wrapper): a traced method, in its class (instrument()) or as the "
+              "__func__ of a decorated method bound to its instance; calling it with (instance, *args) calls "
+              "wrapper(bound function, instance, args, kwargs), or a probe of sched-trace's with the call itself.",
     .tp_basicsize = sizeof(TracedMethod),
     /* A method descriptor (as a function is): the interpreter's specialized ``self.method()``
      * loads it without binding and calls it with the instance first, through vectorcall. */
@@ -185,6 +203,7 @@ static PyTypeObject TracedMethodType = {
     .tp_call = PyVectorcall_Call,
     .tp_vectorcall_offset = offsetof(TracedMethod, vectorcall),
     .tp_getattro = traced_method_getattro,
+    .tp_setattro = traced_method_setattro,
     .tp_weaklistoffset = offsetof(TracedMethod, weakreflist),
     .tp_repr = (reprfunc)traced_method_repr,
 };

@@ -127,11 +127,12 @@ def traced_method(original: FunctionType, wrapper: Any) -> Any:
 
     With the C extension, a ``TracedMethod`` (sched_trace/_binding.c): a method descriptor
     as a function is, so the interpreter's specialized ``self.method()`` loads it without
-    binding and calls it with the instance first, and it makes the wrapper's arguments in
-    C. Without it, a plain Python function (:func:`python_method`). Either answers as the
-    original does (name, qualified name, module, docstring, attributes, ``__wrapped__``
-    and so ``inspect.signature``), pickles by reference as it does, and sits under
-    another wrapt wrapper as it would; a wrapt proxy, the interpreter specializes neither.
+    binding and calls it with the instance first, and it calls its probe with the call's
+    own arguments (a shut gate calls the original with them, making nothing). Without
+    it, a plain Python function (:func:`python_method`), which 3.11 does not specialize
+    (it takes ``*args``). Either answers as the original does (name, qualified name,
+    module, docstring, attributes, ``__wrapped__`` and so ``inspect.signature``), pickles
+    by reference as it does, and sits under another wrapt wrapper as it would.
     """
     speedups = _native.speedups
     if speedups is not None and hasattr(speedups, "TracedMethod"):

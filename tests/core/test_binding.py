@@ -165,6 +165,10 @@ def test_the_class_attribute_pickles_copies_and_reads_as_the_original(traced_ste
     if hot_path == "c":  # it reads the original's code; the pure-Python function has its own
         assert inspect.getfullargspec(Engine.step) == inspect.getfullargspec(ORIGINAL_STEP)
         assert Engine.step.__code__ is ORIGINAL_STEP.__code__
+        Engine.step.marked = True  # set on, read from and deleted from the original, as a proxy forwards
+        assert ORIGINAL_STEP.marked is True and Engine().step.marked is True
+        del Engine.step.marked
+        assert not hasattr(ORIGINAL_STEP, "marked")
 
 
 def test_every_way_of_calling_it_returns_what_the_original_returns_and_is_traced(traced_step):
