@@ -39,6 +39,8 @@ static PyTypeObject TracedMethodType;
  * wrapper is some other callable. */
 int probe_call_method(PyObject *probe, PyObject *function, PyObject *const *argv, size_t nargsf, PyObject *kwnames,
                       PyObject **out);
+/* _speedups.c: the call's vector (instance, *args, kwnames) as wrapt passes it, args and kwargs. */
+int vector_args(PyObject *const *argv, Py_ssize_t nargs, PyObject *kwnames, PyObject **args, PyObject **kwargs);
 static PyObject *str_self_method, *str_wrapped, *str_doc, *str_class, *str_dynamo_inline;
 static descrgetfunc wrapt_descr_get; /* wrapt.FunctionWrapper's own binding */
 
@@ -55,17 +57,9 @@ traced_method_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyO
     PyObject *instance = argv[0], *result = NULL;
     if (probe_call_method(self->wrapper, self->function, argv, nargsf, kwnames, &result))
         return result;
-    PyObject *bound = PyMethod_New(self->function, instance);
-    PyObject *args = PyTuple_New(nargs - 1);
-    PyObject *kwargs = PyDict_New(); /* a dict, empty or not, as wrapt passes */
-    if (bound == NULL || args == NULL || kwargs == NULL)
+    PyObject *args = NULL, *kwargs = NULL, *bound = PyMethod_New(self->function, instance);
+    if (bound == NULL || vector_args(argv, nargs, kwnames, &args, &kwargs) < 0)
         goto done;
-    for (Py_ssize_t i = 1; i < nargs; i++)
-        PyTuple_SET_ITEM(args, i - 1, Py_NewRef(argv[i]));
-    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
-    for (Py_ssize_t i = 0; i < nkw; i++)
-        if (PyDict_SetItem(kwargs, PyTuple_GET_ITEM(kwnames, i), argv[nargs + i]) < 0)
-            goto done;
     PyObject *call[4] = {bound, instance, args, kwargs};
     result = PyObject_Vectorcall(self->wrapper, call, 4, NULL);
 done:

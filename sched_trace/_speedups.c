@@ -548,19 +548,42 @@ call_through(PyObject *wrapped, PyObject *args, PyObject *kwargs)
  * bound to the instance; or a method's own, ``function(instance, *args, **kwargs)`` from the
  * caller's own argument vector (a TracedMethod's call, _binding.c: nothing made for it). */
 struct Call {
-    PyObject *wrapped, *args, *kwargs;
-    PyObject *function;
+    PyObject *wrapped; /* wrapt's form: bound to the instance, called with the probe's args and kwargs */
+    PyObject *function; /* or the method's own: called with the vector below */
     PyObject *const *argv;
     size_t nargsf;
     PyObject *kwnames;
 };
 
 static PyObject *
-call_run(const Call *call)
+call_run(const Call *call, PyObject *args, PyObject *kwargs)
 {
     if (call->function != NULL)
         return PyObject_Vectorcall(call->function, call->argv, call->nargsf, call->kwnames);
-    return call_through(call->wrapped, call->args, call->kwargs);
+    return call_through(call->wrapped, args, kwargs);
+}
+
+/* A method call's vector (instance, *args, then the values of kwnames) as wrapt passes it:
+ * ``args`` the tuple after the instance, ``kwargs`` a dict, empty or not. 0, or -1 with an
+ * error and both cleared. Used by _binding.c too. */
+int
+vector_args(PyObject *const *argv, Py_ssize_t nargs, PyObject *kwnames, PyObject **args, PyObject **kwargs)
+{
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    *args = PyTuple_New(nargs - 1);
+    *kwargs = PyDict_New();
+    if (*args == NULL || *kwargs == NULL)
+        goto fail;
+    for (Py_ssize_t i = 1; i < nargs; i++)
+        PyTuple_SET_ITEM(*args, i - 1, Py_NewRef(argv[i]));
+    for (Py_ssize_t i = 0; i < nkw; i++)
+        if (PyDict_SetItem(*kwargs, PyTuple_GET_ITEM(kwnames, i), argv[nargs + i]) < 0)
+            goto fail;
+    return 0;
+fail:
+    Py_CLEAR(*args);
+    Py_CLEAR(*kwargs);
+    return -1;
 }
 
 /* time.monotonic_ns() + _clock._offset_ns, read from the clock time.monotonic_ns reads, into
@@ -1088,7 +1111,7 @@ traced_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject *
     int open = gate(self); /* the level, then torch.compile tracing */
     if (open <= 0)
         return open < 0 ? NULL : call_through(wrapped, args, kwargs);
-    Call call = {wrapped, args, kwargs};
+    Call call = {wrapped};
     return traced_open(self, instance, args, kwargs, &call);
 }
 
@@ -1122,7 +1145,7 @@ traced_open(Traced *self, PyObject *instance, PyObject *args, PyObject *kwargs, 
     if (inside == NULL || PyList_SetItem(span.cell, 0, inside) < 0) /* steals inside */
         goto done;
 
-    result = call_run(call);
+    result = call_run(call, args, kwargs);
 
     Raised raised = {NULL};
     if (result == NULL)
@@ -1168,7 +1191,7 @@ kept_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject *kw
     int open = gate(self);
     if (open <= 0)
         return open < 0 ? NULL : call_through(wrapped, args, kwargs);
-    Call call = {wrapped, args, kwargs};
+    Call call = {wrapped};
     return kept_open(self, instance, args, kwargs, &call);
 }
 
@@ -1203,7 +1226,7 @@ kept_open(Traced *self, PyObject *instance, PyObject *args, PyObject *kwargs, co
     if (inside == NULL || PyList_SetItem(span.cell, 0, inside) < 0)
         goto done;
 
-    result = call_run(call);
+    result = call_run(call, args, kwargs);
 
     Raised raised = {NULL};
     if (result == NULL)
@@ -1258,7 +1281,7 @@ request_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf, PyObject 
     int on = level_on(self);
     if (on <= 0)
         return on < 0 ? NULL : call_through(wrapped, args, kwargs);
-    Call call = {wrapped, args, kwargs};
+    Call call = {wrapped};
     return request_open(self, instance, args, kwargs, &call);
 }
 
@@ -1357,7 +1380,7 @@ done:
     Py_XDECREF(phase);
     if (status < 0)
         return NULL;
-    return call_run(call);
+    return call_run(call, args, kwargs);
 }
 
 /* obj.method(*args, **kwargs) of a TracedMethod whose wrapper is a probe here (_binding.c), the
@@ -1379,24 +1402,17 @@ probe_call_method(PyObject *probe, PyObject *function, PyObject *const *argv, si
         *out = open < 0 ? NULL : PyObject_Vectorcall(function, argv, nargsf, kwnames);
         return 1;
     }
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf); /* 1 or more: the caller checked */
-    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
-    PyObject *args = PyTuple_New(nargs - 1), *kwargs = PyDict_New(); /* a dict, empty or not, as wrapt passes */
-    *out = NULL;
-    if (args == NULL || kwargs == NULL)
-        goto done;
-    for (Py_ssize_t i = 1; i < nargs; i++)
-        PyTuple_SET_ITEM(args, i - 1, Py_NewRef(argv[i]));
-    for (Py_ssize_t i = 0; i < nkw; i++)
-        if (PyDict_SetItem(kwargs, PyTuple_GET_ITEM(kwnames, i), argv[nargs + i]) < 0)
-            goto done;
-    Call call = {NULL, args, kwargs, function, argv, nargsf, kwnames};
+    PyObject *args, *kwargs; /* for the extractors and the events: the call itself takes the vector */
+    if (vector_args(argv, PyVectorcall_NARGS(nargsf), kwnames, &args, &kwargs) < 0) { /* 1 or more: checked */
+        *out = NULL;
+        return 1;
+    }
+    Call call = {NULL, function, argv, nargsf, kwnames};
     *out = kind == traced_vectorcall ? traced_open(self, argv[0], args, kwargs, &call)
            : kind == kept_vectorcall ? kept_open(self, argv[0], args, kwargs, &call)
                                      : request_open(self, argv[0], args, kwargs, &call);
-done:
-    Py_XDECREF(args);
-    Py_XDECREF(kwargs);
+    Py_DECREF(args);
+    Py_DECREF(kwargs);
     return 1;
 }
 

@@ -203,11 +203,10 @@ def test_with_the_gate_shut_every_way_of_calling_it_returns_what_the_original_re
 
 
 def test_keep_if_and_request_probes_on_a_method_see_its_arguments(sched_trace_recorder):
-    """The other two probes in the class: a keep_if stage (its condition reads the result)
+    """The other two probes in the class: a keep_if stage (its condition reads an argument)
     and a request phase (its request id read from an argument, by keyword too)."""
     sched_trace.instrument(f"{__name__}:Engine.step", stage="kept", microbatch="mb_id",
                            keep_if="mb_id != 0")
-    sched_trace.instrument(f"{__name__}:Engine.build", stage="build")  # a classmethod: the proxy
     engine = Engine()
     assert engine.step("b", 0) == ORIGINAL_STEP(engine, "b", 0)  # idle: dropped
     assert engine.step("b", mb_id=3, note="n") == ORIGINAL_STEP(engine, "b", mb_id=3, note="n")
@@ -325,7 +324,6 @@ def test_an_inherited_method_is_patched_on_the_subclass_and_undone_by_deleting_i
     class Derived(Base):
         pass
 
-    import sys
     module = sys.modules[__name__]
     module.Derived = Derived
     try:
