@@ -247,7 +247,8 @@ class ExporterProcess:
 
         A child past the deadline is left to finish on its own (it has its stop frame and
         the end of stdin): killing it would lose what it holds. Only a child that blocks
-        the exporter thread (it reads nothing) is killed, to free that thread.
+        the exporter thread (it reads nothing) is killed, to free that thread, and a child
+        that is stopped (SIGSTOP): it would never finish, and would be left behind stopped.
         """
         self.closed = True
         deadline = time.monotonic() + timeout
@@ -266,6 +267,12 @@ class ExporterProcess:
                 pass
             _close(proc.stdin)
             finished = _wait(proc, deadline - time.monotonic())
+            if not finished and _stopped(proc.pid):
+                # Stopped (SIGSTOP, a debugger): it would never finish, and would outlive us stopped.
+                log.warning("sched-trace %s: exporter process %d is stopped at the shutdown deadline; "
+                            "killed, what it held is counted as lost", self.label, proc.pid)
+                proc.kill()
+                finished = _wait(proc, 1.0)
             self._retire(proc, wait=max(0.0, deadline - time.monotonic()) if finished else 0.0)
             if not finished:
                 log.warning("sched-trace %s: exporter process %d still exporting at the shutdown deadline; "
@@ -313,6 +320,15 @@ def _widen(fd: int) -> None:
         fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_SIZE)
     except (ImportError, OSError):  # another platform, or above /proc/sys/fs/pipe-max-size
         pass
+
+
+def _stopped(pid: int) -> bool:
+    """Whether process ``pid`` is stopped (its state in /proc: T, or t under a tracer); False where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] in (b"T", b"t")
+    except (OSError, IndexError):
+        return False
 
 
 def _wait(proc: subprocess.Popen, timeout: float) -> bool:

@@ -162,15 +162,44 @@ def test_process_setting_is_validated():
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs SIGSTOP")
+def _gone(pid: int) -> bool:
+    """No process ``pid`` any more (killed and reaped: not even stopped, not a zombie)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_a_stopped_exporter_process_is_killed_at_shutdown_not_left_behind(tmp_path):
+    # The pipe takes the few events sent after the stop, so nothing blocks the exporter
+    # thread: shutdown's deadline passes waiting for a child that can never finish.
+    plugin = PerfettoPlugin(directory=str(tmp_path))
+    sched_trace.configure(level=9, plugins=[plugin], autoload=False)
+    _decode_steps(10)
+    sched_trace.flush()
+    pid = plugin.sched_trace_collect_stats()["exporter_pid"]
+    os.kill(pid, signal.SIGSTOP)
+    _decode_steps(10)
+    plugin.stop(timeout=0.5)
+    assert _gone(pid)
+    stats = plugin.sched_trace_collect_stats()
+    assert stats["slices_written"] == 10  # before the stop: written, and reported
+    assert stats["slices_written"] + stats["lost_in_exporter"] + stats["failed"] + stats["abandoned"] == 20
+    sched_trace.shutdown()
+
+
 def test_shutdown_does_not_hang_on_an_exporter_process_that_stopped_reading(tmp_path):
     plugin = PerfettoPlugin(directory=str(tmp_path))
     sched_trace.configure(level=9, plugins=[plugin], autoload=False)
     _decode_steps(10)
     sched_trace.flush()
-    os.kill(plugin.sched_trace_collect_stats()["exporter_pid"], signal.SIGSTOP)
+    pid = plugin.sched_trace_collect_stats()["exporter_pid"]
+    os.kill(pid, signal.SIGSTOP)
     _decode_steps(20_000)  # far more than the pipe holds: the exporter thread blocks writing
     plugin.stop(timeout=0.5)  # returns: the stuck child is killed, so the exporter thread's write fails
     assert plugin.sched_trace_collect_stats()["exporter_pid"] == 0
+    assert _gone(pid)
     # The unblocked exporter thread counts what it still held as failed (no child starts
     # after close); every event is accounted for once it has.
     deadline = time.monotonic() + 60
