@@ -38,6 +38,9 @@ def own_handler(signum: int, frame: object) -> None:
 
 def main() -> None:
     ending, stages = sys.argv[1], int(sys.argv[2])
+    # Ctrl-C as in a program started from a terminal, however the tests were started: a
+    # shell's background job (`nohup pytest &`) ignores SIGINT, and its children inherit that.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     handler_first = "--handler" in sys.argv
     handler_after = "--handler-after" in sys.argv
     if handler_first:
