@@ -35,29 +35,37 @@ enum { ATTRS_NONE = 0, ATTRS_PLANNED = 2 }; /* 1, a call of read_attrs, is no lo
 
 typedef struct {
     PyObject_HEAD
+    /* What an open span reads, first and together: a cold call pays for each cache line of
+     * the probe it touches, and the gate's fields share the header's line or the next. */
     vectorcallfunc vectorcall;
     long level;
+    PyObject *level_state;
+    PyTypeObject *level_type; /* the type of LEVEL when its ``active`` is a slot (borrowed, held by level_state) */
+    Py_ssize_t active_offset; /* where that slot lives in LEVEL; 0: read it as an attribute */
+    PyObject *compiling;
+    PyObject *context_var; /* the ContextVar behind cell_or_none (read directly); NULL: call it */
+    PyObject *calls_of;
+    Py_ssize_t start_index, end_index;
+    PyObject *next_span_id, *span_ids; /* span_ids: the counter behind it (its tp_iternext); NULL: call it */
+    PyObject *rank_epoch;
     int ids;
     int attrs_mode;
-    Py_ssize_t start_index, end_index, n_attrs;
+    Extractor mb, size;
+    PyObject *attrs;      /* ATTRS_NONE: NO_ATTRS; ATTRS_PLANNED: tuple of keys */
+    Py_ssize_t n_attrs;
+    Extractor *attr_extractors; /* ATTRS_PLANNED: n_attrs of them */
+    PyObject *attr_conditions; /* ATTRS_PLANNED with a condition: per key, None or its condition */
+    PyObject *next_batch_id, *batch_ids;
+    /* the rest: events made as objects, identities, keep_if and request probes */
     PyObject *name, *level_obj, *kind, *start_index_obj, *end_index_obj;
-    PyObject *event_type, *calls_of, *count_error, *identity;
-    PyObject *level_state, *compiling, *cell_or_none, *context_cell, *current_with_epoch, *rank_epoch;
-    PyObject *context_var; /* the ContextVar behind cell_or_none (read directly); NULL: call it */
-    PyObject *next_span_id, *next_batch_id;
-    PyObject *span_ids, *batch_ids; /* the counters behind them (their tp_iternext); NULL: call them */
+    PyObject *event_type, *count_error, *identity;
+    PyObject *cell_or_none, *context_cell, *current_with_epoch;
     PyObject *keep, *decided, *idle, *current_rank; /* a keep_if probe's; NULL otherwise */
     /* a request probe's (NULL otherwise): its phase, aborted statuses, when, rank keys */
     PyObject *phase, *aborted, *when, *rank_keys, *with_overrides;
     Extractor request_id;
     Py_ssize_t n_fields; /* of the event type: 12 (stage, batch) or 8 (request) */
-    PyTypeObject *level_type; /* the type of LEVEL when its ``active`` is a slot (borrowed, held by level_state) */
-    Py_ssize_t active_offset; /* where that slot lives in LEVEL; 0: read it as an attribute */
-    PyObject *attrs;      /* ATTRS_NONE: NO_ATTRS; ATTRS_PLANNED: tuple of keys */
-    PyObject *attr_conditions; /* ATTRS_PLANNED with a condition: per key, None or its condition */
     PyObject *no_attrs;   /* with conditions: NO_ATTRS, what no attribute read gives */
-    Extractor mb, size;
-    Extractor *attr_extractors; /* ATTRS_PLANNED: n_attrs of them */
 } Traced;
 
 static PyTypeObject TracedType;
