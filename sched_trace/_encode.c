@@ -82,6 +82,9 @@ static PyObject *str_requests, *str_module, *str_qualname, *str_rid, *context_na
 Py_ssize_t taken_size(PyObject *batch);
 void taken_item(PyObject *batch, Py_ssize_t i, PyObject **object, PyObject **probe, PyObject *const **refs,
                 long long *start_ns, long long *end_ns, int *ended);
+/* _ring.c: a record's id held as a C integer (its pointer tagged), and that integer */
+int ring_tagged(PyObject *ref);
+long long ring_untag(PyObject *ref);
 /* _speedups.c: what a record takes from its probe */
 int span_probe(PyObject *probe, PyObject **event_type, PyObject **name, PyObject **level);
 
@@ -89,7 +92,8 @@ int span_probe(PyObject *probe, PyObject **event_type, PyObject **name, PyObject
  * record's, whose times (fields 2 and 3) are C integers, ``start_ns`` and ``end_ns`` (the
  * end None unless ``ended``). */
 typedef struct {
-    PyObject *const *items; /* n of them; for a record, items[2] and items[3] are not read */
+    PyObject *const *items; /* n of them; for a record, items[2] and items[3] are not read, and
+                             * an id may be a tagged C integer (ring_tagged) */
     Py_ssize_t n;
     int record, ended;
     long long start_ns, end_ns;
@@ -694,6 +698,11 @@ write_event(Writer *w, const Fields *fields, int kind)
         }
         PyObject *field = fields->items[i];
         int done;
+        if (fields->record && ring_tagged(field)) { /* a record's id, a C integer */
+            if ((done = write_ll(w, ring_untag(field))))
+                return done;
+            continue;
+        }
         if ((PyObject *)Py_TYPE(field) == w->kinds[3]) {
             done = write_rank(w, field);
         }

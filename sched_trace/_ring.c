@@ -5,9 +5,9 @@
  * its two times two ints. A BackgroundExporter's buffer is a Ring when _speedups is
  * built, and a stage or batch probe's event whose only listeners are such buffers is
  * written into each as a record: the probe that made it, the objects the event would
- * refer to anyway (rank, micro-batch, batch id, batch size, attributes, error, span ids,
- * all made or held already), the two times as C integers. No event object is made on
- * the scheduler thread. A reader that takes events one by one (popleft) gets the very
+ * refer to anyway (rank, micro-batch, batch size, attributes, error, all made or held
+ * already), its span, parent and batch ids and its two times as C integers. No event
+ * object is made on the scheduler thread. A reader that takes events one by one (popleft) gets the very
  * tuple the probe would have made (``span_event`` in _speedups.c), made then, on its own
  * thread.
  *
@@ -28,12 +28,47 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
 #include <string.h>
 
 /* _speedups.c: the event a stage or batch probe makes of these fields (a new reference). */
 PyObject *span_event(PyObject *probe, long long start_ns, long long end_ns, int ended, PyObject *const *refs);
 
 enum { R_RANK, R_MB, R_BATCH_ID, R_SIZE, R_EXTRA, R_ERROR, R_SPAN_ID, R_PARENT, N_REFS };
+
+/* A record's ids (span, parent, batch) are held as C integers where they are ints, tagged
+ * in their pointer's low bit (an object's address is even): the int objects stay the
+ * scheduler thread's, freed there when the span ends (so its next allocations reuse warm
+ * memory), and the exporter thread neither reads nor frees them, cold, for each record.
+ * ``ring_tagged`` and ``ring_untag`` read them (_encode.c too). */
+#define TAG_MAX ((long long)1 << 61)
+
+static inline int
+tag_id(PyObject *value, PyObject **into)
+{
+    if (!PyLong_CheckExact(value))
+        return 0;
+    int overflow;
+    long long id = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (overflow || id < 0 || id >= TAG_MAX) {
+        PyErr_Clear();
+        return 0;
+    }
+    *into = (PyObject *)(((uintptr_t)id << 1) | 1);
+    return 1;
+}
+
+int
+ring_tagged(PyObject *ref)
+{
+    return ((uintptr_t)ref & 1) != 0;
+}
+
+long long
+ring_untag(PyObject *ref)
+{
+    return (long long)((uintptr_t)ref >> 1);
+}
 
 /* One event: a record (its probe, its objects, its times), or an object (``head``). */
 typedef struct {
@@ -134,7 +169,8 @@ slot_visit(const Slot *slot, visitproc visit, void *arg)
     Py_VISIT(slot->head);
     if (slot->record)
         for (int i = 0; i < N_REFS; i++)
-            Py_VISIT(slot->refs[i]);
+            if (!ring_tagged(slot->refs[i]))
+                Py_VISIT(slot->refs[i]);
     return 0;
 }
 
@@ -150,8 +186,12 @@ slot_clear(Slot *slot)
 {
     Py_CLEAR(slot->head);
     if (slot->record)
-        for (int i = 0; i < N_REFS; i++)
-            Py_CLEAR(slot->refs[i]);
+        for (int i = 0; i < N_REFS; i++) {
+            if (ring_tagged(slot->refs[i]))
+                slot->refs[i] = NULL;
+            else
+                Py_CLEAR(slot->refs[i]);
+        }
 }
 
 /* The oldest event, moved out of the ring into ``slot`` (the ring holds at least one). */
@@ -185,7 +225,8 @@ ring_push_span(PyObject *ring, PyObject *probe, long long start_ns, long long en
     *(PyObject **)circle_push(&self->order, sizeof(PyObject *)) = RECORD; /* room made above */
     slot->head = Py_NewRef(probe);
     for (int i = 0; i < N_REFS; i++)
-        slot->refs[i] = Py_NewRef(refs[i]);
+        if (!((i == R_SPAN_ID || i == R_PARENT || i == R_BATCH_ID) && tag_id(refs[i], &slot->refs[i])))
+            slot->refs[i] = Py_NewRef(refs[i]);
     slot->start_ns = start_ns;
     slot->end_ns = end_ns;
     slot->record = 1;
@@ -217,7 +258,18 @@ slot_event(const Slot *slot)
 {
     if (!slot->record)
         return Py_NewRef(slot->head);
-    return span_event(slot->head, slot->start_ns, slot->end_ns, slot->ended, slot->refs);
+    PyObject *refs[N_REFS], *event = NULL;
+    int made = 0;
+    for (; made < N_REFS; made++) {
+        PyObject *ref = slot->refs[made];
+        if ((refs[made] = ring_tagged(ref) ? PyLong_FromLongLong(ring_untag(ref)) : Py_NewRef(ref)) == NULL)
+            break;
+    }
+    if (made == N_REFS)
+        event = span_event(slot->head, slot->start_ns, slot->end_ns, slot->ended, refs);
+    while (made-- > 0)
+        Py_DECREF(refs[made]);
+    return event;
 }
 
 static PyObject *
@@ -417,7 +469,8 @@ taken_size(PyObject *batch)
 }
 
 /* For _encode.c: item ``i`` of a Taken batch, borrowed: an object (``*object``), or a
- * record (``*object`` NULL: its probe, its objects, its times). */
+ * record (``*object`` NULL: its probe, its objects, its times; an id among the objects may
+ * be tagged: ``ring_tagged``). */
 void
 taken_item(PyObject *batch, Py_ssize_t i, PyObject **object, PyObject **probe, PyObject *const **refs,
            long long *start_ns, long long *end_ns, int *ended)

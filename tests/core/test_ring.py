@@ -11,6 +11,7 @@ form's buffer is a deque, and the same events must come out.
 from __future__ import annotations
 
 import gc
+import itertools
 import sys
 import threading
 import tracemalloc
@@ -18,7 +19,7 @@ import tracemalloc
 import pytest
 
 import sched_trace
-from sched_trace import _native
+from sched_trace import _native, _probe
 from sched_trace.export import EventEncoder, decode_events
 from sched_trace.recorder import BackgroundExporter
 from sched_trace.testing import MemoryRecorder
@@ -307,3 +308,58 @@ def test_the_frame_encoder_writes_a_taken_batch_byte_for_byte_as_its_events(hot_
         stall.set()
         sched_trace.unregister(plugin)
         front.shutdown(5.0)
+
+
+
+def test_a_record_holds_its_ids_as_integers_and_they_come_back_the_same(hot_path, monkeypatch):
+    """A record keeps its span, parent and batch ids as C integers where they fit in 61 bits
+    (objects past that). Ground truth: the counters the probes draw them from, started just
+    below that limit: the events drained from records, and the frame the encoder writes from
+    taken records, carry exactly the ids drawn, on both sides of it."""
+    if hot_path == "python":
+        pytest.skip("the C form's own test: one run is enough")
+    limit = 1 << 61
+    first_span, first_batch = limit - 5, limit - 3
+    monkeypatch.setitem(_probe._HELPERS, "_next_span_id", itertools.count(first_span).__next__)
+    monkeypatch.setitem(_probe._HELPERS, "_next_batch_id", itertools.count(first_batch).__next__)
+    plugin = Buffered()
+    sched_trace.configure(level=4, plugins=[plugin], autoload=False)
+    front = plugin.front
+    stall = threading.Event()
+    try:
+        traced()
+        engine = Engine()
+        engine.step([], 0)  # the thread starts; drained as events made of the records
+        assert front.flush(5.0)
+        drained = list(plugin.exported)
+        front.export_batch = lambda batch: stall.wait(5.0)
+        engine.step([], 1)  # held by the stalled thread
+        front._wake.set()
+        while front.in_flight == 0:
+            threading.Event().wait(0.01)
+        for mb in range(2, 5):
+            engine.step([], mb)
+        taken = front.buffer.take(10_000)
+        assert type(taken).__name__ == "Taken"
+        events = list(taken)
+    finally:
+        stall.set()
+        sched_trace.unregister(plugin)
+        front.shutdown(5.0)
+
+    def expected(step):  # (name, span id, parent id (0: none), batch id) of step ``step``'s four events
+        span, batch = first_span + 2 * step, first_batch + step
+        return [("step", span, 0, batch), ("schedule", span + 1, span, batch),
+                ("schedule", span + 1, span, batch), ("step", span, 0, batch)]
+
+    def ids(found):
+        return [(e.name, e.span_id, e.parent_id, e.batch_id) for e in found]
+
+    assert ids(drained) == expected(0)
+    assert ids(events) == expected(2) + expected(3) + expected(4)
+    assert all(type(e.span_id) is int and type(e.batch_id) is int for e in drained + events)
+    direct, objects = EventEncoder(), EventEncoder()
+    frame = direct.encode(taken)
+    assert direct.counters()["frames_in_c"] == 1
+    assert frame == objects.encode(events)
+    assert ids(decode_events(frame)) == ids(events)
