@@ -872,6 +872,12 @@ encode_frame(PyObject *module, PyObject *args, PyObject *kwargs)
     Buffer body = {NULL, 0, 0}, head = {NULL, 0, 0};
     PyObject *result = NULL;
     w->out = &body;
+    /* room for the events at once (about 40 to 60 bytes each in a decode batch): a buffer
+     * grown by doubling copies what it holds at each step, into memory as cold as the rest */
+    if (taken > 0 && grow(&body, 64 * (taken < (1 << 16) ? taken : (1 << 16))) < 0) {
+        PyMem_Free(w);
+        return NULL;
+    }
     w->memo_on = 1;
     for (int i = 0; i < 4; i++) {
         w->kinds[i] = PyTuple_GET_ITEM(kinds, i);
