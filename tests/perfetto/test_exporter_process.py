@@ -171,18 +171,26 @@ def _gone(pid: int) -> bool:
     return False
 
 
-def test_a_stopped_exporter_process_is_killed_at_shutdown_not_left_behind(tmp_path):
-    # The pipe takes the few events sent after the stop, so nothing blocks the exporter
-    # thread: shutdown's deadline passes waiting for a child that can never finish.
+def _stopped_then_shut_down(tmp_path, steps: int) -> PerfettoPlugin:
+    """Ten steps written, the exporter process stopped (SIGSTOP), ``steps`` more, then the
+    plugin stopped within half a second: no stopped exporter process may be left behind."""
     plugin = PerfettoPlugin(directory=str(tmp_path))
     sched_trace.configure(level=9, plugins=[plugin], autoload=False)
     _decode_steps(10)
     sched_trace.flush()
     pid = plugin.sched_trace_collect_stats()["exporter_pid"]
     os.kill(pid, signal.SIGSTOP)
-    _decode_steps(10)
+    _decode_steps(steps)
     plugin.stop(timeout=0.5)
+    assert plugin.sched_trace_collect_stats()["exporter_pid"] == 0
     assert _gone(pid)
+    return plugin
+
+
+def test_a_stopped_exporter_process_is_killed_at_shutdown_not_left_behind(tmp_path):
+    # The pipe takes the few events sent after the stop, so nothing blocks the exporter
+    # thread: shutdown's deadline passes waiting for a child that can never finish.
+    plugin = _stopped_then_shut_down(tmp_path, 10)
     stats = plugin.sched_trace_collect_stats()
     assert stats["slices_written"] == 10  # before the stop: written, and reported
     assert stats["slices_written"] + stats["lost_in_exporter"] + stats["failed"] + stats["abandoned"] == 20
@@ -190,16 +198,9 @@ def test_a_stopped_exporter_process_is_killed_at_shutdown_not_left_behind(tmp_pa
 
 
 def test_shutdown_does_not_hang_on_an_exporter_process_that_stopped_reading(tmp_path):
-    plugin = PerfettoPlugin(directory=str(tmp_path))
-    sched_trace.configure(level=9, plugins=[plugin], autoload=False)
-    _decode_steps(10)
-    sched_trace.flush()
-    pid = plugin.sched_trace_collect_stats()["exporter_pid"]
-    os.kill(pid, signal.SIGSTOP)
-    _decode_steps(20_000)  # far more than the pipe holds: the exporter thread blocks writing
-    plugin.stop(timeout=0.5)  # returns: the stuck child is killed, so the exporter thread's write fails
-    assert plugin.sched_trace_collect_stats()["exporter_pid"] == 0
-    assert _gone(pid)
+    # 20,000 steps: far more than the pipe holds, so the exporter thread blocks writing;
+    # stop() returns all the same (the stuck child is killed, so that write fails).
+    plugin = _stopped_then_shut_down(tmp_path, 20_000)
     # The unblocked exporter thread counts what it still held as failed (no child starts
     # after close); every event is accounted for once it has.
     deadline = time.monotonic() + 60
