@@ -7,9 +7,9 @@
  * written into each as a record: the probe that made it, the objects the event would
  * refer to anyway (rank, micro-batch, batch size, attributes, error, all made or held
  * already), its span, parent and batch ids and its two times as C integers. No event
- * object is made on the scheduler thread. A reader that takes events one by one (popleft) gets the very
- * tuple the probe would have made (``span_event`` in _speedups.c), made then, on its own
- * thread.
+ * object is made on the scheduler thread. A reader that takes events one by one
+ * (popleft) gets the very tuple the probe would have made (``span_event`` in
+ * _speedups.c), made then, on its own thread.
  *
  * Anything else appended (an event made elsewhere: a request probe's, a drop marker, the
  * Python hot path's) is held as it is; records and objects keep one order. The ring is two
@@ -50,10 +50,8 @@ tag_id(PyObject *value, PyObject **into)
         return 0;
     int overflow;
     long long id = PyLong_AsLongLongAndOverflow(value, &overflow);
-    if (overflow || id < 0 || id >= TAG_MAX) {
-        PyErr_Clear();
+    if (overflow || id < 0 || id >= TAG_MAX) /* an exact int raises nothing here */
         return 0;
-    }
     *into = (PyObject *)(((uintptr_t)id << 1) | 1);
     return 1;
 }
