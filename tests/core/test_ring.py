@@ -310,7 +310,6 @@ def test_the_frame_encoder_writes_a_taken_batch_byte_for_byte_as_its_events(hot_
         front.shutdown(5.0)
 
 
-
 def test_a_record_holds_its_ids_as_integers_and_they_come_back_the_same(hot_path, monkeypatch):
     """A record keeps its span, parent and batch ids as C integers where they fit in 61 bits
     (objects past that). Ground truth: the counters the probes draw them from, started just

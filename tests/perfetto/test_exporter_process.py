@@ -161,7 +161,6 @@ def test_process_setting_is_validated():
     assert parse({"process": True}, environ={"SCHED_TRACE_PERFETTO_PROCESS": "off"}).process is False
 
 
-@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs SIGSTOP")
 def _gone(pid: int) -> bool:
     """No process ``pid`` any more (killed and reaped: not even stopped, not a zombie)."""
     try:
@@ -187,6 +186,7 @@ def _stopped_then_shut_down(tmp_path, steps: int) -> PerfettoPlugin:
     return plugin
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs SIGSTOP")
 def test_a_stopped_exporter_process_is_killed_at_shutdown_not_left_behind(tmp_path):
     # The pipe takes the few events sent after the stop, so nothing blocks the exporter
     # thread: shutdown's deadline passes waiting for a child that can never finish.
@@ -197,6 +197,7 @@ def test_a_stopped_exporter_process_is_killed_at_shutdown_not_left_behind(tmp_pa
     sched_trace.shutdown()
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs SIGSTOP")
 def test_shutdown_does_not_hang_on_an_exporter_process_that_stopped_reading(tmp_path):
     # 20,000 steps: far more than the pipe holds, so the exporter thread blocks writing;
     # stop() returns all the same (the stuck child is killed, so that write fails).
