@@ -267,6 +267,16 @@ def test_a_ring_lets_go_of_what_it_holds(hot_path):
     assert sys.getrefcount(held) == before
 
 
+def _hold_in_export(front, stall, engine, mb=0):
+    """The exporter thread held inside an export (of step ``mb``) until ``stall`` is set, so
+    that the steps after it stay in the buffer for the test to take."""
+    front.export_batch = lambda batch: stall.wait(5.0)
+    engine.step([], mb)
+    front._wake.set()
+    while front.in_flight == 0:
+        threading.Event().wait(0.01)
+
+
 def test_the_frame_encoder_writes_a_taken_batch_byte_for_byte_as_its_events(hot_path):
     """The C encoder reads a Taken batch's records without making events: its frame must be the
     one written for the very events the batch stands for (made from it), and decode to them."""
@@ -280,11 +290,7 @@ def test_the_frame_encoder_writes_a_taken_batch_byte_for_byte_as_its_events(hot_
         engine = Engine()
         engine.step([Request("warm")], 0)  # the thread starts
         assert front.flush(5.0)
-        front.export_batch = lambda batch: stall.wait(5.0)
-        engine.step([], 0)
-        front._wake.set()
-        while front.in_flight == 0:
-            threading.Event().wait(0.01)
+        _hold_in_export(front, stall, engine)
         for mb in range(30):  # records (the stages) and objects (the request events) in one batch
             engine.step([Request(f"r{mb}")], mb)
         taken = front.buffer.take(10_000)
@@ -331,11 +337,7 @@ def test_a_record_holds_its_ids_as_integers_and_they_come_back_the_same(hot_path
         engine.step([], 0)  # the thread starts; drained as events made of the records
         assert front.flush(5.0)
         drained = list(plugin.exported)
-        front.export_batch = lambda batch: stall.wait(5.0)
-        engine.step([], 1)  # held by the stalled thread
-        front._wake.set()
-        while front.in_flight == 0:
-            threading.Event().wait(0.01)
+        _hold_in_export(front, stall, engine, 1)
         for mb in range(2, 5):
             engine.step([], mb)
         taken = front.buffer.take(10_000)

@@ -14,6 +14,7 @@ import pytest
 import sched_trace
 from sched_trace import ConfigError, traceio
 from sched_trace._events import NO_ATTRS, BatchEvent, RankInfo, StageEvent
+from sched_trace.commands.level import pid_running
 from sched_trace_perfetto import PerfettoPlugin
 from sched_trace_perfetto.settings import parse
 
@@ -161,15 +162,6 @@ def test_process_setting_is_validated():
     assert parse({"process": True}, environ={"SCHED_TRACE_PERFETTO_PROCESS": "off"}).process is False
 
 
-def _gone(pid: int) -> bool:
-    """No process ``pid`` any more (killed and reaped: not even stopped, not a zombie)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
 def _stopped_then_shut_down(tmp_path, steps: int) -> PerfettoPlugin:
     """Ten steps written, the exporter process stopped (SIGSTOP), ``steps`` more, then the
     plugin stopped within half a second: no stopped exporter process may be left behind."""
@@ -182,7 +174,7 @@ def _stopped_then_shut_down(tmp_path, steps: int) -> PerfettoPlugin:
     _decode_steps(steps)
     plugin.stop(timeout=0.5)
     assert plugin.sched_trace_collect_stats()["exporter_pid"] == 0
-    assert _gone(pid)
+    assert not pid_running(pid)  # killed and reaped: not even stopped, not a zombie
     return plugin
 
 
