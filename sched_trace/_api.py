@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Any, Iterable, Optional
 
-from . import _extract, _instrument, _level_file, _lifecycle, _manager, _probe, _stages, recorder
+from . import _extract, _instrument, _level_file, _lifecycle, _manager, _probe, _stages
 from . import config as _config
 from ._errors import ConfigError, InstrumentationError
 from ._manager import get_manager
@@ -103,14 +103,8 @@ def threads_cpu() -> dict[str, float]:
     """CPU seconds each thread sched-trace runs in this process has used so far, by thread
     name (``sched-trace-otel``: an exporter thread; ``sched-trace-otel-replies``: its
     exporter process's reply reader; ``sched-trace-watchdog`` ...), from the thread's own
-    clock: what tracing costs the process beside the scheduler thread's share. With it,
-    ``sched-trace-otel-step-ends``: the time the scheduler's own threads spent sending that
-    exporter's frames at the end of their spans (sched_trace._step_end), which their
-    steps paid (a wall clock, on the thread that holds the GIL)."""
+    clock: what tracing costs the process beside the scheduler thread's share."""
     spent: dict[str, float] = {}
-    for exporter in list(recorder._live):
-        if exporter.step_end_ns:
-            spent[f"sched-trace-{exporter.name}-step-ends"] = exporter.step_end_ns / 1e9
     for thread in threading.enumerate():
         if not thread.name.startswith("sched-trace-") or thread.ident is None:
             continue

@@ -78,7 +78,6 @@ int ring_push_span(PyObject *ring, PyObject *probe, long long start_ns, long lon
 int ring_push_object(PyObject *ring, PyObject *obj);
 Py_ssize_t ring_held(PyObject *items);
 static PyObject *str_active, *str_append, *str_is_compiling_flag, *str_capacity, *str_items;
-static PyObject *root_parent; /* 0: the parent id of a span with none around it (_rank.ROOT) */
 
 /* Wall clock minus monotonic clock (sched_trace._clock sets it: at import, after fork). */
 static long long clock_offset_ns;
@@ -616,68 +615,6 @@ now_ns(void)
 {
     long long now;
     return now_raw(&now) < 0 ? NULL : PyLong_FromLongLong(now);
-}
-
-/* --- the exporters' drain, at a root span's end ----------------------------
- *
- * An exporter thread that wakes to send what the scheduler recorded takes the GIL from the
- * scheduler thread; the engine then waits for the frame and finds its caches cold after it
- * (docs/performance.md, "What an exporter frame costs the engine"). Instead, when a span
- * with no span around it ends on a thread (the engine's step, a scheduler's iteration) and
- * ``drain_due`` has passed, that thread calls ``drain_hook`` (recorder._drain_at_step_end):
- * the exporters whose frames can go out without waiting send what was recorded, there and
- * then. One comparison a root span otherwise; the hook re-arms itself. */
-static long long drain_due = LLONG_MAX; /* on the hot path's clock (now_raw) */
-static PyObject *drain_hook;
-static Py_ssize_t drain_errors; /* the hook raised (it should not: it counts its own failures) */
-
-/* At a root span's end, its error indicator clear: the hook, once, if it is due. 0, or -1
- * with what is not an Exception (Ctrl-C's KeyboardInterrupt, a SystemExit) left set: the
- * scheduler's, raised by the traced call as a signal handler's would be there. */
-static int
-drain_at_root(long long end_ns)
-{
-    if (end_ns < drain_due || drain_hook == NULL)
-        return 0;
-    drain_due = LLONG_MAX; /* not again until the hook says when */
-    PyObject *hook = Py_NewRef(drain_hook);
-    PyObject *done = PyObject_CallNoArgs(hook);
-    Py_DECREF(hook);
-    if (done != NULL) {
-        Py_DECREF(done);
-        return 0;
-    }
-    if (!PyErr_ExceptionMatches(PyExc_Exception))
-        return -1;
-    drain_errors++;
-    PyErr_Clear(); /* an Exception of sched-trace's own: never the scheduler's */
-    return 0;
-}
-
-static PyObject *
-drain_after(PyObject *module, PyObject *args)
-{
-    PyObject *hook;
-    double seconds;
-    if (!PyArg_ParseTuple(args, "Od:drain_after", &hook, &seconds))
-        return NULL;
-    if (hook == Py_None) {
-        Py_CLEAR(drain_hook);
-        drain_due = LLONG_MAX;
-        Py_RETURN_NONE;
-    }
-    long long now;
-    if (now_raw(&now) < 0)
-        return NULL;
-    Py_XSETREF(drain_hook, Py_NewRef(hook));
-    drain_due = now + (long long)(seconds * 1e9);
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-drain_error_count(PyObject *module, PyObject *unused)
-{
-    return PyLong_FromSsize_t(drain_errors);
 }
 
 static PyObject *
@@ -1225,8 +1162,6 @@ traced_open(Traced *self, PyObject *instance, PyObject *args, PyObject *kwargs, 
     int clock = now_raw(&end_ns); /* the cell's top is given back whatever happens */
     int failed = PyList_SetItem(span.cell, 0, Py_NewRef(span.top)) < 0 || clock < 0 ||
                  emit_span(self, &span, end_ns, 1, raised.value != NULL ? raised.value : Py_None, sink) < 0;
-    if (!failed && end_ns >= drain_due && PyTuple_GET_ITEM(span.top, 0) == root_parent)
-        failed = drain_at_root(end_ns) < 0;
     result = raised_finish(&raised, result, failed);
 done:
     span_clear(&span);
@@ -1334,8 +1269,6 @@ kept_open(Traced *self, PyObject *instance, PyObject *args, PyObject *kwargs, co
                  read_values(self, &span, instance, args, kwargs) < 0 ||
                  emit_span(self, &span, 0, 0, Py_None, Py_None) < 0 ||
                  emit_span(self, &span, end_ns, 1, error, Py_None) < 0;
-        if (!failed && end_ns >= drain_due && PyTuple_GET_ITEM(span.top, 0) == root_parent)
-            failed = drain_at_root(end_ns) < 0;
     }
     result = raised_finish(&raised, result, failed);
 done:
@@ -1766,10 +1699,6 @@ static PyTypeObject AppenderType = {
 static PyMethodDef speedups_methods[] = {
     {"request_traced", (PyCFunction)(void (*)(void))request_traced, METH_VARARGS | METH_KEYWORDS,
      "A request probe's traced call: the C form of sched_trace._hotpath.REQUEST_TEMPLATE."},
-    {"drain_after", drain_after, METH_VARARGS,
-     "drain_after(hook, seconds): call hook() at the end of the first root span that ends after "
-     "``seconds`` from now (once; None: never)."},
-    {"drain_errors", drain_error_count, METH_NOARGS, "How many times the drain hook raised."},
     {"set_clock_offset", set_clock_offset, METH_O,
      "Set the offset (ns) the hot path adds to the monotonic clock (sched_trace._clock's)."},
     {NULL},
@@ -1790,8 +1719,7 @@ PyInit__speedups(void)
         (str_append = PyUnicode_InternFromString("append")) == NULL ||
         (str_is_compiling_flag = PyUnicode_InternFromString("_is_compiling_flag")) == NULL ||
         (str_capacity = PyUnicode_InternFromString("capacity")) == NULL ||
-        (str_items = PyUnicode_InternFromString("_items")) == NULL ||
-        (root_parent = PyLong_FromLong(0)) == NULL)
+        (str_items = PyUnicode_InternFromString("_items")) == NULL)
         return NULL;
     if (PyType_Ready(&TracedType) < 0 || PyType_Ready(&AppenderType) < 0)
         return NULL;

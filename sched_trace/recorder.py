@@ -13,6 +13,7 @@ so in one warning line.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import operator
 import os
@@ -23,8 +24,8 @@ from collections import deque
 from itertools import repeat
 from typing import Any, Callable, Iterable, Optional, Sequence
 
-from . import _native, _step_end
-from ._losses import DROPPED as DROPPED, DropLog, loss_warning
+from . import _native
+from ._events import StageEvent
 
 log = logging.getLogger("sched_trace")
 _call: Callable[[Callable[[], Any]], Any] = getattr(operator, "call", lambda function: function())  # 3.10: no operator.call
@@ -73,6 +74,80 @@ class EventBuffer:
         return len(self._items)
 
 
+#: The name of the stage event that stands for events a full buffer dropped.
+DROPPED = "sched_trace.dropped"
+# Span ids of drop markers: from the top of the 63-bit range, apart from the probes' counter.
+_next_marker_id = itertools.count((1 << 63) - (1 << 32)).__next__
+
+
+class DropLog:
+    """Per rank: how many events a full buffer dropped, and from when to when."""
+
+    __slots__ = ("_ranks", "_lock", "_since")
+    EVERY = 1.0  # seconds: while drops go on, a marker at least this often
+
+    def __init__(self) -> None:
+        self._ranks: dict[Any, list] = {}
+        self._lock = threading.Lock()
+        self._since = 0.0
+
+    def note(self, event: Any) -> None:
+        """On the scheduler thread, for a dropped event only: the buffer is full, the run is overloaded."""
+        start = getattr(event, "start_ns", None)
+        if start is None:
+            start = event.ts_ns
+        end = getattr(event, "end_ns", None) or start
+        with self._lock:
+            if not self._ranks:
+                self._since = time.monotonic()
+            entry = self._ranks.get(event.rank)
+            if entry is None:
+                self._ranks[event.rank] = [1, start, end]
+            else:
+                entry[0] += 1
+                entry[1] = min(entry[1], start)
+                entry[2] = max(entry[2], end)
+
+    def markers(self, caught_up: bool) -> list:
+        """A ``sched_trace.dropped`` stage event per rank for the drops since the last markers:
+        once the buffer is drained (``caught_up``), or :attr:`EVERY` seconds after the first drop."""
+        if not self._ranks or (not caught_up and time.monotonic() - self._since < self.EVERY):
+            return []
+        with self._lock:
+            ranks, self._ranks = self._ranks, {}
+        return [StageEvent(DROPPED, 0, start, end, rank, None, None, None, {"dropped_events": count}, None,
+                           _next_marker_id(), 0) for rank, (count, start, end) in ranks.items()]
+
+
+def loss_warning(name: str, stats: dict, advice: str = "") -> Optional[str]:
+    """One line saying how many of how many events a plugin lost and what to change; None if none."""
+    lost = {reason: stats.get(key, 0) for reason, key in (
+        ("dropped (buffer full)", "dropped"), ("abandoned at the shutdown deadline", "abandoned"),
+        ("failed to export", "failed"), ("lost with an exporter process", "lost_in_exporter"))}
+    # Held by an exporter process still finishing after the deadline: likely written later, not sure.
+    unconfirmed = stats.get("unconfirmed_at_shutdown", 0)
+    lost["lost with an exporter process"] -= unconfirmed
+    lost["not confirmed at the deadline (an exporter process still exporting them)"] = unconfirmed
+    total = sum(lost.values())
+    if not total:
+        return None
+    received = stats.get("received", 0)
+    parts = ", ".join(f"{count:,} {reason}" for reason, count in lost.items() if count)
+    hints = []
+    if lost["dropped (buffer full)"]:
+        hints.append(advice or "raise the plugin's capacity")
+        hints.append("lower the level (SCHED_TRACE_LEVEL) or sample")
+    if lost["abandoned at the shutdown deadline"]:
+        hints.append("give shutdown more time (SCHED_TRACE_EXIT_TIMEOUT)")
+    if lost["failed to export"] or lost["lost with an exporter process"]:
+        hints.append("see the exporter's earlier warnings")
+    if unconfirmed and not lost["abandoned at the shutdown deadline"]:
+        hints.append("give shutdown more time (SCHED_TRACE_EXIT_TIMEOUT)")
+    verb = "lost or could not confirm" if unconfirmed else "lost"
+    return (f"sched-trace {name}: {verb} {total:,} of {received:,} events: {parts}; "
+            f"to keep them: {'; '.join(hints)}")
+
+
 # How often the exporter thread wakes to send what the scheduler recorded. A frame's cost
 # on the scheduler's process is mostly fixed (the thread meets its own code and data
 # cold after each engine step: about 240 us a frame in a script that evicts the caches
@@ -81,11 +156,6 @@ class EventBuffer:
 # (docs/performance.md). What a SIGKILL can lose grows with it (docs/reliability.md);
 # OpenTelemetry's batch span processor waits 5 s by default.
 DRAIN_INTERVAL = 0.5
-#: While the scheduler's own threads send the frames (``_step_end``), the exporter
-#: thread wakes this many intervals apart only to see whether they still do (each wake
-#: takes the GIL from them): an engine that stops stepping has what it recorded after its
-#: last frame sent by the thread within this many intervals.
-BACKSTOP = 2
 
 
 class BackgroundExporter:
@@ -98,17 +168,9 @@ class BackgroundExporter:
     reports losses of its own too, as :class:`~sched_trace.export.ExportProcessor` does);
     ``taken``: ``export`` takes any sequence (:meth:`EventBuffer.take`), not only a list,
     as ExportProcessor's encoder does (it reads a Ring's records as they are).
-
-    ``export_now`` and ``ready_now``: an export that never waits (an exporter process's
-    frame, written where its pipe has room and otherwise left to this thread) and whether
-    it can take a batch now. With them, and the C form built, the frames are sent at the
-    end of the scheduler's own spans (:mod:`._step_end`): when a span with no span
-    around it ends on a thread and the interval has passed, that thread sends one batch
-    itself, so that the exporter thread does not take the GIL from it. ``on_wake``: what
-    the thread does first at each wake (finish a frame ``export_now`` left half written).
     """
 
-    def __init__(  # long: one line a setting and a counter, each with what it means
+    def __init__(
         self,
         export: Callable[[Sequence[Any]], None],
         *,
@@ -120,9 +182,6 @@ class BackgroundExporter:
         warn: bool = True,
         advice: str = "",
         taken: bool = False,
-        export_now: Optional[Callable[[Sequence[Any]], None]] = None,
-        ready_now: Optional[Callable[[], bool]] = None,
-        on_wake: Optional[Callable[[], None]] = None,
     ) -> None:
         self.name = name
         self.advice = advice  # what to raise when the buffer was full, in the shutdown warning
@@ -139,13 +198,6 @@ class BackgroundExporter:
         self.in_flight = 0  # taken from the buffer, in export() now: neither exported nor failed yet
         self.markers = 0  # drop markers handed over with a batch whose export() returned (not received events)
         self.thread_cpu_s = 0.0  # CPU this thread spent in export(); all of it: stats()["threads_cpu_s"]
-        self.export_now, self.ready_now, self.on_wake = export_now, ready_now, on_wake
-        # SCHED_TRACE_DRAIN read (and a wrong value refused) here, when the exporter is made
-        self._at_step_end = export_now is not None and _step_end.enabled()
-        self.step_end_frames = 0  # batches the scheduler's threads sent at a span's end
-        self.step_end_ns = 0  # and the wall clock it took them (perf_counter_ns), on those threads
-        self._step_end_at = 0.0  # time.monotonic() of the last of them
-        self._drain = threading.Lock()  # one drainer at a time: frames leave in the order taken
         self._wake = threading.Event()
         self._idle = threading.Condition()
         self._busy = False
@@ -189,9 +241,6 @@ class BackgroundExporter:
             self._thread.start()
             self._running(True)
             _live.add(self)  # again after a shutdown: a fork child must reset it too
-            if self._at_step_end:
-                _step_end.running.add(self)
-                _step_end.arm()
 
     def _running(self, running: bool) -> None:
         """Keep the C append in step with the thread: it takes events only while one runs."""
@@ -201,8 +250,6 @@ class BackgroundExporter:
     def _after_fork_in_child(self) -> None:
         # The parent's thread does not exist here and its events are the parent's to export.
         self.buffer.clear()
-        self._drain = threading.Lock()
-        self._step_end_at = 0.0
         self._wake = threading.Event()
         self._idle = threading.Condition()
         self._busy = False
@@ -212,38 +259,37 @@ class BackgroundExporter:
 
     def _run(self) -> None:
         while True:
-            # While the scheduler's threads send the frames, wake only now and then to see
-            # that they still do (each wake takes the GIL from them); else every interval.
-            sending = self._step_end_at and time.monotonic() - self._step_end_at < 2 * self.interval
-            woken = self._wake.wait(self.interval * BACKSTOP if sending else self.interval)
+            self._wake.wait(self.interval)
             self._wake.clear()
-            if not woken and time.monotonic() - self._step_end_at < self.interval:
-                continue  # a scheduler thread sent a frame less than an interval ago
-            if self.on_wake is not None:
-                self._guarded(self.on_wake)
             self._drain_all()
             if self._stopped:
                 return
 
-    def _guarded(self, call: Callable[[], Any]) -> None:
-        try:
-            call()
-        except Exception as exc:  # the thread carries on; what was lost is counted where it was
-            log.warning("sched-trace %s: %s", self.name, exc)
-
     def _drain_all(self) -> None:
         while True:
-            with self._drain:
-                batch, markers = self._take()
-                if not self._busy:
-                    with self._idle:
-                        self._idle.notify_all()
-                    return
-                started = time.thread_time()
-                try:
-                    self._export(self.export_batch, batch, markers)
-                finally:
-                    self.thread_cpu_s += time.thread_time() - started
+            with self._idle:
+                batch = self.buffer.take(self.max_batch) if self.taken else self.buffer.drain(self.max_batch)
+                markers = self.drops.markers(len(batch) < self.max_batch) if self.drops is not None else []
+                self._busy = bool(batch or markers)
+                self.in_flight = len(batch)
+            if not self._busy:
+                with self._idle:
+                    self._idle.notify_all()
+                return
+            started = time.thread_time()
+            try:
+                self.export_batch(batch + markers if markers else batch)
+                self.exported += len(batch)
+                self.markers += len(markers)
+            except Exception as exc:
+                self.failed += len(batch)
+                log.warning("sched-trace %s export failed (%d events counted as failed): %s",
+                            self.name, len(batch), exc)
+            finally:
+                self.thread_cpu_s += time.thread_time() - started
+                with self._idle:
+                    self._busy = False
+                    self.in_flight = 0
             if len(batch) < self.max_batch and not self._flushing:
                 # Caught up: what the scheduler appended meanwhile waits for the next
                 # interval. Draining it now would chase the scheduler thread with a small
@@ -255,50 +301,6 @@ class BackgroundExporter:
             # Hand the GIL back between batches: an encoder in C (pickle, protobuf)
             # holds it for the whole call, and the scheduler thread is waiting.
             time.sleep(0)
-
-    def _take(self) -> tuple[Sequence[Any], list]:
-        """The next batch and the drop markers to send with it (the drain lock held)."""
-        with self._idle:
-            batch = self.buffer.take(self.max_batch) if self.taken else self.buffer.drain(self.max_batch)
-            markers = self.drops.markers(len(batch) < self.max_batch) if self.drops is not None else []
-            self._busy = bool(batch or markers)
-            self.in_flight = len(batch)
-        return batch, markers
-
-    def _export(self, export: Callable[[Sequence[Any]], None], batch: Sequence[Any], markers: list) -> None:
-        try:
-            export(batch + markers if markers else batch)
-            self.exported += len(batch)
-            self.markers += len(markers)
-        except Exception as exc:
-            self.failed += len(batch)
-            log.warning("sched-trace %s export failed (%d events counted as failed): %s",
-                        self.name, len(batch), exc)
-        finally:
-            with self._idle:
-                self._busy = False
-                self.in_flight = 0
-
-    def drain_at_step_end(self) -> None:
-        """On a scheduler thread, at the end of one of its spans (:mod:`._step_end`): one
-        batch sent with ``export_now``, which never waits, if nothing else is sending; a
-        longer backlog is left to the exporter thread, woken for it."""
-        if self._thread is None or self._stopped or self._flushing or not self._drain.acquire(False):
-            return
-        try:
-            if not self.buffer or not self.ready_now():
-                return
-            started = time.perf_counter_ns()
-            batch, markers = self._take()
-            if self._busy:
-                self._export(self.export_now, batch, markers)
-            self.step_end_frames += 1
-            self.step_end_ns += time.perf_counter_ns() - started
-            self._step_end_at = time.monotonic()
-        finally:
-            self._drain.release()
-        if len(self.buffer) >= self.max_batch or not self.ready_now():
-            self._wake.set()  # a backlog, or a frame left half written: the thread's
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Block until the buffer is empty and exported; False on timeout."""
@@ -331,7 +333,6 @@ class BackgroundExporter:
         self._thread = None
         self._running(False)
         _live.discard(self)
-        _step_end.running.discard(self)
         warning = loss_warning(self.name, self.stats(), self.advice) if self.warn else None
         if warning:
             log.warning(warning)
@@ -350,9 +351,6 @@ class BackgroundExporter:
         }
         if self.drops is not None:
             stats["drop_markers"] = self.markers
-        if self.export_now is not None:
-            stats["step_end_frames"] = self.step_end_frames
-            stats["step_end_s"] = self.step_end_ns / 1e9
         return stats
 
 
@@ -374,10 +372,11 @@ def c_form(hook: Callable[[Any], None]) -> Callable[[Any], None]:
 
 
 _live: "weakref.WeakSet[BackgroundExporter]" = weakref.WeakSet()
+
+
 def _reset_after_fork() -> None:
     for exporter in list(_live):
         exporter._after_fork_in_child()
-    _step_end.reset()
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)

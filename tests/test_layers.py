@@ -36,7 +36,6 @@ LAYERS = {
     "sched_trace.traceio": 2, "sched_trace.analysis": 2,
     # 3, plugins and hand-off buffers
     "sched_trace._hookspecs": 3, "sched_trace._manager": 3, "sched_trace._watchdog": 3, "sched_trace.recorder": 3,
-    "sched_trace._losses": 3, "sched_trace._step_end": 3,
     # 4, the hot path and what installs it
     "sched_trace._hotpath": 4, "sched_trace._probe": 4, "sched_trace._request_probe": 4, "sched_trace._instrument": 4,
     # 5, process life and the exporter process

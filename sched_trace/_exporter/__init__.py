@@ -6,7 +6,6 @@
     exporter    what a plugin supplies: an Exporter (export, flush, shutdown, counters)
     processor   ExportProcessor: buffer + exporter thread in front, the exporter in a thread or a process
     process     the scheduler process's handle on its exporter process (start, restart, counters)
-    _os         what that handle asks of the system (a wider pipe, a stopped process, a wait)
     child       the exporter process's main loop (``python -m sched_trace._exporter.child``)
     plugin      ExporterPlugin: a whole plugin from one Exporter class
 

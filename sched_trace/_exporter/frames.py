@@ -47,35 +47,6 @@ def write_events(fd: int, payload: bytes, held: bool = False) -> None:
     _write_all(fd, _frame(EVENTS, payload)[written:])
 
 
-def frame_size(payload: Union[bytes, memoryview]) -> int:
-    """The bytes an events frame of ``payload`` takes in the pipe, header included."""
-    return _HEADER.size + len(payload)
-
-
-def write_some(fd: int, payload: Union[bytes, memoryview]) -> int:
-    """As much of an events frame as the non-blocking ``fd`` takes now, never waiting: the
-    bytes written (:func:`frame_size` when all of it). The C form does not let go of the GIL."""
-    if _native.speedups is not None:
-        return _native.speedups.write_held(fd, _HEADER.pack(len(payload), EVENTS), payload)
-    try:
-        return os.write(fd, _frame(EVENTS, payload))
-    except BlockingIOError:
-        return 0
-
-
-def write_rest(fd: int, payload: Union[bytes, memoryview], written: int, deadline: Optional[float] = None) -> bool:
-    """The rest of an events frame :func:`write_some` began, from byte ``written``, waiting for
-    room (the GIL let go); False when ``deadline`` (monotonic) passed first."""
-    view = _frame(EVENTS, payload)[written:]
-    while view:
-        try:
-            view = view[os.write(fd, view):]
-        except BlockingIOError:
-            if not _ready(fd, select.POLLOUT, None if deadline is None else max(0.0, deadline - time.monotonic())):
-                return False
-    return True
-
-
 def write_control(fd: int, message: tuple) -> None:
     _write_all(fd, _frame(CONTROL, pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)))
 

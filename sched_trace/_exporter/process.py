@@ -9,7 +9,7 @@ child is started on the next send, up to ``restart_limit`` times.
 
 from __future__ import annotations
 
-import collections
+import contextlib
 import logging
 import os
 import subprocess
@@ -17,14 +17,14 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Iterator, Optional
 
-from . import _os
-from .frames import FrameReader, frame_size, write_control, write_control_by, write_events, write_rest, write_some
+from .frames import FrameReader, write_control, write_control_by, write_events
 
 log = logging.getLogger("sched_trace")
 CHILD_MODULE = "sched_trace._exporter.child"
 #: Counters of the running child only, never summed over children (gauges, names).
+PIPE_SIZE = 1 << 20
 LIVE_KEYS = frozenset(("path", "queued", "spans_waiting", "pending", "exporter_pid"))
 # exporter_cpu_s sums over children (each reports its own total), like the other counters.
 
@@ -47,7 +47,6 @@ class ExporterProcess:
         self.unconfirmed = 0     # of those, events a child still held at the shutdown deadline
         self.restarts = 0
         self.failed_starts = 0
-        self.left_to_thread = 0  # frames send_now began or could not begin: finished by the exporter thread
         self.gave_up = False
         self.closed = False
         self.texts: dict[str, list[str]] = {}  # every text counter value any child reported (its file)
@@ -65,9 +64,6 @@ class ExporterProcess:
         self._seq = 0
         self._pid = os.getpid()
         self._child_died = False  # the next start is a restart (counted, limited)
-        # Frames send_now could not write whole, in order: (payload, bytes of the frame
-        # written, events); written before anything else by whoever next holds the write lock.
-        self._unsent: collections.deque = collections.deque()
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -80,7 +76,7 @@ class ExporterProcess:
             self._on_start()
             proc = subprocess.Popen([sys.executable, "-m", CHILD_MODULE], bufsize=0, stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, env=env, close_fds=True)
-            _os.widen(proc.stdin.fileno())
+            _widen(proc.stdin.fileno())
             # Non-blocking: a frame goes in without the exporter thread letting go of the GIL
             # where the pipe has room (frames.write_events); where it has none, it waits.
             os.set_blocking(proc.stdin.fileno(), False)
@@ -154,7 +150,7 @@ class ExporterProcess:
         self.sent = 0
 
     def _died(self, proc: subprocess.Popen) -> None:
-        _os.close(proc.stdin)
+        _close(proc.stdin)
         try:
             proc.wait(1.0)
         except subprocess.TimeoutExpired:
@@ -171,11 +167,10 @@ class ExporterProcess:
         proc = self._proc
         if proc is not None:
             # Unbuffered: closing sends nothing, so the parent's child sees no stray bytes.
-            _os.close(proc.stdin)
-            _os.close(proc.stdout)
+            _close(proc.stdin)
+            _close(proc.stdout)
             _orphans.append(proc)  # never collected here: its __del__ must not touch the parent's child
         self.lost, self.unconfirmed, self.restarts, self.failed_starts, self.gave_up = 0, 0, 0, 0, False
-        self.left_to_thread = 0
         self.sent = 0
         self.texts = {}
         self._reset_state()
@@ -186,78 +181,18 @@ class ExporterProcess:
         """One events frame of ``count`` events (from the exporter thread); False when no
         exporter process could take it. Waits while the pipe is full."""
         with self._write_lock:
-            if self._unsent and not self._finish_unsent():
-                return False
-            return self._send(payload, count)
-
-    def _send(self, payload: Union[bytes, memoryview], count: int) -> bool:
-        # A child can die between the liveness check and the write: one retry on a new one.
-        for _attempt in (1, 2):
-            if not self._reading() and not self._ensure():
-                return False
-            try:
-                write_events(self._proc.stdin.fileno(), payload, held=True)
-            except (OSError, ValueError):
-                self._died(self._proc)
-                continue
-            self.sent += count
-            return True
-        return False
-
-    def ready_now(self) -> bool:
-        """Whether :meth:`send_now` can write a frame now: a child reading, nothing left half
-        written, nobody writing."""
-        return not self._unsent and not self._write_lock.locked() and self._reading()
-
-    def send_now(self, payload: bytes, count: int) -> None:
-        """One events frame, from a scheduler thread at a span's end: written where the pipe
-        has room, never waited for; what does not fit (or a child found dead) is left for the
-        exporter thread (:meth:`finish_unsent`), which writes it before any other frame."""
-        if not self._write_lock.acquire(False):
-            self._unsent.append((payload, 0, count))
-            self.left_to_thread += 1
-            return
-        try:
-            written = 0
-            if not self._unsent and self._reading():
+            # A child can die between the liveness check and the write: one retry on a new one.
+            for _attempt in (1, 2):
+                if not self._reading() and not self._ensure():
+                    return False
                 try:
-                    written = write_some(self._proc.stdin.fileno(), payload)
-                except (OSError, ValueError):  # the child is gone: the exporter thread starts another
-                    written = 0
-            if written == frame_size(payload):
-                self.sent += count
-            else:
-                self._unsent.append((payload, written, count))
-                self.left_to_thread += 1
-        finally:
-            self._write_lock.release()
-
-    def finish_unsent(self) -> None:
-        """Write what :meth:`send_now` left (on the exporter thread: it may wait)."""
-        if self._unsent:
-            with self._write_lock:
-                self._finish_unsent()
-
-    def _finish_unsent(self, deadline: Optional[float] = None) -> bool:
-        """What send_now left, in order, the write lock held: the rest of a frame it began,
-        then whole frames; a frame half written to a child that is gone goes whole to the
-        next one. ``deadline`` (at close): no waiting past it, no new child; what is left
-        is counted as lost. False when something was lost."""
-        while self._unsent:
-            payload, written, count = self._unsent.popleft()
-            try:
-                if self._reading() and write_rest(self._proc.stdin.fileno(), payload, written, deadline):
-                    self.sent += count
+                    write_events(self._proc.stdin.fileno(), payload, held=True)
+                except (OSError, ValueError):
+                    self._died(self._proc)
                     continue
-            except (OSError, ValueError):
-                if self._proc is not None:
-                    self._died(self._proc)  # any half of a frame it had: the whole frame to the next one
-            if deadline is None and self._send(payload, count):
-                continue
-            self.lost += count + sum(rest[2] for rest in self._unsent)
-            self._unsent.clear()
+                self.sent += count
+                return True
             return False
-        return True
 
     def _read_replies(self, proc: subprocess.Popen) -> None:
         reader = FrameReader(proc.stdout.fileno())
@@ -287,8 +222,6 @@ class ExporterProcess:
         if not self._write_lock.acquire(timeout=max(0.0, timeout)):
             return False
         try:
-            if self._unsent:
-                self._finish_unsent()
             proc = self._proc
             if proc is None or not self._alive(proc) or self._pid != os.getpid():
                 return proc is None and not self.sent
@@ -323,9 +256,7 @@ class ExporterProcess:
             self.kill()  # its pipe breaks, the stuck write fails and lets go of the lock
             if not self._write_lock.acquire(timeout=max(0.1, deadline - time.monotonic())):
                 return
-        with _os.held(self._write_lock):
-            if self._unsent:  # what a scheduler thread began, before the stop frame
-                self._finish_unsent(deadline)
+        with _held(self._write_lock):
             proc, self._proc = self._proc, None
             if proc is None or self._pid != os.getpid():
                 return
@@ -334,14 +265,14 @@ class ExporterProcess:
                                  deadline)
             except (OSError, ValueError):
                 pass
-            _os.close(proc.stdin)
-            finished = _os.wait(proc, deadline - time.monotonic())
-            if not finished and _os.stopped(proc.pid):
+            _close(proc.stdin)
+            finished = _wait(proc, deadline - time.monotonic())
+            if not finished and _stopped(proc.pid):
                 # Stopped (SIGSTOP, a debugger): it would never finish, and would outlive us stopped.
                 log.warning("sched-trace %s: exporter process %d is stopped at the shutdown deadline; "
                             "killed, what it held is counted as lost", self.label, proc.pid)
                 proc.kill()
-                finished = _os.wait(proc, 1.0)
+                finished = _wait(proc, 1.0)
             self._retire(proc, wait=max(0.0, deadline - time.monotonic()) if finished else 0.0)
             if not finished:
                 log.warning("sched-trace %s: exporter process %d still exporting at the shutdown deadline; "
@@ -377,9 +308,52 @@ class ExporterProcess:
                 totals[key] = totals.get(key, 0) + value
         totals.update(lost_in_exporter=self.lost, unconfirmed_at_shutdown=self.unconfirmed,
                       exporter_restarts=self.restarts, exporter_failed_starts=self.failed_starts,
-                      step_end_left=self.left_to_thread,
                       exporter_pid=self.pid)
         return totals
+
+
+def _widen(fd: int) -> None:
+    """A 1 MiB pipe where Linux allows it: bursts wait in the kernel, where a scheduler's SIGKILL spares them."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_SIZE)
+    except (ImportError, OSError):  # another platform, or above /proc/sys/fs/pipe-max-size
+        pass
+
+
+def _stopped(pid: int) -> bool:
+    """Whether process ``pid`` is stopped (its state in /proc: T, or t under a tracer); False where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] in (b"T", b"t")
+    except (OSError, IndexError):
+        return False
+
+
+def _wait(proc: subprocess.Popen, timeout: float) -> bool:
+    try:
+        proc.wait(max(0.0, timeout))
+        return True
+    except subprocess.TimeoutExpired:
+        return False
+
+
+@contextlib.contextmanager
+def _held(lock: threading.Lock) -> Iterator[None]:
+    """Release a lock acquired before the ``with``."""
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _close(stream: Any) -> None:
+    try:
+        if stream is not None:
+            stream.close()
+    except OSError:
+        pass
 
 
 _live: "weakref.WeakSet[ExporterProcess]" = weakref.WeakSet()

@@ -48,10 +48,6 @@ class _ProcessBack:
         if not self.process.send(self.encoder.encode(batch), len(batch)):
             raise ExporterUnavailable("no exporter process to take the events")
 
-    def export_now(self, batch: Sequence[Any]) -> None:
-        """On a scheduler thread: the frame written where the pipe has room, else left to the exporter thread."""
-        self.process.send_now(self.encoder.encode(batch), len(batch))
-
     def flush(self, timeout: float) -> bool:
         return self.process.flush(timeout)
 
@@ -125,11 +121,8 @@ class ExportProcessor:
         self.advice = advice  # what to raise when the buffer was full, e.g. "[plugins.otel] capacity"
         # taken: its batches go to the encoder as they leave the buffer (a Ring's records are
         # encoded without an event object made for them: recorder.EventBuffer.take)
-        # export_now: the scheduler's threads send a frame themselves at the end of a span,
-        # where the exporter process's pipe has room (sched_trace._step_end)
         self._front = BackgroundExporter(self._export, name=name, capacity=capacity, max_batch=max_batch,
-                                         drop_markers=True, warn=False, taken=True, export_now=self._export_now,
-                                         ready_now=self._ready_now, on_wake=self._on_wake)
+                                         drop_markers=True, warn=False, taken=True)
         self.append: Callable[[Any], None] = self._front.append
         self._back: Any = None
         self._closed = False
@@ -169,18 +162,6 @@ class ExportProcessor:
             old, self._back = self._back, self._new_back()
             self._retire(old)
         self._back.export(batch)
-
-    def _ready_now(self) -> bool:
-        back = self._back
-        return not self._closed and isinstance(back, _ProcessBack) and back.process.ready_now()
-
-    def _export_now(self, batch: Sequence[Any]) -> None:
-        self._back.export_now(batch)
-
-    def _on_wake(self) -> None:
-        back = self._back
-        if isinstance(back, _ProcessBack):
-            back.process.finish_unsent()
 
     def flush(self, timeout: float) -> bool:
         """Everything appended so far through the exporter and its own flush, within ``timeout``."""
