@@ -31,6 +31,10 @@ from .frames import CONTROL, EVENTS, FrameReader, reply
 #: engine"); a child killed mid-traffic has its loss counted from the last of them.
 STATS_INTERVAL = 2.0
 STOP_TIMEOUT = 5.0   # shutdown time when the parent just went away
+#: Seconds between looks at the pipe while it is empty (frames.FrameReader's ``nap``): the
+#: exporter thread's write, the GIL held, then never has to wake this process. A frame, a
+#: flush and the end of the stream wait up to this long to be seen.
+NAP = 0.02
 log = logging.getLogger("sched_trace")
 
 
@@ -126,7 +130,7 @@ def main() -> None:
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(message)s")
     code = 1
     try:
-        code = serve(FrameReader(0), out)
+        code = serve(FrameReader(0, nap=NAP), out)
     except BaseException as exc:  # report, then still skip finalization below
         sys.stderr.write(f"sched-trace exporter process: {exc!r}\n")
     finally:

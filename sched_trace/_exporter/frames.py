@@ -97,12 +97,22 @@ def _write_all(fd: int, view: memoryview) -> None:
 
 
 class FrameReader:
-    """Reads whole frames from a descriptor, unbuffered by Python, so poll() tells the truth."""
+    """Reads whole frames from a descriptor, unbuffered by Python, so poll() tells the truth.
+
+    ``nap``: between frames, sleep this long and look again instead of waiting in poll()
+    (the exporter process: ``child.NAP``). A reader that waits in the kernel has to be woken
+    by the writer's write, and the writer pays for the wake-up: on a VM whose other vCPU
+    had gone idle, a 33 KB frame's write took 200-300 us instead of 10-60 with a reader that
+    naps (docs/performance.md, "The exporter process naps"). The writer is the exporter
+    thread, holding the GIL the engine waits for. What it costs: a frame, a flush's ack,
+    the end of the stream are seen up to one nap later.
+    """
 
     CHUNK = 1 << 20
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, nap: Optional[float] = None) -> None:
         self.fd = fd
+        self.nap = nap
         self._buffer = bytearray()
         self.closed = False
 
@@ -116,7 +126,10 @@ class FrameReader:
                 return frame
             if self.closed:
                 return None
-            if deadline is not None:
+            if self.nap is not None:
+                if not self._napped(deadline):
+                    return None
+            elif deadline is not None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not _ready(self.fd, select.POLLIN, remaining):
                     return None
@@ -125,6 +138,15 @@ class FrameReader:
                 self.closed = True
                 return None
             self._buffer += chunk
+
+    def _napped(self, deadline: Optional[float]) -> bool:
+        """Input there to read (a look, never a wait in the kernel), napping until it is;
+        False when ``deadline`` passed first."""
+        while not _ready(self.fd, select.POLLIN, 0):
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(self.nap if deadline is None else max(0.0, min(self.nap, deadline - time.monotonic())))
+        return True
 
     @property
     def pending(self) -> int:

@@ -11,6 +11,7 @@ import os
 import resource
 import threading
 import time
+from typing import Optional
 
 import pytest
 
@@ -18,9 +19,9 @@ from sched_trace import _native
 from sched_trace._exporter.frames import CONTROL, EVENTS, FrameReader, write_control, write_control_by, write_events
 
 
-def slow_reader(fd: int, count: int, frames: list) -> threading.Thread:
+def slow_reader(fd: int, count: int, frames: list, nap: Optional[float] = None) -> threading.Thread:
     def read() -> None:
-        reader = FrameReader(fd)
+        reader = FrameReader(fd, nap=nap)
         while len(frames) < count:
             time.sleep(0.01)  # behind the writer: the pipe fills
             frame = reader.read(timeout=10.0)
@@ -44,13 +45,16 @@ def pipe_form(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     return request.param
 
 
-def test_frames_larger_than_the_pipe_arrive_whole_and_in_order(pipe_form: str):
+@pytest.mark.parametrize("nap", [None, 0.005], ids=["reader-waits", "reader-naps"])
+def test_frames_larger_than_the_pipe_arrive_whole_and_in_order(pipe_form: str, nap: Optional[float]):
+    # nap: the exporter process's reader, which looks at the pipe between naps instead of
+    # waiting in the kernel for a writer to wake it
     read_end, write_end = os.pipe()
     held = pipe_form != "blocking"
     os.set_blocking(write_end, not held)
     payloads = [bytes([index]) * size for index, size in enumerate([10, 70_000, 1, 300_000, 65_536, 5])]
     frames: list = []
-    thread = slow_reader(read_end, len(payloads) + 1, frames)
+    thread = slow_reader(read_end, len(payloads) + 1, frames, nap)
     try:
         for payload in payloads:
             write_events(write_end, payload, held=held)
@@ -59,6 +63,22 @@ def test_frames_larger_than_the_pipe_arrive_whole_and_in_order(pipe_form: str):
         assert frames == [(EVENTS, payload) for payload in payloads] + [(CONTROL, ("stop", 1.0))]
     finally:
         os.close(write_end)
+        os.close(read_end)
+
+
+def test_a_napping_reader_says_when_nothing_came_and_sees_the_end():
+    read_end, write_end = os.pipe()
+    try:
+        reader = FrameReader(read_end, nap=0.005)
+        assert reader.read(timeout=0.05) is None and not reader.closed
+        write_events(write_end, b"late")
+        assert reader.read(timeout=5.0) == (EVENTS, b"late")
+        os.close(write_end)
+        write_end = -1
+        assert reader.read() is None and reader.closed
+    finally:
+        if write_end >= 0:
+            os.close(write_end)
         os.close(read_end)
 
 
