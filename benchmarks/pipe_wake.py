@@ -11,8 +11,8 @@ now) is never woken. Each case writes ``--frames`` frames of 33 KB (an exporter 
 about 760 spans), ``--gap`` seconds apart, the same way the exporter thread does
 (``_speedups.write_held``: one non-blocking writev), and reports the median and the
 quartiles of the write's wall clock, and the napping reader's median as a share of the
-waiting reader's (the two cases take turns, frame by frame). ``--evict`` writes 8 MiB
-before each frame, as an engine's step leaves the caches.
+waiting reader's (each reader alone, the two taking turns three times). ``--evict``
+writes 8 MiB before each frame, as an engine's step leaves the caches.
 """
 
 from __future__ import annotations
@@ -38,30 +38,32 @@ def _start(source: str) -> subprocess.Popen:
     return reader
 
 
-def measure(gap: float, frames: int, evict: bool) -> dict[str, list[int]]:
+def measure(gap: float, frames: int, evict: bool, rounds: int = 3) -> dict[str, list[int]]:
+    """Each reader alone (another process reading beside it would keep the CPUs awake), in
+    ``rounds`` turns of ``frames // rounds`` frames each."""
     from sched_trace import _native
 
     write_held = _native.speedups.write_held if _native.speedups is not None else None
-    readers = {name: _start(source) for name, source in READERS.items()}
     payload, head = os.urandom(PAYLOAD), b"\x00" * 5
     caches = bytearray(8 << 20) if evict else None
     pattern = bytearray(len(caches) // 64) if evict else None
-    spent: dict[str, list[int]] = {name: [] for name in readers}
-    try:
-        for _ in range(frames):
-            for name, reader in readers.items():
-                time.sleep(gap)
-                if caches is not None:
-                    caches[::64] = pattern
-                fd = reader.stdin.fileno()
-                started = time.perf_counter_ns()
-                written = write_held(fd, head, payload) if write_held else os.writev(fd, [head, payload])
-                spent[name].append(time.perf_counter_ns() - started)
-                assert written == len(head) + PAYLOAD, "the pipe was full: a longer --gap"
-    finally:
-        for reader in readers.values():
-            reader.stdin.close()
-            reader.wait()
+    spent: dict[str, list[int]] = {name: [] for name in READERS}
+    for turn in range(rounds):
+        for name, source in READERS.items():
+            reader = _start(source)
+            try:
+                for _ in range(frames // rounds + (turn < frames % rounds)):
+                    time.sleep(gap)
+                    if caches is not None:
+                        caches[::64] = pattern
+                    fd = reader.stdin.fileno()
+                    started = time.perf_counter_ns()
+                    written = write_held(fd, head, payload) if write_held else os.writev(fd, [head, payload])
+                    spent[name].append(time.perf_counter_ns() - started)
+                    assert written == len(head) + PAYLOAD, "the pipe was full: a longer --gap"
+            finally:
+                reader.stdin.close()
+                reader.wait()
     return spent
 
 
