@@ -101,11 +101,12 @@ class FrameReader:
 
     ``nap``: between frames, sleep this long and look again instead of waiting in poll()
     (the exporter process: ``child.NAP``). A reader that waits in the kernel has to be woken
-    by the writer's write, and the writer pays for the wake-up: on a VM whose other vCPU
-    had gone idle, a 33 KB frame's write took 200-300 us instead of 10-60 with a reader that
-    naps (docs/performance.md, "The exporter process naps"). The writer is the exporter
-    thread, holding the GIL the engine waits for. What it costs: a frame, a flush's ack,
-    the end of the stream are seen up to one nap later.
+    by the writer's write, and the writer pays for the wake-up: on this project's VM, 10-15
+    us more for a 33 KB frame on a quiet host and a few hundred on a busy one, and the
+    engine paid more for each microsecond of the frame (docs/performance.md, "The
+    exporter process naps"). The writer is the exporter thread, holding the GIL the engine
+    waits for. What it costs: a frame, a flush's ack, the end of the stream are seen up to
+    one nap later.
     """
 
     CHUNK = 1 << 20

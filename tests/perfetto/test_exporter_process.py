@@ -209,9 +209,9 @@ def test_shutdown_does_not_hang_on_an_exporter_process_that_stopped_reading(tmp_
 
 def test_the_exporter_process_naps_between_frames_instead_of_waiting_to_be_woken(tmp_path):
     # A reader waiting in the kernel (a pipe read, poll) has to be woken by the exporter
-    # thread's write, which pays for it with the GIL held (a VM's idle vCPU took 200-300 us
-    # to wake); the exporter process looks at its pipe between naps instead, so that is
-    # never where it sleeps.
+    # thread's write, which pays for it with the GIL held (docs/performance.md, "The
+    # exporter process naps"); the exporter process looks at its pipe between naps
+    # instead, so that is never where it sleeps.
     plugin = PerfettoPlugin(directory=str(tmp_path))
     sched_trace.configure(level=9, plugins=[plugin], autoload=False)
     _decode_steps(10)
