@@ -100,12 +100,17 @@ def _decode_steps(count: int) -> None:
         decode(step % 5)
 
 
-def test_a_separate_process_does_the_writing_and_is_gone_after_shutdown(tmp_path):
+def _ten_steps_flushed(tmp_path) -> tuple[PerfettoPlugin, int]:
+    """The perfetto plugin in an exporter process, ten steps written and flushed; its pid."""
     plugin = PerfettoPlugin(directory=str(tmp_path))
     sched_trace.configure(level=9, plugins=[plugin], autoload=False)
     _decode_steps(10)
     sched_trace.flush()
-    child = plugin.sched_trace_collect_stats()["exporter_pid"]
+    return plugin, plugin.sched_trace_collect_stats()["exporter_pid"]
+
+
+def test_a_separate_process_does_the_writing_and_is_gone_after_shutdown(tmp_path):
+    plugin, child = _ten_steps_flushed(tmp_path)
     assert child not in (0, os.getpid())
     assert len(traceio.read_trace(plugin.paths[0]).events) == 10  # flushed means on disk
     sched_trace.shutdown()
@@ -165,11 +170,7 @@ def test_process_setting_is_validated():
 def _stopped_then_shut_down(tmp_path, steps: int) -> PerfettoPlugin:
     """Ten steps written, the exporter process stopped (SIGSTOP), ``steps`` more, then the
     plugin stopped within half a second: no stopped exporter process may be left behind."""
-    plugin = PerfettoPlugin(directory=str(tmp_path))
-    sched_trace.configure(level=9, plugins=[plugin], autoload=False)
-    _decode_steps(10)
-    sched_trace.flush()
-    pid = plugin.sched_trace_collect_stats()["exporter_pid"]
+    plugin, pid = _ten_steps_flushed(tmp_path)
     os.kill(pid, signal.SIGSTOP)
     _decode_steps(steps)
     plugin.stop(timeout=0.5)
@@ -212,11 +213,7 @@ def test_the_exporter_process_naps_between_frames_instead_of_waiting_to_be_woken
     # thread's write, which pays for it with the GIL held (docs/performance.md, "The
     # exporter process naps"); the exporter process looks at its pipe between naps
     # instead, so that is never where it sleeps.
-    plugin = PerfettoPlugin(directory=str(tmp_path))
-    sched_trace.configure(level=9, plugins=[plugin], autoload=False)
-    _decode_steps(10)
-    sched_trace.flush()
-    pid = plugin.sched_trace_collect_stats()["exporter_pid"]
+    plugin, pid = _ten_steps_flushed(tmp_path)
     where = []
     for _ in range(50):
         try:
