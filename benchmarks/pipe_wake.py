@@ -5,8 +5,8 @@
 An exporter thread writes a frame into its exporter process's pipe every 0.5 s, holding
 the GIL the engine waits for. A reader that waits in the kernel for it (a blocking read,
 a poll: the exporter process before 2026-12-08) has to be woken by that write, and the
-writer pays for the wake-up: on a VM whose other vCPU went idle meanwhile, far more than
-the copy. A reader that naps and looks (``FrameReader(nap=...)``, the exporter process
+writer pays for the wake-up: on this project's VM about as much as the copy on a quiet
+host (10-15 us), up to a few hundred microseconds on a busy one. A reader that naps and looks (``FrameReader(nap=...)``, the exporter process
 now) is never woken. Each case writes ``--frames`` frames of 33 KB (an exporter frame of
 about 760 spans), ``--gap`` seconds apart, the same way the exporter thread does
 (``_speedups.write_held``: one non-blocking writev), and reports the median and the
