@@ -12,7 +12,7 @@ about 760 spans), ``--gap`` seconds apart, the same way the exporter thread does
 (``_speedups.write_held``: one non-blocking writev), and reports the median and the
 quartiles of the write's wall clock, and the napping reader's median as a share of the
 waiting reader's (each reader alone, the two taking turns three times). ``--evict``
-writes 8 MiB before each frame, as an engine's step leaves the caches.
+writes 8 MiB before each frame (bench_cold's evictor), as an engine's step leaves the caches.
 """
 
 from __future__ import annotations
@@ -43,10 +43,10 @@ def measure(gap: float, frames: int, evict: bool, rounds: int = 3) -> dict[str, 
     ``rounds`` turns of ``frames // rounds`` frames each."""
     from sched_trace import _native
 
+    from .bench_cold import _evict
+
     write_held = _native.speedups.write_held if _native.speedups is not None else None
     payload, head = os.urandom(PAYLOAD), b"\x00" * 5
-    caches = bytearray(8 << 20) if evict else None
-    pattern = bytearray(len(caches) // 64) if evict else None
     spent: dict[str, list[int]] = {name: [] for name in READERS}
     for turn in range(rounds):
         for name, source in READERS.items():
@@ -54,8 +54,8 @@ def measure(gap: float, frames: int, evict: bool, rounds: int = 3) -> dict[str, 
             try:
                 for _ in range(frames // rounds + (turn < frames % rounds)):
                     time.sleep(gap)
-                    if caches is not None:
-                        caches[::64] = pattern
+                    if evict:
+                        _evict()
                     fd = reader.stdin.fileno()
                     started = time.perf_counter_ns()
                     written = write_held(fd, head, payload) if write_held else os.writev(fd, [head, payload])
